@@ -1,0 +1,245 @@
+"""One typed configuration for every job: YAML files merged in order, then ``--set`` overrides.
+
+Every key is declared in a dataclass below; an unknown key or a value of the wrong type fails here,
+naming the key, before any Spark session starts.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+DATASETS = ("completejourney", "ml-1m", "synthetic", "files")
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value is invalid."""
+
+
+@dataclasses.dataclass
+class DatasetConfig:
+    name: str = "completejourney"
+    # Only for name=files: the user's own events / items / users (CSV, JSON lines, Parquet or Delta).
+    events_path: Optional[str] = None
+    items_path: Optional[str] = None
+    users_path: Optional[str] = None
+    # Only for name=synthetic.
+    synthetic_events: int = 100_000
+    synthetic_seed: int = 7
+
+
+@dataclasses.dataclass
+class PathsConfig:
+    lakehouse: str = "lakehouse"
+    reports: str = "reports"
+    checkpoints: str = "checkpoints"
+    # Petastorm's materialisation cache; file:///dbfs/... on Databricks. Default: under lakehouse.
+    petastorm_cache: Optional[str] = None
+
+
+@dataclasses.dataclass
+class SparkConfig:
+    master: str = "local[2]"
+    app_name: str = "recspark"
+    shuffle_partitions: int = 8
+    driver_memory: str = "6g"
+    extra: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class IngestConfig:
+    event_types: list = dataclasses.field(default_factory=lambda: ["view", "cart", "purchase"])
+
+
+@dataclasses.dataclass
+class FeaturesConfig:
+    max_seq_len: int = 50
+    # Items seen fewer times than this in the training period share the out-of-vocabulary index.
+    min_item_count: int = 5
+    # Each user's last held-out sessions (baskets; for data without sessions, single events).
+    n_test_sessions: int = 1
+    n_validation_sessions: int = 1
+    # Bounds the training set of very active users: only their latest examples are kept.
+    max_examples_per_user: int = 200
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    model: str = "mean_pool"
+    num_proc: int = 2
+    epochs: int = 3
+    batch_size: int = 256
+    learning_rate: float = 0.002
+    embedding_dim: int = 64
+    seed: int = 42
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    k: int = 10
+    # Remove items the user already interacted with from the ranking (right for films, wrong for
+    # groceries, where re-buying is the norm).
+    exclude_seen: bool = False
+
+
+@dataclasses.dataclass
+class ScoreConfig:
+    k: int = 10
+    batch_size: int = 512
+
+
+@dataclasses.dataclass
+class Config:
+    dataset: DatasetConfig = dataclasses.field(default_factory=DatasetConfig)
+    paths: PathsConfig = dataclasses.field(default_factory=PathsConfig)
+    spark: SparkConfig = dataclasses.field(default_factory=SparkConfig)
+    ingest: IngestConfig = dataclasses.field(default_factory=IngestConfig)
+    features: FeaturesConfig = dataclasses.field(default_factory=FeaturesConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
+    score: ScoreConfig = dataclasses.field(default_factory=ScoreConfig)
+
+    def validate(self) -> "Config":
+        if self.dataset.name not in DATASETS:
+            raise ConfigError(f"dataset.name: {self.dataset.name!r} is not one of {', '.join(DATASETS)}")
+        if self.dataset.name == "files" and not self.dataset.events_path:
+            raise ConfigError("dataset.events_path: required when dataset.name is 'files'")
+        positive = {
+            "spark.shuffle_partitions": self.spark.shuffle_partitions,
+            "features.max_seq_len": self.features.max_seq_len,
+            "features.min_item_count": self.features.min_item_count,
+            "features.max_examples_per_user": self.features.max_examples_per_user,
+            "train.num_proc": self.train.num_proc,
+            "train.epochs": self.train.epochs,
+            "train.batch_size": self.train.batch_size,
+            "train.embedding_dim": self.train.embedding_dim,
+            "train.learning_rate": self.train.learning_rate,
+            "evaluate.k": self.evaluate.k,
+            "score.k": self.score.k,
+            "score.batch_size": self.score.batch_size,
+            "dataset.synthetic_events": self.dataset.synthetic_events,
+        }
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{key}: must be > 0, got {value!r}")
+        for key in ("n_test_sessions", "n_validation_sessions"):
+            if getattr(self.features, key) < 0:
+                raise ConfigError(f"features.{key}: must be >= 0")
+        return self
+
+    # Paths derived from the configuration, in one place.
+    def table_path(self, layer: str, table: str) -> str:
+        return str(Path(self.paths.lakehouse) / self.dataset.name / layer / table)
+
+    @property
+    def recommendations_path(self) -> str:
+        return str(Path(self.paths.lakehouse) / self.dataset.name / "recommendations")
+
+    @property
+    def reports_dir(self) -> Path:
+        return Path(self.paths.reports) / self.dataset.name
+
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.paths.checkpoints) / self.dataset.name / self.train.model
+
+    @property
+    def petastorm_cache_url(self) -> str:
+        if self.paths.petastorm_cache:
+            return self.paths.petastorm_cache
+        return (Path(self.paths.lakehouse) / self.dataset.name / "_petastorm_cache").resolve().as_uri()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    """Returns ``value`` converted to ``annotation`` where that is lossless, else raises ConfigError."""
+    hint = typing.get_origin(annotation)
+    if hint in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        annotation = next(a for a in options if a is not type(None))
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    expected = {"list": list, "dict": dict}.get(getattr(annotation, "__name__", ""), annotation)
+    if annotation is int and isinstance(value, bool) or not isinstance(value, expected):
+        raise ConfigError(f"{key}: expected {getattr(expected, '__name__', expected)}, got {value!r}")
+    return value
+
+
+def _merge(section: Any, values: dict, prefix: str) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(type(section))
+    for key, value in values.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in hints:
+            known = ", ".join(sorted(hints))
+            raise ConfigError(f"unknown configuration key {path!r} (known here: {known})")
+        current = getattr(section, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, path)
+        else:
+            setattr(section, key, _check_type(path, value, hints[key]))
+
+
+def parse_override(text: str) -> dict:
+    """``'train.epochs=2'`` -> ``{'train': {'epochs': 2}}``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    dotted, raw = text.split("=", 1)
+    keys = [k for k in dotted.strip().split(".") if k]
+    if len(keys) < 2:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    tree: dict = {}
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return tree
+
+
+def load_config(conf_files: list[str] | None = None, overrides: list[str] | None = None) -> Config:
+    """Builds the configuration from defaults, then each YAML file in order, then each override."""
+    config = Config()
+    for conf_file in conf_files or []:
+        path = Path(conf_file)
+        if not path.is_file():
+            raise ConfigError(f"configuration file not found: {conf_file}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{conf_file}: not valid YAML: {error}") from error
+        try:
+            _merge(config, values, "")
+        except ConfigError as error:
+            raise ConfigError(f"{conf_file}: {error}") from error
+    for override in overrides or []:
+        _merge(config, parse_override(override), "")
+    return config.validate()
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--conf-file", action="append", default=[], metavar="YAML",
+                        help="configuration file; repeat to layer files, later ones win")
+    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="SECTION.KEY=VALUE",
+                        help="override one configuration value (repeatable)")
+    return parser
+
+
+def config_from_args(argv: list[str] | None = None, description: str = "") -> Config:
+    """Parses a job's command line into a validated Config; exits with the key named on error."""
+    parser = add_config_arguments(argparse.ArgumentParser(description=description))
+    args = parser.parse_args(argv)
+    try:
+        return load_config(args.conf_file, args.overrides)
+    except ConfigError as error:
+        parser.error(str(error))
+        raise  # unreachable: parser.error exits

@@ -1,0 +1,61 @@
+"""Column and table names shared by every stage, so that a rename happens in one place."""
+
+# Canonical event columns (bronze and after).
+EVENT_ID = "event_id"
+USER_ID = "user_id"
+ITEM_ID = "item_id"
+EVENT_TYPE = "event_type"
+EVENT_TS = "event_ts"
+QUANTITY = "quantity"
+PRICE = "price"
+SESSION_ID = "session_id"
+SOURCE_FILE = "source_file"
+SOURCE_ROW = "source_row"
+
+# Item and user attributes.
+CATEGORY = "category"
+BRAND = "brand"
+STOCK = "stock"
+AGE = "age"
+GENDER = "gender"
+REGION = "region"
+ATTRIBUTES = "attributes"
+
+# Quarantine.
+RAW_RECORD = "raw_record"
+REASON = "reason"
+
+# Gold / model columns.
+ITEM_IDX = "item_idx"
+HISTORY = "history"
+TARGET = "target"
+SPLIT = "split"
+RELEVANT = "relevant"
+SEEN = "seen"
+TRAIN_COUNT = "train_count"
+
+# Recommendations and predictions.
+RANK = "rank"
+SCORE = "score"
+CONFIDENCE = "confidence"
+RUN_ID = "run_id"
+MODEL_NAME = "model_name"
+RECOMMENDATIONS = "recommendations"
+PREDICTION = "prediction"
+
+EVENT_TYPES_DEFAULT = ("view", "cart", "purchase")
+
+# Reserved item indices: 0 pads sequences, 1 takes every item outside the trained vocabulary.
+PAD_IDX = 0
+OOV_IDX = 1
+FIRST_ITEM_IDX = 2
+
+# Layers and tables.
+BRONZE, SILVER, GOLD = "bronze", "silver", "gold"
+EVENTS, ITEMS, USERS, QUARANTINE, RUN_LOG = "events", "items", "users", "quarantine", "run_log"
+ITEM_VOCAB = "item_vocab"
+TRAIN_EXAMPLES = "train_examples"
+EVAL_QUERIES = "eval_queries"
+SERVING_HISTORIES = "serving_histories"
+
+VALIDATION, TEST = "validation", "test"

