@@ -6,6 +6,7 @@ naming the key, before any Spark session starts.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import dataclasses
 import types
 import typing
@@ -54,6 +55,8 @@ class SparkConfig:
 @dataclasses.dataclass
 class IngestConfig:
     event_types: list = dataclasses.field(default_factory=lambda: ["view", "cart", "purchase"])
+    # Events before this date are quarantined (clock errors, epoch zero); after "now" too.
+    min_event_ts: str = "1990-01-01"
 
 
 @dataclasses.dataclass
@@ -127,6 +130,10 @@ class Config:
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {value!r}")
+        try:
+            dt.datetime.fromisoformat(self.ingest.min_event_ts)
+        except ValueError as error:
+            raise ConfigError(f"ingest.min_event_ts: not an ISO date: {self.ingest.min_event_ts!r}") from error
         for key in ("n_test_sessions", "n_validation_sessions"):
             if getattr(self.features, key) < 0:
                 raise ConfigError(f"features.{key}: must be >= 0")

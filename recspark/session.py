@@ -46,8 +46,6 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
         .config("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
         .config("spark.driver.memory", config.driver_memory)
         .config("spark.sql.session.timeZone", "UTC")
-        # Complete Journey stores nanosecond timestamps, which Spark reads only as longs.
-        .config("spark.sql.legacy.parquet.nanosAsLong", "true")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.databricks.delta.snapshotPartitions", "2")
         .config("spark.ui.showConsoleProgress", "true")

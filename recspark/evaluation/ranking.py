@@ -1,0 +1,210 @@
+"""Distributed top-K ranking metrics over a Spark DataFrame, with Spark SQL built-ins only.
+
+Input: one row per user, an array column of ranked predicted item ids (best first) and an array
+column of relevant item ids (ints or strings; the two columns' element types must match or both be
+numeric). Each metric is computed per row with higher-order functions (no Python UDF, so rows
+never leave the JVM) and then averaged; only the one-row mean reaches the driver.
+
+Definitions are exactly those of :mod:`recspark.evaluation.metrics`, which follow Spark's
+``RankingMetrics`` (binary relevance, relevant as a set, every occurrence of a relevant item in the
+prediction is a hit, users without relevant items score 0 but count in the mean). Two additions
+the reference cannot have: a null array counts as empty, and ids are compared null-safely (``<=>``)
+so that a null id behaves like any other value, as it would in Spark's Scala ``Set``.
+"""
+from __future__ import annotations
+
+import math
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, DataType, DoubleType, NullType, NumericType
+
+from recspark.constants import PREDICTION, RELEVANT
+from recspark.evaluation.metrics import _check_k
+
+PRECISION_AT_K = "precision_at_k"
+RECALL_AT_K = "recall_at_k"
+NDCG_AT_K = "ndcg_at_k"
+MAP_AT_K = "map_at_k"
+MAP = "mean_average_precision"
+HIT_RATE_AT_K = "hit_rate_at_k"
+MRR_AT_K = "mrr_at_k"
+METRIC_COLUMNS: tuple[str, ...] = (
+    PRECISION_AT_K, RECALL_AT_K, NDCG_AT_K, MAP_AT_K, MAP, HIT_RATE_AT_K, MRR_AT_K,
+)
+
+# Our names -> pyspark.ml.evaluation.RankingEvaluator metricName (it has no hit rate or MRR).
+SPARK_EVALUATOR_METRICS: dict[str, str] = {
+    PRECISION_AT_K: "precisionAtK",
+    RECALL_AT_K: "recallAtK",
+    NDCG_AT_K: "ndcgAtK",
+    MAP_AT_K: "meanAveragePrecisionAtK",
+    MAP: "meanAveragePrecision",
+}
+
+# Intermediate column, dropped before returning.
+_ACC = "__ranking_acc"
+
+
+def _array_element_type(df: DataFrame, col: str) -> DataType:
+    if col not in df.columns:
+        raise ValueError(f"column {col!r} not in DataFrame columns {df.columns}")
+    data_type = df.schema[col].dataType
+    if not isinstance(data_type, ArrayType):
+        raise TypeError(f"column {col!r} must be an array of item ids, got {data_type.simpleString()}")
+    return data_type.elementType
+
+
+def _check_columns(df: DataFrame, predicted_col: str, relevant_col: str) -> tuple[ArrayType, ArrayType]:
+    pred_type = _array_element_type(df, predicted_col)
+    rel_type = _array_element_type(df, relevant_col)
+    # Comparing strings with numbers would make Spark cast one side: "1" == 1 would silently hit.
+    compatible = (
+        pred_type == rel_type
+        or isinstance(pred_type, NullType) or isinstance(rel_type, NullType)
+        or (isinstance(pred_type, NumericType) and isinstance(rel_type, NumericType))
+    )
+    if not compatible:
+        raise TypeError(
+            f"element types of {predicted_col!r} ({pred_type.simpleString()}) and {relevant_col!r} "
+            f"({rel_type.simpleString()}) are not comparable; cast the ids to one type first"
+        )
+    return ArrayType(pred_type), ArrayType(rel_type)
+
+
+def _non_null_array(col: str, array_type: ArrayType) -> Column:
+    return F.coalesce(F.col(col), F.array().cast(array_type))
+
+
+def per_user_ranking_metrics(
+    df: DataFrame,
+    k: int,
+    predicted_col: str = PREDICTION,
+    relevant_col: str = RELEVANT,
+) -> DataFrame:
+    """``df`` with one extra double column per metric (see ``METRIC_COLUMNS``), one row per user.
+
+    Use it for distributions (e.g. NDCG by user segment); :func:`ranking_metrics` is its mean.
+    Existing columns with a metric's name are replaced.
+    """
+    k = _check_k(k)
+    pred_type, rel_type = _check_columns(df, predicted_col, relevant_col)
+    pred = _non_null_array(predicted_col, pred_type)
+    rel = F.array_distinct(_non_null_array(relevant_col, rel_type))  # relevant is a set
+    n_rel = F.size(rel)
+
+    # 1/0 per predicted position, one flag per occurrence: duplicates each hit, as in Spark.
+    hits = F.transform(pred, lambda x: F.exists(rel, lambda r: r.eqNullSafe(x)).cast("int"))
+
+    # One left-to-right pass over the whole list yields every metric: the @k ones only
+    # accumulate while the position is <= k, full-list AP accumulates throughout.
+    def step(acc: Column, hit: Column) -> Column:
+        rank = acc["rank"] + 1
+        n_hits = acc["n_hits"] + hit
+        in_top_k = rank <= k
+        hit_k = F.when(in_top_k, hit).otherwise(F.lit(0))
+        precision_here = hit * n_hits / rank  # precision@rank at a hit, else 0
+        return F.struct(
+            rank.alias("rank"),
+            n_hits.alias("n_hits"),
+            (acc["n_hits_k"] + hit_k).alias("n_hits_k"),
+            (acc["ap_sum"] + precision_here).alias("ap_sum"),
+            (acc["ap_sum_k"] + F.when(in_top_k, precision_here).otherwise(F.lit(0.0))).alias("ap_sum_k"),
+            (acc["dcg_k"] + hit_k / F.log2(rank + 1)).alias("dcg_k"),
+            F.when((acc["first_hit_k"] == 0) & (hit_k == 1), rank)
+            .otherwise(acc["first_hit_k"]).alias("first_hit_k"),
+        )
+
+    zero = F.struct(
+        F.lit(0).alias("rank"),
+        F.lit(0).alias("n_hits"),
+        F.lit(0).alias("n_hits_k"),
+        F.lit(0.0).alias("ap_sum"),
+        F.lit(0.0).alias("ap_sum_k"),
+        F.lit(0.0).alias("dcg_k"),
+        F.lit(0).alias("first_hit_k"),  # 1-based rank of the first hit in the top k, 0 = none
+    )
+    # Ideal DCG: a hit at each of the first min(k, |relevant|) positions. sequence(1, k) is a
+    # constant (folded once); slicing it avoids sequence(1, 0), which would count down to [1, 0].
+    idcg = F.aggregate(
+        F.slice(F.sequence(F.lit(1), F.lit(k)), 1, n_rel),
+        F.lit(0.0),
+        lambda acc, rank: acc + 1.0 / F.log2(rank + 1),
+    )
+
+    acc = F.col(_ACC)
+    has_rel = n_rel > 0
+
+    def if_relevant(value: Column) -> Column:
+        # Spark scores users without relevant items 0; CASE WHEN also keeps / 0 from being
+        # evaluated (an error under ANSI mode).
+        return F.when(has_rel, value).otherwise(F.lit(0.0)).cast(DoubleType())
+
+    metrics = {
+        PRECISION_AT_K: if_relevant(acc["n_hits_k"] / F.lit(k)),
+        RECALL_AT_K: if_relevant(acc["n_hits_k"] / n_rel),
+        NDCG_AT_K: if_relevant(acc["dcg_k"] / idcg),
+        MAP_AT_K: if_relevant(acc["ap_sum_k"] / F.least(n_rel, F.lit(k))),
+        MAP: if_relevant(acc["ap_sum"] / n_rel),
+        HIT_RATE_AT_K: if_relevant((acc["n_hits_k"] > 0).cast("double")),
+        MRR_AT_K: if_relevant(F.when(acc["first_hit_k"] > 0, 1.0 / acc["first_hit_k"]).otherwise(F.lit(0.0))),
+    }
+    # The accumulator is its own projection so that Spark evaluates the fold once per row, not
+    # once per metric that reads it (CollapseProject does not inline non-trivial expressions that
+    # are referenced more than once).
+    return (
+        df.withColumn(_ACC, F.aggregate(hits, zero, step))
+        .withColumns(metrics)
+        .drop(_ACC)
+    )
+
+
+def ranking_metrics(
+    df: DataFrame,
+    k: int,
+    predicted_col: str = PREDICTION,
+    relevant_col: str = RELEVANT,
+) -> dict[str, float]:
+    """Mean of each per-user metric (keys: ``METRIC_COLUMNS``), in one Spark job.
+
+    The metric values equal :mod:`recspark.evaluation.metrics` and, for the five metrics it has,
+    Spark's ``RankingMetrics``. An empty DataFrame gives NaN for every metric (as Spark).
+    """
+    per_user = per_user_ranking_metrics(df, k, predicted_col, relevant_col)
+    row = per_user.agg(*[F.avg(name).alias(name) for name in METRIC_COLUMNS]).first()
+    return {name: math.nan if row is None or row[name] is None else float(row[name]) for name in METRIC_COLUMNS}
+
+
+def spark_ranking_evaluator_metrics(
+    df: DataFrame,
+    k: int,
+    predicted_col: str = PREDICTION,
+    relevant_col: str = RELEVANT,
+) -> dict[str, float]:
+    """The metrics ``pyspark.ml.evaluation.RankingEvaluator`` offers (keys: ``SPARK_EVALUATOR_METRICS``).
+
+    A thin wrapper, for cross-checking and for code that expects Spark's own evaluator; prefer
+    :func:`ranking_metrics`, which is one job instead of five and has hit rate and MRR.
+    RankingEvaluator only accepts ``array<double>`` columns, so numeric ids are cast to double
+    (exact only for |id| < 2**53) and string ids are rejected.
+    """
+    from pyspark.ml.evaluation import RankingEvaluator
+
+    k = _check_k(k)
+    pred_type, rel_type = _check_columns(df, predicted_col, relevant_col)
+    for col, array_type in ((predicted_col, pred_type), (relevant_col, rel_type)):
+        if not isinstance(array_type.elementType, (NumericType, NullType)):
+            raise TypeError(
+                f"RankingEvaluator needs numeric item ids, column {col!r} holds "
+                f"{array_type.elementType.simpleString()}; use ranking_metrics instead"
+            )
+    double_array = ArrayType(DoubleType())
+    data = df.select(
+        _non_null_array(predicted_col, pred_type).cast(double_array).alias(predicted_col),
+        _non_null_array(relevant_col, rel_type).cast(double_array).alias(relevant_col),
+    )
+    evaluator = RankingEvaluator(predictionCol=predicted_col, labelCol=relevant_col, k=k)
+    return {
+        name: float(evaluator.evaluate(data, {evaluator.metricName: spark_name}))
+        for name, spark_name in SPARK_EVALUATOR_METRICS.items()
+    }

@@ -1,0 +1,1 @@
+"""The data stages: ingest (raw -> bronze), prepare (bronze -> silver), features (silver -> gold)."""

@@ -1,0 +1,1 @@
+"""Small shared helpers: Delta I/O and job plumbing."""
