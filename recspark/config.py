@@ -60,6 +60,13 @@ class IngestConfig:
 
 
 @dataclasses.dataclass
+class PrivacyConfig:
+    # On Databricks: the secret scope holding the pseudonymisation key (secret "pseudonym-key").
+    # Elsewhere the key comes from RECSPARK_PSEUDONYM_KEY; never from a file in the repository.
+    secret_scope: Optional[str] = None
+
+
+@dataclasses.dataclass
 class FeaturesConfig:
     max_seq_len: int = 50
     # Items seen fewer times than this in the training period share the out-of-vocabulary index.
@@ -102,6 +109,7 @@ class Config:
     paths: PathsConfig = dataclasses.field(default_factory=PathsConfig)
     spark: SparkConfig = dataclasses.field(default_factory=SparkConfig)
     ingest: IngestConfig = dataclasses.field(default_factory=IngestConfig)
+    privacy: PrivacyConfig = dataclasses.field(default_factory=PrivacyConfig)
     features: FeaturesConfig = dataclasses.field(default_factory=FeaturesConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)

@@ -1,25 +1,35 @@
 """Petastorm feed: a Spark DataFrame materialised once as Parquet, read back as sharded tf.data.
 
 The driver calls :func:`make_converter`; the converter (a small picklable object holding Parquet
-file URLs) travels to the Horovod workers, where :func:`open_training_dataset` opens that worker's
-shard. Petastorm shards by Parquet row group, so the DataFrame is written as at least one file per
-shard: a shard with no row group would make Petastorm refuse to start.
+file URLs) travels to the Horovod workers, where :func:`open_shard` opens that worker's shard and
+:func:`training_batches` turns it into ``(history, target)`` batches for ``Model.fit``.
+
+Petastorm shards by Parquet row group (``row_group_index % shard_count == cur_shard``), so a shard
+with no row group is an error at open time and a shard with fewer rows simply sees them more
+often: :func:`make_converter` therefore writes at least one non-empty file per shard.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from pyspark.sql import DataFrame, SparkSession
 
 from recspark.constants import HISTORY, TARGET
 
+if TYPE_CHECKING:
+    import tensorflow as tf
+    from petastorm.spark import SparkDatasetConverter
 
-def make_converter(spark: SparkSession, df: DataFrame, cache_url: str, *, num_files: Optional[int] = None):
-    """Materialises ``df`` under ``cache_url`` (a ``file://`` URL) and returns a SparkDatasetConverter.
 
-    ``num_files`` (e.g. the number of Horovod processes) repartitions ``df`` first so that every shard
-    gets at least one Parquet file (hence one row group). Call ``converter.delete()`` when done.
+def make_converter(
+    spark: SparkSession, df: DataFrame, cache_url: str, *, num_files: Optional[int] = None
+) -> "SparkDatasetConverter":
+    """Materialises ``df`` as Parquet under ``cache_url`` (a ``file://`` URL) and returns its converter.
+
+    ``num_files`` (e.g. the number of Horovod processes) repartitions ``df`` first so that each shard
+    gets at least one file, hence one row group. The caller must ``converter.delete()`` when done
+    (Petastorm only deletes at interpreter exit).
     """
     from petastorm.spark import SparkDatasetConverter, make_spark_converter
 
@@ -27,5 +37,75 @@ def make_converter(spark: SparkSession, df: DataFrame, cache_url: str, *, num_fi
         raise ValueError(f"cache_url must be a file:// URL, got {cache_url!r}")
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, cache_url)
     if num_files is not None:
+        if num_files < 1:
+            raise ValueError(f"num_files must be >= 1, got {num_files}")
+        # Round-robin repartition: every file is non-empty as long as there are >= num_files rows.
         df = df.repartition(num_files)
-    return make_spark_converter(df)
+    # dtype=None: keep the int columns (and any float ones) exactly as the gold stage wrote them.
+    return make_spark_converter(df, dtype=None)
+
+
+@contextlib.contextmanager
+def open_shard(
+    converter: "SparkDatasetConverter",
+    *,
+    rank: int,
+    size: int,
+    batch_size: int,
+    num_epochs: Optional[int] = None,
+    shuffling_queue_capacity: int = 0,
+    workers_count: int = 2,
+    seed: Optional[int] = None,
+) -> Iterator["tf.data.Dataset"]:
+    """Opens shard ``rank`` of ``size`` as a tf.data.Dataset of Petastorm row batches (namedtuples).
+
+    ``num_epochs=None`` repeats forever: with Horovod every rank must run the same number of steps,
+    and shards differ in size, so training bounds epochs by ``steps_per_epoch`` instead.
+    ``shuffling_queue_capacity=0`` and ``seed`` with one worker give a deterministic order.
+    """
+    kwargs = {"seed": seed} if seed is not None else {}
+    with converter.make_tf_dataset(
+        batch_size=batch_size,
+        cur_shard=rank,
+        shard_count=size,
+        num_epochs=num_epochs,
+        shuffling_queue_capacity=shuffling_queue_capacity or None,
+        workers_count=workers_count,
+        **kwargs,
+    ) as dataset:
+        yield dataset
+
+
+def to_features_and_label(max_seq_len: int):
+    """Returns a tf.data map function: Petastorm row batch -> (history int32 [n, L], target int32 [n])."""
+    import tensorflow as tf
+
+    def convert(batch):
+        # Petastorm leaves the list column's length unknown; Keras needs the static max_seq_len.
+        history = tf.ensure_shape(tf.cast(getattr(batch, HISTORY), tf.int32), [None, max_seq_len])
+        target = tf.cast(getattr(batch, TARGET), tf.int32)
+        return history, target
+
+    return convert
+
+
+@contextlib.contextmanager
+def training_batches(
+    converter: "SparkDatasetConverter",
+    *,
+    rank: int,
+    size: int,
+    batch_size: int,
+    max_seq_len: int,
+    shuffling_queue_capacity: int = 0,
+    workers_count: int = 2,
+    seed: Optional[int] = None,
+) -> Iterator["tf.data.Dataset"]:
+    """This worker's shard as endless ``(history, target)`` batches, for ``fit(steps_per_epoch=...)``."""
+    import tensorflow as tf
+
+    with open_shard(
+        converter, rank=rank, size=size, batch_size=batch_size, num_epochs=None,
+        shuffling_queue_capacity=shuffling_queue_capacity, workers_count=workers_count, seed=seed,
+    ) as dataset:
+        yield dataset.map(to_features_and_label(max_seq_len), num_parallel_calls=tf.data.AUTOTUNE)

@@ -42,8 +42,9 @@ SPARK_EVALUATOR_METRICS: dict[str, str] = {
     MAP: "meanAveragePrecision",
 }
 
-# Intermediate column, dropped before returning.
+# Intermediate columns, dropped before returning.
 _ACC = "__ranking_acc"
+_N_REL = "__ranking_n_relevant"
 
 
 def _array_element_type(df: DataFrame, col: str) -> DataType:
@@ -90,8 +91,8 @@ def per_user_ranking_metrics(
     k = _check_k(k)
     pred_type, rel_type = _check_columns(df, predicted_col, relevant_col)
     pred = _non_null_array(predicted_col, pred_type)
-    rel = F.array_distinct(_non_null_array(relevant_col, rel_type))  # relevant is a set
-    n_rel = F.size(rel)
+    rel = _non_null_array(relevant_col, rel_type)
+    n_rel = F.size(F.array_distinct(rel))  # relevant is a set; membership needs no de-duplication
 
     # 1/0 per predicted position, one flag per occurrence: duplicates each hit, as in Spark.
     hits = F.transform(pred, lambda x: F.exists(rel, lambda r: r.eqNullSafe(x)).cast("int"))
@@ -127,13 +128,14 @@ def per_user_ranking_metrics(
     # Ideal DCG: a hit at each of the first min(k, |relevant|) positions. sequence(1, k) is a
     # constant (folded once); slicing it avoids sequence(1, 0), which would count down to [1, 0].
     idcg = F.aggregate(
-        F.slice(F.sequence(F.lit(1), F.lit(k)), 1, n_rel),
+        F.slice(F.sequence(F.lit(1), F.lit(k)), 1, F.col(_N_REL)),
         F.lit(0.0),
         lambda acc, rank: acc + 1.0 / F.log2(rank + 1),
     )
 
     acc = F.col(_ACC)
-    has_rel = n_rel > 0
+    n_rel_col = F.col(_N_REL)
+    has_rel = n_rel_col > 0
 
     def if_relevant(value: Column) -> Column:
         # Spark scores users without relevant items 0; CASE WHEN also keeps / 0 from being
@@ -142,20 +144,20 @@ def per_user_ranking_metrics(
 
     metrics = {
         PRECISION_AT_K: if_relevant(acc["n_hits_k"] / F.lit(k)),
-        RECALL_AT_K: if_relevant(acc["n_hits_k"] / n_rel),
+        RECALL_AT_K: if_relevant(acc["n_hits_k"] / n_rel_col),
         NDCG_AT_K: if_relevant(acc["dcg_k"] / idcg),
-        MAP_AT_K: if_relevant(acc["ap_sum_k"] / F.least(n_rel, F.lit(k))),
-        MAP: if_relevant(acc["ap_sum"] / n_rel),
+        MAP_AT_K: if_relevant(acc["ap_sum_k"] / F.least(n_rel_col, F.lit(k))),
+        MAP: if_relevant(acc["ap_sum"] / n_rel_col),
         HIT_RATE_AT_K: if_relevant((acc["n_hits_k"] > 0).cast("double")),
         MRR_AT_K: if_relevant(F.when(acc["first_hit_k"] > 0, 1.0 / acc["first_hit_k"]).otherwise(F.lit(0.0))),
     }
-    # The accumulator is its own projection so that Spark evaluates the fold once per row, not
-    # once per metric that reads it (CollapseProject does not inline non-trivial expressions that
-    # are referenced more than once).
+    # The fold and the set size get their own projection so that Spark evaluates them once per
+    # row, not once per metric that reads them (CollapseProject does not inline non-trivial
+    # expressions that are referenced more than once).
     return (
-        df.withColumn(_ACC, F.aggregate(hits, zero, step))
+        df.withColumns({_ACC: F.aggregate(hits, zero, step), _N_REL: n_rel})
         .withColumns(metrics)
-        .drop(_ACC)
+        .drop(_ACC, _N_REL)
     )
 
 

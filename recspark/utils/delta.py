@@ -7,6 +7,10 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
 
+def table_exists(spark: SparkSession, path: str) -> bool:
+    return DeltaTable.isDeltaTable(spark, path)
+
+
 def read_table(spark: SparkSession, path: str) -> DataFrame:
     if not DeltaTable.isDeltaTable(spark, path):
         raise FileNotFoundError(f"no Delta table at {path}: run the stage that writes it first")
@@ -37,3 +41,9 @@ def merge_into(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[str
 
 def table_version(spark: SparkSession, path: str) -> int:
     return int(DeltaTable.forPath(spark, path).history(1).collect()[0]["version"])
+
+
+def row_count(spark: SparkSession, path: str) -> int:
+    """Rows in a Delta table. Delta answers an unfiltered count from the per-file statistics in its
+    log (optimizeMetadataOnlyQueries), so this reads no data file."""
+    return spark.read.format("delta").load(path).count()

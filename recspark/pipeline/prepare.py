@@ -1,0 +1,101 @@
+"""Prepare: bronze -> silver. Typed, deduplicated, missing values filled, user ids pseudonymised.
+
+Missing-value policy (per column):
+- events.quantity: null -> 1.0 (an event without a quantity still happened once).
+- events.price: null -> the item's catalogue price, else stays null (unknown, never invented).
+- items.category, items.brand: null or blank -> "unknown" (a category of its own for the models).
+- users.age, gender, region: null -> "unknown".
+"""
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from recspark import constants as C
+from recspark.config import Config
+from recspark.pipeline.privacy import pseudonym_key, pseudonymise
+from recspark.utils.delta import merge_into, overwrite_table, read_table, table_exists
+
+UNKNOWN = "unknown"
+IDENTITY_MAP = "identity_map"
+RAW_USER_ID = "raw_user_id"
+EVENT_GRAIN = (C.USER_ID, C.ITEM_ID, C.EVENT_TYPE, C.EVENT_TS, C.SESSION_ID)
+
+
+def dedupe_events(events: DataFrame) -> DataFrame:
+    """One row per (user, item, event type, time, session): repeated lines of one interaction
+    (two scans of one product in one basket) add up their quantities."""
+    return events.groupBy(*EVENT_GRAIN).agg(
+        F.min(C.EVENT_ID).alias(C.EVENT_ID),
+        F.sum(F.coalesce(C.QUANTITY, F.lit(1.0))).alias(C.QUANTITY),
+        F.avg(C.PRICE).alias(C.PRICE),
+        # The first source position orders events with equal timestamps (file order).
+        F.min(F.struct(C.SOURCE_FILE, C.SOURCE_ROW)).alias("_first"),
+    ).select(
+        C.EVENT_ID, *EVENT_GRAIN, C.QUANTITY, C.PRICE,
+        F.col("_first")[C.SOURCE_FILE].alias(C.SOURCE_FILE), F.col("_first")[C.SOURCE_ROW].alias(C.SOURCE_ROW),
+    )
+
+
+def with_catalogue_price(events: DataFrame, items: DataFrame) -> DataFrame:
+    prices = items.select(C.ITEM_ID, F.col(C.PRICE).alias("_catalogue_price"))
+    return (events.join(prices, C.ITEM_ID, "left")
+            .withColumn(C.PRICE, F.coalesce(C.PRICE, "_catalogue_price")).drop("_catalogue_price"))
+
+
+def with_pseudonymous_users(df: DataFrame, key: bytes) -> DataFrame:
+    return df.withColumn(C.USER_ID, pseudonymise(C.USER_ID, key))
+
+
+def fill_unknown(df: DataFrame, columns: tuple[str, ...]) -> DataFrame:
+    return df.select(*[
+        F.coalesce(F.nullif(F.trim(F.col(c)), F.lit("")), F.lit(UNKNOWN)).alias(c) if c in columns else F.col(c)
+        for c in df.columns
+    ])
+
+
+def coarsen_age(age: str) -> F.Column:
+    """Exact ages become decade ranges ("37" -> "30-39"); ranges and codes pass unchanged."""
+    years = F.col(age).try_cast("int")
+    decade = (F.floor(years / 10) * 10).cast("int")
+    return F.when(years.isNotNull(), F.concat(decade.cast("string"), F.lit("-"), (decade + 9).cast("string"))).otherwise(F.col(age))
+
+
+def prepare_users(users: DataFrame, key: bytes) -> DataFrame:
+    """Quasi-identifiers coarsened: ages to ranges, regions (zip codes) to a 3-character prefix."""
+    return (users.transform(lambda df: with_pseudonymous_users(df, key))
+            .withColumn(C.AGE, coarsen_age(C.AGE))
+            .withColumn(C.REGION, F.substring(C.REGION, 1, 3))
+            .transform(lambda df: fill_unknown(df, (C.AGE, C.GENDER, C.REGION)))
+            .drop(C.SOURCE_FILE, C.SOURCE_ROW))
+
+
+def identity_map(events: DataFrame, users: DataFrame | None, key: bytes) -> DataFrame:
+    """raw user id <-> pseudonym, for every user seen; the only link back, kept in bronze."""
+    raw = events.select(C.USER_ID)
+    if users is not None:
+        raw = raw.unionByName(users.select(C.USER_ID))
+    raw = raw.distinct()
+    return raw.select(F.col(C.USER_ID).alias(RAW_USER_ID), pseudonymise(C.USER_ID, key).alias(C.USER_ID))
+
+
+def prepare(spark: SparkSession, config: Config) -> dict:
+    key = pseudonym_key(config.privacy.secret_scope)
+    events = read_table(spark, config.table_path(C.BRONZE, C.EVENTS))
+    items = read_table(spark, config.table_path(C.BRONZE, C.ITEMS))
+    users_path = config.table_path(C.BRONZE, C.USERS)
+    users = read_table(spark, users_path) if table_exists(spark, users_path) else None
+
+    silver_items = fill_unknown(items.drop(C.SOURCE_FILE, C.SOURCE_ROW), (C.CATEGORY, C.BRAND))
+    silver_events = (events.transform(dedupe_events)
+                     .transform(lambda df: with_catalogue_price(df, items))
+                     .transform(lambda df: with_pseudonymous_users(df, key)))
+    identity = identity_map(events, users, key)
+    merge_into(spark, identity, config.table_path(C.BRONZE, IDENTITY_MAP), [RAW_USER_ID])
+    overwrite_table(silver_events, config.table_path(C.SILVER, C.EVENTS))
+    overwrite_table(silver_items, config.table_path(C.SILVER, C.ITEMS))
+    written = {"silver events": config.table_path(C.SILVER, C.EVENTS), "silver items": config.table_path(C.SILVER, C.ITEMS)}
+    if users is not None:
+        overwrite_table(prepare_users(users, key), config.table_path(C.SILVER, C.USERS))
+        written["silver users"] = config.table_path(C.SILVER, C.USERS)
+    return written
