@@ -5,6 +5,10 @@ column of relevant item ids (ints or strings; the two columns' element types mus
 numeric). Each metric is computed per row with higher-order functions (no Python UDF, so rows
 never leave the JVM) and then averaged; only the one-row mean reaches the driver.
 
+* :func:`ranking_metrics` / :func:`ranking_metrics_at_ks`: means, for one k or several in one job.
+* :func:`per_user_ranking_metrics`: the per-user values behind the means, for distributions.
+* :func:`spark_ranking_evaluator_metrics`: the same numbers from ``pyspark.ml``'s RankingEvaluator.
+
 Definitions are exactly those of :mod:`recspark.evaluation.metrics`, which follow Spark's
 ``RankingMetrics`` (binary relevance, relevant as a set, every occurrence of a relevant item in the
 prediction is a hit, users without relevant items score 0 but count in the mean). Two additions
@@ -14,6 +18,7 @@ so that a null id behaves like any other value, as it would in Spark's Scala ``S
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -172,9 +177,38 @@ def ranking_metrics(
     The metric values equal :mod:`recspark.evaluation.metrics` and, for the five metrics it has,
     Spark's ``RankingMetrics``. An empty DataFrame gives NaN for every metric (as Spark).
     """
-    per_user = per_user_ranking_metrics(df, k, predicted_col, relevant_col)
-    row = per_user.agg(*[F.avg(name).alias(name) for name in METRIC_COLUMNS]).first()
-    return {name: math.nan if row is None or row[name] is None else float(row[name]) for name in METRIC_COLUMNS}
+    k = _check_k(k)
+    return ranking_metrics_at_ks(df, [k], predicted_col, relevant_col)[k]
+
+
+def ranking_metrics_at_ks(
+    df: DataFrame,
+    ks: Sequence[int],
+    predicted_col: str = PREDICTION,
+    relevant_col: str = RELEVANT,
+) -> dict[int, dict[str, float]]:
+    """:func:`ranking_metrics` for several cut-offs, ``{k: {metric: mean}}``, in one Spark job.
+
+    Reports usually want @5, @10, @20 side by side; one pass over the data instead of one per k.
+    (``mean_average_precision`` does not depend on k, so it is the same under every k.)
+    """
+    if isinstance(ks, (str, bytes)) or not isinstance(ks, Iterable):
+        raise TypeError(f"ks must be a sequence of positive ints, got {type(ks).__name__}")
+    ks = list(dict.fromkeys(_check_k(k) for k in ks))
+    if not ks:
+        raise ValueError("ks must contain at least one k")
+    _check_columns(df, predicted_col, relevant_col)
+    per_user = df.select(predicted_col, relevant_col)
+    for k in ks:
+        per_user = per_user_ranking_metrics(per_user, k, predicted_col, relevant_col).withColumnsRenamed(
+            {name: f"{name}@{k}" for name in METRIC_COLUMNS}
+        )
+    # A global aggregate always yields one row; avg over no rows is null, reported as NaN (as Spark).
+    means = iter(per_user.agg(*[F.avg(f"`{name}@{k}`") for k in ks for name in METRIC_COLUMNS]).first())
+    return {
+        k: {name: math.nan if (value := next(means)) is None else float(value) for name in METRIC_COLUMNS}
+        for k in ks
+    }
 
 
 def spark_ranking_evaluator_metrics(
