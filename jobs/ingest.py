@@ -8,12 +8,13 @@ from pyspark.sql import SparkSession
 
 from recspark import constants as C
 from recspark.config import Config
+from recspark.datasets import load_sources
 from recspark.pipeline.ingest import ingest
 from recspark.utils.jobs import new_run_id, run_job
 
 
 def body(spark: SparkSession, config: Config) -> dict:
-    log = ingest(spark, config, new_run_id(config))
+    log = ingest(spark, load_sources(spark, config), config, new_run_id(config))
     summary = {}
     for row in log:
         name = row["source_file"].rsplit("/", 1)[-1]

@@ -17,7 +17,7 @@ from pyspark.sql import types as T
 
 from recspark import constants as C
 from recspark.config import Config
-from recspark.datasets import load_sources
+from recspark.datasets import RawSources
 from recspark.utils.delta import merge_into
 
 EVENT_SCHEMA: dict[str, str] = {
@@ -76,7 +76,7 @@ class Validated:
 
 def with_canonical_columns(df: DataFrame, schema: dict[str, str]) -> DataFrame:
     """Adds every absent canonical column as null, so that sources may omit optional ones."""
-    missing = [F.lit(None).cast(T.StringType()).alias(name) for name in schema if name not in df.columns]
+    missing = [F.lit(None).cast(data_type).alias(name) for name, data_type in schema.items() if name not in df.columns]
     return df.select("*", *missing) if missing else df
 
 
@@ -221,13 +221,12 @@ def reconcile(validated: Validated) -> DataFrame:
     )
 
 
-def ingest(spark: SparkSession, config: Config, run_id: str) -> list[dict]:
-    """Validates every source of the configured data set and MERGEs it into bronze.
+def ingest(spark: SparkSession, sources: RawSources, config: Config, run_id: str) -> list[dict]:
+    """Validates every source and MERGEs it into bronze.
 
     Returns one reconciliation row per (entity, source file); the same rows are appended to the
     ``run_log`` table. The only actions are the MERGEs and one small aggregation per entity.
     """
-    sources = load_sources(spark, config)
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     floor = dt.datetime.fromisoformat(config.ingest.min_event_ts)
     plan = [

@@ -30,13 +30,19 @@ def merge_into(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[str
         # An empty table first, so the first run takes the same MERGE path as every later one.
         df.limit(0).write.format("delta").save(path)
     condition = " AND ".join(f"t.`{key}` <=> s.`{key}`" for key in keys)
-    merge = DeltaTable.forPath(spark, path).alias("t").merge(df.alias("s"), condition)
+    table = DeltaTable.forPath(spark, path)
+    before = table_version(spark, path)
+    merge = table.alias("t").merge(df.alias("s"), condition)
     if update:
         merge = merge.whenMatchedUpdateAll()
     merge.whenNotMatchedInsertAll().execute()
-    history = DeltaTable.forPath(spark, path).history(1).collect()[0]
-    metrics = dict(history["operationMetrics"] or {})
-    return {key: int(metrics.get(key, 0)) for key in ("numTargetRowsInserted", "numTargetRowsUpdated")}
+    last = table.history(1).collect()[0]
+    names = ("numTargetRowsInserted", "numTargetRowsUpdated")
+    # A MERGE that changes nothing commits nothing: the last commit is then an older one.
+    if int(last["version"]) == before:
+        return dict.fromkeys(names, 0)
+    metrics = dict(last["operationMetrics"] or {})
+    return {name: int(metrics.get(name, 0)) for name in names}
 
 
 def table_version(spark: SparkSession, path: str) -> int:

@@ -1,0 +1,68 @@
+"""Configuration: YAML layering, --set overrides, and errors that name the key before Spark starts."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recspark.config import ConfigError, load_config, parse_override
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_files_layer_in_order_and_overrides_win(tmp_path: Path) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text("train:\n  epochs: 4\n  learning_rate: 0.01\nfeatures:\n  max_seq_len: 20\n")
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("train:\n  epochs: 6\n")
+    config = load_config([str(base), str(extra)], ["features.max_seq_len=30", "dataset.name=ml-1m"])
+    assert (config.train.epochs, config.train.learning_rate) == (6, 0.01)
+    assert config.features.max_seq_len == 30
+    assert config.dataset.name == "ml-1m"
+    assert config.table_path("gold", "item_vocab") == "lakehouse/ml-1m/gold/item_vocab"
+
+
+def test_int_is_accepted_for_float() -> None:
+    assert load_config(None, ["train.learning_rate=1"]).train.learning_rate == 1.0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.epoch=3", "unknown configuration key 'train.epoch'"),
+        ("trainer.epochs=3", "unknown configuration key 'trainer'"),
+        ("train.epochs=three", "train.epochs: expected int"),
+        ("train.epochs=0", "train.epochs: must be > 0"),
+        ("train.epochs=true", "train.epochs: expected int"),
+        ("dataset.name=imdb", "dataset.name: 'imdb' is not one of"),
+        ("ingest.min_event_ts=yesterday", "ingest.min_event_ts: not an ISO date"),
+        ("train", "expected section.key=value"),
+    ],
+)
+def test_bad_values_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_unknown_key_in_file_names_file_and_key(tmp_path: Path) -> None:
+    conf = tmp_path / "bad.yaml"
+    conf.write_text("score:\n  topk: 5\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown configuration key 'score\.topk'"):
+        load_config([str(conf)])
+
+
+def test_parse_override_reads_yaml_values() -> None:
+    assert parse_override("ingest.event_types=[view, click]") == {"ingest": {"event_types": ["view", "click"]}}
+
+
+def test_job_fails_before_spark_starts() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "ingest.py"), "--conf-file", str(ROOT / "conf" / "local.yaml"),
+         "--set", "train.batchsize=3"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "unknown configuration key 'train.batchsize'" in result.stderr
+    assert "SparkContext" not in result.stderr and "log4j" not in result.stderr
