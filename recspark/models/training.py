@@ -1,0 +1,352 @@
+"""Distributed training: Horovod on Spark (Gloo), fed by Petastorm, exported for the scoring stage.
+
+The driver materialises the training DataFrame once (:mod:`recspark.feed`), then
+``horovod.spark.run`` starts ``num_proc`` Spark tasks, each launching one training process that
+reads its own shard. Gradients are averaged by ``hvd.DistributedOptimizer``; rank 0's initial
+weights are broadcast after the first batch. Rank 0 alone writes, under ``model_dir``:
+
+- ``model.keras``: the model without its optimizer, loadable with plain
+  ``tf.keras.models.load_model`` (no custom objects, no Horovod);
+- ``model_meta.json``: what the scorer needs to use it, and how it was trained;
+- ``checkpoints/epoch-NNN.weights.h5``: weights after every epoch (load into ``build_model``).
+
+Every rank returns a :class:`RankResult` (weight digests, and the weights themselves for small
+models), and the driver fails loudly if the ranks' final weights differ: that is what happens when
+gradients are not averaged, e.g. when ``tf.keras`` is Keras 3, whose optimizers Horovod 0.28 does
+not hook into.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from pyspark.sql import DataFrame, SparkSession
+
+from recspark.config import TrainConfig
+from recspark.constants import HISTORY, TARGET
+from recspark.feed import make_converter, training_batches
+
+if TYPE_CHECKING:
+    import numpy as np
+    import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+META_FILE = "model_meta.json"
+CHECKPOINTS_DIR = "checkpoints"
+# Ranks return their final weights as arrays up to this many parameters, only digests beyond.
+RETURN_WEIGHTS_MAX_PARAMS = 2_000_000
+# Petastorm reader threads per training process: two processes share a 2-core machine here.
+READER_WORKERS = 2
+SHUFFLE_CAPACITY = 1024
+
+# The training processes inherit the Spark Python worker's environment, which was fixed when the
+# driver's JVM started. Set it here too for a driver that has not imported `recspark` first; and
+# pass it to Horovod explicitly (see _worker_env), which reaches the processes regardless.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+
+@dataclasses.dataclass
+class RankResult:
+    """What one Horovod rank returns: enough for the driver (and tests) to check the ranks agree."""
+
+    rank: int
+    size: int
+    loss_history: list[float]
+    initial_digests: list[str]  # sha256 of each variable's bytes before training
+    final_digests: list[str]
+    weights: Optional[list["np.ndarray"]]  # final weights, only for small models
+    tf_keras_module: str  # where tf.keras.Model comes from in that process (tf_keras.*, not keras.*)
+    legacy_keras_env: Optional[str]  # TF_USE_LEGACY_KERAS as that process saw it
+    steps_per_epoch: int
+    seconds: float
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """Outcome of :func:`train_distributed`; ``rank_results`` is indexed by rank."""
+
+    model_dir: str
+    history: list[float]  # per-epoch training loss, averaged over ranks
+    seconds: float
+    rank_results: list[RankResult]
+
+    @property
+    def ranks_agree(self) -> bool:
+        """True when every rank ended with bit-identical weights."""
+        return len({tuple(r.final_digests) for r in self.rank_results}) == 1
+
+
+def require_legacy_keras() -> None:
+    """Fails unless ``tf.keras`` is tf-keras (Keras 2).
+
+    With Keras 3, ``hvd.DistributedOptimizer`` wraps an optimizer whose training step never calls the
+    methods Horovod overrides: each rank silently trains on its own gradients.
+    """
+    import tensorflow as tf
+
+    module = tf.keras.Model.__module__
+    if not module.startswith("tf_keras"):
+        raise RuntimeError(
+            f"tf.keras is {module.split('.')[0]} (tf.keras.Model from {module}), not tf-keras: Horovod would not "
+            f"average gradients. Set TF_USE_LEGACY_KERAS=1 before TensorFlow is imported "
+            f"(it is {os.environ.get('TF_USE_LEGACY_KERAS')!r} in this process)."
+        )
+
+
+def _digest(array: "np.ndarray") -> str:
+    import numpy as np
+
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _steps_per_epoch(num_rows: int, batch_size: int, size: int) -> int:
+    """Full global batches per epoch; at least one, so a tiny data set still trains."""
+    return max(1, num_rows // (batch_size * size))
+
+
+def _pin_devices(hvd: Any) -> None:
+    """Horovod's pattern: one GPU per local rank, memory growth on; on CPU, share the cores."""
+    import tensorflow as tf
+
+    gpus = tf.config.experimental.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    if gpus:
+        tf.config.experimental.set_visible_devices(gpus[hvd.local_rank()], "GPU")
+    else:
+        # local_size() processes share this host's cores: without a cap each would start one
+        # thread per core and they would thrash each other.
+        threads = max(1, (os.cpu_count() or 1) // hvd.local_size())
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def _progress_callback(epochs: int) -> "tf.keras.callbacks.Callback":
+    import tensorflow as tf
+
+    class Progress(tf.keras.callbacks.Callback):
+        """Prints one line per epoch (rank 0 only; placed after MetricAverageCallback: rank-averaged loss)."""
+
+        def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
+            self.started = time.time()
+
+        def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+            loss = (logs or {}).get("loss", float("nan"))
+            print(f"epoch {epoch + 1}/{epochs} loss={loss:.4f} seconds={time.time() - self.started:.1f}", flush=True)
+
+    return Progress()
+
+
+def _export(model: "tf.keras.Model", model_dir: Path, meta: dict, build: dict) -> None:
+    """Writes model.keras (a fresh, optimizer-free copy) and model_meta.json, each atomically."""
+    from recspark.models import build_model
+
+    # The trained model's optimizer is Horovod's dynamically made subclass: a plain copy without
+    # it is what loads anywhere with no custom objects, and inference needs no optimizer.
+    export = build_model(**build)
+    export.set_weights(model.get_weights())
+    tmp_model = model_dir / f".{MODEL_FILE}.tmp.keras"  # Keras insists on the .keras suffix
+    export.save(tmp_model)
+    os.replace(tmp_model, model_dir / MODEL_FILE)
+    tmp_meta = model_dir / f".{META_FILE}.tmp"
+    tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp_meta, model_dir / META_FILE)
+
+
+def _train_fn(
+    converter: Any,
+    *,
+    num_rows: int,
+    num_items: int,
+    max_seq_len: int,
+    train_config: TrainConfig,
+    model_dir: str,
+) -> RankResult:
+    """Runs in every Horovod process (one per Spark task); rank 0 alone writes to ``model_dir``."""
+    require_legacy_keras()  # before anything builds an optimizer
+    import horovod.tensorflow.keras as hvd
+    import tensorflow as tf
+
+    from recspark.models import build_model, get_loss
+
+    hvd.init()
+    rank, size = hvd.rank(), hvd.size()
+    _pin_devices(hvd)
+    # Same seed on every rank: same initial weights (the broadcast then changes nothing) and a
+    # reproducible run; the shards, not the seeds, make the ranks' batches differ.
+    tf.keras.utils.set_random_seed(train_config.seed)
+
+    build = dict(name=train_config.model, num_items=num_items, embedding_dim=train_config.embedding_dim,
+                 max_seq_len=max_seq_len, seed=train_config.seed)
+    model = build_model(**build)
+    initial_digests = [_digest(w) for w in model.get_weights()]
+
+    # Linear scaling rule: the global batch is size times larger, so is the step.
+    optimizer = hvd.DistributedOptimizer(tf.keras.optimizers.Adam(learning_rate=train_config.learning_rate * size))
+    model.compile(optimizer=optimizer, loss=get_loss(train_config.model))
+
+    callbacks: list = [
+        hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+        # Before any callback that reads logs, so they see the loss averaged over ranks.
+        hvd.callbacks.MetricAverageCallback(),
+    ]
+    out = Path(model_dir)
+    if rank == 0:
+        callbacks.append(_progress_callback(train_config.epochs))
+        callbacks.append(tf.keras.callbacks.ModelCheckpoint(
+            str(out / CHECKPOINTS_DIR / "epoch-{epoch:03d}.weights.h5"), save_weights_only=True))
+
+    steps = _steps_per_epoch(num_rows, train_config.batch_size, size)
+    started = time.time()
+    with training_batches(
+        converter, rank=rank, size=size, batch_size=train_config.batch_size, max_seq_len=max_seq_len,
+        shuffling_queue_capacity=SHUFFLE_CAPACITY, workers_count=READER_WORKERS, seed=train_config.seed + rank,
+    ) as batches:
+        fitted = model.fit(batches, epochs=train_config.epochs, steps_per_epoch=steps,
+                           callbacks=callbacks, verbose=0)
+    seconds = time.time() - started
+    loss_history = [float(x) for x in fitted.history["loss"]]
+
+    if rank == 0:
+        meta = {
+            "model": train_config.model,
+            "num_items": num_items,
+            "max_seq_len": max_seq_len,
+            "embedding_dim": train_config.embedding_dim,
+            "epochs": train_config.epochs,
+            "loss_history": loss_history,
+            "training_seconds": round(seconds, 3),
+            "num_proc": size,
+            "batch_size": train_config.batch_size,
+            "learning_rate": train_config.learning_rate,
+            "learning_rate_scaled": train_config.learning_rate * size,
+            "steps_per_epoch": steps,
+            "num_rows": num_rows,
+            "seed": train_config.seed,
+        }
+        _export(model, out, meta, build)
+
+    weights = model.get_weights()
+    return RankResult(
+        rank=rank,
+        size=size,
+        loss_history=loss_history,
+        initial_digests=initial_digests,
+        final_digests=[_digest(w) for w in weights],
+        weights=weights if model.count_params() <= RETURN_WEIGHTS_MAX_PARAMS else None,
+        tf_keras_module=tf.keras.Model.__module__,
+        legacy_keras_env=os.environ.get("TF_USE_LEGACY_KERAS"),
+        steps_per_epoch=steps,
+        seconds=seconds,
+    )
+
+
+def _task_slots(spark: SparkSession) -> int:
+    """How many Spark tasks can run at once (an upper bound off local mode, where executors come and go)."""
+    sc = spark.sparkContext
+    return sc.defaultParallelism // int(sc.getConf().get("spark.task.cpus", "1"))
+
+
+def _worker_env() -> dict[str, str]:
+    """Environment added to every Horovod process on top of its Spark worker's."""
+    return {
+        "TF_USE_LEGACY_KERAS": "1",
+        "PYTHONUNBUFFERED": "1",  # progress lines arrive as they happen, not at exit
+        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1"),
+    }
+
+
+def _prepare_model_dir(model_dir: Path) -> None:
+    """Creates model_dir and removes a previous run's outputs, so no stale epoch survives a shorter run."""
+    shutil.rmtree(model_dir / CHECKPOINTS_DIR, ignore_errors=True)
+    for name in (MODEL_FILE, META_FILE):
+        (model_dir / name).unlink(missing_ok=True)
+    (model_dir / CHECKPOINTS_DIR).mkdir(parents=True, exist_ok=True)
+
+
+def train_distributed(
+    spark: SparkSession,
+    train_df: DataFrame,
+    *,
+    num_items: int,
+    max_seq_len: int,
+    train_config: TrainConfig,
+    model_dir: str | Path,
+    cache_url: str,
+) -> TrainResult:
+    """Trains ``train_config.model`` on ``train_df`` (history, target) with ``num_proc`` Horovod processes.
+
+    ``model_dir`` must be visible to rank 0's process (local mode: any local path; a cluster: shared
+    storage such as /dbfs). Raises RuntimeError if the ranks end with different weights.
+    """
+    import horovod.spark
+
+    num_proc = train_config.num_proc
+    slots = _task_slots(spark)
+    master = spark.sparkContext.master
+    if num_proc > slots:
+        # horovod.spark.run needs all num_proc tasks running at once; with too few slots it would
+        # wait for start_timeout (10 minutes by default) before saying so.
+        message = f"train.num_proc={num_proc} but Spark runs only {slots} tasks at once ({master})"
+        if master.startswith("local"):
+            raise ValueError(message)
+        log.warning("%s; Horovod will wait for more executors", message)
+    if os.environ.get("TF_USE_LEGACY_KERAS") != "1":
+        log.warning("TF_USE_LEGACY_KERAS is %r in the driver; Horovod processes get '1' explicitly",
+                    os.environ.get("TF_USE_LEGACY_KERAS"))
+
+    out = Path(model_dir).resolve()
+    _prepare_model_dir(out)
+    converter = make_converter(spark, train_df.select(HISTORY, TARGET), cache_url, num_files=num_proc)
+    try:
+        num_rows = len(converter)  # counted once, by Petastorm, on the materialised data
+        if num_rows < num_proc:
+            raise ValueError(f"{num_rows} training rows cannot feed {num_proc} Horovod processes")
+        started = time.time()
+        results: list[RankResult] = horovod.spark.run(
+            _train_fn,
+            args=(converter,),
+            kwargs=dict(num_rows=num_rows, num_items=num_items, max_seq_len=max_seq_len,
+                        train_config=train_config, model_dir=str(out)),
+            num_proc=num_proc,
+            env=_worker_env(),
+            stdout=sys.stdout,
+            stderr=sys.stderr,
+            verbose=1,
+        )
+        seconds = time.time() - started
+    finally:
+        converter.delete()
+
+    result = TrainResult(model_dir=str(out), history=results[0].loss_history, seconds=seconds, rank_results=results)
+    if not result.ranks_agree:
+        raise RuntimeError(
+            "Horovod ranks ended with different weights: gradients were not averaged "
+            f"(tf.keras per rank: {[r.tf_keras_module for r in results]})"
+        )
+    log.info("trained %s on %d rows with %d processes in %.1fs; loss %s", train_config.model, num_rows,
+             num_proc, seconds, result.history)
+    return result
+
+
+def load_model(model_dir: str | Path) -> tuple["tf.keras.Model", dict]:
+    """Loads ``model.keras`` and ``model_meta.json`` from ``model_dir`` (no Horovod, no custom objects)."""
+    import tensorflow as tf
+
+    require_legacy_keras()
+    model_dir = Path(model_dir)
+    meta = json.loads((model_dir / META_FILE).read_text())
+    model = tf.keras.models.load_model(model_dir / MODEL_FILE)
+    if model.output_shape[-1] != meta["num_items"]:
+        raise ValueError(f"{model_dir}: model has {model.output_shape[-1]} outputs, meta says {meta['num_items']} items")
+    return model, meta
