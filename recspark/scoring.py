@@ -61,6 +61,8 @@ def top_k_udf(model_dir: str, k: int, exclude_seen: bool):
         model = _load(model_dir)
         for histories, seen in batches:
             inputs = np.stack(histories.to_numpy()).astype(np.int32)
+            # An all-padding history would make the masked mean 0/0: give it one unknown item.
+            inputs[~inputs.any(axis=1), -1] = C.OOV_IDX
             logits = model(inputs, training=False).numpy()
             items, scores, confidences = top_k_from_logits(logits, k, list(seen) if exclude_seen else None)
             yield pd.DataFrame({

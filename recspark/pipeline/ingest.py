@@ -46,6 +46,9 @@ USER_SCHEMA: dict[str, str] = {
     C.ATTRIBUTES: "map<string,string>",
 }
 LINEAGE = (C.SOURCE_FILE, C.SOURCE_ROW)
+# A reader may flag rows it could not parse (wrong column count, bad encoding, unreadable file)
+# in this column; such rows are quarantined with that reason before any other check.
+READ_ERROR = "read_error"
 QUARANTINE_COLUMNS = ("entity", C.SOURCE_FILE, C.SOURCE_ROW, C.RAW_RECORD, C.REASON)
 
 
@@ -106,6 +109,12 @@ def _reasons(checks: Sequence[tuple[Column, Column | str]]) -> Column:
 def _split(df: DataFrame, entity: str, raw_columns: Sequence[str], typed: dict[str, Column],
            checks: Sequence[tuple[Column, Column | str]]) -> Validated:
     raw_record = F.to_json(F.struct(*[F.col(c).cast("string").alias(c) for c in raw_columns]))
+    if READ_ERROR in df.columns:
+        # The reader's verdict replaces the field checks: a misparsed row's fields mean nothing.
+        read_error = F.col(READ_ERROR).isNotNull()
+        checks = [(read_error, F.col(READ_ERROR))] + [(~read_error & failed, message) for failed, message in checks]
+        if C.RAW_RECORD in df.columns:
+            raw_record = F.coalesce(F.col(C.RAW_RECORD), raw_record)
     checked = df.select(
         *[expr.alias(name) for name, expr in typed.items()],
         *LINEAGE,

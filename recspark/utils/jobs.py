@@ -26,8 +26,9 @@ def run_job(stage: str, body: Callable[[SparkSession, Config], dict], argv: list
     summary = body(spark, config)
     seconds = time.perf_counter() - started
     print(f"\n== recspark {stage} ({config.dataset.name}) done in {seconds:.1f} s")
+    width = max((len(str(key)) for key in summary), default=0)
     for key, value in summary.items():
-        print(f"   {key}: {value}")
+        print(f"   {str(key) + ':':<{width + 1}} {value}")
     return summary
 
 

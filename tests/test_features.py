@@ -1,0 +1,128 @@
+"""Prepare and features transforms on tiny inputs, compared as DataFrames."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from recspark import constants as C
+from recspark.config import FeaturesConfig
+from recspark.pipeline.features import (
+    build_sequences, eval_queries, fit_item_vocab, left_pad, serving_histories, train_examples, with_item_idx,
+    with_split,
+)
+from recspark.pipeline.prepare import coarsen_age, dedupe_events
+from recspark.pipeline.privacy import hmac_sha256, pseudonymise
+
+EVENTS = "event_id string, user_id string, item_id string, event_type string, event_ts timestamp, quantity double, price double, session_id string, source_file string, source_row long"
+
+
+def ts(day: int, hour: int = 0) -> dt.datetime:
+    return dt.datetime(2024, 1, day, hour)
+
+
+def test_hmac_matches_python_hmac(spark: SparkSession) -> None:
+    key = b"test-key"
+    df = spark.createDataFrame([("1001",), ("alice",)], "u string")
+    got = [row[0] for row in df.select(hmac_sha256("u", key)).collect()]
+    assert got == [hmac.new(key, m.encode(), hashlib.sha256).hexdigest() for m in ("1001", "alice")]
+
+
+def test_pseudonyms_depend_on_the_key(spark: SparkSession) -> None:
+    df = spark.createDataFrame([("1001",)], "u string")
+    first, second = (df.select(pseudonymise("u", key)).first()[0] for key in (b"k1", b"k2"))
+    assert first != second and first.startswith("u_") and "1001" not in first
+
+
+def test_dedupe_sums_repeated_lines_of_one_interaction(spark: SparkSession) -> None:
+    events = spark.createDataFrame([
+        ("e1", "u", "i", "purchase", ts(1), 1.0, 2.0, "b1", "f", 7),
+        ("e2", "u", "i", "purchase", ts(1), None, 2.0, "b1", "f", 3),
+        ("e3", "u", "i", "purchase", ts(2), 2.0, 2.0, "b2", "f", 9),
+    ], EVENTS)
+    expected = spark.createDataFrame([
+        ("e1", "u", "i", "purchase", ts(1), "b1", 2.0, 2.0, "f", 3),
+        ("e3", "u", "i", "purchase", ts(2), "b2", 2.0, 2.0, "f", 9),
+    ], "event_id string, user_id string, item_id string, event_type string, event_ts timestamp, session_id string, quantity double, price double, source_file string, source_row long")
+    assertDataFrameEqual(dedupe_events(events), expected)
+
+
+def test_coarsen_age(spark: SparkSession) -> None:
+    df = spark.createDataFrame([("37",), ("45-54",), (None,)], "age string")
+    assert [r[0] for r in df.select(coarsen_age("age")).collect()] == ["30-39", "45-54", None]
+
+
+def test_left_pad(spark: SparkSession) -> None:
+    df = spark.createDataFrame([([5, 6],), ([1, 2, 3, 4, 5],), ([],)], "a array<int>")
+    assert [r[0] for r in df.select(left_pad(F.col("a"), 3)).collect()] == [[0, 5, 6], [3, 4, 5], [0, 0, 0]]
+
+
+@pytest.fixture(scope="module")
+def split_events(spark: SparkSession):
+    # u1: four baskets (b1..b4): b4 -> test, b3 -> validation. u2: two events without sessions
+    # (too few to hold out): all train. Equal timestamps are ordered by source row.
+    rows = [
+        ("e1", "u1", "a", "purchase", ts(1), 1.0, 1.0, "b1", "f", 1),
+        ("e2", "u1", "b", "purchase", ts(1), 1.0, 1.0, "b1", "f", 2),
+        ("e3", "u1", "a", "purchase", ts(2), 1.0, 1.0, "b2", "f", 3),
+        ("e4", "u1", "c", "purchase", ts(3), 1.0, 1.0, "b3", "f", 4),
+        ("e5", "u1", "d", "purchase", ts(4), 1.0, 1.0, "b4", "f", 5),
+        ("e6", "u1", "a", "purchase", ts(4), 1.0, 1.0, "b4", "f", 6),
+        ("e7", "u2", "a", "purchase", ts(1), 1.0, 1.0, None, "f", 7),
+        ("e8", "u2", "b", "purchase", ts(1), 1.0, 1.0, None, "f", 8),
+    ]
+    return with_split(spark.createDataFrame(rows, EVENTS), n_test=1, n_validation=1)
+
+
+def test_split_holds_out_each_users_latest_sessions(split_events) -> None:
+    got = {row[C.EVENT_ID]: row[C.SPLIT] for row in split_events.collect()}
+    assert got == {"e1": "train", "e2": "train", "e3": "train", "e4": "validation", "e5": "test", "e6": "test",
+                   "e7": "train", "e8": "train"}
+
+
+def test_leave_last_out_ties_break_by_row_order(spark: SparkSession) -> None:
+    rows = [("e1", "u", "x", "rate", ts(1), 5.0, None, None, "f", 1),
+            ("e2", "u", "y", "rate", ts(2), 4.0, None, None, "f", 2),
+            ("e3", "u", "z", "rate", ts(2), 3.0, None, None, "f", 3)]
+    got = {r[C.EVENT_ID]: r[C.SPLIT] for r in with_split(spark.createDataFrame(rows, EVENTS), 1, 1).collect()}
+    assert got == {"e1": "train", "e2": "validation", "e3": "test"}
+
+
+def test_vocab_is_fitted_on_train_only(split_events) -> None:
+    vocab = {r[C.ITEM_ID]: (r[C.ITEM_IDX], r[C.TRAIN_COUNT])
+             for r in fit_item_vocab(split_events.filter("split = 'train'"), min_count=2).collect()}
+    # train counts: a=3 (u1 twice, u2 once), b=2; c and d are only in validation/test.
+    assert vocab == {"a": (2, 3), "b": (3, 2)}
+
+
+def test_examples_queries_and_serving_histories(spark: SparkSession, split_events) -> None:
+    vocab = fit_item_vocab(split_events.filter("split = 'train'"), min_count=1)  # a=2, b=3
+    sequences = build_sequences(with_item_idx(split_events, vocab))
+    config = FeaturesConfig(max_seq_len=3, max_examples_per_user=10)
+
+    assertDataFrameEqual(
+        train_examples(sequences, config),
+        spark.createDataFrame([("u1", [0, 2, 3], 2), ("u1", [0, 0, 2], 3), ("u2", [0, 0, 2], 3)],
+                              "user_id string, history array<int>, target int"),
+    )
+    queries = {(r[C.USER_ID], r[C.SPLIT]): r for r in eval_queries(sequences, config).collect()}
+    assert set(queries) == {("u1", "validation"), ("u1", "test")}
+    test = queries[("u1", "test")]
+    # c and d are outside the vocabulary (OOV=1): the history keeps them as OOV.
+    assert test[C.HISTORY] == [3, 2, 1] and sorted(test[C.RELEVANT]) == ["a", "d"]
+    assert sorted(test[C.SEEN]) == ["a", "b", "c"]
+    assert queries[("u1", "validation")][C.RELEVANT] == ["c"]
+    serving = {r[C.USER_ID]: r[C.HISTORY] for r in serving_histories(sequences, config).collect()}
+    assert serving == {"u1": [1, 1, 2], "u2": [0, 2, 3]}
+
+
+def test_examples_keep_only_latest_per_user(spark: SparkSession, split_events) -> None:
+    vocab = fit_item_vocab(split_events.filter("split = 'train'"), min_count=1)
+    sequences = build_sequences(with_item_idx(split_events, vocab))
+    examples = train_examples(sequences, FeaturesConfig(max_seq_len=3, max_examples_per_user=1))
+    assert sorted((r[C.USER_ID], r[C.TARGET]) for r in examples.collect()) == [("u1", 2), ("u2", 3)]
