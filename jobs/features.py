@@ -2,14 +2,12 @@
 
     spark-submit jobs/features.py --conf-file conf/local.yaml
 """
-from __future__ import annotations
-
-from recspark.pipeline.features import build_features
+from recspark.stages import features_stage
 from recspark.utils.jobs import run_job
 
 
 def main() -> None:
-    run_job("features", build_features)
+    run_job("features", features_stage)
 
 
 if __name__ == "__main__":

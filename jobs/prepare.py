@@ -2,14 +2,12 @@
 
     spark-submit jobs/prepare.py --conf-file conf/local.yaml
 """
-from __future__ import annotations
-
-from recspark.pipeline.prepare import prepare
+from recspark.stages import prepare_stage
 from recspark.utils.jobs import run_job
 
 
 def main() -> None:
-    run_job("prepare", prepare)
+    run_job("prepare", prepare_stage)
 
 
 if __name__ == "__main__":

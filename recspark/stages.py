@@ -1,0 +1,125 @@
+"""Each pipeline stage as one function ``(spark, config) -> summary``; the jobs are thin wrappers.
+
+The summary is what a person wants at the end of a stage: what was written, how many rows, where.
+"""
+from __future__ import annotations
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from recspark import constants as C
+from recspark.config import Config
+from recspark.datasets import RawSources, load_sources
+from recspark.evaluation.evaluate import evaluate, model_run, with_original_user_id
+from recspark.pipeline.features import SEQUENCES, build_features
+from recspark.pipeline.ingest import ingest
+from recspark.pipeline.prepare import IDENTITY_MAP, prepare
+from recspark.scoring import SEEN_IDX, recommend
+from recspark.utils.delta import overwrite_table, read_table, row_count, table_exists, table_version
+from recspark.utils.jobs import new_run_id, write_json
+
+
+def ingest_stage(spark: SparkSession, config: Config, sources: RawSources | None = None) -> dict:
+    log = ingest(spark, sources or load_sources(spark, config), config, new_run_id(config))
+    summary = {}
+    for row in log:
+        name = row[C.SOURCE_FILE].rsplit("/", 1)[-1]
+        summary[f"{row['entity']} <- {name}"] = (
+            f"read {row['rows_read']:,} = accepted {row['rows_accepted']:,} + quarantined "
+            f"{row['rows_quarantined']:,} (table: {row['table_rows_inserted']:,} new rows)")
+    summary["bronze"] = config.table_path(C.BRONZE, "")
+    return summary
+
+
+def _counted(spark: SparkSession, paths: dict[str, str]) -> dict:
+    return {name: f"{row_count(spark, path):,} rows -> {path}" for name, path in paths.items()}
+
+
+def prepare_stage(spark: SparkSession, config: Config) -> dict:
+    return _counted(spark, prepare(spark, config))
+
+
+def features_stage(spark: SparkSession, config: Config) -> dict:
+    return _counted(spark, build_features(spark, config))
+
+
+def train_stage(spark: SparkSession, config: Config) -> dict:
+    from recspark.models.training import train_distributed  # TensorFlow only where it is needed
+
+    examples_path = config.table_path(C.GOLD, C.TRAIN_EXAMPLES)
+    vocab_path = config.table_path(C.GOLD, C.ITEM_VOCAB)
+    num_items = read_table(spark, vocab_path).agg(F.max(C.ITEM_IDX)).collect()[0][0] + 1  # one aggregate
+    run_id = new_run_id(config)
+    result = train_distributed(
+        spark, read_table(spark, examples_path), num_items=num_items, max_seq_len=config.features.max_seq_len,
+        train_config=config.train, model_dir=str(config.model_dir), cache_url=config.petastorm_cache_url,
+    )
+    write_json(config.model_dir / "run.json", {
+        C.RUN_ID: run_id,
+        "dataset": config.dataset.name,
+        "model": config.train.model,
+        "num_items": num_items,
+        "table_versions": {examples_path: table_version(spark, examples_path),
+                           vocab_path: table_version(spark, vocab_path)},
+        "config": config.to_dict(),
+    })
+    return {
+        C.RUN_ID: run_id,
+        "model": f"{config.train.model}, {config.train.num_proc} Horovod ranks, {num_items - 2:,} items",
+        "loss per epoch": ", ".join(f"{loss:.4f}" for loss in result.history),
+        "training seconds": f"{result.seconds:.1f}",
+        "model dir": str(config.model_dir),
+    }
+
+
+def evaluate_stage(spark: SparkSession, config: Config) -> dict:
+    report = evaluate(spark, config)
+    summary = {"test users": f"{report['users']:,}", "protocol": report["protocol"]}
+    for model, metrics in report["models"].items():
+        summary[model] = ", ".join(f"{name.replace('_at_k', '@' + str(report['k']))}={value:.4f}"
+                                   for name, value in metrics.items())
+    summary["report"] = str(config.reports_dir / report[C.RUN_ID])
+    summary["predictions"] = report["predictions_table"]
+    return summary
+
+
+def score_stage(spark: SparkSession, config: Config) -> dict:
+    run = model_run(config)
+    histories = read_table(spark, config.table_path(C.GOLD, C.SERVING_HISTORIES))
+    vocab = read_table(spark, config.table_path(C.GOLD, C.ITEM_VOCAB))
+    identity = read_table(spark, config.table_path(C.BRONZE, IDENTITY_MAP))
+    recommendations = recommend(histories.select(C.USER_ID, C.HISTORY, SEEN_IDX), vocab, str(config.model_dir),
+                                config.score.k, config.evaluate.exclude_seen, config.score.batch_size)
+    table = (with_original_user_id(recommendations, identity)
+             .select(C.USER_ID, C.RANK, C.ITEM_ID, C.SCORE, C.CONFIDENCE,
+                     F.lit(run[C.RUN_ID]).alias(C.RUN_ID), F.lit(config.train.model).alias(C.MODEL_NAME)))
+    overwrite_table(table, config.recommendations_path)
+    rows = row_count(spark, config.recommendations_path)
+    return {"recommendations": f"{rows:,} rows (top {config.score.k} per user) -> {config.recommendations_path}",
+            C.RUN_ID: run[C.RUN_ID]}
+
+
+LAYERS = {
+    C.BRONZE: (C.EVENTS, C.ITEMS, C.USERS, C.QUARANTINE, IDENTITY_MAP, C.RUN_LOG),
+    C.SILVER: (C.EVENTS, C.ITEMS, C.USERS),
+    C.GOLD: (C.ITEM_VOCAB, SEQUENCES, C.TRAIN_EXAMPLES, C.EVAL_QUERIES, C.SERVING_HISTORIES),
+}
+
+
+def summary_stage(spark: SparkSession, config: Config) -> dict:
+    """Every table's row count, the test metrics, and where the outputs are."""
+    import json
+
+    paths = {f"{layer}/{table}": config.table_path(layer, table) for layer, tables in LAYERS.items() for table in tables}
+    paths["recommendations"] = config.recommendations_path
+    summary = {name: f"{row_count(spark, path):>12,} rows  {path}" for name, path in paths.items()
+               if table_exists(spark, path)}
+    metrics_file = config.reports_dir / "metrics.json"
+    if metrics_file.exists():
+        report = json.loads(metrics_file.read_text())
+        for model, metrics in report["models"].items():
+            summary[f"test {model}"] = (f"HR@{report['k']}={metrics['hit_rate_at_k']:.4f} "
+                                        f"NDCG@{report['k']}={metrics['ndcg_at_k']:.4f}")
+        summary["report"] = str(config.reports_dir / report[C.RUN_ID])
+    summary["model"] = str(config.model_dir)
+    return summary

@@ -1,0 +1,128 @@
+"""The whole pipeline, chained as `make run` chains it, on a small generated shop.
+
+Real Spark, Delta, Petastorm, Horovod (2 ranks) and TensorFlow; tiny sizes so it runs in minutes.
+Also checks what a data engineer relies on: re-runs give the same tables, and no raw user id gets
+past bronze except into the final recommendations.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from recspark import constants as C
+from recspark.config import Config, load_config
+from recspark.datasets import RawSources
+from recspark.stages import (
+    evaluate_stage, features_stage, ingest_stage, prepare_stage, score_stage, summary_stage, train_stage,
+)
+
+USERS, ITEMS, K = 24, 12, 3
+
+
+def shop(spark: SparkSession) -> RawSources:
+    """Users buy in baskets from two item groups; raw ids look like the shop's own ("user-007")."""
+    rng = random.Random(5)
+    rows, row_number = [], 0
+    for user in range(USERS):
+        group = user % 2
+        for basket in range(6):
+            when = dt.datetime(2024, 1, 1) + dt.timedelta(days=basket * 3 + user % 3, hours=basket)
+            for _ in range(3):
+                item = rng.randrange(ITEMS // 2) * 2 + group
+                row_number += 1
+                rows.append((f"user-{user:03d}", f"item-{item:02d}", "purchase", when, 1.0, 2.0,
+                             f"b-{user}-{basket}", "shop.csv", row_number))
+    events = spark.createDataFrame(rows, "user_id string, item_id string, event_type string, event_ts timestamp, "
+                                         "quantity double, price double, session_id string, source_file string, source_row long")
+    items = spark.createDataFrame([(f"item-{i:02d}", f"group{i % 2}", "brand", 2.0, 10, "items.csv", i + 1)
+                                   for i in range(ITEMS)],
+                                  "item_id string, category string, brand string, price double, stock long, source_file string, source_row long")
+    users = spark.createDataFrame([(f"user-{u:03d}", str(20 + u), "f", "12345", "users.csv", u + 1) for u in range(USERS)],
+                                  "user_id string, age string, gender string, region string, source_file string, source_row long")
+    return RawSources(events, items, users)
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    root = tmp_path_factory.mktemp("run")
+    return load_config(None, [
+        "dataset.name=synthetic", f"paths.lakehouse={root}/lakehouse", f"paths.reports={root}/reports",
+        f"paths.checkpoints={root}/checkpoints", "features.max_seq_len=5", "features.min_item_count=1",
+        "train.epochs=2", "train.batch_size=16", "train.embedding_dim=8", "train.num_proc=2",
+        f"evaluate.k={K}", f"score.k={K}",
+    ])
+
+
+def snapshot(spark: SparkSession, config: Config) -> dict[str, list]:
+    tables = {f"{layer}/{t}": config.table_path(layer, t) for layer, t in
+              [("bronze", "events"), ("bronze", "items"), ("bronze", "users"), ("silver", "events"),
+               ("silver", "users"), ("gold", "item_vocab"), ("gold", "train_examples"), ("gold", "eval_queries")]}
+    return {name: sorted(map(repr, spark.read.format("delta").load(path).collect())) for name, path in tables.items()}
+
+
+@pytest.fixture(scope="module")
+def ran(spark: SparkSession, config: Config) -> dict:
+    summaries = {"ingest": ingest_stage(spark, config, shop(spark))}
+    for name, stage in [("prepare", prepare_stage), ("features", features_stage)]:
+        summaries[name] = stage(spark, config)
+    summaries["tables"] = snapshot(spark, config)
+    for name, stage in [("train", train_stage), ("evaluate", evaluate_stage), ("score", score_stage),
+                        ("summary", summary_stage)]:
+        summaries[name] = stage(spark, config)
+    return summaries
+
+
+def test_every_user_gets_k_recommendations_with_their_own_id(spark: SparkSession, config: Config, ran: dict) -> None:
+    recs = spark.read.format("delta").load(config.recommendations_path)
+    per_user = {r[C.USER_ID]: r["n"] for r in recs.groupBy(C.USER_ID).agg(F.count("*").alias("n")).collect()}
+    assert per_user == {f"user-{u:03d}": K for u in range(USERS)}
+    assert recs.filter(~F.col(C.ITEM_ID).startswith("item-")).count() == 0
+    assert recs.select(C.RUN_ID).distinct().collect()[0][0] == ran["train"][C.RUN_ID]
+
+
+def test_metrics_report_has_model_and_baseline(config: Config, ran: dict) -> None:
+    report = json.loads((config.reports_dir / "metrics.json").read_text())
+    assert set(report["models"]) == {"mean_pool", "most_popular"}
+    assert report["users"] == USERS
+    for metrics in report["models"].values():
+        assert 0.0 <= metrics["ndcg_at_k"] <= 1.0 and 0.0 <= metrics["hit_rate_at_k"] <= 1.0
+    assert (config.reports_dir / report[C.RUN_ID] / "metrics.png").stat().st_size > 0
+
+
+def test_training_learned_the_two_groups(spark: SparkSession, config: Config, ran: dict) -> None:
+    # Users only ever buy from their group (item parity = user parity): a trained model should
+    # recommend mostly from the user's own group.
+    recs = spark.read.format("delta").load(config.recommendations_path).collect()
+    same_group = sum(int(r[C.USER_ID][-3:]) % 2 == int(r[C.ITEM_ID][-2:]) % 2 for r in recs)
+    assert same_group / len(recs) > 0.8
+
+
+def test_summary_counts_every_table(ran: dict) -> None:
+    summary = ran["summary"]
+    assert summary["bronze/events"].split()[0] == f"{USERS * 6 * 3:,}"
+    assert summary["recommendations"].split()[0] == f"{USERS * K:,}"
+
+
+def test_rerun_gives_the_same_tables(spark: SparkSession, config: Config, ran: dict) -> None:
+    ingest_stage(spark, config, shop(spark))
+    prepare_stage(spark, config)
+    features_stage(spark, config)
+    assert snapshot(spark, config) == ran["tables"]
+
+
+def test_no_raw_user_id_after_bronze(spark: SparkSession, config: Config, ran: dict) -> None:
+    raw_ids = {f"user-{u:03d}" for u in range(USERS)}
+    for layer in ("silver", "gold"):
+        for table in Path(config.table_path(layer, "")).iterdir():
+            df = spark.read.format("delta").load(str(table))
+            text = " ".join(map(repr, df.collect()))
+            assert not any(raw in text for raw in raw_ids), f"raw user id in {layer}/{table.name}"
+    for artefact in config.model_dir.rglob("*"):
+        if artefact.is_file():
+            assert not any(raw.encode() in artefact.read_bytes() for raw in raw_ids), f"raw user id in {artefact}"
