@@ -25,7 +25,7 @@ from recspark.datasets import RawSources, package_data_dir
 RATE = "rate"
 INTER_FILE, ITEM_FILE, USER_FILE = "ml-1m.inter", "ml-1m.item", "ml-1m.user"
 
-_LINE, _LINE_NO, _FIELDS = "_line", "_line_no", "_fields"
+_LINE, _LINE_NO = "_line", "_line_no"
 
 
 def data_dir() -> Path:
@@ -51,7 +51,8 @@ def numbered_lines(spark: SparkSession, path: str) -> DataFrame:
     minus the split's smallest id: a split is read in order by one task, so this is exact). Counting
     lines per split gives a small table (one row per split, ~one per 128 MB) whose running sum,
     ordered by byte offset, is the number of lines before each split. Nothing depends on how splits
-    are assigned to partitions, and only the per-split counts are shuffled, so it scales.
+    are assigned to partitions, and only the per-split counts are shuffled, so it scales. (The file is
+    scanned twice, for the counts and for the lines; both scans cut it into the same splits.)
     """
     lines = (
         spark.read.text(path)
