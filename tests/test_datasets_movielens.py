@@ -140,6 +140,6 @@ def test_users_match_the_file(spark, files):
     rows = {r.source_row: r for r in users.where(F.col(C.SOURCE_ROW).isin(1, 161, 6040)).collect()}
     for n, row in rows.items():
         user_id, age, gender, occupation, zip_code = expected[n - 1]
-        assert (row.user_id, row.age, row.gender, row.region) == (user_id, age, gender, zip_code)
+        assert (row.user_id, row.age, row.gender, row.region) == (user_id, ml.AGE_BRACKETS[age], gender, zip_code)
         assert row.attributes == {"occupation": occupation}
     assert rows[161].region == "98107-2117"  # the full zip code, not coarsened

@@ -142,10 +142,16 @@ def read_items(spark: SparkSession, folder: Path | None = None) -> DataFrame:
     )
 
 
-def read_users(spark: SparkSession, folder: Path | None = None) -> DataFrame:
-    """Users: ``age`` = the ML-1M age code, ``region`` = the full zip code, occupation in attributes.
+# The ML-1M README's age codes -> the brackets they stand for.
+AGE_BRACKETS = {"1": "under 18", "18": "18-24", "25": "25-34", "35": "35-44", "45": "45-49", "50": "50-55", "56": "56+"}
 
-    The age code is the lower bound of a bracket (1 means under 18, 56 means 56+). The zip code is
+
+def read_users(spark: SparkSession, folder: Path | None = None) -> DataFrame:
+    """Users: ``age`` = the ML-1M age bracket as a range, ``region`` = the full zip code,
+    occupation in attributes.
+
+    The file's age code is the lower bound of a bracket (1 means under 18, 56 means 56+); it becomes
+    the bracket itself, so that no later stage mistakes the code for an exact age. The zip code is
     kept whole: coarsening it for privacy is a later stage's decision.
     """
     path = (folder or data_dir()) / USER_FILE
@@ -153,7 +159,7 @@ def read_users(spark: SparkSession, folder: Path | None = None) -> DataFrame:
     _require(raw, path, "user_id", "age", "gender", "occupation", "zip_code")
     return raw.select(
         F.col("user_id").alias(USER_ID),
-        F.col("age").alias(AGE),
+        F.coalesce(F.create_map(*[F.lit(x) for pair in AGE_BRACKETS.items() for x in pair])[F.trim("age")], F.col("age")).alias(AGE),
         F.col("gender").alias(GENDER),
         F.col("zip_code").alias(REGION),
         F.create_map(F.lit("occupation"), F.col("occupation")).alias(ATTRIBUTES),
