@@ -67,6 +67,18 @@ class PrivacyConfig:
 
 
 @dataclasses.dataclass
+class PrepareConfig:
+    # Events without a source session_id get one per user from inactivity gaps longer than this;
+    # 0 turns it off (then each session-less event is its own unit in the split).
+    session_gap_minutes: int = 30
+    # Bots: users whose events per active day exceed bot_rate_multiple x the bot_percentile of all
+    # users' rates, or exceed bot_max_events_per_day; None turns that rule off.
+    bot_rate_multiple: Optional[float] = 10.0
+    bot_percentile: float = 0.99
+    bot_max_events_per_day: Optional[float] = None
+
+
+@dataclasses.dataclass
 class FeaturesConfig:
     max_seq_len: int = 50
     # Items seen fewer times than this in the training period share the out-of-vocabulary index.
@@ -76,6 +88,11 @@ class FeaturesConfig:
     n_validation_sessions: int = 1
     # Bounds the training set of very active users: only their latest examples are kept.
     max_examples_per_user: int = 200
+    # user_features: the top interest_top_n categories, event weights halving every half-life.
+    interest_top_n: int = 5
+    interest_half_life_days: float = 30.0
+    # item_features: quantile buckets of the catalogue price.
+    price_buckets: int = 5
 
 
 @dataclasses.dataclass
@@ -110,6 +127,7 @@ class Config:
     spark: SparkConfig = dataclasses.field(default_factory=SparkConfig)
     ingest: IngestConfig = dataclasses.field(default_factory=IngestConfig)
     privacy: PrivacyConfig = dataclasses.field(default_factory=PrivacyConfig)
+    prepare: PrepareConfig = dataclasses.field(default_factory=PrepareConfig)
     features: FeaturesConfig = dataclasses.field(default_factory=FeaturesConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
@@ -125,6 +143,9 @@ class Config:
             "features.max_seq_len": self.features.max_seq_len,
             "features.min_item_count": self.features.min_item_count,
             "features.max_examples_per_user": self.features.max_examples_per_user,
+            "features.interest_top_n": self.features.interest_top_n,
+            "features.interest_half_life_days": self.features.interest_half_life_days,
+            "features.price_buckets": self.features.price_buckets,
             "train.num_proc": self.train.num_proc,
             "train.epochs": self.train.epochs,
             "train.batch_size": self.train.batch_size,
@@ -142,6 +163,14 @@ class Config:
             dt.datetime.fromisoformat(self.ingest.min_event_ts)
         except ValueError as error:
             raise ConfigError(f"ingest.min_event_ts: not an ISO date: {self.ingest.min_event_ts!r}") from error
+        if self.prepare.session_gap_minutes < 0:
+            raise ConfigError(f"prepare.session_gap_minutes: must be >= 0, got {self.prepare.session_gap_minutes!r}")
+        for key in ("bot_rate_multiple", "bot_max_events_per_day"):
+            value = getattr(self.prepare, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"prepare.{key}: must be > 0 or null, got {value!r}")
+        if not 0 < self.prepare.bot_percentile <= 1:
+            raise ConfigError(f"prepare.bot_percentile: must be in (0, 1], got {self.prepare.bot_percentile!r}")
         for key in ("n_test_sessions", "n_validation_sessions"):
             if getattr(self.features, key) < 0:
                 raise ConfigError(f"features.{key}: must be >= 0")

@@ -5,6 +5,9 @@ Missing-value policy (per column):
 - events.price: null -> the item's catalogue price, else stays null (unknown, never invented).
 - items.category, items.brand: null or blank -> "unknown" (a category of its own for the models).
 - users.age, gender, region: null -> "unknown".
+
+Then events without a session_id get one from inactivity gaps, and bots' events are removed (both
+in ``recspark.pipeline.sessions``); the bots found are kept in the silver table ``bots``.
 """
 from __future__ import annotations
 
@@ -14,11 +17,13 @@ from pyspark.sql import functions as F
 from recspark import constants as C
 from recspark.config import Config
 from recspark.pipeline.privacy import pseudonym_key, pseudonymise
+from recspark.pipeline.sessions import filter_bots, find_bots, with_gap_sessions
 from recspark.utils.delta import merge_into, overwrite_table, read_table, table_exists
 
 UNKNOWN = "unknown"
 IDENTITY_MAP = "identity_map"
 RAW_USER_ID = "raw_user_id"
+BOTS = "bots"
 EVENT_GRAIN = (C.USER_ID, C.ITEM_ID, C.EVENT_TYPE, C.EVENT_TS, C.SESSION_ID)
 
 
@@ -89,12 +94,21 @@ def prepare(spark: SparkSession, config: Config) -> dict:
     silver_items = fill_unknown(items.drop(C.SOURCE_FILE, C.SOURCE_ROW), (C.CATEGORY, C.BRAND))
     silver_events = (events.transform(dedupe_events)
                      .transform(lambda df: with_catalogue_price(df, items))
-                     .transform(lambda df: with_pseudonymous_users(df, key)))
+                     .transform(lambda df: with_pseudonymous_users(df, key))
+                     .transform(lambda df: with_gap_sessions(df, config.prepare.session_gap_minutes)))
     identity = identity_map(events, users, key)
     merge_into(spark, identity, config.table_path(C.BRONZE, IDENTITY_MAP), [RAW_USER_ID])
-    overwrite_table(silver_events, config.table_path(C.SILVER, C.EVENTS))
+    bots_path = config.table_path(C.SILVER, BOTS)
+    overwrite_table(find_bots(silver_events, config.prepare.bot_rate_multiple, config.prepare.bot_percentile,
+                              config.prepare.bot_max_events_per_day), bots_path)
+    bots = read_table(spark, bots_path)
+    # One aggregate over the (small) bots table, for the log.
+    bot_users, bot_events = bots.agg(F.count(F.lit(1)), F.coalesce(F.sum("n_events"), F.lit(0))).first()
+    print(f"prepare: removed {bot_users:,} bot users ({bot_events:,} events) from silver events -> {bots_path}")
+    overwrite_table(silver_events.transform(lambda df: filter_bots(df, bots)), config.table_path(C.SILVER, C.EVENTS))
     overwrite_table(silver_items, config.table_path(C.SILVER, C.ITEMS))
-    written = {"silver events": config.table_path(C.SILVER, C.EVENTS), "silver items": config.table_path(C.SILVER, C.ITEMS)}
+    written = {"silver events": config.table_path(C.SILVER, C.EVENTS), "silver items": config.table_path(C.SILVER, C.ITEMS),
+               "silver bots (removed users)": bots_path}
     if users is not None:
         overwrite_table(prepare_users(users, key), config.table_path(C.SILVER, C.USERS))
         written["silver users"] = config.table_path(C.SILVER, C.USERS)
