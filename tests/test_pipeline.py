@@ -92,7 +92,40 @@ def test_metrics_report_has_model_and_baseline(config: Config, ran: dict) -> Non
     assert report["users"] == USERS
     for metrics in report["models"].values():
         assert 0.0 <= metrics["ndcg_at_k"] <= 1.0 and 0.0 <= metrics["hit_rate_at_k"] <= 1.0
-    assert (config.reports_dir / report[C.RUN_ID] / "metrics.png").stat().st_size > 0
+    run_dir = config.reports_dir / report[C.RUN_ID]
+    for artefact in ("metrics.png", "metrics_by_k.png", "report.md"):
+        assert (run_dir / artefact).stat().st_size > 0
+    assert "| mean_pool |" in (run_dir / "report.md").read_text()
+    for model in report["models"]:
+        hits = [report["at_k"][k][model]["hit_rate_at_k"] for k in ("3", "5", "10", "20")]
+        assert hits == sorted(hits), "hit rate cannot fall as K grows"
+        assert 0.0 < report["beyond_accuracy"][model]["catalogue_coverage"] <= 1.0
+
+
+def test_metrics_can_be_recomputed_from_the_predictions_table(spark: SparkSession, config: Config, ran: dict) -> None:
+    from recspark.evaluation.metrics import hit_rate_at_k, ndcg_at_k
+
+    report = json.loads((config.reports_dir / "metrics.json").read_text())
+    predictions = spark.read.format("delta").load(report["predictions_table"]).filter(F.col(C.RUN_ID) == report[C.RUN_ID])
+    # The held-out items, by the shop's own user id: each user's last basket in the generated data.
+    events = shop(spark).events.collect()
+    last_basket = {}
+    for row in events:
+        key = row[C.USER_ID]
+        if key not in last_basket or row[C.EVENT_TS] > last_basket[key][0]:
+            last_basket[key] = (row[C.EVENT_TS], row[C.SESSION_ID])
+    relevant = {}
+    for row in events:
+        if row[C.SESSION_ID] == last_basket[row[C.USER_ID]][1]:
+            relevant.setdefault(row[C.USER_ID], set()).add(row[C.ITEM_ID])
+    for model in report["models"]:
+        rows = predictions.filter(F.col(C.MODEL_NAME) == model).collect()
+        ranked = {user: [r[C.ITEM_ID] for r in sorted((r for r in rows if r[C.USER_ID] == user), key=lambda r: r[C.RANK])]
+                  for user in relevant}
+        users = sorted(relevant)
+        predicted, held_out = [ranked[u] for u in users], [sorted(relevant[u]) for u in users]
+        assert report["models"][model]["hit_rate_at_k"] == pytest.approx(hit_rate_at_k(predicted, held_out, K), abs=1e-9)
+        assert report["models"][model]["ndcg_at_k"] == pytest.approx(ndcg_at_k(predicted, held_out, K), abs=1e-9)
 
 
 def test_training_learned_the_two_groups(spark: SparkSession, config: Config, ran: dict) -> None:

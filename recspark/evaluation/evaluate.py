@@ -16,13 +16,14 @@ from pyspark.sql import functions as F
 from recspark import constants as C
 from recspark.config import Config
 from recspark.evaluation.baselines import most_popular
-from recspark.evaluation.ranking import ranking_metrics
+from recspark.evaluation.ranking import ranking_metrics_at_ks
 from recspark.pipeline.prepare import IDENTITY_MAP, RAW_USER_ID
 from recspark.scoring import SEEN_IDX, ranked_list, recommend
 from recspark.utils.delta import read_table
 from recspark.utils.jobs import write_json
 
 KEPT_K = 20  # predictions kept for audit: at least the top 20 of every model
+REPORT_KS = (5, 10, 20)
 POPULAR = "most_popular"
 
 
@@ -63,14 +64,18 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
 
     stored = read_table(spark, predictions_path).filter(F.col(C.RUN_ID) == run[C.RUN_ID])
     relevant = with_original_user_id(queries.select(C.USER_ID, C.RELEVANT), identity)
-    metrics = {}
+    ks = sorted({*REPORT_KS, k})
+    at_k: dict[int, dict[str, dict[str, float]]] = {kk: {} for kk in ks}
+    beyond = {}
     for name in rankings:
-        lists = (stored.filter(F.col(C.MODEL_NAME) == name).groupBy(C.USER_ID)
-                 .agg(ranked_list().alias(C.PREDICTION)))
+        ranked = stored.filter(F.col(C.MODEL_NAME) == name)
+        lists = ranked.groupBy(C.USER_ID).agg(ranked_list().alias(C.PREDICTION))
         # Users the model returned nothing for still count, with an empty list.
         scored = relevant.join(lists, C.USER_ID, "left").withColumn(
             C.PREDICTION, F.coalesce(C.PREDICTION, F.array().cast("array<string>")))
-        metrics[name] = ranking_metrics(scored, k)
+        for kk, metrics in ranking_metrics_at_ks(scored, ks).items():
+            at_k[kk][name] = metrics
+        beyond[name] = beyond_accuracy(ranked.filter(F.col(C.RANK) <= k), vocab)
 
     report = {
         C.RUN_ID: run[C.RUN_ID],
@@ -80,13 +85,77 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
         "protocol": "full ranking over all items" + ("; items seen before the test period excluded"
                                                       if config.evaluate.exclude_seen else "; seen items allowed"),
         "users": relevant.count(),
-        "models": metrics,
+        "catalogue_items": vocab.count(),
+        "models": at_k[k],
+        "at_k": {str(kk): value for kk, value in at_k.items()},
+        "beyond_accuracy": beyond,
         "predictions_table": predictions_path,
     }
-    write_json(config.reports_dir / run[C.RUN_ID] / "metrics.json", report)
+    run_dir = config.reports_dir / run[C.RUN_ID]
+    write_json(run_dir / "metrics.json", report)
     write_json(config.reports_dir / "metrics.json", report)
-    plot_metrics(report, config.reports_dir / run[C.RUN_ID] / "metrics.png")
+    plot_metrics(report, run_dir / "metrics.png")
+    plot_metrics_by_k(report, run_dir / "metrics_by_k.png")
+    write_report_md(report, run_dir / "report.md")
     return report
+
+
+def beyond_accuracy(recommendations: DataFrame, vocab: DataFrame) -> dict[str, float]:
+    """Catalogue coverage (share of the vocabulary recommended to anyone) and the mean training
+    popularity of recommended items, relative to the mean item (1.0 = as popular as the average)."""
+    stats = vocab.agg(F.count(F.lit(1)).alias("items"), F.avg(C.TRAIN_COUNT).alias("mean_count")).first()
+    counts = F.broadcast(vocab.select(C.ITEM_ID, C.TRAIN_COUNT))
+    row = recommendations.join(counts, C.ITEM_ID, "left").agg(
+        F.countDistinct(C.ITEM_ID).alias("distinct"), F.avg(F.coalesce(C.TRAIN_COUNT, F.lit(0))).alias("pop")).first()
+    return {
+        "catalogue_coverage": (row["distinct"] or 0) / stats["items"] if stats["items"] else 0.0,
+        "relative_popularity": (row["pop"] or 0.0) / stats["mean_count"] if stats["mean_count"] else 0.0,
+    }
+
+
+def write_report_md(report: dict, path: Path) -> Path:
+    """One table of every model x metric at every K, the beyond-accuracy numbers and the plots."""
+    ks = list(report["at_k"])
+    models = list(report["models"])
+    metric_names = list(next(iter(report["models"].values())))
+    lines = [f"# {report['dataset']}: evaluation of run {report[C.RUN_ID]}", "",
+             f"Test split, {report['users']:,} users, {report['catalogue_items']:,} items; {report['protocol']}.", ""]
+    header = ["model"] + [f"{m.replace('_at_k', '')}@{kk}" for m in metric_names if m != "mean_average_precision" for kk in ks]
+    lines += ["| " + " | ".join(header + ["MAP (full list)"]) + " |", "|" + "---|" * (len(header) + 1)]
+    for model in models:
+        cells = [f"{report['at_k'][kk][model][m]:.4f}" for m in metric_names if m != "mean_average_precision" for kk in ks]
+        lines.append("| " + " | ".join([model, *cells, f"{report['models'][model]['mean_average_precision']:.4f}"]) + " |")
+    lines += ["", f"Beyond accuracy (top {report['k']}):", "", "| model | catalogue coverage | relative popularity |",
+              "|---|---|---|"]
+    for model, values in report["beyond_accuracy"].items():
+        lines.append(f"| {model} | {values['catalogue_coverage']:.4f} | {values['relative_popularity']:.2f} |")
+    lines += ["", "![metrics](metrics.png)", "", "![metrics by K](metrics_by_k.png)", "",
+              f"Predictions for audit: `{report['predictions_table']}` (run_id = `{report[C.RUN_ID]}`).", ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def plot_metrics_by_k(report: dict, path: Path) -> Path:
+    """HR and NDCG against K for every model: how the gap between models changes with list length."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = [int(kk) for kk in report["at_k"]]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, metric in zip(axes, ("hit_rate_at_k", "ndcg_at_k")):
+        for model in report["models"]:
+            ax.plot(ks, [report["at_k"][str(kk)][model][metric] for kk in ks], marker="o", label=model)
+        ax.set_xlabel("K")
+        ax.set_title(metric.replace("_at_k", "@K"))
+        ax.set_xticks(ks)
+    axes[0].legend()
+    fig.suptitle(f"{report['dataset']}, test split", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot_metrics(report: dict, path: Path) -> Path:
