@@ -1,0 +1,72 @@
+"""Gold ``item_features``: catalogue attributes, price buckets, popularity and funnel conversion.
+
+Behaviour columns come from the training period only (``split = 'train'``), measured back from the
+end of the training period (its latest event), so no validation or test event leaks in. Spark
+built-ins only: no Python UDF, no collect, no global sort of events.
+
+- item_idx: from item_vocab; OUT_OF_VOCABULARY (1) for every other item.
+- price_bucket: 0 .. price_buckets-1, the catalogue price's quantile bucket: the number of cut
+  points (percentile_approx of catalogue prices at 1/n, 2/n, ...) strictly below the price; null
+  without a price.
+- events_7d, events_30d, events_all: training events of the item in (end - 7 days, end],
+  (end - 30 days, end] and ever.
+- n_views, n_carts, n_purchases; view_to_cart = n_carts / n_views, cart_to_purchase =
+  n_purchases / n_carts (event counts, so above 1 is possible); null when the denominator is 0.
+"""
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from recspark import constants as C
+from recspark.pipeline.prepare import UNKNOWN
+from recspark.pipeline.user_features import age_days, filter_train, with_training_end
+
+ITEM_FEATURES = "item_features"
+POPULARITY_WINDOWS_DAYS = (7, 30)
+
+
+def with_price_bucket(items: DataFrame, n_buckets: int) -> DataFrame:
+    """Adds ``price_bucket`` from quantiles of the catalogue's prices (one aggregate, broadcast)."""
+    if n_buckets <= 1:
+        return items.withColumn("price_bucket", F.when(F.col(C.PRICE).isNotNull(), F.lit(0)))
+    fractions = F.array(*[F.lit(k / n_buckets) for k in range(1, n_buckets)])
+    cuts = items.agg(F.percentile_approx(C.PRICE, fractions).alias("_cuts"))
+    below = F.size(F.filter("_cuts", lambda cut: cut < F.col(C.PRICE)))
+    return (items.crossJoin(F.broadcast(cuts))
+            .withColumn("price_bucket", F.when(F.col(C.PRICE).isNotNull(), below.cast("int")))
+            .drop("_cuts"))
+
+
+def _ratio(numerator: str, denominator: str) -> Column:
+    return F.when(F.col(denominator) > 0, F.col(numerator) / F.col(denominator))
+
+
+def item_activity(train: DataFrame) -> DataFrame:
+    """Per item: popularity over windows ending at the training cut, funnel counts and rates."""
+    def count_where(condition: Column) -> Column:
+        return F.count(F.when(condition, F.lit(1)))
+
+    windows = [count_where(age_days() < days).alias(f"events_{days}d") for days in POPULARITY_WINDOWS_DAYS]
+    funnel = [count_where(F.col(C.EVENT_TYPE) == kind).alias(f"n_{kind}s") for kind in ("view", "cart", "purchase")]
+    return (train.transform(with_training_end)
+            .groupBy(C.ITEM_ID)
+            .agg(*windows, F.count(F.lit(1)).alias("events_all"), *funnel))
+
+
+def build_item_features(split_events: DataFrame, items: DataFrame, vocab: DataFrame, price_buckets: int) -> DataFrame:
+    """One row per catalogue item and per item with training events; see the module docstring."""
+    activity = split_events.transform(filter_train).transform(item_activity)
+    counts = ["events_7d", "events_30d", "events_all", "n_views", "n_carts", "n_purchases"]
+    catalogue = items.select(C.ITEM_ID, C.CATEGORY, C.BRAND, C.PRICE, C.STOCK).transform(
+        lambda df: with_price_bucket(df, price_buckets))
+    return (catalogue.join(activity, C.ITEM_ID, "full")
+            .join(F.broadcast(vocab.select(C.ITEM_ID, C.ITEM_IDX)), C.ITEM_ID, "left")
+            .fillna(0, subset=counts)
+            .select(C.ITEM_ID,
+                    F.coalesce(F.col(C.ITEM_IDX), F.lit(C.OOV_IDX)).cast("int").alias(C.ITEM_IDX),
+                    F.coalesce(F.col(C.CATEGORY), F.lit(UNKNOWN)).alias(C.CATEGORY),
+                    F.coalesce(F.col(C.BRAND), F.lit(UNKNOWN)).alias(C.BRAND),
+                    C.PRICE, "price_bucket", C.STOCK, *counts,
+                    _ratio("n_carts", "n_views").alias("view_to_cart"),
+                    _ratio("n_purchases", "n_carts").alias("cart_to_purchase")))
