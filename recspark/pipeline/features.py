@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 
 from recspark import constants as C
 from recspark.config import Config, FeaturesConfig
-from recspark.utils.delta import overwrite_table, read_table
+from recspark.utils.delta import overwrite_table, read_table, table_exists
 
 TRAIN = "train"
 SEQUENCES = "sequences"
@@ -136,7 +136,11 @@ def serving_histories(sequences: DataFrame, config: FeaturesConfig) -> DataFrame
 
 
 def build_features(spark: SparkSession, config: Config) -> dict:
-    """Writes the gold tables: item_vocab, sequences, train_examples, eval_queries, serving_histories."""
+    """Writes the gold tables: item_vocab, sequences, train_examples, eval_queries, serving_histories,
+    user_features and item_features."""
+    from recspark.pipeline.item_features import ITEM_FEATURES, build_item_features  # they import TRAIN from here
+    from recspark.pipeline.user_features import USER_FEATURES, build_user_features
+
     events = read_table(spark, config.table_path(C.SILVER, C.EVENTS))
     split = with_split(events, config.features.n_test_sessions, config.features.n_validation_sessions)
     split = split.persist()  # read by the vocabulary and by the sequences
@@ -144,6 +148,16 @@ def build_features(spark: SparkSession, config: Config) -> dict:
     overwrite_table(vocab, config.table_path(C.GOLD, C.ITEM_VOCAB))
     vocab = read_table(spark, config.table_path(C.GOLD, C.ITEM_VOCAB))
     overwrite_table(build_sequences(with_item_idx(split, vocab)), config.table_path(C.GOLD, SEQUENCES))
+    items = read_table(spark, config.table_path(C.SILVER, C.ITEMS))
+    users_path = config.table_path(C.SILVER, C.USERS)
+    users = read_table(spark, users_path) if table_exists(spark, users_path) else None
+    entity_features = {
+        USER_FEATURES: build_user_features(split, users, items, config.features.interest_top_n,
+                                           config.features.interest_half_life_days),
+        ITEM_FEATURES: build_item_features(split, items, vocab, config.features.price_buckets),
+    }
+    for table, df in entity_features.items():
+        overwrite_table(df, config.table_path(C.GOLD, table))
     split.unpersist()
     sequences = read_table(spark, config.table_path(C.GOLD, SEQUENCES))
     outputs = {
@@ -153,4 +167,4 @@ def build_features(spark: SparkSession, config: Config) -> dict:
     }
     for table, df in outputs.items():
         overwrite_table(df, config.table_path(C.GOLD, table))
-    return {table: config.table_path(C.GOLD, table) for table in (C.ITEM_VOCAB, SEQUENCES, *outputs)}
+    return {table: config.table_path(C.GOLD, table) for table in (C.ITEM_VOCAB, SEQUENCES, *outputs, *entity_features)}
