@@ -57,6 +57,9 @@ class IngestConfig:
     event_types: list = dataclasses.field(default_factory=lambda: ["view", "cart", "purchase"])
     # Events before this date are quarantined (clock errors, epoch zero); after "now" too.
     min_event_ts: str = "1990-01-01"
+    # An event whose item is in no catalogue (this input's items plus bronze items): "keep" it (a
+    # catalogue is often incomplete) or "quarantine" it. Without any items at all, every event is kept.
+    unknown_items: str = "keep"
 
 
 @dataclasses.dataclass
@@ -112,6 +115,11 @@ class EvaluateConfig:
     # Remove items the user already interacted with from the ranking (right for films, wrong for
     # groceries, where re-buying is the norm).
     exclude_seen: bool = False
+    # Spark MLlib ALS baseline (implicit feedback), run on the same split.
+    als_rank: int = 32
+    als_reg_param: float = 0.05
+    als_max_iter: int = 10
+    als_alpha: float = 10.0
 
 
 @dataclasses.dataclass
@@ -152,6 +160,8 @@ class Config:
             "train.embedding_dim": self.train.embedding_dim,
             "train.learning_rate": self.train.learning_rate,
             "evaluate.k": self.evaluate.k,
+            "evaluate.als_rank": self.evaluate.als_rank,
+            "evaluate.als_max_iter": self.evaluate.als_max_iter,
             "score.k": self.score.k,
             "score.batch_size": self.score.batch_size,
             "dataset.synthetic_events": self.dataset.synthetic_events,
@@ -163,6 +173,8 @@ class Config:
             dt.datetime.fromisoformat(self.ingest.min_event_ts)
         except ValueError as error:
             raise ConfigError(f"ingest.min_event_ts: not an ISO date: {self.ingest.min_event_ts!r}") from error
+        if self.ingest.unknown_items not in ("keep", "quarantine"):
+            raise ConfigError(f"ingest.unknown_items: {self.ingest.unknown_items!r} is not one of keep, quarantine")
         if self.prepare.session_gap_minutes < 0:
             raise ConfigError(f"prepare.session_gap_minutes: must be >= 0, got {self.prepare.session_gap_minutes!r}")
         for key in ("bot_rate_multiple", "bot_max_events_per_day"):

@@ -3,12 +3,18 @@
 A row that breaks the schema is not dropped and does not stop the job: it goes to the ``quarantine``
 table with its source file, row number, the raw record as JSON and the reason. Every accepted
 event gets a deterministic key, and bronze is written by MERGE on it, so re-running ingest on the
-same input adds nothing.
+same input adds nothing. An event id delivered again with other content (in the same input or
+against bronze) is quarantined rather than silently dropped; with ``ingest.unknown_items:
+quarantine``, so is an event whose item no catalogue knows.
+
+Crash safety comes from Delta: every table write is one atomic commit, so a job killed mid-MERGE
+leaves each table at its previous version, and a re-run MERGEs what is missing.
 """
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from functools import reduce
 from typing import Sequence
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -18,7 +24,7 @@ from pyspark.sql import types as T
 from recspark import constants as C
 from recspark.config import Config
 from recspark.datasets import RawSources
-from recspark.utils.delta import merge_into
+from recspark.utils.delta import merge_into, table_exists
 
 EVENT_SCHEMA: dict[str, str] = {
     C.EVENT_ID: "string",
@@ -49,6 +55,8 @@ LINEAGE = (C.SOURCE_FILE, C.SOURCE_ROW)
 # A reader may flag rows it could not parse (wrong column count, bad encoding, unreadable file)
 # in this column; such rows are quarantined with that reason before any other check.
 READ_ERROR = "read_error"
+DUPLICATE_EVENT = "duplicate event_id with different content"
+UNKNOWN_ITEM = "item_id not in catalogue"
 QUARANTINE_COLUMNS = ("entity", C.SOURCE_FILE, C.SOURCE_ROW, C.RAW_RECORD, C.REASON)
 
 
@@ -190,22 +198,76 @@ def validate_users(df: DataFrame) -> Validated:
     return _split(df, C.USERS, [c for c in USER_SCHEMA if c != C.ATTRIBUTES], typed, [(_blank(C.USER_ID), "missing user_id")])
 
 
-def with_event_key(events: DataFrame) -> DataFrame:
+def _event_content() -> Column:
+    """A hash of every event field but the id and the lineage: what "the same event" means."""
+    return F.sha2(F.concat_ws("\u001f", *[F.coalesce(F.col(c).cast("string"), F.lit("\u0000"))
+                                          for c in EVENT_SCHEMA if c != C.EVENT_ID]), 256)
+
+
+def with_event_key(events: DataFrame, eligible: Column | None = None) -> DataFrame:
     """Gives every event a deterministic ``event_id`` where the source has none.
 
     The key hashes the event's content plus its occurrence number among identical rows of this
     input, so re-ingesting the same file yields the same keys (and MERGE inserts nothing), while two
-    genuinely repeated lines of one file (two scans of the same product) both survive.
+    genuinely repeated lines of one file (two scans of the same product) both survive. With
+    ``eligible``, only those rows get a key and only they are numbered, so that quarantined rows in
+    the same frame do not shift the keys of accepted ones.
     """
-    content = F.concat_ws("\u001f", *[F.coalesce(F.col(c).cast("string"), F.lit("\u0000"))
-                                       for c in EVENT_SCHEMA if c != C.EVENT_ID])
-    occurrence = F.row_number().over(Window.partitionBy("_content").orderBy(C.SOURCE_FILE, C.SOURCE_ROW))
+    eligible = F.lit(True) if eligible is None else eligible
+    occurrence = F.row_number().over(Window.partitionBy("_eligible", "_content").orderBy(C.SOURCE_FILE, C.SOURCE_ROW))
+    key = F.coalesce(F.col(C.EVENT_ID), F.sha2(F.concat_ws("#", "_content", "_occurrence"), 256))
     return (
-        events.withColumn("_content", F.sha2(content, 256))
+        events.withColumn("_content", _event_content())
+        .withColumn("_eligible", eligible)
         .withColumn("_occurrence", occurrence)
-        .withColumn(C.EVENT_ID, F.coalesce(F.col(C.EVENT_ID), F.sha2(F.concat_ws("#", "_content", "_occurrence"), 256)))
-        .drop("_content", "_occurrence")
+        .withColumn(C.EVENT_ID, F.when(F.col("_eligible"), key).otherwise(F.col(C.EVENT_ID)))
+        .drop("_content", "_eligible", "_occurrence")
     )
+
+
+def check_events(validated: Validated, catalogue: DataFrame | None = None,
+                 bronze_events: DataFrame | None = None) -> Validated:
+    """Keys the accepted events, then quarantines what only other rows can reveal.
+
+    - ``item_id not in catalogue``: the item is not among ``catalogue``'s ``item_id`` values (only
+      when a catalogue is given and is not empty: without items there is nothing to check against);
+    - ``duplicate event_id with different content``: the event's id was delivered before with other
+      fields. "Before" is bronze if the id is there, else the first accepted copy of this input by
+      (source_file, source_row). Identical copies stay accepted; ingest keeps one of them.
+
+    All of it is joins and windows, computed with the rest of the plan (no collect).
+    """
+    columns = validated.checked.columns
+    df = with_event_key(validated.checked, F.col(C.REASON).isNull())
+    if catalogue is not None:
+        known = catalogue.select(F.col(C.ITEM_ID).alias("_known_item")).where("_known_item IS NOT NULL").distinct()
+        # The size as a one-row join, not a collect: an empty catalogue must not quarantine everything.
+        size = catalogue.agg(F.count(F.lit(1)).alias("_catalogue_size"))
+        unknown = F.col(C.REASON).isNull() & (F.col("_catalogue_size") > 0) & F.col("_known_item").isNull()
+        df = (
+            df.join(known, F.col(C.ITEM_ID) == F.col("_known_item"), "left").crossJoin(size)
+            .withColumn(C.REASON, F.when(unknown, F.lit(UNKNOWN_ITEM)).otherwise(F.col(C.REASON)))
+        )
+    # Re-read after the catalogue check: a copy quarantined there cannot be the reference copy.
+    ok = F.col(C.REASON).isNull()
+    by_id = (Window.partitionBy(C.EVENT_ID).orderBy(C.SOURCE_FILE, C.SOURCE_ROW)
+             .rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing))
+    df = (df.withColumn("_content", _event_content())
+          .withColumn("_first", F.first(F.when(ok, F.col("_content")), ignorenulls=True).over(by_id)))
+    reference = F.col("_first")
+    if bronze_events is not None:
+        stored = bronze_events.select(F.col(C.EVENT_ID).alias("_stored_id"), _event_content().alias("_stored"))
+        df = df.join(stored, F.col(C.EVENT_ID) == F.col("_stored_id"), "left")
+        reference = F.coalesce(F.col("_stored"), reference)
+    conflict = ok & (F.col("_content") != reference)
+    df = df.withColumn(C.REASON, F.when(conflict, F.lit(DUPLICATE_EVENT)).otherwise(F.col(C.REASON)))
+    return Validated(validated.entity, df.select(*columns))
+
+
+def first_per_key(df: DataFrame, key: str) -> DataFrame:
+    """Keeps one row per key: the first one delivered (by file, then row)."""
+    first = Window.partitionBy(key).orderBy(C.SOURCE_FILE, C.SOURCE_ROW)
+    return df.withColumn("_n", F.row_number().over(first)).filter("_n = 1").drop("_n")
 
 
 def latest_per_key(df: DataFrame, key: str) -> DataFrame:
@@ -238,20 +300,30 @@ def ingest(spark: SparkSession, sources: RawSources, config: Config, run_id: str
     """
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     floor = dt.datetime.fromisoformat(config.ingest.min_event_ts)
+    # Items are validated first: the events check reads their accepted ids as the catalogue, and
+    # the cached result is then merged as it is, so the items source is read once.
+    validated_items = validate_items(sources.items).persist() if sources.items is not None else None
+    events_path = config.table_path(C.BRONZE, C.EVENTS)
+
+    def validate_and_check_events(df: DataFrame) -> Validated:
+        catalogue = _catalogue(spark, config, validated_items) if config.ingest.unknown_items == "quarantine" else None
+        bronze = spark.read.format("delta").load(events_path) if table_exists(spark, events_path) else None
+        return check_events(validate_events(df, config.ingest.event_types, floor, now), catalogue, bronze).persist()
+
     plan = [
-        (C.EVENTS, sources.events, lambda df: validate_events(df, config.ingest.event_types, floor, now), C.EVENT_ID),
-        (C.ITEMS, sources.items, validate_items, C.ITEM_ID),
-        (C.USERS, sources.users, validate_users, C.USER_ID),
+        (C.EVENTS, sources.events, validate_and_check_events, C.EVENT_ID),
+        (C.ITEMS, sources.items, lambda df: validated_items, C.ITEM_ID),
+        (C.USERS, sources.users, lambda df: validate_users(df).persist(), C.USER_ID),
     ]
     log_rows: list[dict] = []
     for entity, raw, validate, key in plan:
         if raw is None:
             continue
-        validated = validate(raw).persist()
+        validated = validate(raw)
         accepted = validated.accepted
         if entity == C.EVENTS:
-            accepted = with_event_key(accepted).dropDuplicates([C.EVENT_ID])
-            metrics = merge_into(spark, accepted, config.table_path(C.BRONZE, entity), [key])
+            # Conflicting copies are quarantined by now; the rest of one id are identical: keep one.
+            metrics = merge_into(spark, first_per_key(accepted, key), config.table_path(C.BRONZE, entity), [key])
         else:
             metrics = merge_into(spark, latest_per_key(accepted, key), config.table_path(C.BRONZE, entity), [key],
                                  update=True)
@@ -267,6 +339,15 @@ def ingest(spark: SparkSession, sources: RawSources, config: Config, run_id: str
                                      for row in log_rows], schema=RUN_LOG_SCHEMA)
         log.write.format("delta").mode("append").save(config.table_path(C.BRONZE, C.RUN_LOG))
     return log_rows
+
+
+def _catalogue(spark: SparkSession, config: Config, items: Validated | None) -> DataFrame | None:
+    """The known item ids: this input's accepted items plus bronze items; None if there are neither."""
+    parts = [items.accepted.select(C.ITEM_ID)] if items is not None else []
+    items_path = config.table_path(C.BRONZE, C.ITEMS)
+    if table_exists(spark, items_path):
+        parts.append(spark.read.format("delta").load(items_path).select(C.ITEM_ID))
+    return reduce(DataFrame.unionByName, parts) if parts else None
 
 
 RUN_LOG_SCHEMA = (
