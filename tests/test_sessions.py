@@ -49,3 +49,32 @@ def test_bots_are_found_by_relative_rate_and_absolute_cap(spark: SparkSession) -
     assert sorted(r.user_id for r in capped.collect()) == ["bot", "h3"]
     kept = filter_bots(events, relative).groupBy("user_id").count()
     assertDataFrameEqual(kept, spark.createDataFrame([("h1", 2), ("h2", 2), ("h3", 3)], "user_id string, count long"))
+
+
+def test_prepare_sessionises_and_removes_bots(spark: SparkSession, tmp_path, monkeypatch, capsys) -> None:
+    # End to end through prepare: two session-less users (one event per day, 1/day) and a bot
+    # (30 events in one day) over the absolute cap of 10 per day: the bot's events leave silver,
+    # silver/bots lists it, prepare prints the count; the others get gap sessions.
+    from recspark import constants as C
+    from recspark.config import load_config
+    from recspark.pipeline.prepare import BOTS, prepare
+    from recspark.utils.delta import overwrite_table, read_table
+
+    monkeypatch.setenv("RECSPARK_PSEUDONYM_KEY", "test-key")
+    config = load_config(None, [f"paths.lakehouse={tmp_path}", "dataset.name=synthetic",
+                                "prepare.bot_max_events_per_day=10"])
+    rows = [(f"{u}{n}", u, "a", "view", ts(n + 1), None, None, None, "f", k)
+            for k, (u, n) in enumerate((u, n) for u in ("h1", "h2") for n in range(3))]
+    rows += [(f"b{n}", "bot", "a", "view", ts(1, 0, n), None, None, None, "f", 100 + n) for n in range(30)]
+    overwrite_table(spark.createDataFrame(rows, EVENTS), config.table_path(C.BRONZE, C.EVENTS))
+    overwrite_table(spark.createDataFrame([("a", "c", "b", 1.0, 1, "f", 1)],
+                                          "item_id string, category string, brand string, price double, stock long, source_file string, source_row long"),
+                    config.table_path(C.BRONZE, C.ITEMS))
+    written = prepare(spark, config)
+    assert "removed 1 bot users (30 events)" in capsys.readouterr().out
+    assert read_table(spark, written["silver bots (removed users)"]).count() == 1
+    sessions = {(r[C.USER_ID], r[C.SESSION_ID]) for r in read_table(spark, config.table_path(C.SILVER, C.EVENTS)).collect()}
+    # One event per day per user: each starts its own gap session, g1..g3, named by the pseudonym.
+    assert sorted(session.split("#")[1] for _, session in sessions) == ["g1", "g1", "g2", "g2", "g3", "g3"]
+    assert all(session.startswith(user + "#") and user.startswith("u_") for user, session in sessions)
+    assert config.table_path(C.SILVER, BOTS) == written["silver bots (removed users)"]
