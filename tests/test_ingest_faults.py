@@ -194,6 +194,10 @@ def _start(tmp_path: Path, name: str) -> subprocess.Popen:
                                 start_new_session=True)
 
 
+def _commit(version: int) -> str:
+    return f"{version:020d}.json"
+
+
 def _kill_group(process: subprocess.Popen) -> None:
     """SIGKILL to the script and its JVM (one process group), then waits until all of it is gone."""
     os.killpg(process.pid, signal.SIGKILL)
@@ -212,15 +216,23 @@ def test_sigkill_during_the_bronze_merge_leaves_consistent_tables_and_a_rerun_co
         spark: SparkSession, tmp_path: Path) -> None:
     _write_events(tmp_path / "events.parquet")
     bronze = tmp_path / "lakehouse" / "files" / C.BRONZE
-    first_commit = bronze / C.EVENTS / "_delta_log" / "00000000000000000000.json"
+    first_commit = bronze / C.EVENTS / "_delta_log" / _commit(0)
+    events_dir = bronze / C.EVENTS
     process = _start(tmp_path, "killed")
     try:
-        # merge_into commits an empty table first (version 0), then the MERGE (version 1): the first
-        # commit existing means the MERGE is being planned or run. Kill at once.
+        # merge_into commits an empty table first (version 0), then the MERGE (version 1). Delta
+        # writes the MERGE's data files into the table folder before it commits them, so a data file
+        # that version 0 did not have means the MERGE is running: kill then (or, had the commit been
+        # faster than the polling, as soon as version 1 exists).
         deadline = time.monotonic() + 900
         while not first_commit.exists():
             assert process.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "ingest never committed bronze events"
+            time.sleep(0.005)
+        empty_table_files = set(events_dir.glob("*.parquet"))
+        while not (set(events_dir.glob("*.parquet")) - empty_table_files or (first_commit.parent / _commit(1)).exists()):
+            assert process.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the bronze events MERGE never wrote"
             time.sleep(0.005)
         _kill_group(process)
     finally:
@@ -230,10 +242,13 @@ def test_sigkill_during_the_bronze_merge_leaves_consistent_tables_and_a_rerun_co
     # Killed before the run log was written, i.e. inside ingest.
     assert not DeltaTable.isDeltaTable(spark, str(bronze / C.RUN_LOG))
     accepted, expected = N_EVENTS - N_BAD, {C.EVENTS: N_EVENTS - N_BAD, C.QUARANTINE: N_BAD}
-    for table in sorted(bronze.iterdir()):
-        if DeltaTable.isDeltaTable(spark, str(table)):
-            count = spark.read.format("delta").load(str(table)).count()
-            assert count in (0, expected.get(table.name)), (table.name, count)
+    merge_committed = (first_commit.parent / _commit(1)).exists()  # final: the process group is gone
+    counts = {table.name: spark.read.format("delta").load(str(table)).count()
+              for table in sorted(bronze.iterdir()) if DeltaTable.isDeltaTable(spark, str(table))}
+    for name, count in counts.items():
+        assert count in (0, expected.get(name)), (name, count)
+    # The files of an uncommitted MERGE are in the folder but not in the table: it still has 0 rows.
+    assert counts[C.EVENTS] == (accepted if merge_committed else 0)
 
     rerun = _start(tmp_path, "rerun")
     assert rerun.wait(timeout=1800) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
