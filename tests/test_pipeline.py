@@ -88,7 +88,7 @@ def test_every_user_gets_k_recommendations_with_their_own_id(spark: SparkSession
 
 def test_metrics_report_has_model_and_baseline(config: Config, ran: dict) -> None:
     report = json.loads((config.reports_dir / "metrics.json").read_text())
-    assert set(report["models"]) == {"mean_pool", "most_popular"}
+    assert set(report["models"]) == {"mean_pool", "most_popular", "als"}
     assert report["users"] == USERS
     for metrics in report["models"].values():
         assert 0.0 <= metrics["ndcg_at_k"] <= 1.0 and 0.0 <= metrics["hit_rate_at_k"] <= 1.0

@@ -15,8 +15,9 @@ from pyspark.sql import functions as F
 
 from recspark import constants as C
 from recspark.config import Config
-from recspark.evaluation.baselines import most_popular
+from recspark.evaluation.baselines import als, most_popular
 from recspark.evaluation.ranking import ranking_metrics_at_ks
+from recspark.pipeline.features import SEQUENCES
 from recspark.pipeline.prepare import IDENTITY_MAP, RAW_USER_ID
 from recspark.scoring import SEEN_IDX, ranked_list, recommend
 from recspark.utils.delta import read_table
@@ -25,6 +26,7 @@ from recspark.utils.jobs import write_json
 KEPT_K = 20  # predictions kept for audit: at least the top 20 of every model
 REPORT_KS = (5, 10, 20)
 POPULAR = "most_popular"
+ALS_NAME = "als"
 
 
 def model_run(config: Config) -> dict:
@@ -50,6 +52,11 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
         config.train.model: recommend(queries.select(C.USER_ID, C.HISTORY, SEEN_IDX), vocab, str(config.model_dir),
                                       kept, config.evaluate.exclude_seen, config.score.batch_size),
         POPULAR: most_popular(vocab, queries, kept, config.evaluate.exclude_seen),
+        ALS_NAME: als(read_table(spark, config.table_path(C.GOLD, SEQUENCES)), vocab, queries, kept,
+                      config.evaluate.exclude_seen, rank=config.evaluate.als_rank,
+                      reg_param=config.evaluate.als_reg_param, max_iter=config.evaluate.als_max_iter,
+                      alpha=config.evaluate.als_alpha, seed=config.train.seed,
+                      checkpoint_dir=str(Path(config.paths.checkpoints) / "spark")),
     }
     predictions = None
     for name, ranking in rankings.items():
