@@ -53,7 +53,7 @@ if [ "$(cat "$STAMPS/horovod" 2>/dev/null)" != "$patch_hash" ] || ! "$PY" -c "im
 else
   step "horovod $HOROVOD_VERSION (patched) already built"
 fi
-TF_USE_LEGACY_KERAS=1 "$PY" -c "import horovod.tensorflow as hvd; assert hvd.gloo_built(), 'horovod built without Gloo'; print('[setup] horovod', hvd.__version__ if hasattr(hvd, '__version__') else '', 'gloo built')" 2>/dev/null
+TF_USE_LEGACY_KERAS=1 "$PY" -c "import importlib.metadata as m, horovod.tensorflow as hvd; assert hvd.gloo_built(), 'horovod built without Gloo'; print('[setup] horovod', m.version('horovod'), 'with Gloo, TensorFlow', m.version('tensorflow'))" 2>/dev/null
 
 step "Delta Lake jars"
 "$PY" -m recspark.session | sed 's/^/  /' | tail -3
