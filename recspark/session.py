@@ -38,24 +38,27 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
     # Spark's Python workers must run the same interpreter as the driver (the project's venv).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    # Under spark-submit the JVM is already running with the submitter's --master, memory and
+    # jars (pass Delta's with --jars or --packages); setting them here would override or miss.
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ
     builder = (
-        SparkSession.builder.master(config.master)
-        .appName(config.app_name)
+        SparkSession.builder.appName(config.app_name)
         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
         .config("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
-        .config("spark.driver.memory", config.driver_memory)
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.databricks.delta.snapshotPartitions", "2")
         .config("spark.ui.showConsoleProgress", "true")
     )
-    jars = delta_jars()
-    if jars:
-        builder = builder.config("spark.jars", ",".join(jars))
-    else:
-        log.warning("no Delta jars in %s (run `make setup`); resolving %s from Maven", JARS_DIR, DELTA_PACKAGE)
-        builder = builder.config("spark.jars.packages", DELTA_PACKAGE)
+    if not submitted:
+        builder = builder.master(config.master).config("spark.driver.memory", config.driver_memory)
+        jars = delta_jars()
+        if jars:
+            builder = builder.config("spark.jars", ",".join(jars))
+        else:
+            log.warning("no Delta jars in %s (run `make setup`); resolving %s from Maven", JARS_DIR, DELTA_PACKAGE)
+            builder = builder.config("spark.jars.packages", DELTA_PACKAGE)
     for key, value in config.extra.items():
         builder = builder.config(key, str(value))
     spark = builder.getOrCreate()
