@@ -96,6 +96,8 @@ def prepare(spark: SparkSession, config: Config) -> dict:
                      .transform(lambda df: with_catalogue_price(df, items))
                      .transform(lambda df: with_pseudonymous_users(df, key))
                      .transform(lambda df: with_gap_sessions(df, config.prepare.session_gap_minutes)))
+    # Read twice (bot detection, then the write): computed once from bronze.
+    silver_events = silver_events.persist()
     identity = identity_map(events, users, key)
     merge_into(spark, identity, config.table_path(C.BRONZE, IDENTITY_MAP), [RAW_USER_ID])
     bots_path = config.table_path(C.SILVER, BOTS)
@@ -106,6 +108,7 @@ def prepare(spark: SparkSession, config: Config) -> dict:
     bot_users, bot_events = bots.agg(F.count(F.lit(1)), F.coalesce(F.sum("n_events"), F.lit(0))).first()
     print(f"prepare: removed {bot_users:,} bot users ({bot_events:,} events) from silver events -> {bots_path}")
     overwrite_table(silver_events.transform(lambda df: filter_bots(df, bots)), config.table_path(C.SILVER, C.EVENTS))
+    silver_events.unpersist()
     overwrite_table(silver_items, config.table_path(C.SILVER, C.ITEMS))
     written = {"silver events": config.table_path(C.SILVER, C.EVENTS), "silver items": config.table_path(C.SILVER, C.ITEMS),
                "silver bots (removed users)": bots_path}
