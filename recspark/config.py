@@ -96,17 +96,56 @@ class FeaturesConfig:
     interest_half_life_days: float = 30.0
     # item_features: quantile buckets of the catalogue price.
     price_buckets: int = 5
+    # "sessions": each user's last sessions are held out (leave-last-out); "time": one global cut,
+    # events from validation_start go to validation and from test_start to test (ISO timestamps;
+    # when null, the cuts are the 80% and 90% quantiles of the event times).
+    split: str = "sessions"
+    validation_start: Optional[str] = None
+    test_start: Optional[str] = None
+    # Time gaps in behaviour sequences are bucketed on a log2 scale into this many buckets.
+    gap_buckets: int = 16
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    model: str = "mean_pool"
+    # The models the train stage trains, in order; evaluate reports every one, score serves the first.
+    models: list = dataclasses.field(default_factory=lambda: ["mean_pool"])
     num_proc: int = 2
     epochs: int = 3
     batch_size: int = 256
     learning_rate: float = 0.002
     embedding_dim: int = 64
     seed: int = 42
+    # Transformer (sasrec).
+    num_layers: int = 2
+    num_heads: int = 2
+    dropout: float = 0.2
+    # "full": softmax over the whole catalogue; "sampled": sampled softmax drawing num_sampled
+    # negatives from `sampler` ("log_uniform" or "popularity"), for catalogues too large for "full".
+    softmax: str = "full"
+    num_sampled: int = 1000
+    sampler: str = "log_uniform"
+    # Feature models (towers, dnn): hidden layer sizes; the dnn trains against `negatives` sampled
+    # negatives per positive.
+    hidden_units: list = dataclasses.field(default_factory=lambda: [128, 64])
+    negatives: int = 4
+    # Stop when validation NDCG@10 (on up to validation_users users) has not improved for this many
+    # epochs; 0 turns early stopping off.
+    early_stopping_patience: int = 2
+    validation_users: int = 2000
+    # Continue an interrupted run from its last epoch checkpoint (same model, config and data).
+    resume: bool = True
+    # Start from the previous model version's weights (vocabulary growth: old rows kept, new ones initialised).
+    warm_start: bool = False
+
+
+@dataclasses.dataclass
+class TrackingConfig:
+    # MLflow tracking URI; null: a SQLite store under paths.checkpoints (git-ignored). On Databricks: "databricks".
+    uri: Optional[str] = None
+    experiment: str = "recspark"
+    # Registered model name; null: recspark-<dataset>-<model>.
+    registered_model: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -120,10 +159,23 @@ class EvaluateConfig:
     als_reg_param: float = 0.05
     als_max_iter: int = 10
     als_alpha: float = 10.0
+    # ALS rank and regularisation are chosen on the validation split from these grids.
+    als_ranks: list = dataclasses.field(default_factory=lambda: [16, 64])
+    als_reg_params: list = dataclasses.field(default_factory=lambda: [0.01, 0.1])
+    # The recent-window popularity baseline counts the training period's last recent_days days.
+    recent_days: float = 30.0
+    # Cross-validation for hyper-parameter choice: cv_folds folds over "users" or rolling "time" windows.
+    cv_folds: int = 3
+    cv_scheme: str = "users"
+    # null: full ranking over every item (the default); n: rank each relevant item against n sampled
+    # negatives instead, labelled "sampled" in every output.
+    sampled_negatives: Optional[int] = None
 
 
 @dataclasses.dataclass
 class ScoreConfig:
+    # The model that scores everyone; null: the first of train.models.
+    model: Optional[str] = None
     k: int = 10
     batch_size: int = 512
 
@@ -140,6 +192,7 @@ class Config:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
     score: ScoreConfig = dataclasses.field(default_factory=ScoreConfig)
+    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
 
     def validate(self) -> "Config":
         if self.dataset.name not in DATASETS:
@@ -183,6 +236,17 @@ class Config:
                 raise ConfigError(f"prepare.{key}: must be > 0 or null, got {value!r}")
         if not 0 < self.prepare.bot_percentile <= 1:
             raise ConfigError(f"prepare.bot_percentile: must be in (0, 1], got {self.prepare.bot_percentile!r}")
+        if not self.train.models:
+            raise ConfigError("train.models: name at least one model")
+        if self.score.model is not None and self.score.model not in self.train.models:
+            raise ConfigError(f"score.model: {self.score.model!r} is not one of train.models {self.train.models}")
+        choices = {"features.split": (self.features.split, ("sessions", "time")),
+                   "train.softmax": (self.train.softmax, ("full", "sampled")),
+                   "train.sampler": (self.train.sampler, ("log_uniform", "popularity")),
+                   "evaluate.cv_scheme": (self.evaluate.cv_scheme, ("users", "time"))}
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
         for key in ("n_test_sessions", "n_validation_sessions"):
             if getattr(self.features, key) < 0:
                 raise ConfigError(f"features.{key}: must be >= 0")
@@ -200,9 +264,13 @@ class Config:
     def reports_dir(self) -> Path:
         return Path(self.paths.reports) / self.dataset.name
 
+    def model_dir(self, model: str) -> Path:
+        """Where model ``model`` of this data set is checkpointed and exported."""
+        return Path(self.paths.checkpoints) / self.dataset.name / model
+
     @property
-    def model_dir(self) -> Path:
-        return Path(self.paths.checkpoints) / self.dataset.name / self.train.model
+    def scoring_model(self) -> str:
+        return self.score.model or self.train.models[0]
 
     @property
     def petastorm_cache_url(self) -> str:

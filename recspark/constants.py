@@ -59,3 +59,15 @@ EVAL_QUERIES = "eval_queries"
 SERVING_HISTORIES = "serving_histories"
 
 VALIDATION, TEST = "validation", "test"
+
+# Behaviour sequences beside `history`, aligned with it and left-padded with 0: the event type of
+# each step (1 + its position in ingest.event_types; 0 pads) and the log2-bucketed time gap from the
+# step to the sequence's latest step (1 = same time; 0 pads).
+HISTORY_TYPES = "history_types"
+HISTORY_GAPS = "history_gaps"
+
+# Feature tables: category vocabulary, normalised numeric user features, stored statistics.
+CATEGORY_IDX = "category_idx"
+CATEGORY_VOCAB = "category_vocab"
+USER_VECTOR = "user_vector"
+FEATURE_STATS = "feature_stats"

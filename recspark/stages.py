@@ -44,32 +44,34 @@ def features_stage(spark: SparkSession, config: Config) -> dict:
 
 
 def train_stage(spark: SparkSession, config: Config) -> dict:
+    """Trains every model of ``train.models`` in turn on the same gold tables."""
     from recspark.models.training import train_distributed  # TensorFlow only where it is needed
 
     examples_path = config.table_path(C.GOLD, C.TRAIN_EXAMPLES)
     vocab_path = config.table_path(C.GOLD, C.ITEM_VOCAB)
     num_items = read_table(spark, vocab_path).agg(F.max(C.ITEM_IDX)).collect()[0][0] + 1  # one aggregate
     run_id = new_run_id(config)
-    result = train_distributed(
-        spark, read_table(spark, examples_path), num_items=num_items, max_seq_len=config.features.max_seq_len,
-        train_config=config.train, model_dir=str(config.model_dir), cache_url=config.petastorm_cache_url,
-    )
-    write_json(config.model_dir / "run.json", {
-        C.RUN_ID: run_id,
-        "dataset": config.dataset.name,
-        "model": config.train.model,
-        "num_items": num_items,
-        "table_versions": {examples_path: table_version(spark, examples_path),
-                           vocab_path: table_version(spark, vocab_path)},
-        "config": config.to_dict(),
-    })
-    return {
-        C.RUN_ID: run_id,
-        "model": f"{config.train.model}, {config.train.num_proc} Horovod ranks, {num_items - 2:,} items",
-        "loss per epoch": ", ".join(f"{loss:.4f}" for loss in result.history),
-        "training seconds": f"{result.seconds:.1f}",
-        "model dir": str(config.model_dir),
-    }
+    summary: dict = {C.RUN_ID: run_id}
+    for model in config.train.models:
+        model_dir = config.model_dir(model)
+        result = train_distributed(
+            spark, read_table(spark, examples_path), model=model, num_items=num_items,
+            max_seq_len=config.features.max_seq_len, train_config=config.train, model_dir=str(model_dir),
+            cache_url=config.petastorm_cache_url,
+        )
+        write_json(model_dir / "run.json", {
+            C.RUN_ID: run_id,
+            "dataset": config.dataset.name,
+            "model": model,
+            "num_items": num_items,
+            "table_versions": {examples_path: table_version(spark, examples_path),
+                               vocab_path: table_version(spark, vocab_path)},
+            "config": config.to_dict(),
+        })
+        summary[model] = (f"{config.train.num_proc} Horovod ranks, {num_items - 2:,} items, "
+                          f"{result.seconds:.1f}s, loss per epoch "
+                          + ", ".join(f"{loss:.4f}" for loss in result.history) + f" -> {model_dir}")
+    return summary
 
 
 def evaluate_stage(spark: SparkSession, config: Config) -> dict:
@@ -84,15 +86,16 @@ def evaluate_stage(spark: SparkSession, config: Config) -> dict:
 
 
 def score_stage(spark: SparkSession, config: Config) -> dict:
-    run = model_run(config)
+    model = config.scoring_model
+    run = model_run(config, model)
     histories = read_table(spark, config.table_path(C.GOLD, C.SERVING_HISTORIES))
     vocab = read_table(spark, config.table_path(C.GOLD, C.ITEM_VOCAB))
     identity = read_table(spark, config.table_path(C.BRONZE, IDENTITY_MAP))
-    recommendations = recommend(histories.select(C.USER_ID, C.HISTORY, SEEN_IDX), vocab, str(config.model_dir),
+    recommendations = recommend(histories.select(C.USER_ID, C.HISTORY, SEEN_IDX), vocab, str(config.model_dir(model)),
                                 config.score.k, config.evaluate.exclude_seen, config.score.batch_size)
     table = (with_original_user_id(recommendations, identity)
              .select(C.USER_ID, C.RANK, C.ITEM_ID, C.SCORE, C.CONFIDENCE,
-                     F.lit(run[C.RUN_ID]).alias(C.RUN_ID), F.lit(config.train.model).alias(C.MODEL_NAME)))
+                     F.lit(run[C.RUN_ID]).alias(C.RUN_ID), F.lit(model).alias(C.MODEL_NAME)))
     overwrite_table(table, config.recommendations_path)
     rows = row_count(spark, config.recommendations_path)
     return {"recommendations": f"{rows:,} rows (top {config.score.k} per user) -> {config.recommendations_path}",
@@ -122,5 +125,6 @@ def summary_stage(spark: SparkSession, config: Config) -> dict:
             summary[f"test {model}"] = (f"HR@{report['k']}={metrics['hit_rate_at_k']:.4f} "
                                         f"NDCG@{report['k']}={metrics['ndcg_at_k']:.4f}")
         summary["report"] = str(config.reports_dir / report[C.RUN_ID])
-    summary["model"] = str(config.model_dir)
+    for model in config.train.models:
+        summary[f"model {model}"] = str(config.model_dir(model))
     return summary

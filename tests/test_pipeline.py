@@ -156,6 +156,6 @@ def test_no_raw_user_id_after_bronze(spark: SparkSession, config: Config, ran: d
             df = spark.read.format("delta").load(str(table))
             text = " ".join(map(repr, df.collect()))
             assert not any(raw in text for raw in raw_ids), f"raw user id in {layer}/{table.name}"
-    for artefact in config.model_dir.rglob("*"):
+    for artefact in Path(config.paths.checkpoints).rglob("*"):
         if artefact.is_file():
             assert not any(raw.encode() in artefact.read_bytes() for raw in raw_ids), f"raw user id in {artefact}"

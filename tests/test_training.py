@@ -58,11 +58,11 @@ def test_keras_3_fails_loudly():
 
 
 def test_two_rank_training_agrees_learns_and_exports(spark, tmp_path):
-    config = TrainConfig(model="mean_pool", num_proc=2, epochs=3, batch_size=32, learning_rate=0.01,
+    config = TrainConfig(models=["mean_pool"], num_proc=2, epochs=3, batch_size=32, learning_rate=0.01,
                          embedding_dim=8, seed=11)
     model_dir = tmp_path / "model"
     result = train_distributed(
-        spark, _examples(spark), num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, train_config=config,
+        spark, _examples(spark), model="mean_pool", num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, train_config=config,
         model_dir=model_dir, cache_url=(tmp_path / "petastorm").as_uri(),
     )
     rank0, rank1 = result.rank_results

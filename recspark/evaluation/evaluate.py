@@ -29,8 +29,9 @@ POPULAR = "most_popular"
 ALS_NAME = "als"
 
 
-def model_run(config: Config) -> dict:
-    path = config.model_dir / "run.json"
+def model_run(config: Config, model: str) -> dict:
+    """The train stage's record of ``model``: run id, table versions, configuration."""
+    path = config.model_dir(model) / "run.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run the train stage first")
     return json.loads(path.read_text())
@@ -43,21 +44,25 @@ def with_original_user_id(df: DataFrame, identity: DataFrame) -> DataFrame:
 
 
 def evaluate(spark: SparkSession, config: Config) -> dict:
-    run = model_run(config)
+    runs = {model: model_run(config, model) for model in config.train.models}
+    run = runs[config.train.models[0]]  # models trained by one train stage share its run id
     k = config.evaluate.k
     kept = max(KEPT_K, k)
     queries = read_table(spark, config.table_path(C.GOLD, C.EVAL_QUERIES)).filter(F.col(C.SPLIT) == C.TEST)
     vocab = read_table(spark, config.table_path(C.GOLD, C.ITEM_VOCAB))
     rankings = {
-        config.train.model: recommend(queries.select(C.USER_ID, C.HISTORY, SEEN_IDX), vocab, str(config.model_dir),
-                                      kept, config.evaluate.exclude_seen, config.score.batch_size),
+        model: recommend(queries.select(C.USER_ID, C.HISTORY, SEEN_IDX), vocab, str(config.model_dir(model)),
+                         kept, config.evaluate.exclude_seen, config.score.batch_size)
+        for model in config.train.models
+    }
+    rankings.update({
         POPULAR: most_popular(vocab, queries, kept, config.evaluate.exclude_seen),
         ALS_NAME: als(read_table(spark, config.table_path(C.GOLD, SEQUENCES)), vocab, queries, kept,
                       config.evaluate.exclude_seen, rank=config.evaluate.als_rank,
                       reg_param=config.evaluate.als_reg_param, max_iter=config.evaluate.als_max_iter,
                       alpha=config.evaluate.als_alpha, seed=config.train.seed,
                       checkpoint_dir=str(Path(config.paths.checkpoints) / "spark")),
-    }
+    })
     predictions = None
     for name, ranking in rankings.items():
         rows = ranking.select(F.lit(run[C.RUN_ID]).alias(C.RUN_ID), F.lit(name).alias(C.MODEL_NAME), C.USER_ID,

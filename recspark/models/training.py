@@ -166,6 +166,7 @@ def _export(model: "tf.keras.Model", model_dir: Path, meta: dict, build: dict) -
 def _train_fn(
     converter: Any,
     *,
+    model_name: str,
     num_rows: int,
     num_items: int,
     max_seq_len: int,
@@ -186,14 +187,14 @@ def _train_fn(
     # reproducible run; the shards, not the seeds, make the ranks' batches differ.
     tf.keras.utils.set_random_seed(train_config.seed)
 
-    build = dict(name=train_config.model, num_items=num_items, embedding_dim=train_config.embedding_dim,
+    build = dict(name=model_name, num_items=num_items, embedding_dim=train_config.embedding_dim,
                  max_seq_len=max_seq_len, seed=train_config.seed)
     model = build_model(**build)
     initial_digests = [_digest(w) for w in model.get_weights()]
 
     # Linear scaling rule: the global batch is size times larger, so is the step.
     optimizer = hvd.DistributedOptimizer(tf.keras.optimizers.Adam(learning_rate=train_config.learning_rate * size))
-    model.compile(optimizer=optimizer, loss=get_loss(train_config.model))
+    model.compile(optimizer=optimizer, loss=get_loss(model_name))
 
     callbacks: list = [
         hvd.callbacks.BroadcastGlobalVariablesCallback(0),
@@ -219,7 +220,7 @@ def _train_fn(
 
     if rank == 0:
         meta = {
-            "model": train_config.model,
+            "model": model_name,
             "num_items": num_items,
             "max_seq_len": max_seq_len,
             "embedding_dim": train_config.embedding_dim,
@@ -278,13 +279,14 @@ def train_distributed(
     spark: SparkSession,
     train_df: DataFrame,
     *,
+    model: str,
     num_items: int,
     max_seq_len: int,
     train_config: TrainConfig,
     model_dir: str | Path,
     cache_url: str,
 ) -> TrainResult:
-    """Trains ``train_config.model`` on ``train_df`` (history, target) with ``num_proc`` Horovod processes.
+    """Trains ``model`` on ``train_df`` (history, target) with ``num_proc`` Horovod processes.
 
     ``model_dir`` must be visible to rank 0's process (local mode: any local path; a cluster: shared
     storage such as /dbfs). Raises RuntimeError if the ranks end with different weights.
@@ -316,7 +318,7 @@ def train_distributed(
         results: list[RankResult] = horovod.spark.run(
             _train_fn,
             args=(converter,),
-            kwargs=dict(num_rows=num_rows, num_items=num_items, max_seq_len=max_seq_len,
+            kwargs=dict(model_name=model, num_rows=num_rows, num_items=num_items, max_seq_len=max_seq_len,
                         train_config=train_config, model_dir=str(out)),
             num_proc=num_proc,
             env=_worker_env(),
@@ -334,7 +336,7 @@ def train_distributed(
             "Horovod ranks ended with different weights: gradients were not averaged "
             f"(tf.keras per rank: {[r.tf_keras_module for r in results]})"
         )
-    log.info("trained %s on %d rows with %d processes in %.1fs; loss %s", train_config.model, num_rows,
+    log.info("trained %s on %d rows with %d processes in %.1fs; loss %s", model, num_rows,
              num_proc, seconds, result.history)
     return result
 
