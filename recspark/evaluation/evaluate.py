@@ -16,11 +16,13 @@ from pyspark.sql import functions as F
 from recspark import constants as C
 from recspark.config import Config
 from recspark.evaluation.baselines import als, most_popular
+from recspark.evaluation.beyond import beyond_accuracy
 from recspark.evaluation.ranking import ranking_metrics_at_ks
 from recspark.pipeline.features import SEQUENCES
+from recspark.pipeline.item_features import ITEM_FEATURES
 from recspark.pipeline.prepare import IDENTITY_MAP, RAW_USER_ID
 from recspark.scoring import SEEN_IDX, ranked_list, recommend
-from recspark.utils.delta import read_table
+from recspark.utils.delta import read_table, table_exists
 from recspark.utils.jobs import write_json
 
 KEPT_K = 20  # predictions kept for audit: at least the top 20 of every model
@@ -41,6 +43,14 @@ def with_original_user_id(df: DataFrame, identity: DataFrame) -> DataFrame:
     """Pseudonym -> the shop's own user id; only final outputs (predictions, recommendations) do this."""
     return (df.join(identity.select(C.USER_ID, RAW_USER_ID), C.USER_ID)
             .drop(C.USER_ID).withColumnRenamed(RAW_USER_ID, C.USER_ID))
+
+
+def item_categories(spark: SparkSession, config: Config) -> DataFrame | None:
+    """(item_id, category) for intra-list diversity: gold item_features, else silver items, else None."""
+    for path in (config.table_path(C.GOLD, ITEM_FEATURES), config.table_path(C.SILVER, C.ITEMS)):
+        if table_exists(spark, path):
+            return read_table(spark, path).select(C.ITEM_ID, C.CATEGORY)
+    return None
 
 
 def evaluate(spark: SparkSession, config: Config) -> dict:
@@ -79,6 +89,7 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
     ks = sorted({*REPORT_KS, k})
     at_k: dict[int, dict[str, dict[str, float]]] = {kk: {} for kk in ks}
     beyond = {}
+    categories = item_categories(spark, config)
     for name in rankings:
         ranked = stored.filter(F.col(C.MODEL_NAME) == name)
         lists = ranked.groupBy(C.USER_ID).agg(ranked_list().alias(C.PREDICTION))
@@ -87,7 +98,7 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
             C.PREDICTION, F.coalesce(C.PREDICTION, F.array().cast("array<string>")))
         for kk, metrics in ranking_metrics_at_ks(scored, ks).items():
             at_k[kk][name] = metrics
-        beyond[name] = beyond_accuracy(ranked.filter(F.col(C.RANK) <= k), vocab)
+        beyond[name] = beyond_accuracy(ranked.filter(F.col(C.RANK) <= k), vocab, categories)
 
     report = {
         C.RUN_ID: run[C.RUN_ID],
@@ -112,19 +123,6 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
     return report
 
 
-def beyond_accuracy(recommendations: DataFrame, vocab: DataFrame) -> dict[str, float]:
-    """Catalogue coverage (share of the vocabulary recommended to anyone) and the mean training
-    popularity of recommended items, relative to the mean item (1.0 = as popular as the average)."""
-    stats = vocab.agg(F.count(F.lit(1)).alias("items"), F.avg(C.TRAIN_COUNT).alias("mean_count")).first()
-    counts = F.broadcast(vocab.select(C.ITEM_ID, C.TRAIN_COUNT))
-    row = recommendations.join(counts, C.ITEM_ID, "left").agg(
-        F.countDistinct(C.ITEM_ID).alias("distinct"), F.avg(F.coalesce(C.TRAIN_COUNT, F.lit(0))).alias("pop")).first()
-    return {
-        "catalogue_coverage": (row["distinct"] or 0) / stats["items"] if stats["items"] else 0.0,
-        "relative_popularity": (row["pop"] or 0.0) / stats["mean_count"] if stats["mean_count"] else 0.0,
-    }
-
-
 def write_report_md(report: dict, path: Path) -> Path:
     """One table of every model x metric at every K, the beyond-accuracy numbers and the plots."""
     ks = list(report["at_k"])
@@ -137,10 +135,12 @@ def write_report_md(report: dict, path: Path) -> Path:
     for model in models:
         cells = [f"{report['at_k'][kk][model][m]:.4f}" for m in metric_names if m != "mean_average_precision" for kk in ks]
         lines.append("| " + " | ".join([model, *cells, f"{report['models'][model]['mean_average_precision']:.4f}"]) + " |")
-    lines += ["", f"Beyond accuracy (top {report['k']}):", "", "| model | catalogue coverage | relative popularity |",
-              "|---|---|---|"]
+    lines += ["", f"Beyond accuracy (top {report['k']}; novelty = mean -log2 p(item) in bits; diversity = share of "
+              "list pairs of different categories):", "",
+              "| model | catalogue coverage | relative popularity | novelty | intra-list diversity |", "|---|---|---|---|---|"]
     for model, values in report["beyond_accuracy"].items():
-        lines.append(f"| {model} | {values['catalogue_coverage']:.4f} | {values['relative_popularity']:.2f} |")
+        lines.append(f"| {model} | {values['catalogue_coverage']:.4f} | {values['relative_popularity']:.2f} | "
+                     f"{values['novelty']:.2f} | {values['intra_list_diversity']:.4f} |")
     lines += ["", "![metrics](metrics.png)", "", "![metrics by K](metrics_by_k.png)", "",
               f"Predictions for audit: `{report['predictions_table']}` (run_id = `{report[C.RUN_ID]}`).", ""]
     path.write_text("\n".join(lines))
