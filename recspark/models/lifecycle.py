@@ -1,0 +1,333 @@
+"""A training run's life cycle: resumable checkpoints, early stopping, warm start, the launcher.
+
+- **Checkpoints** (:func:`write_state`, :func:`find_resumable_state`): after every epoch rank 0
+  writes ``state/epoch-NNN.npz`` under the model directory: the weights, the optimizer's variables
+  (Adam's step count and moments), the epoch and the run's history, plus a *fingerprint* of what
+  made the run (model, spec, training configuration, data versions). One ``os.replace`` publishes
+  the file, so a killed run leaves either a whole checkpoint or none. A later run with
+  ``train.resume`` continues after the newest checkpoint with its own fingerprint.
+- **Early stopping** (:class:`ValidationSet`, :func:`ndcg_at_10`, :class:`EarlyStopping`): NDCG@10
+  on a bounded sample of validation queries, computed by rank 0 at each epoch end and broadcast, so
+  every rank takes the same stop decision (a rank that stopped alone would leave the others waiting
+  in an allreduce forever).
+- **Warm start** (:func:`grow_weights`): the previous model's weights in a model whose item
+  vocabulary grew; old rows are kept, new rows keep their fresh initialisation.
+- **Launcher** (:func:`horovod_launcher`): Databricks' ``sparkdl.HorovodRunner`` when present,
+  otherwise ``horovod.spark.run``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from recspark.constants import OOV_IDX, PAD_IDX
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+STATE_DIR = "state"
+STATE_PATTERN = re.compile(r"^epoch-(\d{3,})\.npz$")
+PREVIOUS_DIR = "previous"  # the last export, kept for a warm start
+NDCG_K = 10
+VAL_METRIC = "val_ndcg_at_10"
+# TrainConfig keys that do not change what a given epoch computes: a run may be resumed with more
+# epochs, another patience, or resume switched on. Everything else is in the fingerprint.
+NOT_FINGERPRINTED = frozenset({"epochs", "early_stopping_patience", "resume", "models", "validation_users"})
+
+
+# --------------------------------------------------------------------------------------------------
+# Fingerprint and checkpoints
+# --------------------------------------------------------------------------------------------------
+
+def fingerprint(model_name: str, spec: dict, train_config: dict, data_versions: dict) -> str:
+    """sha256 of what determines a run's epochs: a checkpoint resumes only a run with the same one."""
+    relevant = {k: v for k, v in train_config.items() if k not in NOT_FINGERPRINTED}
+    payload = json.dumps({"model": model_name, "spec": spec, "train": relevant, "data": data_versions},
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclasses.dataclass
+class RunState:
+    """Everything a resumed run needs besides the arrays: where it stopped and what it saw so far."""
+
+    epoch: int  # epochs completed (1-based count): the resumed run starts at this 0-based epoch
+    fingerprint: str
+    loss_history: list = dataclasses.field(default_factory=list)
+    val_ndcg_history: list = dataclasses.field(default_factory=list)
+    best_epoch: Optional[int] = None  # 1-based epoch with the best validation NDCG
+    best_ndcg: Optional[float] = None
+    wait: int = 0  # epochs since the best one
+    path: Optional[str] = None  # the file it was read from
+
+
+def optimizer_variables(optimizer: Any) -> list:
+    """The optimizer's variables (tf-keras exposes them as a property, older Keras as a method)."""
+    variables = optimizer.variables
+    return list(variables() if callable(variables) and not isinstance(variables, (list, tuple)) else variables)
+
+
+def write_state(model_dir: Path, state: RunState, weights: Sequence[np.ndarray], optimizer_weights: Sequence[np.ndarray],
+                best_weights: Optional[Sequence[np.ndarray]] = None) -> Path:
+    """Writes ``state/epoch-NNN.npz`` atomically (temporary file, then one rename); returns its path.
+
+    ``best_weights`` are stored only when the best epoch is not this one, so that a resumed run can
+    still export the best epoch's model.
+    """
+    directory = Path(model_dir) / STATE_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"epoch-{state.epoch:03d}.npz"
+    tmp = directory / f".epoch-{state.epoch:03d}.tmp.npz"
+    meta = {k: v for k, v in dataclasses.asdict(state).items() if k != "path"}
+    arrays = {"meta": np.array(json.dumps(meta))}
+    arrays.update({f"w{i:04d}": w for i, w in enumerate(weights)})
+    arrays.update({f"o{i:04d}": w for i, w in enumerate(optimizer_weights)})
+    if best_weights is not None:
+        arrays.update({f"b{i:04d}": w for i, w in enumerate(best_weights)})
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+        handle.flush()
+        os.fsync(handle.fileno())  # the rename must not publish a file whose bytes are still in flight
+    os.replace(tmp, final)
+    return final
+
+
+def read_state_meta(path: Path) -> RunState:
+    """The :class:`RunState` of a checkpoint file, without loading its arrays."""
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+    return RunState(**meta, path=str(path))
+
+
+def read_state_arrays(path: Path) -> tuple[list[np.ndarray], list[np.ndarray], Optional[list[np.ndarray]]]:
+    """(weights, optimizer weights, best weights or None) of a checkpoint file."""
+    with np.load(path, allow_pickle=False) as data:
+        def group(prefix: str) -> list[np.ndarray]:
+            return [data[k] for k in sorted(k for k in data.files if k.startswith(prefix))]
+        best = group("b")
+        return group("w"), group("o"), best or None
+
+
+def find_resumable_state(model_dir: Path, fingerprint_: str) -> Optional[RunState]:
+    """The newest complete checkpoint of this fingerprint in ``model_dir``, or None.
+
+    Temporary files (a write interrupted by a kill) never match the pattern; a file that does not
+    load (a truncated copy from elsewhere) is skipped for the next older one.
+    """
+    directory = Path(model_dir) / STATE_DIR
+    if not directory.is_dir():
+        return None
+    candidates = sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := STATE_PATTERN.match(p.name)))
+    for _, path in reversed(candidates):
+        try:
+            state = read_state_meta(path)
+        except (OSError, ValueError, KeyError):
+            continue
+        if state.fingerprint == fingerprint_:
+            return state
+    return None
+
+
+def prune_states(model_dir: Path, keep: int = 2) -> None:
+    """Keeps the ``keep`` newest checkpoints: resuming needs only the last complete one."""
+    directory = Path(model_dir) / STATE_DIR
+    paths = sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := STATE_PATTERN.match(p.name)))
+    for _, path in paths[:-keep]:
+        path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation NDCG@10 and early stopping
+# --------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class ValidationSet:
+    """A bounded sample of validation queries as numpy arrays, small enough to ship to every rank.
+
+    ``inputs`` maps model input names (gold columns, e.g. ``history``) to arrays [n, ...];
+    ``relevant`` holds each query's held-out item indices padded with -1, and ``num_relevant`` their
+    true count (an item outside the vocabulary cannot be hit but still counts in the ideal DCG, as
+    in the evaluation); ``seen`` (padded with PAD_IDX) is excluded from the ranking when
+    ``exclude_seen``.
+    """
+
+    inputs: dict
+    relevant: np.ndarray
+    num_relevant: np.ndarray
+    seen: Optional[np.ndarray] = None
+    exclude_seen: bool = False
+
+    def __len__(self) -> int:
+        return len(self.relevant)
+
+
+def top_k_items(logits: np.ndarray, k: int, seen: Optional[np.ndarray] = None) -> np.ndarray:
+    """Indices of the k best logits per row, never PAD or OOV, nor ``seen`` items when given."""
+    scores = np.array(logits, dtype=np.float64, copy=True)
+    scores[:, [PAD_IDX, OOV_IDX]] = -np.inf
+    if seen is not None:
+        rows = np.repeat(np.arange(len(scores)), seen.shape[1])
+        scores[rows, seen.reshape(-1)] = -np.inf  # PAD padding is already -inf
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1)
+
+
+def ndcg_from_top_k(top: np.ndarray, relevant: np.ndarray, num_relevant: np.ndarray, k: int = NDCG_K) -> float:
+    """Mean NDCG@k with binary gains, as :func:`recspark.evaluation.metrics.ndcg_at_k`."""
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    hits = (top[:, :k, None] == relevant[:, None, :]).any(axis=2) & (relevant >= 0).any(axis=1)[:, None]
+    dcg = (hits * discounts[: top.shape[1]]).sum(axis=1)
+    ideal = np.cumsum(discounts)[np.clip(np.minimum(num_relevant, k), 1, k) - 1]
+    per_query = np.where(num_relevant > 0, dcg / ideal, 0.0)
+    return float(per_query.mean()) if len(per_query) else math.nan
+
+
+def ndcg_at_10(model: "tf.keras.Model", validation: ValidationSet, batch_size: int = 512) -> float:
+    """The model's mean NDCG@10 on ``validation`` (full ranking over the catalogue)."""
+    logits = model.predict(validation.inputs, batch_size=batch_size, verbose=0)
+    seen = validation.seen if validation.exclude_seen else None
+    return ndcg_from_top_k(top_k_items(logits, NDCG_K, seen), validation.relevant, validation.num_relevant)
+
+
+def early_stopping_callback(
+    validation: ValidationSet, patience: int, state: RunState, *, rank: int, broadcast: Callable[[float], float],
+) -> "tf.keras.callbacks.Callback":
+    """A callback that tracks validation NDCG@10 in ``state`` and stops all ranks together.
+
+    Rank 0 computes the metric; ``broadcast`` (``hvd.broadcast`` of a scalar) hands every rank the
+    same value, so every rank updates an identical ``state`` and sets ``stop_training`` at the same
+    epoch. ``patience`` 0 records the metric but never stops. The callback keeps the best epoch's
+    weights in memory (``best_weights``) for the export.
+    """
+    import tensorflow as tf
+
+    class EarlyStopping(tf.keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.state = state
+            # The best epoch's weights: set by a resumed run whose best epoch is older, else here.
+            self.best_weights: Optional[list[np.ndarray]] = None
+
+        def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+            value = ndcg_at_10(self.model, validation) if rank == 0 else 0.0
+            value = float(broadcast(value))
+            if logs is not None:
+                logs[VAL_METRIC] = value  # later callbacks (progress, checkpoint) see it
+            self.state.val_ndcg_history.append(value)
+            if self.state.best_ndcg is None or value > self.state.best_ndcg:
+                self.state.best_ndcg, self.state.best_epoch, self.state.wait = value, epoch + 1, 0
+                self.best_weights = [np.array(w) for w in self.model.get_weights()]
+            else:
+                self.state.wait += 1
+                if patience > 0 and self.state.wait >= patience:
+                    self.model.stop_training = True
+
+    return EarlyStopping()
+
+
+# --------------------------------------------------------------------------------------------------
+# Warm start: vocabulary growth
+# --------------------------------------------------------------------------------------------------
+
+def grow_weights(
+    old: Sequence[np.ndarray], fresh: Sequence[np.ndarray], old_num_items: int, new_num_items: int,
+) -> list[np.ndarray]:
+    """The old model's weights in the shapes of ``fresh`` (a newly initialised, larger-vocabulary model).
+
+    Item indices are appended when the vocabulary grows, so an item-indexed axis (size
+    ``old_num_items`` before, ``new_num_items`` now: embedding rows, output kernel columns, output
+    bias) keeps its old slice and takes the fresh initialisation for the new items. Every other
+    variable must keep its shape and is copied. Raises ValueError when the models do not match.
+    """
+    if new_num_items < old_num_items:
+        raise ValueError(f"the vocabulary shrank from {old_num_items} to {new_num_items} items: indices are not stable")
+    if len(old) != len(fresh):
+        raise ValueError(f"the old model has {len(old)} variables, the new one {len(fresh)}")
+    grown = []
+    for i, (before, init) in enumerate(zip(old, fresh)):
+        if before.shape == init.shape:
+            grown.append(np.array(before, dtype=init.dtype))
+            continue
+        axes = [a for a in range(init.ndim) if before.ndim == init.ndim and before.shape[a] != init.shape[a]]
+        if len(axes) != 1 or (before.shape[axes[0]], init.shape[axes[0]]) != (old_num_items, new_num_items):
+            raise ValueError(f"variable {i}: shape {before.shape} cannot grow to {init.shape} "
+                             f"(items {old_num_items} -> {new_num_items})")
+        out = np.array(init, copy=True)
+        index = [slice(None)] * init.ndim
+        index[axes[0]] = slice(0, old_num_items)
+        out[tuple(index)] = before
+        grown.append(out)
+    return grown
+
+
+# --------------------------------------------------------------------------------------------------
+# The launcher and its failures
+# --------------------------------------------------------------------------------------------------
+
+def horovod_launcher() -> tuple[str, Callable[..., list]]:
+    """``("HorovodRunner", run)`` on Databricks (sparkdl importable), else ``("horovod.spark.run", run)``.
+
+    Both return ``run(fn, kwargs, num_proc, env)`` -> the ranks' return values in rank order (on
+    HorovodRunner only rank 0's value exists: it returns a one-element list).
+    """
+    try:
+        from sparkdl import HorovodRunner  # type: ignore[import-not-found]
+    except ImportError:
+        HorovodRunner = None
+    if HorovodRunner is not None:
+        def run_databricks(fn: Callable, kwargs: dict, num_proc: int, env: dict) -> list:
+            os.environ.update(env)  # HorovodRunner has no env argument; its processes inherit the driver's
+            return [HorovodRunner(np=num_proc).run(fn, **kwargs)]
+        return "HorovodRunner", run_databricks
+
+    def run_spark(fn: Callable, kwargs: dict, num_proc: int, env: dict) -> list:
+        import sys
+
+        import horovod.spark
+
+        return horovod.spark.run(fn, kwargs=kwargs, num_proc=num_proc, env=env, stdout=sys.stdout,
+                                 stderr=sys.stderr, verbose=1)
+    return "horovod.spark.run", run_spark
+
+
+class RankFailedError(RuntimeError):
+    """A Horovod process died; ``rank`` is the first one that exited (None when unknown)."""
+
+    def __init__(self, message: str, rank: Optional[int], exit_code: Optional[int]) -> None:
+        super().__init__(message)
+        self.rank = rank
+        self.exit_code = exit_code
+
+
+# horovod.runner.gloo_run.launch_gloo reports the first process to exit non-zero by its slot index,
+# which is its rank (slots are allocated in rank order).
+_GLOO_FAILURE = re.compile(r"Process name:\s*(\d+)\s*\n\s*Exit code:\s*(-?\d+)")
+
+
+def rank_failure(error: BaseException) -> RankFailedError:
+    """Turns Horovod's launcher error into a :class:`RankFailedError` naming the failed rank."""
+    match = _GLOO_FAILURE.search(str(error))
+    rank, code = (int(match.group(1)), int(match.group(2))) if match else (None, None)
+    signal_name = ""
+    if code is not None and (code < 0 or code > 128):
+        import signal
+
+        number = -code if code < 0 else code - 128
+        try:
+            signal_name = f" ({signal.Signals(number).name})"
+        except ValueError:
+            pass
+    who = f"Horovod rank {rank}" if rank is not None else "A Horovod process (rank unknown)"
+    message = (f"{who} failed with exit code {code}{signal_name}; the run can be resumed from its last "
+               f"epoch checkpoint (train.resume=true). Horovod said: {str(error).strip()}")
+    return RankFailedError(message, rank, code)

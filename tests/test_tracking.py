@@ -1,0 +1,71 @@
+"""MLflow tracking against a real SQLite store in a temporary folder: run, params, metrics, versions."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from recspark.config import TrackingConfig, TrainConfig
+from recspark.tracking import (DB_FILE, MODEL_ARTIFACT_PATH, _mlflow, flatten_params, log_training_run,
+                               registered_model_name, tracking_uri)
+
+
+def _model_dir(tmp_path):
+    model_dir = tmp_path / "model"
+    (model_dir / "state").mkdir(parents=True)
+    (model_dir / "model.keras").write_bytes(b"weights")
+    (model_dir / "model_meta.json").write_text(json.dumps({"best_epoch": 2}))
+    (model_dir / "state" / "epoch-001.npz").write_bytes(b"checkpoint, not an artifact")
+    return model_dir
+
+
+def test_default_uri_is_sqlite_under_checkpoints(tmp_path):
+    assert tracking_uri(TrackingConfig(), tmp_path / "ck") == f"sqlite:///{(tmp_path / 'ck' / DB_FILE).resolve()}"
+    assert tracking_uri(TrackingConfig(uri="databricks"), tmp_path) == "databricks"
+    assert registered_model_name(TrackingConfig(), "ml-1m", "sasrec") == "recspark-ml-1m-sasrec"
+    assert registered_model_name(TrackingConfig(registered_model="main.recs.m"), "ml-1m", "sasrec") == "main.recs.m"
+
+
+def test_params_refuse_anything_but_config_values():
+    flat = flatten_params({"train": {"epochs": 3, "hidden_units": [128, 64], "softmax": "full", "resume": True}})
+    assert flat == {"train.epochs": "3", "train.hidden_units": "128,64", "train.softmax": "full", "train.resume": "True"}
+    with pytest.raises(ValueError, match="identity column"):
+        flatten_params({"data": {"user_id": "u123"}})
+    with pytest.raises(ValueError, match="not a configuration value"):
+        flatten_params({"data": {"sample": {"u1": [1, 2]}}})
+    with pytest.raises(ValueError, match="characters"):
+        flatten_params({"data": {"ids": ["user-%05d" % i for i in range(200)]}})
+
+
+def test_run_logged_and_model_version_increments(tmp_path):
+    tracking = TrackingConfig(experiment="tests")
+    checkpoints = tmp_path / "checkpoints"
+    model_dir = _model_dir(tmp_path)
+    train = dataclasses.asdict(TrainConfig(epochs=3))
+    versions = {str(tmp_path / "gold" / "train_examples"): 4, str(tmp_path / "gold" / "eval_queries"): 7}
+    runs = [log_training_run(
+        tracking, checkpoints_dir=checkpoints, dataset="synthetic", model="mean_pool",
+        params={"train": train, "model": {"embedding_dim": 8, "inputs": ["history"]}},
+        metrics={"loss": [2.0, 1.5, 1.2], "val_ndcg_at_10": [0.1, 0.3 + i, 0.2]}, table_versions=versions,
+        model_dir=model_dir, tags={"resumed_from_epoch": "0"}) for i in range(2)]
+
+    assert (checkpoints / DB_FILE).is_file()
+    assert [r.model_version for r in runs] == [1, 2] and runs[0].run_id != runs[1].run_id
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient(runs[0].tracking_uri)
+    run = client.get_run(runs[1].run_id)
+    assert run.info.status == "FINISHED" and run.info.experiment_id == runs[1].experiment_id
+    params = run.data.params
+    assert params["train.epochs"] == "3" and params["model.embedding_dim"] == "8" and params["model.inputs"] == "history"
+    assert params["data.train_examples.version"] == "4" and params["data.eval_queries.version"] == "7"
+    assert run.data.tags["dataset"] == "synthetic" and run.data.tags["resumed_from_epoch"] == "0"
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_ndcg_at_10")] == [
+        (1, 0.1), (2, 1.3), (3, 0.2)]
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [2.0, 1.5, 1.2]
+    artifacts = sorted(a.path for a in client.list_artifacts(run.info.run_id, MODEL_ARTIFACT_PATH))
+    assert artifacts == [f"{MODEL_ARTIFACT_PATH}/model.keras", f"{MODEL_ARTIFACT_PATH}/model_meta.json"]
+    # The artifacts live beside the database, not in ./mlruns of the current directory.
+    assert (checkpoints / "mlartifacts").is_dir()
+    version = client.get_model_version(runs[1].registered_model, str(runs[1].model_version))
+    assert version.run_id == runs[1].run_id and runs[1].registered_model == "recspark-synthetic-mean_pool"
