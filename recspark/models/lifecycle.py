@@ -241,31 +241,43 @@ def early_stopping_callback(
 
 def grow_weights(
     old: Sequence[np.ndarray], fresh: Sequence[np.ndarray], old_num_items: int, new_num_items: int,
+    old_to_new: Optional[np.ndarray] = None,
 ) -> list[np.ndarray]:
     """The old model's weights in the shapes of ``fresh`` (a newly initialised, larger-vocabulary model).
 
-    Item indices are appended when the vocabulary grows, so an item-indexed axis (size
-    ``old_num_items`` before, ``new_num_items`` now: embedding rows, output kernel columns, output
-    bias) keeps its old slice and takes the fresh initialisation for the new items. Every other
-    variable must keep its shape and is copied. Raises ValueError when the models do not match.
+    An item-indexed axis (size ``old_num_items`` before, ``new_num_items`` now: item embedding rows,
+    output embedding rows, output bias) keeps every old item's slice and the fresh initialisation
+    for the new items. ``old_to_new[i]`` is the new index of old item ``i`` (-1: dropped); by
+    default the identity, i.e. new items were appended. Every other variable must keep its shape
+    and is copied. Raises ValueError when the two models do not match.
     """
-    if new_num_items < old_num_items:
-        raise ValueError(f"the vocabulary shrank from {old_num_items} to {new_num_items} items: indices are not stable")
+    if old_to_new is None:
+        if new_num_items < old_num_items:
+            raise ValueError(f"the vocabulary shrank from {old_num_items} to {new_num_items} items: "
+                             "pass old_to_new to say where the old items went")
+        old_to_new = np.arange(old_num_items)
+    old_to_new = np.asarray(old_to_new)
+    if old_to_new.shape != (old_num_items,) or old_to_new.max(initial=-1) >= new_num_items:
+        raise ValueError(f"old_to_new must map {old_num_items} old items into 0..{new_num_items - 1}")
+    kept = old_to_new >= 0
     if len(old) != len(fresh):
         raise ValueError(f"the old model has {len(old)} variables, the new one {len(fresh)}")
     grown = []
     for i, (before, init) in enumerate(zip(old, fresh)):
-        if before.shape == init.shape:
+        axes = [a for a in range(init.ndim) if before.ndim == init.ndim and before.shape[a] == old_num_items
+                and init.shape[a] == new_num_items]
+        if not axes:
+            if before.shape != init.shape:
+                raise ValueError(f"variable {i}: shape {before.shape} cannot become {init.shape} "
+                                 f"(items {old_num_items} -> {new_num_items})")
             grown.append(np.array(before, dtype=init.dtype))
             continue
-        axes = [a for a in range(init.ndim) if before.ndim == init.ndim and before.shape[a] != init.shape[a]]
-        if len(axes) != 1 or (before.shape[axes[0]], init.shape[axes[0]]) != (old_num_items, new_num_items):
-            raise ValueError(f"variable {i}: shape {before.shape} cannot grow to {init.shape} "
-                             f"(items {old_num_items} -> {new_num_items})")
+        axis = axes[0]  # item-indexed axes come first in every model here (rows, bias)
+        if [d for a, d in enumerate(before.shape) if a != axis] != [d for a, d in enumerate(init.shape) if a != axis]:
+            raise ValueError(f"variable {i}: shape {before.shape} cannot become {init.shape}")
         out = np.array(init, copy=True)
-        index = [slice(None)] * init.ndim
-        index[axes[0]] = slice(0, old_num_items)
-        out[tuple(index)] = before
+        moved = np.moveaxis(out, axis, 0)  # a view: writing it writes `out`
+        moved[old_to_new[kept]] = np.moveaxis(before, axis, 0)[kept]
         grown.append(out)
     return grown
 
