@@ -164,6 +164,12 @@ class EvaluateConfig:
     als_reg_params: list = dataclasses.field(default_factory=lambda: [0.01, 0.1])
     # The recent-window popularity baseline counts the training period's last recent_days days.
     recent_days: float = 30.0
+    # Item-item co-occurrence baseline: pairs of training events at most cooc_window steps apart in a
+    # user's sequence; each item keeps its cooc_neighbours strongest neighbours; a user's candidates
+    # are the neighbours of the last cooc_recent_items distinct items of their history.
+    cooc_window: int = 10
+    cooc_neighbours: int = 50
+    cooc_recent_items: int = 10
     # Cross-validation for hyper-parameter choice: cv_folds folds over "users" or rolling "time" windows.
     cv_folds: int = 3
     cv_scheme: str = "users"
@@ -215,6 +221,11 @@ class Config:
             "evaluate.k": self.evaluate.k,
             "evaluate.als_rank": self.evaluate.als_rank,
             "evaluate.als_max_iter": self.evaluate.als_max_iter,
+            "evaluate.recent_days": self.evaluate.recent_days,
+            "evaluate.cooc_window": self.evaluate.cooc_window,
+            "evaluate.cooc_neighbours": self.evaluate.cooc_neighbours,
+            "evaluate.cooc_recent_items": self.evaluate.cooc_recent_items,
+            "evaluate.cv_folds": self.evaluate.cv_folds,
             "score.k": self.score.k,
             "score.batch_size": self.score.batch_size,
             "dataset.synthetic_events": self.dataset.synthetic_events,

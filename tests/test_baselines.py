@@ -34,3 +34,92 @@ def test_als_recommends_the_users_own_group_and_skips_seen(spark: SparkSession, 
         # The two unseen items of the user's own group are the right answer.
         own = {f"item-{i}" for i in (range(2, 8) if number % 2 == 0 else range(8, 14))}
         assert {r[C.ITEM_ID] for r in rows} == own - seen
+
+
+# --------------------------------------------------------------------------------------------------
+# Recent-window popularity and item-item co-occurrence on hand-made data
+# --------------------------------------------------------------------------------------------------
+
+import datetime as dt  # noqa: E402
+
+from pyspark.sql import functions as F  # noqa: E402
+from pyspark.testing import assertDataFrameEqual  # noqa: E402
+
+from recspark.evaluation.baselines import cooccurrence_neighbours, item_cooccurrence, recent_popular  # noqa: E402
+
+SEQ_SCHEMA = ("user_id string, item_id array<string>, item_idx array<int>, event_ts array<timestamp>, "
+              "split array<string>")
+QUERY_SCHEMA = "user_id string, history array<int>, seen array<string>, seen_idx array<int>"
+VOCAB_SCHEMA = "item_id string, item_idx int, train_count long"
+IDX = {"a": 2, "b": 3, "c": 4, "d": 5, "e": 6, "z": 1}  # z is out of vocabulary
+
+
+def sequences_of(spark, users: dict[str, list[tuple[str, float, str]]]):
+    """users: {user: [(item, day, split), ...]} in time order -> the gold sequences table."""
+    day0 = dt.datetime(2024, 1, 1)
+    rows = [(u, [i for i, _, _ in steps], [IDX[i] for i, _, _ in steps],
+             [day0 + dt.timedelta(days=d) for _, d, _ in steps], [s for _, _, s in steps])
+            for u, steps in users.items()]
+    return spark.createDataFrame(rows, SEQ_SCHEMA)
+
+
+def test_recent_popular_counts_only_the_last_days_of_training(spark: SparkSession) -> None:
+    sequences = sequences_of(spark, {
+        "u1": [("a", 1, "train"), ("b", 9, "train"), ("c", 10, "train"), ("d", 12, "test")],
+        "u2": [("a", 2, "train"), ("b", 3, "train"), ("c", 9.5, "train")],
+        "u3": [("d", 8, "train"), ("z", 9, "train"), ("a", 10, "train")],
+    })
+    vocab = spark.createDataFrame([("a", 2, 3), ("b", 3, 2), ("c", 4, 2), ("d", 5, 1)], VOCAB_SCHEMA)
+    queries = spark.createDataFrame([("q1", [0], [], []), ("q2", [0], ["c"], [4])], QUERY_SCHEMA)
+    # Training ends on day 10 (u1's test event on day 12 does not count); the window (8, 10] holds
+    # u1 b, c; u2 c; u3 a (d on day 8 is on the boundary, out; z is out of vocabulary). Recent counts
+    # c 2, a 1, b 1, d 0; a before b by all-time count (3 > 2).
+    expected = spark.createDataFrame(
+        [("q1", 1, "c", 2.0), ("q1", 2, "a", 1.0), ("q1", 3, "b", 1.0),
+         ("q2", 1, "a", 1.0), ("q2", 2, "b", 1.0), ("q2", 3, "d", 0.0)],
+        "user_id string, rank int, item_id string, score float")
+    for exclude_seen in (False, True):
+        result = recent_popular(sequences, vocab, queries, 3, exclude_seen, recent_days=2.0)
+        wanted = expected if exclude_seen else expected.filter(F.col("user_id") == "q1").unionByName(
+            expected.filter(F.col("user_id") == "q1").withColumn("user_id", F.lit("q2")))
+        assertDataFrameEqual(result.select("user_id", "rank", "item_id", "score"), wanted)
+
+
+COOC_USERS = {
+    "u1": [("a", 1, "train"), ("b", 2, "train"), ("c", 3, "train"), ("e", 4, "test")],
+    "u2": [("a", 1, "train"), ("z", 2, "train"), ("b", 3, "train")],
+    "u3": [("b", 1, "train"), ("c", 2, "train"), ("d", 3, "train")],
+}
+# Pairs at most 2 steps apart among training items in the vocabulary (z and the test step e are
+# skipped): u1 a-b, a-c, b-c; u2 a-b; u3 b-c, b-d, c-d. Counts: a-b 2, a-c 1, b-c 2, b-d 1, c-d 1.
+
+
+def test_cooccurrence_neighbours_hand_counted(spark: SparkSession) -> None:
+    result = cooccurrence_neighbours(sequences_of(spark, COOC_USERS), window=2, neighbours=2)
+    a, b, c, d = (IDX[i] for i in "abcd")
+    # Top 2 per item; ties broken by the smaller index: c has a (1) and d (1) -> a.
+    expected = [(a, b, 2), (a, c, 1), (b, a, 2), (b, c, 2), (c, b, 2), (c, a, 1), (d, b, 1), (d, c, 1)]
+    assertDataFrameEqual(result, spark.createDataFrame(expected, "item_idx int, neighbour_idx int, count long"))
+
+
+def test_item_cooccurrence_scores_recent_items_and_fills_with_popular(spark: SparkSession) -> None:
+    sequences = sequences_of(spark, COOC_USERS)
+    vocab = spark.createDataFrame([("a", 2, 2), ("b", 3, 4), ("c", 4, 2), ("d", 5, 1), ("e", 6, 9)], VOCAB_SCHEMA)
+    a, b, c, d = (IDX[i] for i in "abcd")
+    queries = spark.createDataFrame([
+        # Recent (last 2 distinct known items) = a, d: a -> b 2, c 1; d -> b 1, c 1: b 3, c 2; then
+        # the most popular filler not already listed: e.
+        ("q1", [0, a, 1, d], ["a", "d"], [a, d]),
+        # Recent = c: c -> b 2, a 1; with seen items excluded b goes, a stays; fillers e, then d.
+        ("q2", [0, 0, b, c], ["b", "c"], [b, c]),
+    ], QUERY_SCHEMA)
+    schema = "user_id string, rank int, item_id string, score float"
+    got = item_cooccurrence(sequences, vocab, queries, 3, False, window=2, neighbours=2, recent_items=2)
+    assertDataFrameEqual(got, spark.createDataFrame(
+        [("q1", 1, "b", 3.0), ("q1", 2, "c", 2.0), ("q1", 3, "e", 0.0),
+         # q2 recent = b, c: b -> a 2, c 2; c -> b 2, a 1: a 3, b 2, c 2 (b before c by index).
+         ("q2", 1, "a", 3.0), ("q2", 2, "b", 2.0), ("q2", 3, "c", 2.0)], schema))
+    got = item_cooccurrence(sequences, vocab, queries, 3, True, window=2, neighbours=2, recent_items=2)
+    assertDataFrameEqual(got, spark.createDataFrame(
+        [("q1", 1, "b", 3.0), ("q1", 2, "c", 2.0), ("q1", 3, "e", 0.0),
+         ("q2", 1, "a", 3.0), ("q2", 2, "e", 0.0), ("q2", 3, "d", 0.0)], schema))

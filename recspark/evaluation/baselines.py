@@ -7,26 +7,120 @@ from pyspark.sql import functions as F
 from recspark import constants as C
 
 
-def most_popular(vocab: DataFrame, queries: DataFrame, k: int, exclude_seen: bool) -> DataFrame:
-    """The k items most often interacted with in the training period, for every query user
-    (minus the items the user has seen, when ``exclude_seen``). One row per (user, rank).
+def _popular_for_queries(popularity: DataFrame, queries: DataFrame, k: int, exclude_seen: bool) -> DataFrame:
+    """The same ranked item list for every query user (minus the user's seen items, when
+    ``exclude_seen``). ``popularity``: (item_id, score, _tiebreak), best = highest score, then
+    highest _tiebreak, then smallest item_id. One row per (user, rank) with the item's score.
 
-    The popularity list is one array row crossed with the queries: no per-user join with the
-    catalogue, and only as many items as the most active user could have to skip.
+    The list is one array row crossed with the queries: no per-user join with the catalogue, and
+    only as many items as the most active user could have to skip.
     """
     needed = k
     if exclude_seen:
         needed += queries.agg(F.max(F.size(C.SEEN))).collect()[0][0] or 0  # one small aggregate
-    ranked = F.transform(F.array_sort(F.collect_list(F.struct(-F.col(C.TRAIN_COUNT), C.ITEM_ID))), lambda x: x[C.ITEM_ID])
-    top = vocab.orderBy(F.col(C.TRAIN_COUNT).desc(), C.ITEM_ID).limit(needed).agg(ranked.alias("_popular"))
+    order = F.struct(-F.col(C.SCORE), -F.col("_tiebreak"), C.ITEM_ID)
+    ranked = F.transform(F.array_sort(F.collect_list(order.alias("_o"))), lambda x: x[C.ITEM_ID])
+    top = (popularity.orderBy(F.col(C.SCORE).desc(), F.col("_tiebreak").desc(), C.ITEM_ID).limit(needed)
+           .agg(ranked.alias("_popular")))
     candidates = F.col("_popular")
     if exclude_seen:
         candidates = F.filter(candidates, lambda item: ~F.array_contains(F.col(C.SEEN), item))
     picked = queries.crossJoin(F.broadcast(top)).select(C.USER_ID, F.slice(candidates, 1, k).alias("_picked"))
-    counts = F.broadcast(vocab.select(C.ITEM_ID, F.col(C.TRAIN_COUNT).cast("float").alias(C.SCORE)))
+    scores = F.broadcast(popularity.select(C.ITEM_ID, F.col(C.SCORE).cast("float").alias(C.SCORE)))
     return picked.select(C.USER_ID, F.posexplode("_picked").alias("_pos", C.ITEM_ID)).select(
         C.USER_ID, (F.col("_pos") + 1).alias(C.RANK), C.ITEM_ID
-    ).join(counts, C.ITEM_ID)
+    ).join(scores, C.ITEM_ID)
+
+
+def most_popular(vocab: DataFrame, queries: DataFrame, k: int, exclude_seen: bool) -> DataFrame:
+    """The k items most often interacted with in the training period, for every query user
+    (minus the items the user has seen, when ``exclude_seen``). One row per (user, rank); the score
+    is the training count."""
+    popularity = vocab.select(C.ITEM_ID, F.col(C.TRAIN_COUNT).alias(C.SCORE), F.lit(0).alias("_tiebreak"))
+    return _popular_for_queries(popularity, queries, k, exclude_seen)
+
+
+def train_steps(sequences: DataFrame) -> DataFrame:
+    """(user_id, item_id, item_idx, event_ts): every training-period event of an item in the vocabulary."""
+    step = F.explode(F.arrays_zip(C.ITEM_ID, C.ITEM_IDX, C.EVENT_TS, C.SPLIT)).alias("_step")
+    return (sequences.select(C.USER_ID, step)
+            .filter((F.col("_step")[C.SPLIT] == "train") & (F.col("_step")[C.ITEM_IDX] >= C.FIRST_ITEM_IDX))
+            .select(C.USER_ID, *[F.col("_step")[c].alias(c) for c in (C.ITEM_ID, C.ITEM_IDX, C.EVENT_TS)]))
+
+
+def recent_popular(sequences: DataFrame, vocab: DataFrame, queries: DataFrame, k: int, exclude_seen: bool,
+                   recent_days: float) -> DataFrame:
+    """Most popular over the last ``recent_days`` days of the training period (events in
+    ``(end - recent_days, end]``, end = the latest training event), for every query user.
+
+    What is in fashion now rather than all year. Ties, and items with no recent event (so every
+    user still gets k items), are ordered by the all-time training count. The score is the recent count.
+    """
+    steps = train_steps(sequences)
+    end = steps.agg(F.max(C.EVENT_TS).alias("_end"))  # one row, crossed in (no collect)
+    # Epoch seconds as double: exact for any window, no interval type needed.
+    recent = (steps.crossJoin(F.broadcast(end))
+              .filter(F.col(C.EVENT_TS).cast("double") > F.col("_end").cast("double") - F.lit(recent_days * 86400.0))
+              .groupBy(C.ITEM_ID).agg(F.count(F.lit(1)).alias("_recent")))
+    popularity = vocab.join(recent, C.ITEM_ID, "left").select(
+        C.ITEM_ID, F.coalesce("_recent", F.lit(0)).alias(C.SCORE), F.col(C.TRAIN_COUNT).alias("_tiebreak"))
+    return _popular_for_queries(popularity, queries, k, exclude_seen)
+
+
+def cooccurrence_neighbours(sequences: DataFrame, window: int, neighbours: int) -> DataFrame:
+    """(item_idx, neighbour_idx, count): for each item its ``neighbours`` most frequent co-occurring
+    items, counting every pair of training events of one user at most ``window`` steps apart (in
+    either order; an item with itself does not count).
+
+    The window bounds the work to ``window`` pairs per event (a per-user self-join would be
+    quadratic in the history: thousands of items for the heaviest users) and keeps the pairs to
+    items bought or watched around the same time: a basket, a binge. Ties in count: smaller index first.
+    """
+    train_items = F.transform(
+        F.filter(F.arrays_zip(C.ITEM_IDX, C.SPLIT), lambda s: (s[C.SPLIT] == "train") & (s[C.ITEM_IDX] >= C.FIRST_ITEM_IDX)),
+        lambda s: s[C.ITEM_IDX])
+    steps = sequences.select(train_items.alias("_items")).select("_items", F.posexplode("_items").alias("_pos", "_a"))
+    # slice is 1-based: the `window` items right after position _pos (0-based).
+    pairs = steps.select("_a", F.explode(F.slice("_items", F.col("_pos") + 2, window)).alias("_b")).filter(
+        F.col("_a") != F.col("_b"))
+    both_ways = pairs.select(F.col("_a").alias(C.ITEM_IDX), F.col("_b").alias("neighbour_idx")).unionByName(
+        pairs.select(F.col("_b").alias(C.ITEM_IDX), F.col("_a").alias("neighbour_idx")))
+    counts = both_ways.groupBy(C.ITEM_IDX, "neighbour_idx").agg(F.count(F.lit(1)).alias("count"))
+    best = Window.partitionBy(C.ITEM_IDX).orderBy(F.col("count").desc(), "neighbour_idx")
+    return counts.withColumn("_n", F.row_number().over(best)).filter(F.col("_n") <= neighbours).drop("_n")
+
+
+def item_cooccurrence(sequences: DataFrame, vocab: DataFrame, queries: DataFrame, k: int, exclude_seen: bool, *,
+                      window: int, neighbours: int, recent_items: int) -> DataFrame:
+    """Item-item co-occurrence: a user's candidates are the neighbours (see
+    :func:`cooccurrence_neighbours`) of the last ``recent_items`` distinct items of the query's
+    history, scored by the sum of their co-occurrence counts with those items.
+
+    Lists shorter than k (few or rare recent items) are filled with the most popular items, after
+    every co-occurrence candidate: a baseline that returns short lists would lose on precision for
+    a reason that says nothing about co-occurrence. One row per (user, rank); score 0 for fillers.
+    """
+    known = F.filter(C.HISTORY, lambda i: i >= C.FIRST_ITEM_IDX)
+    # slice(a, -n, n) on an array shorter than n is empty, hence the when.
+    recent = F.array_distinct(F.when(F.size(known) > recent_items, F.slice(known, -recent_items, recent_items))
+                              .otherwise(known))
+    seen_cols = [F.col("seen_idx")] if exclude_seen else []
+    users = queries.select(C.USER_ID, *seen_cols, F.explode(recent).alias(C.ITEM_IDX))
+    scored = (users.join(cooccurrence_neighbours(sequences, window, neighbours), C.ITEM_IDX)
+              .groupBy(C.USER_ID, *(["seen_idx"] if exclude_seen else []), F.col("neighbour_idx").alias(C.ITEM_IDX))
+              .agg(F.sum("count").cast("double").alias("_cooc")))
+    if exclude_seen:
+        scored = scored.filter(~F.array_contains("seen_idx", F.col(C.ITEM_IDX))).drop("seen_idx")
+    scored = scored.join(F.broadcast(vocab.select(C.ITEM_ID, C.ITEM_IDX)), C.ITEM_IDX).select(
+        C.USER_ID, C.ITEM_ID, "_cooc", F.lit(None).cast("int").alias("_fill"))
+    fillers = most_popular(vocab, queries, k, exclude_seen).select(
+        C.USER_ID, C.ITEM_ID, F.lit(None).cast("double").alias("_cooc"), F.col(C.RANK).alias("_fill"))
+    merged = scored.unionByName(fillers).groupBy(C.USER_ID, C.ITEM_ID).agg(
+        F.max("_cooc").alias("_cooc"), F.min("_fill").alias("_fill"))
+    best_first = Window.partitionBy(C.USER_ID).orderBy(
+        F.col("_cooc").desc_nulls_last(), F.col("_fill").asc_nulls_last(), C.ITEM_ID)
+    return (merged.withColumn(C.RANK, F.row_number().over(best_first)).filter(F.col(C.RANK) <= k)
+            .select(C.USER_ID, C.RANK, C.ITEM_ID, F.coalesce("_cooc", F.lit(0.0)).cast("float").alias(C.SCORE)))
 
 
 def train_interactions(sequences: DataFrame) -> DataFrame:
