@@ -106,7 +106,7 @@ def test_examples_queries_and_serving_histories(spark: SparkSession, split_event
     config = FeaturesConfig(max_seq_len=3, max_examples_per_user=10)
 
     assertDataFrameEqual(
-        train_examples(sequences, config),
+        train_examples(sequences, config).select(C.USER_ID, C.HISTORY, C.TARGET),
         spark.createDataFrame([("u1", [0, 2, 3], 2), ("u1", [0, 0, 2], 3), ("u2", [0, 0, 2], 3)],
                               "user_id string, history array<int>, target int"),
     )

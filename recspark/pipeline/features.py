@@ -11,6 +11,8 @@ few sessions stays entirely in train.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -90,49 +92,131 @@ def _item_ids_where(splits: tuple[str, ...]) -> Column:
     return F.array_distinct(F.transform(F.filter(zipped, lambda step: step["s"].isin(*splits)), lambda step: step["i"]))
 
 
-def train_examples(sequences: DataFrame, config: FeaturesConfig) -> DataFrame:
-    """Next-item examples from the training period: each target with the items before it.
+def event_type_table_size(config: Config) -> int:
+    """Rows of an embedding table for ``history_types``: 0 pads, 1..n are ``ingest.event_types``,
+    n + 1 takes any other type."""
+    return len(config.ingest.event_types) + 2
+
+
+def gap_table_size(config: Config) -> int:
+    """Rows of an embedding table for ``history_gaps``: 0 pads, 1..gap_buckets are the buckets."""
+    return config.features.gap_buckets + 1
+
+
+def event_type_ids(types: Column, event_types: Sequence[str]) -> Column:
+    """array<string> of event types -> array<int> of ids: 1 + the type's position in
+    ``event_types``, len(event_types) + 1 for any other type (0 stays free for padding)."""
+    other = F.lit(len(event_types) + 1)
+    if not event_types:
+        return F.transform(types, lambda _: other)
+    lookup = F.create_map(*[c for k, name in enumerate(event_types) for c in (F.lit(name), F.lit(k + 1))])
+    return F.transform(types, lambda name: F.coalesce(lookup[name], other))
+
+
+def gap_bucket_ids(micros: Column, n_buckets: int) -> Column:
+    """array<long> of event times (microseconds, chronological) -> array<int> of time-gap buckets
+    from each step to the latest step: 1 + min(n_buckets - 1, floor(log2(1 + gap_minutes))).
+
+    floor(log2(1 + g)) equals floor(log2(1 + floor(g))) because powers of two are whole numbers,
+    and for a whole number n >= 1 it is the length of n's binary digits minus one: exact integer
+    arithmetic, where a floating-point log2 can land just below a power of two.
+    """
+    latest = F.array_max(micros)  # the latest step (array_max of an empty array is null, never an error)
+
+    def bucket(step: Column) -> Column:
+        whole_minutes = F.floor((latest - step) / F.lit(60_000_000))
+        return (F.lit(1) + F.least(F.lit(n_buckets - 1), F.length(F.bin(whole_minutes + 1)) - 1)).cast("int")
+
+    return F.transform(micros, bucket)
+
+
+def _steps_where(splits: tuple[str, ...], event_types: Sequence[str]) -> Column:
+    """The steps whose split is one of ``splits``, in order: struct<i: item_idx, t: event type id,
+    us: event time in microseconds>."""
+    zipped = F.arrays_zip(
+        F.col(C.ITEM_IDX).alias("i"),
+        event_type_ids(F.col(C.EVENT_TYPE), event_types).alias("t"),
+        F.transform(C.EVENT_TS, F.unix_micros).alias("us"),
+        F.col(C.SPLIT).alias("s"),
+    )
+    return F.filter(zipped, lambda step: step["s"].isin(*splits))
+
+
+def with_history_columns(df: DataFrame, steps: str, config: FeaturesConfig) -> DataFrame:
+    """Replaces the chronological array of steps in column ``steps`` by ``history``,
+    ``history_types`` and ``history_gaps``: the last ``max_seq_len`` steps, aligned and left-padded
+    with 0. Gaps are measured to the latest of these same steps (the one just before the target or
+    the held-out period).
+
+    Three projections, not one expression: each array is referenced several times (size, slice,
+    padding), and Spark does not inline a costly expression into a projection that repeats it, so
+    every array is computed once per row.
+    """
+    length = config.max_seq_len
+    field = lambda name: F.transform(steps, lambda step: step[name])
+    return (df.withColumns({"_i": field("i"), "_t": field("t"), "_us": field("us")}).drop(steps)
+            .withColumn("_g", gap_bucket_ids(F.col("_us"), config.gap_buckets))
+            .withColumns({C.HISTORY: left_pad(F.col("_i"), length), C.HISTORY_TYPES: left_pad(F.col("_t"), length),
+                          C.HISTORY_GAPS: left_pad(F.col("_g"), length)})
+            .drop("_i", "_t", "_us", "_g"))
+
+
+def train_examples(sequences: DataFrame, config: FeaturesConfig,
+                   event_types: Sequence[str] = C.EVENT_TYPES_DEFAULT) -> DataFrame:
+    """Next-item examples from the training period: each target with the items before it, their
+    event types and time gaps.
 
     Examples whose target is outside the vocabulary are dropped (nothing to learn to predict), as
     are examples with an empty history; only each user's latest ``max_examples_per_user`` stay.
     """
     length = config.max_seq_len
-    train_items = _indices_where(C.SPLIT, (TRAIN,))
-    exploded = sequences.select(C.USER_ID, train_items.alias("_items")).select(
-        C.USER_ID, "_items", F.posexplode("_items").alias("_pos", C.TARGET)
+    exploded = sequences.select(C.USER_ID, _steps_where((TRAIN,), event_types).alias("_steps")).select(
+        C.USER_ID, "_steps", F.posexplode("_steps").alias("_pos", "_target")
     )
-    history = F.slice("_items", F.greatest(F.lit(1), F.col("_pos") - length + 1), F.least(F.col("_pos"), F.lit(length)))
+    history = F.slice("_steps", F.greatest(F.lit(1), F.col("_pos") - length + 1), F.least(F.col("_pos"), F.lit(length)))
     return (
-        exploded.filter((F.col("_pos") >= 1) & (F.col(C.TARGET) != C.OOV_IDX))
-        .filter(F.col("_pos") >= F.size("_items") - config.max_examples_per_user)
-        .select(C.USER_ID, left_pad(history, length).alias(C.HISTORY), F.col(C.TARGET).cast("int"))
+        exploded.filter((F.col("_pos") >= 1) & (F.col("_target")["i"] != C.OOV_IDX))
+        .filter(F.col("_pos") >= F.size("_steps") - config.max_examples_per_user)
+        .select(C.USER_ID, history.alias("_history"), F.col("_target")["i"].cast("int").alias(C.TARGET))
+        .transform(lambda df: with_history_columns(df, "_history", config))
+        .select(C.USER_ID, C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, C.TARGET)
     )
 
 
-def eval_queries(sequences: DataFrame, config: FeaturesConfig) -> DataFrame:
-    """One row per (user, held-out split): the history before it, the held-out items (relevant)
-    and every item index seen before it (for models that must not recommend seen items)."""
+def eval_queries(sequences: DataFrame, config: FeaturesConfig,
+                 event_types: Sequence[str] = C.EVENT_TYPES_DEFAULT) -> DataFrame:
+    """One row per (user, held-out split): the history before it (with event types and gaps), the
+    held-out items (relevant) and every item index seen before it (for models that must not
+    recommend seen items).
+
+    A query needs at least one step before its period: with the global time split a user whose
+    first event falls in validation gets no validation query (nothing to condition on) but a test
+    query if they have test events; a user first seen in test gets none (and still gets serving
+    histories). With the session split a held-out user always has training sessions."""
     queries = []
     for split, before in ((C.VALIDATION, (TRAIN,)), (C.TEST, (TRAIN, C.VALIDATION))):
         queries.append(sequences.select(
             C.USER_ID,
-            F.lit(split).alias(C.SPLIT),
-            left_pad(_indices_where(C.SPLIT, before), config.max_seq_len).alias(C.HISTORY),
+            _steps_where(before, event_types).alias("_steps"),
             _item_ids_where((split,)).alias(C.RELEVANT),
             _item_ids_where(before).alias(C.SEEN),
             F.array_distinct(_indices_where(C.SPLIT, before)).alias(SEEN_IDX),
-        ).filter(F.size(C.RELEVANT) > 0))
+        ).filter((F.size(C.RELEVANT) > 0) & (F.size(SEEN_IDX) > 0))
+         .transform(lambda df: with_history_columns(df, "_steps", config))
+         .select(C.USER_ID, F.lit(split).alias(C.SPLIT), C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS,
+                 C.RELEVANT, C.SEEN, SEEN_IDX))
     return queries[0].unionByName(queries[1])
 
 
-def serving_histories(sequences: DataFrame, config: FeaturesConfig) -> DataFrame:
-    """Each user's latest items over all periods: the input for scoring everyone now."""
+def serving_histories(sequences: DataFrame, config: FeaturesConfig,
+                      event_types: Sequence[str] = C.EVENT_TYPES_DEFAULT) -> DataFrame:
+    """Each user's latest items over all periods (with event types and gaps): the input for
+    scoring everyone now."""
     every = (TRAIN, C.VALIDATION, C.TEST)
-    return sequences.select(
-        C.USER_ID,
-        left_pad(_indices_where(C.SPLIT, every), config.max_seq_len).alias(C.HISTORY),
-        F.array_distinct(_indices_where(C.SPLIT, every)).alias(SEEN_IDX),
-    )
+    return (sequences.select(C.USER_ID, _steps_where(every, event_types).alias("_steps"),
+                             F.array_distinct(_indices_where(C.SPLIT, every)).alias(SEEN_IDX))
+            .transform(lambda df: with_history_columns(df, "_steps", config))
+            .select(C.USER_ID, C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, SEEN_IDX))
 
 
 def build_features(spark: SparkSession, config: Config) -> dict:
@@ -161,9 +245,9 @@ def build_features(spark: SparkSession, config: Config) -> dict:
     split.unpersist()
     sequences = read_table(spark, config.table_path(C.GOLD, SEQUENCES))
     outputs = {
-        C.TRAIN_EXAMPLES: train_examples(sequences, config.features),
-        C.EVAL_QUERIES: eval_queries(sequences, config.features),
-        C.SERVING_HISTORIES: serving_histories(sequences, config.features),
+        C.TRAIN_EXAMPLES: train_examples(sequences, config.features, config.ingest.event_types),
+        C.EVAL_QUERIES: eval_queries(sequences, config.features, config.ingest.event_types),
+        C.SERVING_HISTORIES: serving_histories(sequences, config.features, config.ingest.event_types),
     }
     for table, df in outputs.items():
         overwrite_table(df, config.table_path(C.GOLD, table))
