@@ -38,6 +38,14 @@ __all__ = [
     "mean_average_precision",
     "hit_rate_at_k",
     "mrr_at_k",
+    "roc_auc",
+    "log_loss",
+    "confusion_at_threshold",
+    "accuracy_at_threshold",
+    "precision_at_threshold",
+    "recall_at_threshold",
+    "f1_at_threshold",
+    "best_f1_threshold",
 ]
 
 
@@ -194,3 +202,116 @@ def mrr_at_k(predicted: ItemLists, relevant: ItemLists, k: int) -> float:
         return 0.0
 
     return _mean(per_query, predicted, relevant)
+
+
+# --------------------------------------------------------------------------------------------------
+# Classification metrics for the probability path (label in {0, 1}, probability in [0, 1])
+# --------------------------------------------------------------------------------------------------
+# A pair is predicted positive iff probability >= threshold. Degenerate cases are defined, not
+# errors: AUC is NaN without both classes; precision is 0 with no predicted positive, recall 0
+# with no positive; F1 = 2 TP / (2 TP + FP + FN) (the harmonic mean of precision and recall, 0 when
+# TP = 0). These are the definitions recspark.evaluation.classification computes in Spark.
+
+LOG_LOSS_EPS = 1e-15
+
+
+def _check_pairs(labels: Sequence[float], probabilities: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    p = np.asarray(probabilities, dtype=np.float64).ravel()
+    if y.shape != p.shape:
+        raise ValueError(f"labels and probabilities must have the same length, got {y.size} and {p.size}")
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("labels must be 0 or 1")
+    if np.isnan(p).any() or (p < 0).any() or (p > 1).any():
+        raise ValueError("probabilities must be in [0, 1]")
+    return y, p
+
+
+def roc_auc(labels: Sequence[float], probabilities: Sequence[float]) -> float:
+    """Area under the ROC curve: the probability that a random positive scores above a random
+    negative, a tie counting 1/2 (Mann-Whitney U / (P N), from average ranks). NaN without both classes.
+
+    This is the trapezoidal area under the ROC curve with tied scores as one step, as Spark's
+    ``BinaryClassificationMetrics`` without binning computes it.
+    """
+    y, p = _check_pairs(labels, probabilities)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    order = np.argsort(p, kind="stable")
+    ranks = np.empty(p.size, dtype=np.float64)
+    sorted_p = p[order]
+    start = 0
+    while start < p.size:  # each run of equal scores gets the mean of its 1-based ranks
+        end = start
+        while end + 1 < p.size and sorted_p[end + 1] == sorted_p[start]:
+            end += 1
+        ranks[order[start:end + 1]] = (start + end) / 2 + 1
+        start = end + 1
+    u = ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
+def log_loss(labels: Sequence[float], probabilities: Sequence[float], eps: float = LOG_LOSS_EPS) -> float:
+    """Mean binary cross-entropy ``-(y ln p + (1 - y) ln(1 - p))`` (natural log), p clipped to
+    ``[eps, 1 - eps]`` so that one confident mistake costs ln(1/eps) instead of infinity. NaN if empty."""
+    y, p = _check_pairs(labels, probabilities)
+    if y.size == 0:
+        return math.nan
+    p = np.clip(p, eps, 1 - eps)
+    return float(np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p))))
+
+
+def confusion_at_threshold(labels: Sequence[float], probabilities: Sequence[float], threshold: float) -> dict[str, int]:
+    """``{tp, fp, fn, tn}`` with a pair predicted positive iff probability >= threshold."""
+    y, p = _check_pairs(labels, probabilities)
+    predicted = p >= threshold
+    positive = y == 1
+    return {"tp": int((predicted & positive).sum()), "fp": int((predicted & ~positive).sum()),
+            "fn": int((~predicted & positive).sum()), "tn": int((~predicted & ~positive).sum())}
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else 0.0
+
+
+def accuracy_at_threshold(labels: Sequence[float], probabilities: Sequence[float], threshold: float) -> float:
+    """(TP + TN) / pairs; NaN if there are no pairs."""
+    c = confusion_at_threshold(labels, probabilities, threshold)
+    n = sum(c.values())
+    return (c["tp"] + c["tn"]) / n if n else math.nan
+
+
+def precision_at_threshold(labels: Sequence[float], probabilities: Sequence[float], threshold: float) -> float:
+    """TP / (TP + FP); 0 when nothing is predicted positive."""
+    c = confusion_at_threshold(labels, probabilities, threshold)
+    return _ratio(c["tp"], c["tp"] + c["fp"])
+
+
+def recall_at_threshold(labels: Sequence[float], probabilities: Sequence[float], threshold: float) -> float:
+    """TP / (TP + FN); 0 when there is no positive."""
+    c = confusion_at_threshold(labels, probabilities, threshold)
+    return _ratio(c["tp"], c["tp"] + c["fn"])
+
+
+def f1_at_threshold(labels: Sequence[float], probabilities: Sequence[float], threshold: float) -> float:
+    """2 TP / (2 TP + FP + FN): the harmonic mean of precision and recall; 0 when TP = 0."""
+    c = confusion_at_threshold(labels, probabilities, threshold)
+    return _ratio(2 * c["tp"], 2 * c["tp"] + c["fp"] + c["fn"])
+
+
+def best_f1_threshold(labels: Sequence[float], probabilities: Sequence[float]) -> tuple[float, float]:
+    """``(threshold, F1)`` maximising F1 over the thresholds that matter: every distinct probability
+    (between two of them nothing changes). Ties in F1 go to the highest threshold (fewest positive
+    predictions). Choose it on validation pairs, then report test metrics at it. NaN, NaN if empty.
+    """
+    y, p = _check_pairs(labels, probabilities)
+    if y.size == 0:
+        return math.nan, math.nan
+    best = (math.nan, -1.0)
+    for threshold in sorted(set(p.tolist()), reverse=True):  # highest first: ties keep the highest
+        f1 = f1_at_threshold(y, p, threshold)
+        if f1 > best[1]:
+            best = (threshold, f1)
+    return best
