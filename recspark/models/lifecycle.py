@@ -32,6 +32,7 @@ from recspark.constants import OOV_IDX, PAD_IDX
 
 if TYPE_CHECKING:
     import tensorflow as tf
+    from pyspark.sql import DataFrame
 
 STATE_DIR = "state"
 STATE_PATTERN = re.compile(r"^epoch-(\d{3,})\.npz$")
@@ -343,3 +344,178 @@ def rank_failure(error: BaseException) -> RankFailedError:
     message = (f"{who} failed with exit code {code}{signal_name}; the run can be resumed from its last "
                f"epoch checkpoint (train.resume=true). Horovod said: {str(error).strip()}")
     return RankFailedError(message, rank, code)
+
+
+# --------------------------------------------------------------------------------------------------
+# The validation sample (driver side)
+# --------------------------------------------------------------------------------------------------
+
+def collect_validation_set(
+    eval_queries: "DataFrame", item_vocab: "DataFrame", *, inputs: Sequence[str], max_users: int,
+    exclude_seen: bool, seed: int,
+) -> Optional[ValidationSet]:
+    """Up to ``max_users`` validation queries of the gold ``eval_queries`` as numpy arrays, or None.
+
+    None when there is no validation query, ``max_users`` is 0, or the model reads a column that
+    eval_queries does not have (its early stopping is then off). The sample is a hash order of the
+    users (stable across runs of the same data). Relevant item ids become item indices through
+    the vocabulary (-1: not in it). User ids stay in Spark: the arrays hold only indices.
+    """
+    from pyspark.sql import functions as F
+
+    from recspark import constants as C
+    from recspark.scoring import SEEN_IDX
+
+    missing = [name for name in inputs if name not in eval_queries.columns]
+    if max_users <= 0 or missing:
+        return None
+    sample = (eval_queries.filter(F.col(C.SPLIT) == C.VALIDATION)
+              .orderBy(F.xxhash64(C.USER_ID, F.lit(seed)), C.USER_ID)
+              .limit(max_users))
+    relevant = (sample.select(C.USER_ID, F.posexplode(C.RELEVANT).alias("_pos", C.ITEM_ID))
+                .join(item_vocab.select(C.ITEM_ID, C.ITEM_IDX), C.ITEM_ID, "left")
+                .groupBy(C.USER_ID)
+                .agg(F.sort_array(F.collect_list(F.struct(
+                    F.col("_pos"), F.coalesce(F.col(C.ITEM_IDX), F.lit(-1)).alias("_idx")))).alias("_relevant")))
+    # This collect is bounded: at most max_users rows (train.validation_users), each a few
+    # max_seq_len-long int arrays plus the user's held-out and seen item indices, no user id.
+    rows = (sample.join(relevant, C.USER_ID)
+            .select(*inputs, F.col("_relevant._idx").alias("_relevant"), SEEN_IDX)
+            .collect())
+    if not rows:
+        return None
+
+    def padded(lists: list[list[int]], fill: int) -> np.ndarray:
+        out = np.full((len(lists), max(1, max(len(x) for x in lists))), fill, dtype=np.int32)
+        for i, values in enumerate(lists):
+            out[i, :len(values)] = values
+        return out
+
+    relevant_lists = [list(row["_relevant"]) for row in rows]
+    return ValidationSet(
+        inputs={name: np.array([row[name] for row in rows], dtype=np.int32) for name in inputs},
+        relevant=padded(relevant_lists, -1),
+        num_relevant=np.array([len(x) for x in relevant_lists], dtype=np.int32),
+        seen=padded([list(row[SEEN_IDX]) for row in rows], PAD_IDX),
+        exclude_seen=exclude_seen,
+    )
+
+
+def validation_digest(validation: Optional[ValidationSet]) -> Optional[str]:
+    """sha256 of a validation sample: part of the fingerprint (it decides the best epoch)."""
+    if validation is None:
+        return None
+    digest = hashlib.sha256()
+    for name in sorted(validation.inputs):
+        digest.update(name.encode() + np.ascontiguousarray(validation.inputs[name]).tobytes())
+    for array in (validation.relevant, validation.num_relevant):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(str(validation.exclude_seen).encode())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# Worker side: restoring a checkpoint or a previous model, and the per-epoch checkpoint callback
+# --------------------------------------------------------------------------------------------------
+
+FAULT_ENV = "RECSPARK_TEST_KILL"  # "<rank>:<epoch>": tests only, see fault_callback
+
+
+def broadcast_arrays(arrays: Optional[Sequence[np.ndarray]], like: Sequence[np.ndarray], rank: int) -> list[np.ndarray]:
+    """Rank 0's ``arrays`` on every rank (the others pass None and get arrays shaped like ``like``)."""
+    import horovod.tensorflow as hvd_tf
+    import tensorflow as tf
+
+    out = []
+    for i, template in enumerate(like):
+        value = arrays[i] if rank == 0 else np.zeros_like(template)
+        out.append(hvd_tf.broadcast(tf.constant(value), root_rank=0, name=f"recspark_restore_{i}").numpy())
+    return out
+
+
+def restore_run(model: "tf.keras.Model", optimizer: Any, *, rank: int, state: Optional[RunState],
+                warm_start_dir: Optional[str], old_num_items: Optional[int]) -> Optional[list[np.ndarray]]:
+    """Puts a resumed run's state (or a warm start's weights) into every rank's model and optimizer.
+
+    Rank 0 reads the files; ``hvd.broadcast_variables`` then gives every rank the same values before
+    the first step, so the first batch's gradients already agree. Returns the best epoch's weights
+    when the checkpoint carries them (its best epoch is older than its last), else None.
+    """
+    import horovod.tensorflow as hvd_tf
+
+    variables = optimizer_variables(optimizer)
+    best = None
+    if state is not None:
+        if rank == 0:
+            weights, optimizer_weights, best = read_state_arrays(Path(state.path))
+            model.set_weights(weights)
+            if len(optimizer_weights) != len(variables):
+                raise ValueError(f"{state.path}: {len(optimizer_weights)} optimizer variables, expected {len(variables)}")
+            for variable, value in zip(variables, optimizer_weights):
+                variable.assign(value)
+        if state.best_epoch is not None and state.best_epoch != state.epoch:
+            best = broadcast_arrays(best, model.get_weights(), rank)
+    elif warm_start_dir is not None and rank == 0:
+        import tensorflow as tf
+
+        import recspark.models  # noqa: F401  (registers the model classes for load_model)
+
+        previous = tf.keras.models.load_model(Path(warm_start_dir) / "model.keras", compile=False)
+        model.set_weights(grow_weights(previous.get_weights(), model.get_weights(), int(old_num_items),
+                                       int(model.spec.num_items)))
+    hvd_tf.broadcast_variables(model.variables + variables, root_rank=0)
+    return best
+
+
+def checkpoint_callback(model_dir: str, state: RunState, *, rank: int,
+                        early_stopping: Optional[Any] = None) -> "tf.keras.callbacks.Callback":
+    """Every rank records the epoch's loss in ``state``; rank 0 then writes ``state/epoch-NNN.npz``.
+
+    Placed after MetricAverageCallback (rank-averaged loss) and the early-stopping callback (the
+    epoch's NDCG and best epoch are in ``state`` already).
+    """
+    import tensorflow as tf
+
+    class StateCheckpoint(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+            state.loss_history.append(float((logs or {}).get("loss", math.nan)))
+            state.epoch = epoch + 1
+            if rank != 0:
+                return
+            best = None
+            if early_stopping is not None and state.best_epoch != state.epoch:
+                best = early_stopping.best_weights
+            write_state(Path(model_dir), state, self.model.get_weights(),
+                        [np.array(v) for v in optimizer_variables(self.model.optimizer)], best)
+            prune_states(Path(model_dir))
+
+    return StateCheckpoint()
+
+
+def fault_callback(model_dir: str, rank: int) -> Optional["tf.keras.callbacks.Callback"]:
+    """Tests only: with ``RECSPARK_TEST_KILL=<rank>:<epoch>``, that rank SIGKILLs itself at the start of
+    that (0-based) epoch, once rank 0's checkpoint of the previous epoch is on disk. A real kill: the
+    process dies without cleanup, exactly as under the OOM killer."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return None
+    kill_rank, kill_epoch = (int(x) for x in spec.split(":"))
+    if kill_rank != rank:
+        return None
+    import signal
+    import time
+
+    import tensorflow as tf
+
+    class Kill(tf.keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
+            if epoch != kill_epoch:
+                return
+            checkpoint = Path(model_dir) / STATE_DIR / f"epoch-{epoch:03d}.npz"
+            deadline = time.time() + 120
+            while not checkpoint.exists() and time.time() < deadline:
+                time.sleep(0.2)
+            print(f"rank {rank}: killing myself (SIGKILL) at epoch {epoch} ({FAULT_ENV})", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return Kill()
