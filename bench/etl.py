@@ -1,75 +1,317 @@
 """ETL scaling benchmark: ingest + prepare + features on 1M, 5M and 20M synthetic events (local[2]).
 
-Prints events per second for each size, the driver's memory (RSS of this Python process and the
-driver JVM's peak heap use, which in local mode includes the executors' work), and as its last line
-``exponent=<x>``: the slope of log(time) against log(events). 1.0 is linear scaling; the goal is
-<= 1.1 with the driver's memory flat across sizes.
+For each size, in a fresh child process (so that every size starts with a fresh driver JVM and its
+memory peaks are its own) and a fresh lakehouse folder under a temporary directory (deleted after):
+
+1. generation: the seeded synthetic shop (``recspark.datasets.synthetic``) is written once as
+   Parquet; timed separately, not part of the ETL time;
+2. baseline: a plain Spark pass over the same generated events, read Parquet -> write Delta with no
+   transform, measured in the same run so that ``pipeline/baseline`` compares like with like;
+3. ETL: ``ingest`` -> ``prepare`` -> ``build_features`` reading the generated Parquet, timed per stage.
+
+Memory: the driver JVM's peak RSS (psutil, polled in a thread), its peak heap use (JMX memory pools,
+reset per phase; in local mode the executors share this JVM, so this includes cached partitions),
+its heap still in use after a full GC at the end (what the driver keeps), and the Python driver
+process' peak RSS.
+
+The last line is ``exponent=<x>``: the least-squares slope of log(ETL seconds) against log(events)
+over the sizes run. 1.0 is linear; the goal is <= 1.1 with the driver's memory flat across sizes.
 
     .venv/bin/python bench/etl.py [--sizes 1000000 5000000 20000000]
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import math
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import threading
 import time
+from pathlib import Path
 
 import psutil
 
-from recspark.config import load_config
-from recspark.datasets import synthetic
-from recspark.pipeline.features import build_features
-from recspark.pipeline.ingest import ingest
-from recspark.pipeline.prepare import prepare
-from recspark.session import get_spark
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SIZES = [1_000_000, 5_000_000, 20_000_000]
+STAGES = ("ingest", "prepare", "features")
+MB = 2**20
 
 
-def _heap_pools(spark) -> list:
-    management = spark.sparkContext._jvm.java.lang.management.ManagementFactory
-    return [pool for pool in management.getMemoryPoolMXBeans() if str(pool.getType()) == "Heap memory"]
+# ---------------------------------------------------------------------------------------------
+# Child: one size, one fresh JVM.
 
 
-def reset_jvm_peak(spark) -> None:
-    for pool in _heap_pools(spark):
-        pool.resetPeakUsage()
+class PeakRss(threading.Thread):
+    """Polls the RSS of some processes and keeps each one's peak since the last ``take``.
+
+    Why polling: the JVM is another process, so this process' own rusage cannot see it.
+    """
+
+    def __init__(self, processes: dict[str, psutil.Process], interval: float = 0.2):
+        super().__init__(daemon=True)
+        self.processes, self.interval = processes, interval
+        self.peaks = dict.fromkeys(processes, 0)
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> None:
+        with self.lock:
+            for name, process in self.processes.items():
+                try:
+                    self.peaks[name] = max(self.peaks[name], process.memory_info().rss)
+                except psutil.Error:
+                    pass
+
+    def take(self) -> dict[str, float]:
+        """Peaks in MB since the previous call, then starts over."""
+        self.sample()
+        with self.lock:
+            peaks = {name: value / MB for name, value in self.peaks.items()}
+            self.peaks = dict.fromkeys(self.processes, 0)
+        return peaks
 
 
-def jvm_peak_heap_mb(spark) -> float:
-    """The driver JVM's peak heap use since the last reset (local mode: executors share this JVM)."""
-    return sum(pool.getPeakUsage().getUsed() for pool in _heap_pools(spark)) / 2**20
+def driver_jvm() -> psutil.Process:
+    """The JVM that PySpark launched for this process (spark-submit's java, a descendant)."""
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "java" in child.name() or any("SparkSubmit" in part for part in child.cmdline()):
+                return child
+        except psutil.Error:
+            continue
+    raise RuntimeError("no driver JVM found among this process' children")
+
+
+class JvmHeap:
+    """The driver JVM's heap through JMX (py4j): peak since reset, and in use after a full GC."""
+
+    def __init__(self, spark):
+        self.jvm = spark.sparkContext._jvm
+        self.pools = [pool for pool in self.jvm.java.lang.management.ManagementFactory.getMemoryPoolMXBeans()
+                      if str(pool.getType()) == "Heap memory"]
+
+    def reset_peak(self) -> None:
+        for pool in self.pools:
+            pool.resetPeakUsage()
+
+    def peak_mb(self) -> float:
+        return sum(pool.getPeakUsage().getUsed() for pool in self.pools) / MB
+
+    def retained_mb(self) -> float:
+        """Heap in use after a full GC: what the driver still holds, independent of GC laziness."""
+        self.jvm.java.lang.System.gc()
+        time.sleep(1.0)
+        return self.jvm.java.lang.management.ManagementFactory.getMemoryMXBean().getHeapMemoryUsage().getUsed() / MB
+
+
+def run_one(n_events: int, workdir: Path, result_file: Path) -> None:
+    """Generates ``n_events`` synthetic events, then times the baseline and the ETL on them."""
+    from recspark import constants as C
+    from recspark.config import load_config
+    from recspark.datasets import RawSources, synthetic
+    from recspark.pipeline.features import SEQUENCES, build_features
+    from recspark.pipeline.ingest import ingest
+    from recspark.pipeline.prepare import prepare
+    from recspark.session import get_spark
+    from recspark.utils.delta import row_count
+
+    config = load_config([str(REPO / "conf" / "local.yaml")], [
+        "dataset.name=synthetic", f"dataset.synthetic_events={n_events}",
+        f"paths.lakehouse={workdir / 'lakehouse'}", "features.min_item_count=5",
+    ])
+    # The benchmark needs no UI; the progress bar would only clutter the log.
+    config.spark.extra.update({"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"})
+    spark = get_spark(config.spark)
+    heap = JvmHeap(spark)
+    monitor = PeakRss({"jvm": driver_jvm(), "python": psutil.Process()})
+    monitor.start()
+    result: dict = {"size": n_events}
+
+    def say(text: str) -> None:
+        print(f"  [{n_events:,}] {text}", flush=True)
+
+    # 1. Generation, written once so that the baseline and the ETL read the same materialised events.
+    raw = workdir / "raw"
+    started = time.perf_counter()
+    sources = synthetic.read_sources(spark, n_events, config.dataset.synthetic_seed)
+    for name, df in sources._asdict().items():
+        df.write.mode("overwrite").parquet(str(raw / name))
+    result["generation_s"] = time.perf_counter() - started
+    read = {name: spark.read.parquet(str(raw / name)) for name in sources._fields}
+    result["events"] = read["events"].count()  # from the Parquet footers
+    say(f"generated {result['events']:,} events in {result['generation_s']:.1f} s")
+    monitor.take()
+
+    # 2. Baseline: the same events read and written as Delta, nothing else.
+    heap.reset_peak()
+    started = time.perf_counter()
+    read["events"].write.format("delta").save(str(workdir / "baseline"))
+    result["baseline_s"] = time.perf_counter() - started
+    result["baseline_jvm_heap_peak_mb"] = heap.peak_mb()
+    result["baseline_jvm_rss_peak_mb"] = monitor.take()["jvm"]
+    say(f"baseline (Parquet -> Delta) {result['baseline_s']:.1f} s")
+
+    # 3. ETL, stage by stage.
+    heap.reset_peak()
+    sources = RawSources(events=read["events"], items=read["items"], users=read["users"])
+    stage_runs = {
+        "ingest": lambda: ingest(spark, sources, config, f"bench-{n_events}"),
+        "prepare": lambda: prepare(spark, config),
+        "features": lambda: build_features(spark, config),
+    }
+    result["stages_s"] = {}
+    for stage, run in stage_runs.items():
+        started = time.perf_counter()
+        run()
+        result["stages_s"][stage] = time.perf_counter() - started
+        say(f"{stage} {result['stages_s'][stage]:.1f} s")
+    result["etl_s"] = sum(result["stages_s"].values())
+    result["jvm_heap_peak_mb"] = heap.peak_mb()
+    peaks = monitor.take()
+    result["jvm_rss_peak_mb"], result["python_rss_peak_mb"] = peaks["jvm"], peaks["python"]
+    result["jvm_heap_retained_mb"] = heap.retained_mb()
+    monitor.stopped.set()
+    # Output sizes from the Delta logs' statistics (no data file read): a sanity check on the run.
+    result["rows"] = {
+        name: row_count(spark, config.table_path(layer, table)) for name, layer, table in (
+            ("bronze events", C.BRONZE, C.EVENTS), ("silver events", C.SILVER, C.EVENTS),
+            ("gold sequences", C.GOLD, SEQUENCES), ("gold train_examples", C.GOLD, C.TRAIN_EXAMPLES))
+    }
+    say("rows: " + ", ".join(f"{name} {count:,}" for name, count in result["rows"].items()))
+    result_file.write_text(json.dumps(result))
+    spark.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent: one child per size, then the table and the exponent.
 
 
 def slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of ys against xs."""
     mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
     return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)
 
 
+def log_slope(results: list[dict], seconds) -> float:
+    return slope([math.log(r["events"]) for r in results], [math.log(seconds(r)) for r in results])
+
+
+def load_line(when: str) -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {when}: {one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min; {os.cpu_count()} cores)"
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _interrupt(signum, frame) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def report(results: list[dict]) -> None:
+    header = (f"{'size':>11} {'events':>11} {'gen s':>7} {'ETL s':>8} {'events/s':>9} {'base s':>7} "
+              f"{'ETL/base':>8} {'JVM RSS MB':>10} {'heap pk MB':>10} {'heap kept':>9} {'py RSS MB':>9}")
+    print("\n" + header)
+    for r in results:
+        print(f"{r['size']:>11,} {r['events']:>11,} {r['generation_s']:>7.1f} {r['etl_s']:>8.1f} "
+              f"{r['events'] / r['etl_s']:>9,.0f} {r['baseline_s']:>7.1f} {r['etl_s'] / r['baseline_s']:>8.2f} "
+              f"{r['jvm_rss_peak_mb']:>10,.0f} {r['jvm_heap_peak_mb']:>10,.0f} {r['jvm_heap_retained_mb']:>9,.0f} "
+              f"{r['python_rss_peak_mb']:>9,.0f}")
+    for r in results:
+        print(f"pipeline/baseline size={r['size']} ratio={r['etl_s'] / r['baseline_s']:.2f}")
+    print("stage seconds: " + "; ".join(
+        f"{r['size']:,}: " + ", ".join(f"{s} {r['stages_s'][s]:.1f}" for s in STAGES) for r in results))
+    if len(results) >= 2:
+        print("stage exponents: " + ", ".join(
+            f"{s} {log_slope(results, lambda r, s=s: r['stages_s'][s]):.3f}" for s in STAGES)
+            + f", baseline {log_slope(results, lambda r: r['baseline_s']):.3f}"
+            + f", generation {log_slope(results, lambda r: r['generation_s']):.3f}")
+        for key in ("jvm_rss_peak_mb", "jvm_heap_peak_mb", "jvm_heap_retained_mb", "python_rss_peak_mb"):
+            values = [r[key] for r in results]
+            print(f"memory {key}: largest/smallest size = {values[-1] / values[0]:.2f} "
+                  f"(events x{results[-1]['events'] / results[0]['events']:.1f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000, 20_000_000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=DEFAULT_SIZES, help="numbers of events")
+    parser.add_argument("--one-size", type=int, help=argparse.SUPPRESS)  # child mode
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    results = []
+    if args.one_size:
+        run_one(args.one_size, args.workdir, args.result)
+        return
+
+    print(f"bench/etl.py at {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC, sizes {args.sizes}")
+    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    print(f"commit {commit.stdout.strip()}; {psutil.virtual_memory().total / 2**30:.0f} GiB RAM; "
+          f"{shutil.disk_usage(tempfile.gettempdir()).free / 2**30:.0f} GiB free in {tempfile.gettempdir()}")
+    print(load_line("before"), flush=True)
+    env = dict(os.environ)
+    # Pseudonyms need a key; a throw-away one keeps the benchmark from creating a key file.
+    env.setdefault("RECSPARK_PSEUDONYM_KEY", secrets.token_hex(32))
+    env.setdefault("TF_USE_LEGACY_KERAS", "1")
+    signal.signal(signal.SIGTERM, _interrupt)
+    results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="recspark-bench-") as root:
         for n_events in args.sizes:
-            config = load_config(["conf/local.yaml"], [
-                "dataset.name=synthetic", f"dataset.synthetic_events={n_events}",
-                f"paths.lakehouse={root}/{n_events}", "features.min_item_count=5",
-            ])
-            spark = get_spark(config.spark)
-            reset_jvm_peak(spark)
+            workdir, result_file = Path(root) / str(n_events), Path(root) / f"{n_events}.json"
+            log_file = Path(root) / f"{n_events}.stderr.log"
             started = time.perf_counter()
-            sources = synthetic.read_sources(spark, n_events, config.dataset.synthetic_seed)
-            ingest(spark, sources, config, f"bench-{n_events}")
-            prepare(spark, config)
-            build_features(spark, config)
-            seconds = time.perf_counter() - started
-            peak_heap = jvm_peak_heap_mb(spark)
-            rss = psutil.Process().memory_info().rss / 2**20
-            results.append((n_events, seconds))
-            print(f"events={n_events:>11,}  seconds={seconds:8.1f}  events/s={n_events / seconds:>9,.0f}  "
-                  f"driver_python_rss_mb={rss:,.0f}  jvm_peak_heap_mb={peak_heap:,.0f}", flush=True)
-    # Least-squares slope over every size; with two sizes it is the slope between them.
-    print(f"exponent={slope([math.log(n) for n, _ in results], [math.log(t) for _, t in results]):.3f}")
+            with open(log_file, "w") as log:
+                child = subprocess.Popen(
+                    [sys.executable, __file__, "--one-size", str(n_events), "--workdir", str(workdir),
+                     "--result", str(result_file)], stderr=log, env=env, cwd=REPO)
+                try:
+                    code = child.wait()
+                except (Interrupted, KeyboardInterrupt) as signal_name:
+                    child.terminate()  # the JVM exits with it (PySpark's gateway watches its stdin)
+                    child.wait()
+                    elapsed = time.perf_counter() - started
+                    print(f"INTERRUPTED ({signal_name}) during size {n_events:,} after {elapsed:.0f} s "
+                          f"(generation + baseline + ETL so far)")
+                    report(results)
+                    if results:
+                        # ETL time grows at least linearly, so the finished sizes' ETL speed bounds it.
+                        last = results[-1]
+                        print(f"extrapolated ETL at {n_events:,} with exponent 1.0 from {last['size']:,}: "
+                              f">= {last['etl_s'] * n_events / last['events']:.0f} s")
+                    print(load_line("after"))
+                    if len(results) >= 2:
+                        print(f"exponent={log_slope(results, lambda r: r['etl_s']):.3f}  # finished sizes only")
+                    sys.exit(1)
+            shutil.rmtree(workdir, ignore_errors=True)  # disk use stays bounded by one size
+            if code != 0:
+                print(f"size {n_events:,} FAILED (exit {code}); last lines of its stderr:")
+                # Spark's errors carry whole query plans: each line is cut short.
+                print("\n".join(line[:300] for line in log_file.read_text().splitlines()[-40:]))
+                sys.exit(code)
+            results.append(json.loads(result_file.read_text()))
+            r = results[-1]
+            print(f"events={r['events']:>11,}  etl_seconds={r['etl_s']:8.1f}  events/s={r['events'] / r['etl_s']:>9,.0f}  "
+                  f"baseline_s={r['baseline_s']:.1f}  pipeline/baseline={r['etl_s'] / r['baseline_s']:.2f}  "
+                  f"jvm_rss_peak_mb={r['jvm_rss_peak_mb']:,.0f}  jvm_heap_peak_mb={r['jvm_heap_peak_mb']:,.0f}  "
+                  f"python_rss_peak_mb={r['python_rss_peak_mb']:,.0f}", flush=True)
+    report(results)
+    print(load_line("after"))
+    # Least-squares over every size; with two sizes it is the slope between them.
+    if len(results) >= 2:
+        print(f"exponent={log_slope(results, lambda r: r['etl_s']):.3f}")
+    else:
+        print("exponent=nan  # needs at least two sizes")
 
 
 if __name__ == "__main__":
