@@ -2,7 +2,8 @@
 
 The driver calls :func:`make_converter`; the converter (a small picklable object holding Parquet
 file URLs) travels to the Horovod workers, where :func:`open_shard` opens that worker's shard and
-:func:`training_batches` turns it into ``(history, target)`` batches for ``Model.fit``.
+:func:`training_batches` turns it into ``({input column: values}, target)`` batches for
+``Model.fit``, with exactly the columns the model declares (``recspark.models.model_inputs``).
 
 Petastorm shards by Parquet row group (``row_group_index % shard_count == cur_shard``), so a shard
 with no row group is an error at open time and a shard with fewer rows simply sees them more
@@ -11,11 +12,11 @@ often: :func:`make_converter` therefore writes at least one non-empty file per s
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 
-from recspark.constants import HISTORY, TARGET
+from recspark.constants import TARGET
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -76,15 +77,18 @@ def open_shard(
         yield dataset
 
 
-def to_features_and_label(max_seq_len: int):
-    """Returns a tf.data map function: Petastorm row batch -> (history int32 [n, L], target int32 [n])."""
+def to_features_and_label(max_seq_len: int, inputs: Sequence[str]):
+    """Returns a tf.data map function: Petastorm row batch -> ({column: int32 [n, L]}, target int32 [n])
+    for the sequence columns ``inputs`` (the model's Keras input names)."""
     import tensorflow as tf
 
+    names = list(inputs)
+
     def convert(batch):
-        # Petastorm leaves the list column's length unknown; Keras needs the static max_seq_len.
-        history = tf.ensure_shape(tf.cast(getattr(batch, HISTORY), tf.int32), [None, max_seq_len])
-        target = tf.cast(getattr(batch, TARGET), tf.int32)
-        return history, target
+        # Petastorm leaves the list columns' length unknown; Keras needs the static max_seq_len.
+        features = {name: tf.ensure_shape(tf.cast(getattr(batch, name), tf.int32), [None, max_seq_len])
+                    for name in names}
+        return features, tf.cast(getattr(batch, TARGET), tf.int32)
 
     return convert
 
@@ -97,15 +101,16 @@ def training_batches(
     size: int,
     batch_size: int,
     max_seq_len: int,
+    inputs: Sequence[str],
     shuffling_queue_capacity: int = 0,
     workers_count: int = 2,
     seed: Optional[int] = None,
 ) -> Iterator["tf.data.Dataset"]:
-    """This worker's shard as endless ``(history, target)`` batches, for ``fit(steps_per_epoch=...)``."""
+    """This worker's shard as endless ``({inputs}, target)`` batches, for ``fit(steps_per_epoch=...)``."""
     import tensorflow as tf
 
     with open_shard(
         converter, rank=rank, size=size, batch_size=batch_size, num_epochs=None,
         shuffling_queue_capacity=shuffling_queue_capacity, workers_count=workers_count, seed=seed,
     ) as dataset:
-        yield dataset.map(to_features_and_label(max_seq_len), num_parallel_calls=tf.data.AUTOTUNE)
+        yield dataset.map(to_features_and_label(max_seq_len, inputs), num_parallel_calls=tf.data.AUTOTUNE)

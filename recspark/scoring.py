@@ -2,11 +2,14 @@
 
 The model runs in a pandas UDF of the Iterator form, so each Python worker loads it once and then
 streams Arrow batches through it; the top-K is taken on the worker, and only K (item, score,
-confidence) triples per user come back to the JVM.
+confidence) triples per user come back to the JVM. The UDF receives exactly the gold columns the
+model reads (``inputs`` in its ``model_meta.json``), in that order, followed by ``seen_idx``.
 """
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -53,17 +56,34 @@ def top_k_from_logits(logits: np.ndarray, k: int, excluded: list[np.ndarray] | N
     return top, top_logits, probabilities
 
 
-def top_k_udf(model_dir: str, k: int, exclude_seen: bool):
-    """A pandas UDF (history, seen_idx) -> struct(items, scores, confidences) for a saved model."""
+def model_input_columns(model_dir: str) -> list[str]:
+    """The gold columns the saved model reads, from its model_meta.json (read on the driver)."""
+    meta = json.loads((Path(model_dir) / "model_meta.json").read_text())
+    if "inputs" not in meta:
+        raise ValueError(f"{model_dir}: model_meta.json lists no inputs; train the model again")
+    return list(meta["inputs"])
+
+
+def model_batch(columns: list[str], series: list[pd.Series]) -> dict[str, np.ndarray]:
+    """Arrow batch -> the model's input dict of int32 [n, max_seq_len] arrays.
+
+    A history made only of padding gets one unknown item (OOV) at its last position, so every row
+    has a latest real step (the other sequences keep their padding values there).
+    """
+    inputs = {name: np.stack(values.to_numpy()).astype(np.int32) for name, values in zip(columns, series)}
+    history = inputs[C.HISTORY]
+    history[~history.any(axis=1), -1] = C.OOV_IDX
+    return inputs
+
+
+def top_k_udf(model_dir: str, columns: list[str], k: int, exclude_seen: bool):
+    """A pandas UDF (*columns, seen_idx) -> struct(items, scores, confidences) for a saved model."""
 
     @F.pandas_udf(TOP_K_SCHEMA)
-    def top_k(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+    def top_k(batches: Iterator[tuple[pd.Series, ...]]) -> Iterator[pd.DataFrame]:
         model = _load(model_dir)
-        for histories, seen in batches:
-            inputs = np.stack(histories.to_numpy()).astype(np.int32)
-            # An all-padding history would make the masked mean 0/0: give it one unknown item.
-            inputs[~inputs.any(axis=1), -1] = C.OOV_IDX
-            logits = model(inputs, training=False).numpy()
+        for *sequences, seen in batches:
+            logits = model(model_batch(columns, sequences), training=False).numpy()
             items, scores, confidences = top_k_from_logits(logits, k, list(seen) if exclude_seen else None)
             yield pd.DataFrame({
                 "items": list(items.astype(np.int32)),
@@ -77,9 +97,14 @@ def top_k_udf(model_dir: str, k: int, exclude_seen: bool):
 def recommend(histories: DataFrame, vocab: DataFrame, model_dir: str, k: int, exclude_seen: bool,
               batch_size: int = 512) -> DataFrame:
     """One row per (user, rank): the model's top-k items with score (logit) and confidence
-    (probability), for every row of ``histories`` (columns user_id, history, seen_idx)."""
+    (probability), for every row of ``histories``: user_id, seen_idx and the sequence columns the
+    model reads (model_meta.json ``inputs``); other columns are ignored."""
+    columns = model_input_columns(model_dir)
+    missing = [name for name in (C.USER_ID, *columns, SEEN_IDX) if name not in histories.columns]
+    if missing:
+        raise ValueError(f"{model_dir} needs columns {missing}, not in {histories.columns}")
     histories.sparkSession.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
-    scored = histories.select(C.USER_ID, top_k_udf(model_dir, k, exclude_seen)(C.HISTORY, SEEN_IDX).alias("_top"))
+    scored = histories.select(C.USER_ID, top_k_udf(model_dir, columns, k, exclude_seen)(*columns, SEEN_IDX).alias("_top"))
     exploded = scored.select(
         C.USER_ID,
         F.posexplode(F.arrays_zip(F.col("_top.items").alias("i"), F.col("_top.scores").alias("s"),

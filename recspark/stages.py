@@ -14,7 +14,7 @@ from recspark.evaluation.evaluate import evaluate, model_run, with_original_user
 from recspark.pipeline.features import SEQUENCES, build_features
 from recspark.pipeline.ingest import ingest
 from recspark.pipeline.prepare import IDENTITY_MAP, prepare
-from recspark.scoring import SEEN_IDX, recommend
+from recspark.scoring import recommend
 from recspark.utils.delta import overwrite_table, read_table, row_count, table_exists, table_version
 from recspark.utils.jobs import new_run_id, write_json
 
@@ -45,18 +45,20 @@ def features_stage(spark: SparkSession, config: Config) -> dict:
 
 def train_stage(spark: SparkSession, config: Config) -> dict:
     """Trains every model of ``train.models`` in turn on the same gold tables."""
-    from recspark.models.training import train_distributed  # TensorFlow only where it is needed
+    from recspark.models import model_spec  # TensorFlow only where it is needed
+    from recspark.models.training import train_distributed
 
     examples_path = config.table_path(C.GOLD, C.TRAIN_EXAMPLES)
     vocab_path = config.table_path(C.GOLD, C.ITEM_VOCAB)
-    num_items = read_table(spark, vocab_path).agg(F.max(C.ITEM_IDX)).collect()[0][0] + 1  # one aggregate
+    spec = model_spec(spark, config)
+    num_items = spec.num_items
     run_id = new_run_id(config)
     summary: dict = {C.RUN_ID: run_id}
     for model in config.train.models:
         model_dir = config.model_dir(model)
         result = train_distributed(
-            spark, read_table(spark, examples_path), model=model, num_items=num_items,
-            max_seq_len=config.features.max_seq_len, train_config=config.train, model_dir=str(model_dir),
+            spark, read_table(spark, examples_path), model=model, spec=spec,
+            train_config=config.train, model_dir=str(model_dir),
             cache_url=config.petastorm_cache_url,
         )
         write_json(model_dir / "run.json", {
@@ -91,7 +93,7 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
     histories = read_table(spark, config.table_path(C.GOLD, C.SERVING_HISTORIES))
     vocab = read_table(spark, config.table_path(C.GOLD, C.ITEM_VOCAB))
     identity = read_table(spark, config.table_path(C.BRONZE, IDENTITY_MAP))
-    recommendations = recommend(histories.select(C.USER_ID, C.HISTORY, SEEN_IDX), vocab, str(config.model_dir(model)),
+    recommendations = recommend(histories, vocab, str(config.model_dir(model)),
                                 config.score.k, config.evaluate.exclude_seen, config.score.batch_size)
     table = (with_original_user_id(recommendations, identity)
              .select(C.USER_ID, C.RANK, C.ITEM_ID, C.SCORE, C.CONFIDENCE,

@@ -24,29 +24,46 @@ def test_top_k_never_returns_pad_oov_or_excluded_items() -> None:
     assert probabilities[0, 0] == pytest.approx(np.exp(4) / (np.exp(1) + np.exp(3) + np.exp(4)))
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from recspark.models.mean_pool import build_mean_pool_model
+def _save(folder: Path, name: str) -> Path:
+    from recspark.config import TrainConfig
+    from recspark.models import ModelSpec, build_model
 
-    folder = tmp_path_factory.mktemp("model")
-    build_mean_pool_model(NUM_ITEMS, 4, LENGTH, seed=3).save(folder / "model.keras")
-    (folder / "model_meta.json").write_text(json.dumps({"num_items": NUM_ITEMS, "max_seq_len": LENGTH}))
+    spec = ModelSpec(num_items=NUM_ITEMS, max_seq_len=LENGTH, num_event_types=5, num_gap_buckets=4)
+    model = build_model(name, spec, TrainConfig(embedding_dim=4, num_layers=1, num_heads=2, seed=3))
+    model.save(folder / "model.keras")
+    (folder / "model_meta.json").write_text(json.dumps({"num_items": NUM_ITEMS, "max_seq_len": LENGTH,
+                                                        "inputs": list(model.INPUTS)}))
     return folder
+
+
+@pytest.fixture(scope="module", params=["mean_pool", "sasrec"])
+def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _save(tmp_path_factory.mktemp(request.param), request.param)
 
 
 def test_udf_scores_every_user_like_the_model_itself(spark: SparkSession, model_dir: Path) -> None:
     import tensorflow as tf
 
-    histories = [("u1", [0, 2, 3], [2, 3]), ("u2", [4, 5, 6], [4, 5, 6]), ("u3", [0, 0, 7], [7]), ("u4", [0, 0, 0], [])]
-    df = spark.createDataFrame(histories, "user_id string, history array<int>, seen_idx array<int>")
+    import recspark.models  # noqa: F401  registers the model classes for tf.keras.models.load_model
+
+    # Types and gaps are 0 on padding; u5's differ from u2's only there and in its seen items.
+    histories = [("u1", [0, 2, 3], [0, 1, 2], [0, 2, 1], [2, 3]), ("u2", [4, 5, 6], [1, 1, 3], [3, 2, 1], [4, 5, 6]),
+                 ("u3", [0, 0, 7], [0, 0, 4], [0, 0, 1], [7]), ("u4", [0, 0, 0], [0, 0, 0], [0, 0, 0], []),
+                 ("u5", [0, 5, 6], [0, 1, 3], [0, 2, 1], [])]
+    # The scorer picks its columns from a wider table (here with an unrelated column).
+    df = spark.createDataFrame([(*row, "x") for row in histories],
+                               "user_id string, history array<int>, history_types array<int>, "
+                               "history_gaps array<int>, seen_idx array<int>, other string")
     vocab = spark.createDataFrame([(f"item-{i}", i) for i in range(2, NUM_ITEMS)], "item_id string, item_idx int")
     got = recommend(df, vocab, str(model_dir), k=3, exclude_seen=True, batch_size=2).collect()
 
     model = tf.keras.models.load_model(model_dir / "model.keras")
-    inputs = np.array([h for _, h, _ in histories], dtype=np.int32)
-    inputs[3, -1] = C.OOV_IDX  # the scorer's stand-in for an empty history
+    inputs = {name: np.array([row[column] for row in histories], dtype=np.int32)
+              for column, name in enumerate((C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS), start=1)}
+    inputs[C.HISTORY][3, -1] = C.OOV_IDX  # the scorer's stand-in for an empty history
     logits = model(inputs).numpy()
-    for row, (user, _, seen) in enumerate(histories):
+    assert np.abs(logits[4] - logits[1]).max() > 1e-6, "u5's shorter history should change its scores"
+    for row, (user, *_, seen) in enumerate(histories):
         allowed = [i for i in range(2, NUM_ITEMS) if i not in seen]
         expected = sorted(allowed, key=lambda i: -logits[row, i])[:3]
         mine = sorted((r for r in got if r[C.USER_ID] == user), key=lambda r: r[C.RANK])
@@ -54,6 +71,14 @@ def test_udf_scores_every_user_like_the_model_itself(spark: SparkSession, model_
         assert [r[C.ITEM_ID] for r in mine] == [f"item-{i}" for i in expected]
         assert [r[C.SCORE] for r in mine] == pytest.approx([logits[row, i] for i in expected], abs=1e-5)
         assert all(0 < r[C.CONFIDENCE] <= 1 for r in mine)
+
+
+def test_scorer_names_the_missing_column(spark: SparkSession, tmp_path: Path) -> None:
+    folder = _save(tmp_path, "sasrec")
+    df = spark.createDataFrame([("u1", [0, 2, 3], [2, 3])], "user_id string, history array<int>, seen_idx array<int>")
+    vocab = spark.createDataFrame([("item-2", 2)], "item_id string, item_idx int")
+    with pytest.raises(ValueError, match="history_types"):
+        recommend(df, vocab, str(folder), k=3, exclude_seen=False)
 
 
 def test_most_popular_skips_seen_items(spark: SparkSession) -> None:

@@ -13,13 +13,17 @@ import sys
 import numpy as np
 
 from recspark.config import TrainConfig
-from recspark.constants import FIRST_ITEM_IDX, HISTORY, PAD_IDX, TARGET
+from recspark.constants import FIRST_ITEM_IDX, HISTORY, HISTORY_GAPS, HISTORY_TYPES, PAD_IDX, TARGET
+from recspark.models import ModelSpec
 from recspark.models.training import CHECKPOINTS_DIR, META_FILE, MODEL_FILE, load_model, train_distributed
 
 ROWS = 480
 MAX_SEQ_LEN = 6
 REAL_ITEMS = 10
 NUM_ITEMS = FIRST_ITEM_IDX + REAL_ITEMS  # PAD, OOV and the real items
+EVENT_TYPES, GAP_BUCKETS = 3, 4
+SPEC = ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, num_event_types=EVENT_TYPES + 2,
+                 num_gap_buckets=GAP_BUCKETS)
 
 
 def _examples(spark):
@@ -28,6 +32,8 @@ def _examples(spark):
     The rows must be distinct. Spark's round-robin repartition sorts rows first, so copies of a
     row alternate between files: with few distinct rows both shards hold the same rows in the
     same order, ranks see identical batches, and non-averaged gradients would go unnoticed.
+    Every row also has event types and time-gap buckets aligned with its history (0 on padding),
+    the gold columns sasrec reads; mean_pool's feed leaves them out.
     """
     rng = np.random.default_rng(5)
     rows: set[tuple[tuple[int, ...], int]] = set()
@@ -37,8 +43,14 @@ def _examples(spark):
         items = [int(rng.integers(REAL_ITEMS)) if rng.random() < 0.3 else item for _ in range(length)]
         history = [PAD_IDX] * (MAX_SEQ_LEN - length) + [i + FIRST_ITEM_IDX for i in items]
         rows.add((tuple(history), (item + 1) % REAL_ITEMS + FIRST_ITEM_IDX))
-    data = [(list(history), target) for history, target in sorted(rows)]
-    df = spark.createDataFrame(data, f"{HISTORY} array<int>, {TARGET} int")
+    data = []
+    for history, target in sorted(rows):
+        real = [step != PAD_IDX for step in history]
+        types = [int(rng.integers(1, EVENT_TYPES + 1)) if r else 0 for r in real]
+        gaps = [1 + min(GAP_BUCKETS - 1, MAX_SEQ_LEN - 1 - i) if r else 0 for i, r in enumerate(real)]
+        data.append((list(history), types, gaps, target))
+    df = spark.createDataFrame(
+        data, f"{HISTORY} array<int>, {HISTORY_TYPES} array<int>, {HISTORY_GAPS} array<int>, {TARGET} int")
     assert df.distinct().count() == ROWS
     return df
 
@@ -62,8 +74,7 @@ def test_two_rank_training_agrees_learns_and_exports(spark, tmp_path):
                          embedding_dim=8, seed=11)
     model_dir = tmp_path / "model"
     result = train_distributed(
-        spark, _examples(spark), model="mean_pool", num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, train_config=config,
-        model_dir=model_dir, cache_url=(tmp_path / "petastorm").as_uri(),
+        spark, _examples(spark), model="mean_pool", spec=SPEC, train_config=config, model_dir=model_dir, cache_url=(tmp_path / "petastorm").as_uri(),
     )
     rank0, rank1 = result.rank_results
     assert (rank0.rank, rank1.rank, rank0.size) == (0, 1, 2)
@@ -91,10 +102,44 @@ def test_two_rank_training_agrees_learns_and_exports(spark, tmp_path):
     assert (meta["num_items"], meta["max_seq_len"], meta["embedding_dim"], meta["num_proc"]) == (
         NUM_ITEMS, MAX_SEQ_LEN, 8, 2)
     assert meta["model"] == "mean_pool" and meta["epochs"] == 3 and meta["training_seconds"] > 0
+    assert meta["inputs"] == [HISTORY] and meta["spec"] == SPEC.to_dict()
     for exported, trained in zip(model.get_weights(), rank0.weights):
         np.testing.assert_array_equal(exported, trained)
     histories = np.array([[PAD_IDX] * (MAX_SEQ_LEN - 1) + [FIRST_ITEM_IDX], [FIRST_ITEM_IDX + 3] * MAX_SEQ_LEN],
                          dtype=np.int32)
-    logits = model.predict(histories, verbose=0)
+    logits = model.predict({HISTORY: histories}, verbose=0)
     assert logits.shape == (2, NUM_ITEMS) and np.isfinite(logits).all()
     assert (model_dir / MODEL_FILE).is_file()
+
+
+def test_two_rank_sasrec_training_agrees_and_exports(spark, tmp_path):
+    """The Transformer through Horovod: its custom train_step (sampled softmax) must still have its
+    gradients averaged, and its export must load and read all three sequence columns."""
+    config = TrainConfig(models=["sasrec"], num_proc=2, epochs=2, batch_size=32, learning_rate=0.005,
+                         embedding_dim=8, num_layers=1, num_heads=2, dropout=0.1, softmax="sampled",
+                         num_sampled=4, sampler="log_uniform", seed=13)
+    model_dir = tmp_path / "sasrec"
+    result = train_distributed(
+        spark, _examples(spark), model="sasrec", spec=SPEC, train_config=config, model_dir=model_dir,
+        cache_url=(tmp_path / "petastorm").as_uri(),
+    )
+    rank0, rank1 = result.rank_results
+    assert rank0.initial_digests == rank1.initial_digests
+    assert rank0.weights is not None and rank1.weights is not None
+    for w0, w1 in zip(rank0.weights, rank1.weights):
+        np.testing.assert_allclose(w0, w1, rtol=0, atol=1e-6)
+    # The attention, feed-forward and embedding weights all trained (the bias row of a never-seen
+    # class may stay put, but no whole variable may).
+    assert all(a != b for a, b in zip(rank0.initial_digests, rank0.final_digests)), "a variable never changed"
+    assert len(result.history) == 2 and all(np.isfinite(result.history))
+
+    model, meta = load_model(model_dir)
+    assert meta["inputs"] == [HISTORY, HISTORY_TYPES, HISTORY_GAPS]
+    assert meta["settings"]["softmax"] == "sampled" and meta["spec"] == SPEC.to_dict()
+    for exported, trained in zip(model.get_weights(), rank0.weights):
+        np.testing.assert_array_equal(exported, trained)
+    history = np.array([[PAD_IDX] * (MAX_SEQ_LEN - 2) + [FIRST_ITEM_IDX, FIRST_ITEM_IDX + 1]], dtype=np.int32)
+    types = np.array([[0] * (MAX_SEQ_LEN - 2) + [1, 3]], dtype=np.int32)
+    gaps = np.array([[0] * (MAX_SEQ_LEN - 2) + [2, 1]], dtype=np.int32)
+    logits = model.predict({HISTORY: history, HISTORY_TYPES: types, HISTORY_GAPS: gaps}, verbose=0)
+    assert logits.shape == (1, NUM_ITEMS) and np.isfinite(logits).all()

@@ -21,7 +21,7 @@ from recspark.evaluation.ranking import ranking_metrics_at_ks
 from recspark.pipeline.features import SEQUENCES
 from recspark.pipeline.item_features import ITEM_FEATURES
 from recspark.pipeline.prepare import IDENTITY_MAP, RAW_USER_ID
-from recspark.scoring import SEEN_IDX, ranked_list, recommend
+from recspark.scoring import ranked_list, recommend
 from recspark.utils.delta import read_table, table_exists
 from recspark.utils.jobs import write_json
 
@@ -61,7 +61,7 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
     queries = read_table(spark, config.table_path(C.GOLD, C.EVAL_QUERIES)).filter(F.col(C.SPLIT) == C.TEST)
     vocab = read_table(spark, config.table_path(C.GOLD, C.ITEM_VOCAB))
     rankings = {
-        model: recommend(queries.select(C.USER_ID, C.HISTORY, SEEN_IDX), vocab, str(config.model_dir(model)),
+        model: recommend(queries, vocab, str(config.model_dir(model)),
                          kept, config.evaluate.exclude_seen, config.score.batch_size)
         for model in config.train.models
     }

@@ -1,34 +1,138 @@
-"""Model builders by name (TrainConfig.model), each ``(num_items, embedding_dim, max_seq_len, seed)``.
+"""Models by name (TrainConfig.models): ``build_model(name, spec, train)`` and what each one reads.
 
-TensorFlow is imported lazily: Spark jobs that never train should not pay for it.
+Every model is a :class:`recspark.models.base.Recommender`: a dict of gold columns in (``inputs``),
+logits over the whole vocabulary out, and its training loss stated once in the class. The classes
+are registered with Keras under the package ``recspark`` when this package is imported, so
+``import recspark.models`` is all a process needs to load a saved ``model.keras``. That import
+therefore imports TensorFlow: Spark jobs that never train or score do not import this package.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+import dataclasses
+import os
+from typing import TYPE_CHECKING, Any, Optional
+
+# tf.keras must be tf-keras (Keras 2), which Horovod hooks into: decided when TensorFlow is first imported.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 if TYPE_CHECKING:
     import tensorflow as tf
+    from pyspark.sql import SparkSession
 
-MODEL_NAMES = ("mean_pool",)
-
-
-def get_builder(name: str) -> "Callable[..., tf.keras.Model]":
-    """Returns the builder of model ``name``; raises ValueError naming the known models otherwise."""
-    if name == "mean_pool":
-        from recspark.models.mean_pool import build_mean_pool_model
-
-        return build_mean_pool_model
-    raise ValueError(f"unknown model {name!r} (known: {', '.join(MODEL_NAMES)})")
+    from recspark.config import Config, TrainConfig
 
 
-def build_model(name: str, *, num_items: int, embedding_dim: int, max_seq_len: int, seed: int) -> "tf.keras.Model":
-    return get_builder(name)(num_items=num_items, embedding_dim=embedding_dim, max_seq_len=max_seq_len, seed=seed)
+def require_legacy_keras() -> None:
+    """Fails unless ``tf.keras`` is tf-keras (Keras 2).
+
+    With Keras 3, ``hvd.DistributedOptimizer`` wraps an optimizer whose training step never calls the
+    methods Horovod overrides: each rank silently trains on its own gradients.
+    """
+    import tensorflow as tf
+
+    module = tf.keras.Model.__module__
+    if not module.startswith("tf_keras"):
+        raise RuntimeError(
+            f"tf.keras is {module.split('.')[0]} (tf.keras.Model from {module}), not tf-keras: Horovod would not "
+            f"average gradients. Set TF_USE_LEGACY_KERAS=1 before TensorFlow is imported "
+            f"(it is {os.environ.get('TF_USE_LEGACY_KERAS')!r} in this process)."
+        )
 
 
-def get_loss(name: str) -> "tf.keras.losses.Loss":
-    """The loss model ``name`` trains with (defined next to the model)."""
-    if name == "mean_pool":
-        from recspark.models.mean_pool import loss
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Sizes taken from the data (not tuned): a model is rebuilt from these plus its TrainConfig.
 
-        return loss()
-    raise ValueError(f"unknown model {name!r} (known: {', '.join(MODEL_NAMES)})")
+    JSON-serialisable (:meth:`to_dict`), so it travels in ``model_meta.json`` and the model's config.
+    """
+
+    num_items: int  # item_idx range, PAD and OOV included: max(item_idx) + 1
+    max_seq_len: int
+    # Event type ids: 0 pads, 1 + position in ingest.event_types, len(event_types) + 1 unknown.
+    num_event_types: int = 2
+    # Time-gap buckets 1..num_gap_buckets (0 pads): the embedding table has num_gap_buckets + 1 rows.
+    num_gap_buckets: int = 1
+    # Training count per item_idx (PAD and OOV: 0), only for the "popularity" negative sampler.
+    item_counts: Optional[list[int]] = None
+
+    def __post_init__(self) -> None:
+        if self.num_items < 3:
+            raise ValueError(f"num_items must count PAD, OOV and at least one item, got {self.num_items}")
+        if self.max_seq_len < 1 or self.num_event_types < 1 or self.num_gap_buckets < 1:
+            raise ValueError(f"sizes must be positive: {self}")
+        if self.item_counts is not None and len(self.item_counts) != self.num_items:
+            raise ValueError(f"item_counts has {len(self.item_counts)} entries for {self.num_items} items")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelSpec":
+        return cls(**values)
+
+
+def _models() -> dict[str, type]:
+    from recspark.models.mean_pool import MeanPool
+    from recspark.models.sasrec import SASRec
+
+    return {"mean_pool": MeanPool, "sasrec": SASRec}
+
+
+MODEL_NAMES = ("mean_pool", "sasrec")
+
+
+def get_model_class(name: str) -> type:
+    """The Recommender subclass of model ``name``; raises ValueError naming the known models otherwise."""
+    models = _models()
+    if name not in models:
+        raise ValueError(f"unknown model {name!r} (known: {', '.join(models)})")
+    return models[name]
+
+
+def model_inputs(name: str) -> list[str]:
+    """The gold columns model ``name`` reads (its Keras input names), in order."""
+    return list(get_model_class(name).INPUTS)
+
+
+def build_model(name: str, spec: ModelSpec, train: "TrainConfig") -> "tf.keras.Model":
+    """A freshly initialised model ``name`` (seeded by ``train.seed``), ready to ``compile`` and ``fit``."""
+    return get_model_class(name).from_train_config(spec, train)
+
+
+def model_spec(spark: "SparkSession", config: "Config") -> ModelSpec:
+    """The ModelSpec of the gold tables of ``config``: one aggregate over item_vocab.
+
+    The per-item counts (one array of vocabulary size to the driver) are read only when the
+    popularity sampler will use them.
+    """
+    from pyspark.sql import functions as F
+
+    from recspark import constants as C
+    from recspark.utils.delta import read_table
+
+    vocab = read_table(spark, config.table_path(C.GOLD, C.ITEM_VOCAB))
+    want_counts = config.train.softmax == "sampled" and config.train.sampler == "popularity"
+    row = vocab.agg(
+        F.max(C.ITEM_IDX).alias("max_idx"),
+        (F.sort_array(F.collect_list(F.struct(C.ITEM_IDX, C.TRAIN_COUNT))) if want_counts else F.lit(None)).alias("counts"),
+    ).collect()[0]
+    num_items = int(row["max_idx"]) + 1
+    counts = None
+    if want_counts:
+        counts = [0] * num_items
+        for entry in row["counts"]:
+            counts[entry[C.ITEM_IDX]] = int(entry[C.TRAIN_COUNT])
+    return ModelSpec(
+        num_items=num_items,
+        max_seq_len=config.features.max_seq_len,
+        num_event_types=len(config.ingest.event_types) + 2,
+        num_gap_buckets=config.features.gap_buckets,
+        item_counts=counts,
+    )
+
+
+# Importing the model modules registers their Keras classes (after the Keras check: under Keras 3
+# the class definitions are not what Horovod needs, and the error names the fix).
+require_legacy_keras()
+import recspark.models.mean_pool  # noqa: E402,F401
+import recspark.models.sasrec  # noqa: E402,F401

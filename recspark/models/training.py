@@ -5,9 +5,10 @@ The driver materialises the training DataFrame once (:mod:`recspark.feed`), then
 reads its own shard. Gradients are averaged by ``hvd.DistributedOptimizer``; rank 0's initial
 weights are broadcast after the first batch. Rank 0 alone writes, under ``model_dir``:
 
-- ``model.keras``: the model without its optimizer, loadable with plain
-  ``tf.keras.models.load_model`` (no custom objects, no Horovod);
-- ``model_meta.json``: what the scorer needs to use it, and how it was trained;
+- ``model.keras``: the model without its optimizer, loadable with :func:`load_model` (plain
+  ``tf.keras.models.load_model`` once ``recspark.models`` is imported; no Horovod);
+- ``model_meta.json``: what the scorer needs to use it (``inputs``: the gold columns it reads;
+  ``spec``: the ModelSpec that rebuilds it), and how it was trained;
 - ``checkpoints/epoch-NNN.weights.h5``: weights after every epoch (load into ``build_model``).
 
 Every rank returns a :class:`RankResult` (weight digests, and the weights themselves for small
@@ -31,8 +32,9 @@ from typing import TYPE_CHECKING, Any, Optional
 from pyspark.sql import DataFrame, SparkSession
 
 from recspark.config import TrainConfig
-from recspark.constants import HISTORY, TARGET
+from recspark.constants import TARGET
 from recspark.feed import make_converter, training_batches
+from recspark.models import ModelSpec, build_model, model_inputs, require_legacy_keras
 
 if TYPE_CHECKING:
     import numpy as np
@@ -86,23 +88,6 @@ class TrainResult:
         return len({tuple(r.final_digests) for r in self.rank_results}) == 1
 
 
-def require_legacy_keras() -> None:
-    """Fails unless ``tf.keras`` is tf-keras (Keras 2).
-
-    With Keras 3, ``hvd.DistributedOptimizer`` wraps an optimizer whose training step never calls the
-    methods Horovod overrides: each rank silently trains on its own gradients.
-    """
-    import tensorflow as tf
-
-    module = tf.keras.Model.__module__
-    if not module.startswith("tf_keras"):
-        raise RuntimeError(
-            f"tf.keras is {module.split('.')[0]} (tf.keras.Model from {module}), not tf-keras: Horovod would not "
-            f"average gradients. Set TF_USE_LEGACY_KERAS=1 before TensorFlow is imported "
-            f"(it is {os.environ.get('TF_USE_LEGACY_KERAS')!r} in this process)."
-        )
-
-
 def _digest(array: "np.ndarray") -> str:
     import numpy as np
 
@@ -147,13 +132,12 @@ def _progress_callback(epochs: int) -> "tf.keras.callbacks.Callback":
     return Progress()
 
 
-def _export(model: "tf.keras.Model", model_dir: Path, meta: dict, build: dict) -> None:
+def _export(model: "tf.keras.Model", model_dir: Path, meta: dict, model_name: str, spec: ModelSpec,
+            train_config: TrainConfig) -> None:
     """Writes model.keras (a fresh, optimizer-free copy) and model_meta.json, each atomically."""
-    from recspark.models import build_model
-
     # The trained model's optimizer is Horovod's dynamically made subclass: a plain copy without
-    # it is what loads anywhere with no custom objects, and inference needs no optimizer.
-    export = build_model(**build)
+    # it is what loads anywhere with no Horovod, and inference needs no optimizer.
+    export = build_model(model_name, spec, train_config)
     export.set_weights(model.get_weights())
     tmp_model = model_dir / f".{MODEL_FILE}.tmp.keras"  # Keras insists on the .keras suffix
     export.save(tmp_model)
@@ -168,8 +152,7 @@ def _train_fn(
     *,
     model_name: str,
     num_rows: int,
-    num_items: int,
-    max_seq_len: int,
+    spec: ModelSpec,
     train_config: TrainConfig,
     model_dir: str,
 ) -> RankResult:
@@ -178,8 +161,6 @@ def _train_fn(
     import horovod.tensorflow.keras as hvd
     import tensorflow as tf
 
-    from recspark.models import build_model, get_loss
-
     hvd.init()
     rank, size = hvd.rank(), hvd.size()
     _pin_devices(hvd)
@@ -187,14 +168,13 @@ def _train_fn(
     # reproducible run; the shards, not the seeds, make the ranks' batches differ.
     tf.keras.utils.set_random_seed(train_config.seed)
 
-    build = dict(name=model_name, num_items=num_items, embedding_dim=train_config.embedding_dim,
-                 max_seq_len=max_seq_len, seed=train_config.seed)
-    model = build_model(**build)
+    model = build_model(model_name, spec, train_config)
     initial_digests = [_digest(w) for w in model.get_weights()]
 
-    # Linear scaling rule: the global batch is size times larger, so is the step.
+    # Linear scaling rule: the global batch is size times larger, so is the step. No `loss=`: the
+    # model states its own (Recommender.compute_training_loss).
     optimizer = hvd.DistributedOptimizer(tf.keras.optimizers.Adam(learning_rate=train_config.learning_rate * size))
-    model.compile(optimizer=optimizer, loss=get_loss(model_name))
+    model.compile(optimizer=optimizer)
 
     callbacks: list = [
         hvd.callbacks.BroadcastGlobalVariablesCallback(0),
@@ -210,8 +190,8 @@ def _train_fn(
     steps = _steps_per_epoch(num_rows, train_config.batch_size, size)
     started = time.time()
     with training_batches(
-        converter, rank=rank, size=size, batch_size=train_config.batch_size, max_seq_len=max_seq_len,
-        shuffling_queue_capacity=SHUFFLE_CAPACITY, workers_count=READER_WORKERS, seed=train_config.seed + rank,
+        converter, rank=rank, size=size, batch_size=train_config.batch_size, max_seq_len=spec.max_seq_len,
+        inputs=model.INPUTS, shuffling_queue_capacity=SHUFFLE_CAPACITY, workers_count=READER_WORKERS, seed=train_config.seed + rank,
     ) as batches:
         fitted = model.fit(batches, epochs=train_config.epochs, steps_per_epoch=steps,
                            callbacks=callbacks, verbose=0)
@@ -221,9 +201,12 @@ def _train_fn(
     if rank == 0:
         meta = {
             "model": model_name,
-            "num_items": num_items,
-            "max_seq_len": max_seq_len,
+            "inputs": list(model.INPUTS),
+            "num_items": spec.num_items,
+            "max_seq_len": spec.max_seq_len,
             "embedding_dim": train_config.embedding_dim,
+            "settings": dict(model.settings),
+            "spec": spec.to_dict(),
             "epochs": train_config.epochs,
             "loss_history": loss_history,
             "training_seconds": round(seconds, 3),
@@ -235,7 +218,7 @@ def _train_fn(
             "num_rows": num_rows,
             "seed": train_config.seed,
         }
-        _export(model, out, meta, build)
+        _export(model, out, meta, model_name, spec, train_config)
 
     weights = model.get_weights()
     return RankResult(
@@ -280,13 +263,13 @@ def train_distributed(
     train_df: DataFrame,
     *,
     model: str,
-    num_items: int,
-    max_seq_len: int,
+    spec: ModelSpec,
     train_config: TrainConfig,
     model_dir: str | Path,
     cache_url: str,
 ) -> TrainResult:
-    """Trains ``model`` on ``train_df`` (history, target) with ``num_proc`` Horovod processes.
+    """Trains ``model`` on ``train_df`` (the model's input columns and target) with ``num_proc``
+    Horovod processes; ``spec`` holds the data's sizes (:func:`recspark.models.model_spec`).
 
     ``model_dir`` must be visible to rank 0's process (local mode: any local path; a cluster: shared
     storage such as /dbfs). Raises RuntimeError if the ranks end with different weights.
@@ -309,7 +292,8 @@ def train_distributed(
 
     out = Path(model_dir).resolve()
     _prepare_model_dir(out)
-    converter = make_converter(spark, train_df.select(HISTORY, TARGET), cache_url, num_files=num_proc)
+    # Only the columns the model reads travel through Petastorm.
+    converter = make_converter(spark, train_df.select(*model_inputs(model), TARGET), cache_url, num_files=num_proc)
     try:
         num_rows = len(converter)  # counted once, by Petastorm, on the materialised data
         if num_rows < num_proc:
@@ -318,8 +302,8 @@ def train_distributed(
         results: list[RankResult] = horovod.spark.run(
             _train_fn,
             args=(converter,),
-            kwargs=dict(model_name=model, num_rows=num_rows, num_items=num_items, max_seq_len=max_seq_len,
-                        train_config=train_config, model_dir=str(out)),
+            kwargs=dict(model_name=model, num_rows=num_rows, spec=spec, train_config=train_config,
+                        model_dir=str(out)),
             num_proc=num_proc,
             env=_worker_env(),
             stdout=sys.stdout,
@@ -342,13 +326,18 @@ def train_distributed(
 
 
 def load_model(model_dir: str | Path) -> tuple["tf.keras.Model", dict]:
-    """Loads ``model.keras`` and ``model_meta.json`` from ``model_dir`` (no Horovod, no custom objects)."""
+    """Loads ``model.keras`` and ``model_meta.json`` from ``model_dir`` (no Horovod; the custom
+    classes are registered by ``recspark.models``, this module's package)."""
     import tensorflow as tf
 
     require_legacy_keras()
     model_dir = Path(model_dir)
     meta = json.loads((model_dir / META_FILE).read_text())
+    if "inputs" not in meta:
+        raise ValueError(f"{model_dir}: exported by an older recspark (no 'inputs' in {META_FILE}); train it again")
     model = tf.keras.models.load_model(model_dir / MODEL_FILE)
-    if model.output_shape[-1] != meta["num_items"]:
-        raise ValueError(f"{model_dir}: model has {model.output_shape[-1]} outputs, meta says {meta['num_items']} items")
+    if model.spec.num_items != meta["num_items"]:
+        raise ValueError(f"{model_dir}: model scores {model.spec.num_items} items, meta says {meta['num_items']}")
+    if list(model.INPUTS) != meta["inputs"]:
+        raise ValueError(f"{model_dir}: model reads {list(model.INPUTS)}, meta says {meta['inputs']}")
     return model, meta

@@ -1,0 +1,162 @@
+"""The base of every model: dict of gold columns -> logits over all items, and the loss in one place.
+
+A model is a subclass of :class:`Recommender` that creates its layers in ``__init__``, reads the
+columns named in ``INPUTS`` and turns them into one user vector per row (:meth:`user_vectors`).
+Scores are ``user_vector . output_embeddings[i] + output_bias[i]`` for every item i, PAD and OOV
+included (keeping those out of recommendations is the scorer's job).
+
+Training (``fit``) uses :meth:`Recommender.compute_training_loss`, the one statement of the loss:
+softmax cross-entropy over the whole catalogue (``softmax="full"``), or sampled softmax over
+``num_sampled`` negatives (``"sampled"``), which never computes the full logits. Evaluation,
+``predict`` and serving always use the full logits.
+
+Saving: ``get_config`` holds only JSON values (the ModelSpec and the training settings the model
+uses), the class rebuilds every layer and variable in ``__init__`` (it runs itself once on a dummy
+batch), so ``tf.keras.models.load_model`` recreates it and loads the weights by layer path, with no
+custom objects beyond the registration that ``import recspark.models`` performs.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Optional
+
+import tensorflow as tf
+
+from recspark import constants as C
+from recspark.models import ModelSpec
+
+# The TrainConfig fields a model's config keeps (everything else is irrelevant to the network).
+SETTINGS = ("embedding_dim", "num_layers", "num_heads", "dropout", "softmax", "num_sampled", "sampler", "seed")
+
+
+@tf.keras.utils.register_keras_serializable(package="recspark")
+class Recommender(tf.keras.Model):
+    """Base class; subclasses set ``NAME``, ``INPUTS`` and implement layers, ``user_vectors`` and
+    ``output_embeddings``."""
+
+    NAME: ClassVar[str] = ""
+    INPUTS: ClassVar[tuple[str, ...]] = (C.HISTORY,)
+
+    def __init__(self, spec: dict[str, Any], settings: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(name=kwargs.pop("name", self.NAME), **kwargs)
+        self.spec = ModelSpec.from_dict(spec)
+        self.settings = {key: settings[key] for key in SETTINGS}
+        if self.settings["softmax"] not in ("full", "sampled"):
+            raise ValueError(f"softmax must be 'full' or 'sampled', got {self.settings['softmax']!r}")
+        if self.settings["sampler"] not in ("log_uniform", "popularity"):
+            raise ValueError(f"sampler must be 'log_uniform' or 'popularity', got {self.settings['sampler']!r}")
+        if (self.settings["softmax"] == "sampled" and self.settings["sampler"] == "popularity"
+                and self.spec.item_counts is None):
+            raise ValueError("the popularity sampler needs ModelSpec.item_counts (item_vocab train_count)")
+        self.output_bias = self.add_weight(
+            name="output_bias", shape=(self.spec.num_items,), initializer="zeros", trainable=True)
+        # The epoch's mean loss for fit's logs. Set around Keras's attribute tracking: its two
+        # counters are not weights (not saved, not in get_weights, so ranks compare only the model).
+        object.__setattr__(self, "loss_tracker", tf.keras.metrics.Mean(name="loss"))
+
+    # -- what subclasses provide -------------------------------------------------------------------
+
+    def user_vectors(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        """[n, embedding_dim]: one vector per row, the query the items are scored against."""
+        raise NotImplementedError
+
+    def output_embeddings(self) -> tf.Variable:
+        """[num_items, embedding_dim]: the item side of the score (tied or separate)."""
+        raise NotImplementedError
+
+    # -- construction, saving ------------------------------------------------------------------------
+
+    @classmethod
+    def from_train_config(cls, spec: ModelSpec, train: Any) -> "Recommender":
+        return cls(spec=spec.to_dict(), settings={key: getattr(train, key) for key in SETTINGS})
+
+    def _build_now(self) -> None:
+        """Creates every variable (call once at the end of a subclass's ``__init__``)."""
+        self(self.dummy_inputs(), training=False)
+
+    def dummy_inputs(self, rows: int = 1) -> dict[str, tf.Tensor]:
+        """A batch of one real item (OOV) at the last position, the rest padding."""
+        batch = tf.concat([tf.zeros([rows, self.spec.max_seq_len - 1], tf.int32),
+                           tf.fill([rows, 1], C.OOV_IDX)], axis=1)
+        return {name: batch for name in self.INPUTS}
+
+    def get_config(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_dict(), "settings": dict(self.settings), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Recommender":
+        return cls(**config)
+
+    def get_build_config(self) -> Optional[dict]:
+        # Every variable exists once __init__ returns: nothing to rebuild from an input shape.
+        return None
+
+    # -- inference -----------------------------------------------------------------------------------
+
+    def _cast_inputs(self, inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        missing = [name for name in self.INPUTS if name not in inputs]
+        if missing:
+            raise KeyError(f"{self.name} needs inputs {list(self.INPUTS)}, missing {missing}")
+        return {name: tf.cast(inputs[name], tf.int32) for name in self.INPUTS}
+
+    def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        """Logits [n, num_items] over the whole vocabulary."""
+        users = self.user_vectors(self._cast_inputs(inputs), training=training)
+        return tf.matmul(users, self.output_embeddings(), transpose_b=True) + self.output_bias
+
+    # -- the loss, stated once -----------------------------------------------------------------------
+
+    def compute_training_loss(self, inputs: dict[str, tf.Tensor], target: tf.Tensor, training: bool = True) -> tf.Tensor:
+        """Mean over the batch of the target's softmax cross-entropy: over every item ("full"), or
+        over the target and ``num_sampled`` sampled negatives ("sampled")."""
+        users = self.user_vectors(self._cast_inputs(inputs), training=training)
+        target = tf.cast(tf.reshape(target, [-1]), tf.int64)
+        items = self.output_embeddings()
+        if self.settings["softmax"] == "full" or not training:
+            logits = tf.matmul(users, items, transpose_b=True) + self.output_bias
+            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target, logits=logits))
+        return tf.reduce_mean(tf.nn.sampled_softmax_loss(
+            weights=items, biases=self.output_bias, labels=target[:, None], inputs=users,
+            num_sampled=self._num_sampled(), num_classes=self.spec.num_items,
+            sampled_values=self._sample_negatives(target), remove_accidental_hits=True,
+        ))
+
+    def _num_sampled(self) -> int:
+        # Samples are drawn without repetition among the real items, so never more than there are.
+        return min(self.settings["num_sampled"], self.spec.num_items - C.FIRST_ITEM_IDX)
+
+    def _sample_negatives(self, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Negatives among the real items only (PAD and OOV are never targets): the samplers draw
+        from 0..range_max-1, shifted by FIRST_ITEM_IDX. item_idx is assigned most frequent first, which
+        is the order the log-uniform (Zipfian) sampler assumes."""
+        range_max = self.spec.num_items - C.FIRST_ITEM_IDX
+        # A target outside the real items (never produced by the gold stage) only skews its expected count.
+        shifted = tf.clip_by_value(target - C.FIRST_ITEM_IDX, 0, range_max - 1)[:, None]
+        common = dict(true_classes=shifted, num_true=1, num_sampled=self._num_sampled(), unique=True,
+                      range_max=range_max, seed=self.settings["seed"])
+        if self.settings["sampler"] == "log_uniform":
+            sampled, true_expected, sampled_expected = tf.random.log_uniform_candidate_sampler(**common)
+        else:
+            counts = [float(c) for c in self.spec.item_counts[C.FIRST_ITEM_IDX:]]
+            sampled, true_expected, sampled_expected = tf.random.fixed_unigram_candidate_sampler(
+                unigrams=counts, **common)
+        return sampled + C.FIRST_ITEM_IDX, true_expected, sampled_expected
+
+    @property
+    def metrics(self) -> list:
+        return [self.loss_tracker]
+
+    def train_step(self, data: tuple) -> dict[str, tf.Tensor]:
+        inputs, target = data
+        with tf.GradientTape() as tape:
+            loss = self.compute_training_loss(inputs, target, training=True)
+            total = loss + tf.add_n(self.losses) if self.losses else loss
+        # minimize(), not apply_gradients(grads): Horovod's DistributedOptimizer averages the
+        # gradients across ranks inside compute_gradients, which minimize() calls.
+        self.optimizer.minimize(total, self.trainable_variables, tape=tape)
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}
+
+    def test_step(self, data: tuple) -> dict[str, tf.Tensor]:
+        inputs, target = data
+        self.loss_tracker.update_state(self.compute_training_loss(inputs, target, training=False))
+        return {"loss": self.loss_tracker.result()}

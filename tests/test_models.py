@@ -1,0 +1,155 @@
+"""Models: shapes, padding and causality of SASRec, save/load round trips, and that they learn.
+
+Plain Keras ``fit`` here (no Horovod): tests/test_training.py trains through Horovod on Spark.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from recspark import constants as C
+from recspark.config import TrainConfig
+from recspark.models import ModelSpec, build_model, model_inputs
+from recspark.models.training import META_FILE, MODEL_FILE, load_model
+
+MAX_SEQ_LEN = 6
+REAL_ITEMS = 20
+NUM_ITEMS = C.FIRST_ITEM_IDX + REAL_ITEMS
+EVENT_TYPES = 3  # ingest.event_types of length 3: ids 1..3, 4 unknown, 0 pad
+GAP_BUCKETS = 4
+SPEC = ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, num_event_types=EVENT_TYPES + 2,
+                 num_gap_buckets=GAP_BUCKETS, item_counts=[0, 0] + [100 - i for i in range(REAL_ITEMS)])
+
+
+def _config(**overrides) -> TrainConfig:
+    values = dict(embedding_dim=16, num_layers=2, num_heads=2, dropout=0.1, seed=3, learning_rate=0.01)
+    return TrainConfig(**{**values, **overrides})
+
+
+def _successor_task(rows: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Runs of consecutive items (item i is always followed by i + 1, wrapping), left-padded, with
+    random event types and gaps on the real steps; the target is the item after the last one."""
+    rng = np.random.default_rng(seed)
+    history = np.zeros((rows, MAX_SEQ_LEN), np.int32)
+    types = np.zeros_like(history)
+    gaps = np.zeros_like(history)
+    target = np.zeros(rows, np.int32)
+    for row in range(rows):
+        length = int(rng.integers(1, MAX_SEQ_LEN + 1))
+        start = int(rng.integers(REAL_ITEMS))
+        items = [(start + step) % REAL_ITEMS for step in range(length + 1)]
+        history[row, MAX_SEQ_LEN - length:] = [C.FIRST_ITEM_IDX + i for i in items[:-1]]
+        types[row, MAX_SEQ_LEN - length:] = rng.integers(1, EVENT_TYPES + 2, size=length)
+        gaps[row, MAX_SEQ_LEN - length:] = np.sort(rng.integers(1, GAP_BUCKETS + 1, size=length))[::-1]
+        target[row] = C.FIRST_ITEM_IDX + items[-1]
+    return {C.HISTORY: history, C.HISTORY_TYPES: types, C.HISTORY_GAPS: gaps}, target
+
+
+def _accuracy(model: tf.keras.Model, inputs: dict[str, np.ndarray], target: np.ndarray) -> float:
+    logits = model.predict(inputs, verbose=0, batch_size=256)
+    logits[:, [C.PAD_IDX, C.OOV_IDX]] = -np.inf
+    return float(np.mean(logits.argmax(axis=1) == target))
+
+
+def test_declared_inputs_are_gold_columns() -> None:
+    assert model_inputs("mean_pool") == [C.HISTORY]
+    assert model_inputs("sasrec") == [C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS]
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        model_inputs("nope")
+
+
+@pytest.mark.parametrize("name", ["mean_pool", "sasrec"])
+def test_logits_cover_the_vocabulary_and_ignore_padding(name: str) -> None:
+    model = build_model(name, SPEC, _config())
+    inputs, _ = _successor_task(8, seed=1)
+    logits = model(inputs, training=False).numpy()
+    assert logits.shape == (8, NUM_ITEMS) and np.isfinite(logits).all()
+
+    # Whatever the padded steps say (types, gaps), the output is the same.
+    rng = np.random.default_rng(2)
+    padded = inputs[C.HISTORY] == C.PAD_IDX
+    assert padded.any(), "the test data must have padding"
+    altered = {key: value.copy() for key, value in inputs.items()}
+    altered[C.HISTORY_TYPES][padded] = rng.integers(0, EVENT_TYPES + 2, size=int(padded.sum()))
+    altered[C.HISTORY_GAPS][padded] = rng.integers(0, GAP_BUCKETS + 1, size=int(padded.sum()))
+    np.testing.assert_allclose(model(altered, training=False).numpy(), logits, rtol=0, atol=1e-6)
+
+
+def test_sasrec_is_causal_and_reads_every_real_step() -> None:
+    model = build_model("sasrec", SPEC, _config())
+    inputs, _ = _successor_task(16, seed=4)
+    full = {key: value.copy() for key, value in inputs.items()}
+    full[C.HISTORY][:, :] = np.arange(MAX_SEQ_LEN) + C.FIRST_ITEM_IDX  # no padding: every step real
+    states = model.sequence_states(full).numpy()
+
+    # Changing step 3 changes the states of steps 3.. and leaves steps 0..2 exactly as they were.
+    changed = {key: value.copy() for key, value in full.items()}
+    changed[C.HISTORY][:, 3] = C.FIRST_ITEM_IDX + REAL_ITEMS - 1
+    changed_states = model.sequence_states(changed).numpy()
+    np.testing.assert_array_equal(changed_states[:, :3], states[:, :3])
+    assert np.abs(changed_states[:, 3:] - states[:, 3:]).max(axis=2).min() > 1e-4
+
+    # The last position (the user vector) depends on the earliest step's item, type and gap.
+    base = model(full).numpy()
+    for column, value in ((C.HISTORY, C.FIRST_ITEM_IDX + 7), (C.HISTORY_TYPES, 4), (C.HISTORY_GAPS, 1)):
+        earlier = {key: value_.copy() for key, value_ in full.items()}
+        earlier[column][:, 0] = value
+        assert np.abs(model(earlier).numpy() - base).max() > 1e-4, f"the first step's {column} was ignored"
+
+
+def test_same_seed_same_model_other_seed_other_model() -> None:
+    inputs, _ = _successor_task(4, seed=5)
+    first = build_model("sasrec", SPEC, _config(seed=9))(inputs).numpy()
+    again = build_model("sasrec", SPEC, _config(seed=9))(inputs).numpy()
+    other = build_model("sasrec", SPEC, _config(seed=10))(inputs).numpy()
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(first - other).max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["mean_pool", "sasrec"])
+def test_save_and_load_model_round_trip(name: str, tmp_path) -> None:
+    config = _config(softmax="sampled", sampler="popularity", num_sampled=5)
+    model = build_model(name, SPEC, config)
+    inputs, target = _successor_task(64, seed=6)
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+    model.fit(inputs, target, epochs=1, batch_size=16, verbose=0)  # trained weights, not just initial ones
+    model.save(tmp_path / MODEL_FILE)
+    (tmp_path / META_FILE).write_text(json.dumps({"num_items": NUM_ITEMS, "inputs": model_inputs(name)}))
+
+    loaded, meta = load_model(tmp_path)
+    assert type(loaded) is type(model) and meta["inputs"] == model_inputs(name)
+    assert loaded.spec == SPEC and loaded.settings == model.settings
+    np.testing.assert_array_equal(loaded(inputs).numpy(), model(inputs).numpy())
+
+
+@pytest.mark.parametrize("softmax, sampler", [("full", "log_uniform"), ("sampled", "log_uniform"),
+                                              ("sampled", "popularity")])
+def test_sasrec_learns_the_successor_task(softmax: str, sampler: str) -> None:
+    """Chance is 1 / 20 = 5%; after training the held-out next item must be top-1 at least 80% of the time."""
+    tf.keras.utils.set_random_seed(0)
+    model = build_model("sasrec", SPEC, _config(softmax=softmax, sampler=sampler, num_sampled=5))
+    train_inputs, train_target = _successor_task(800, seed=7)
+    test_inputs, test_target = _successor_task(200, seed=8)
+    before = _accuracy(model, test_inputs, test_target)
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+    history = model.fit(train_inputs, train_target, epochs=12, batch_size=32, verbose=0)
+    after = _accuracy(model, test_inputs, test_target)
+    assert before < 0.3, before
+    assert after >= 0.8, (after, history.history["loss"])
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+def test_evaluation_loss_is_always_the_full_softmax() -> None:
+    """Same seed, same weights: the sampled model's evaluation loss (training=False) is the full one,
+    while its training loss is the sampled one."""
+    inputs, target = _successor_task(64, seed=9)
+    full = build_model("sasrec", SPEC, _config(softmax="full", dropout=0.0))
+    sampled = build_model("sasrec", SPEC, _config(softmax="sampled", num_sampled=3, dropout=0.0))
+    full_eval = float(full.compute_training_loss(inputs, target, training=False))
+    assert float(sampled.compute_training_loss(inputs, target, training=False)) == pytest.approx(full_eval, rel=1e-6)
+    assert float(full.compute_training_loss(inputs, target, training=True)) == pytest.approx(full_eval, rel=1e-6)
+    sampled_train = float(sampled.compute_training_loss(inputs, target, training=True))
+    assert np.isfinite(sampled_train) and abs(sampled_train - full_eval) > 1e-3
