@@ -61,19 +61,18 @@ def _task(rows: int, seed: int) -> tuple[dict, np.ndarray, np.ndarray]:
     return {C.HISTORY: history, C.USER_VECTOR: user_vector}, target, likes_a
 
 
-def _fit(model: tf.keras.Model, loss, epochs: int = 12) -> tf.keras.callbacks.History:
+def _fit(model: tf.keras.Model, epochs: int = 12) -> tf.keras.callbacks.History:
+    """As the trainer does: compile without a loss (the model states its own), then fit."""
     inputs, target, _ = _task(480, seed=1)
-    model.compile(optimizer=tf.keras.optimizers.Adam(0.02), loss=loss)
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.02))
     return model.fit(inputs, target, batch_size=32, epochs=epochs, shuffle=False, verbose=0)
 
 
 @pytest.fixture(scope="module")
 def trained_towers() -> TowersModel:
-    from recspark.models.towers import loss
-
     tf.keras.utils.set_random_seed(11)
     model = build_towers_model(NUM_ITEMS, MAX_SEQ_LEN, USER_DIM, tables=_tables(), **SMALL)
-    history = _fit(model, loss())
+    history = _fit(model)
     assert history.history["loss"][-1] < history.history["loss"][0]
     return model
 
@@ -82,7 +81,7 @@ def trained_towers() -> TowersModel:
 def trained_dnn() -> DNNModel:
     tf.keras.utils.set_random_seed(11)
     model = build_dnn_model(NUM_ITEMS, MAX_SEQ_LEN, USER_DIM, tables=_tables(), negatives=4, **SMALL)
-    history = _fit(model, None)
+    history = _fit(model)
     assert history.history["loss"][-1] < history.history["loss"][0]
     return model
 

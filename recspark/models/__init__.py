@@ -54,6 +54,9 @@ class ModelSpec:
     num_gap_buckets: int = 1
     # Training count per item_idx (PAD and OOV: 0), only for the "popularity" negative sampler.
     item_counts: Optional[list[int]] = None
+    # Feature models (towers, dnn) only: user_vector_dim, num_categories, num_prices and the per-item
+    # attribute tables (recspark.models.item_tables.feature_spec).
+    features: Optional[dict[str, Any]] = None
 
     def __post_init__(self) -> None:
         if self.num_items < 3:
@@ -72,13 +75,15 @@ class ModelSpec:
 
 
 def _models() -> dict[str, type]:
+    from recspark.models.dnn import DNNModel
     from recspark.models.mean_pool import MeanPool
     from recspark.models.sasrec import SASRec
+    from recspark.models.towers import TowersModel
 
-    return {"mean_pool": MeanPool, "sasrec": SASRec}
+    return {"mean_pool": MeanPool, "sasrec": SASRec, "towers": TowersModel, "dnn": DNNModel}
 
 
-MODEL_NAMES = ("mean_pool", "sasrec")
+MODEL_NAMES = ("mean_pool", "sasrec", "towers", "dnn")
 
 
 def get_model_class(name: str) -> type:
@@ -103,11 +108,13 @@ def model_spec(spark: "SparkSession", config: "Config") -> ModelSpec:
     """The ModelSpec of the gold tables of ``config``: one aggregate over item_vocab.
 
     The per-item counts (one array of vocabulary size to the driver) are read only when the
-    popularity sampler will use them.
+    popularity sampler will use them; the feature models' sizes and item tables only when one of
+    them is trained.
     """
     from pyspark.sql import functions as F
 
     from recspark import constants as C
+    from recspark.models.item_tables import FEATURE_MODELS, feature_spec_from_gold
     from recspark.utils.delta import read_table
 
     vocab = read_table(spark, config.table_path(C.GOLD, C.ITEM_VOCAB))
@@ -128,6 +135,8 @@ def model_spec(spark: "SparkSession", config: "Config") -> ModelSpec:
         num_event_types=len(config.ingest.event_types) + 2,
         num_gap_buckets=config.features.gap_buckets,
         item_counts=counts,
+        features=(feature_spec_from_gold(spark, config, num_items)
+                  if set(config.train.models) & set(FEATURE_MODELS) else None),
     )
 
 
@@ -136,3 +145,5 @@ def model_spec(spark: "SparkSession", config: "Config") -> ModelSpec:
 require_legacy_keras()
 import recspark.models.mean_pool  # noqa: E402,F401
 import recspark.models.sasrec  # noqa: E402,F401
+import recspark.models.towers  # noqa: E402,F401
+import recspark.models.dnn  # noqa: E402,F401

@@ -5,7 +5,7 @@ the towers: :class:`~recspark.models.towers.UserFeatures`). Item features: the i
 (zeroed for rare items), category, price-bucket and popularity embeddings
 (:class:`~recspark.models.towers.ItemAttributeEncoder`, tables stored in the model).
 
-Training (:meth:`DNNModel.train_step`): each example's target is a positive; ``negatives`` items
+Training (:meth:`DNNModel.compute_training_loss`): each example's target is a positive; ``negatives`` items
 drawn uniformly from the vocabulary (seeded, stateless: the seed and the step number) are its
 negatives; a negative that happens to be the target is given weight 0. The loss is :func:`loss`,
 binary cross-entropy on the logits, stated once. Only 1 + negatives candidates per example go
@@ -28,7 +28,8 @@ import tensorflow as tf
 
 from recspark import constants as C
 from recspark.models.item_tables import ItemTables
-from recspark.models.towers import FeatureModel, ItemAttributeEncoder, apply_mlp, build_mlp, mlp_layers
+from recspark.models.towers import (FeatureModel, ItemAttributeEncoder, apply_mlp, build_mlp, mlp_layers,
+                                    model_spec_dict)
 
 NAME = "dnn"
 # Items scored per chunk in the full-vocabulary pass: a chunk holds batch * SCORE_CHUNK * units[0]
@@ -114,12 +115,11 @@ class DNNModel(FeatureModel):
 
     NAME = NAME
 
-    def head(self, user: tf.Tensor, config: dict) -> tf.Tensor:
-        if config["negatives"] < 1:
-            raise ValueError(f"the dnn needs train.negatives >= 1, got {config['negatives']}")
-        return DNNScorer(config["num_items"], config["num_categories"], config["num_prices"],
-                         config["embedding_dim"], config["hidden_units"], config["dropout"], config["seed"],
-                         name="dnn_scorer")(user)
+    def head(self, user: tf.Tensor, num_items: int, features: dict, settings: dict) -> tf.Tensor:
+        if settings["negatives"] < 1:
+            raise ValueError(f"the dnn needs train.negatives >= 1, got {settings['negatives']}")
+        return DNNScorer(num_items, features["num_categories"], features["num_prices"], settings["embedding_dim"],
+                         settings["hidden_units"], settings["dropout"], settings["seed"], name="dnn_scorer")(user)
 
     @property
     def scorer(self) -> DNNScorer:
@@ -130,29 +130,22 @@ class DNNModel(FeatureModel):
         return self.scorer.pair_logits(self.user_features(inputs, training), tf.cast(items, tf.int32), training)
 
     def sampled_loss(self, inputs: dict, target: tf.Tensor, step: tf.Tensor, training=None) -> tf.Tensor:
-        """:func:`loss` of the targets (label 1) against seeded uniform negatives (label 0)."""
-        config = self.constructor_config
+        """:func:`loss` of the targets (label 1) against uniform negatives (label 0) drawn from the
+        real items with the stateless seed (settings seed, ``step``): a run is repeatable."""
+        settings, num_items = self.settings, self.scorer.num_items
         target = tf.reshape(tf.cast(target, tf.int32), [-1, 1])
-        seed = tf.stack([tf.constant(config["seed"], tf.int64), tf.cast(step, tf.int64)])
-        negatives = tf.random.stateless_uniform(tf.stack([tf.shape(target)[0], config["negatives"]]), seed=seed,
-                                                minval=C.FIRST_ITEM_IDX, maxval=config["num_items"], dtype=tf.int32)
+        seed = tf.stack([tf.constant(settings["seed"], tf.int64), tf.cast(step, tf.int64)])
+        negatives = tf.random.stateless_uniform(tf.stack([tf.shape(target)[0], settings["negatives"]]), seed=seed,
+                                                minval=C.FIRST_ITEM_IDX, maxval=num_items, dtype=tf.int32)
         candidates = tf.concat([target, negatives], axis=1)
         labels = tf.concat([tf.ones_like(target, tf.float32), tf.zeros_like(negatives, tf.float32)], axis=1)
         # A sampled "negative" equal to the target is not a negative: it does not count.
         weights = tf.concat([tf.ones_like(target, tf.float32), tf.cast(negatives != target, tf.float32)], axis=1)
         return loss(labels, self.pair_logits(inputs, candidates, training), weights)
 
-    def train_step(self, data):
-        inputs, target = data[0], data[1]
-        with tf.GradientTape() as tape:
-            value = self.sampled_loss(inputs, target, self._train_counter, training=True)
-        # As Keras' own train_step: Horovod's DistributedOptimizer averages the gradients here.
-        self.optimizer.minimize(value, self.trainable_variables, tape=tape)
-        return {"loss": value}
-
-    def test_step(self, data):
-        inputs, target = data[0], data[1]
-        return {"loss": self.sampled_loss(inputs, target, self._test_counter, training=False)}
+    def compute_training_loss(self, inputs: dict, target: tf.Tensor, training: bool = True) -> tf.Tensor:
+        """:meth:`sampled_loss` with the step counter of fit (training) or evaluate as the seed's step."""
+        return self.sampled_loss(inputs, target, self._train_counter if training else self._test_counter, training)
 
 
 def build_dnn_model(num_items: int, max_seq_len: int, user_vector_dim: int, *, embedding_dim: int,
@@ -160,12 +153,9 @@ def build_dnn_model(num_items: int, max_seq_len: int, user_vector_dim: int, *, e
                     tables: Optional[ItemTables] = None, num_categories: Optional[int] = None,
                     num_prices: Optional[int] = None) -> DNNModel:
     """A :class:`DNNModel` holding ``tables`` (default: zeros); see the towers' builder for the sizes."""
-    tables = tables if tables is not None else ItemTables.empty(num_items)
-    model = DNNModel(num_items, max_seq_len, user_vector_dim, num_categories or tables.num_categories,
-                     num_prices or tables.num_prices, embedding_dim, hidden_units, dropout, seed,
-                     negatives=negatives)
-    model.set_item_tables(tables)
-    return model
+    spec = model_spec_dict(num_items, max_seq_len, user_vector_dim, tables, num_categories, num_prices)
+    return DNNModel(spec, dict(embedding_dim=embedding_dim, hidden_units=hidden_units, dropout=dropout, seed=seed,
+                               negatives=negatives))
 
 
 def model_inputs(users: pd.DataFrame) -> dict:

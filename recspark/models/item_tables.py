@@ -6,9 +6,10 @@ hands them to every Horovod rank, which copies them into the model as non-traina
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recspark import constants as C
@@ -20,7 +21,13 @@ ID_MIN_COUNT = 5
 POPULARITY_BUCKETS = 16
 EVENTS_ALL = "events_all"  # gold item_features: training events of the item
 PRICE_BUCKET = "price_bucket"  # gold item_features: 0 .. price_buckets-1, null without a price
-ITEM_FEATURES = "item_features"  # the gold table (name owned by recspark.pipeline.item_features)
+# The models that read user_vector and the item tables (recspark.models.towers, recspark.models.dnn).
+FEATURE_MODELS = ("towers", "dnn")
+ITEM_FEATURES = "item_features"  # gold tables (names owned by recspark.pipeline.item_features
+USER_FEATURES = "user_features"  # and recspark.pipeline.user_features)
+
+if TYPE_CHECKING:
+    from recspark.config import Config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +61,16 @@ class ItemTables:
     @property
     def num_prices(self) -> int:
         return int(self.price.max(initial=0)) + 1
+
+    def to_dict(self) -> dict[str, list]:
+        """JSON values (for ModelSpec.features): lists indexed by item_idx."""
+        return {"category": [int(v) for v in self.category], "price": [int(v) for v in self.price],
+                "popularity": [int(v) for v in self.popularity], "use_id": [float(v) for v in self.use_id]}
+
+    @staticmethod
+    def from_dict(values: dict[str, list]) -> "ItemTables":
+        return ItemTables(np.asarray(values["category"], np.int32), np.asarray(values["price"], np.int32),
+                          np.asarray(values["popularity"], np.int32), np.asarray(values["use_id"], np.float32))
 
     @staticmethod
     def empty(num_items: int) -> "ItemTables":
@@ -89,3 +106,33 @@ def item_tables(item_features: DataFrame, vocab: DataFrame, num_items: int,
     popularity[index] = rows["popularity"].to_numpy()
     use_id[index] = rows["use_id"].to_numpy()
     return ItemTables(category, price, popularity, use_id)
+
+
+def feature_spec(user_vector_dim: int, tables: ItemTables) -> dict[str, Any]:
+    """The ``features`` entry of a ModelSpec for the feature models (towers, dnn): the sizes their
+    layers need and the item tables (copied into the model's weights when it is built)."""
+    return {"user_vector_dim": int(user_vector_dim), "num_categories": tables.num_categories,
+            "num_prices": tables.num_prices, "tables": tables.to_dict()}
+
+
+def feature_spec_from_gold(spark: SparkSession, config: "Config", num_items: int,
+                           id_min_count: int = ID_MIN_COUNT) -> dict[str, Any]:
+    """:func:`feature_spec` from the gold tables of ``config``: the user_vector length (one
+    aggregate over user_features) and the item tables (one row per vocabulary item to the driver)."""
+    from recspark.utils.delta import read_table
+
+    gold = lambda table: read_table(spark, config.table_path(C.GOLD, table))  # noqa: E731
+    dims = gold(USER_FEATURES).agg(F.min(F.size(C.USER_VECTOR)).alias("lo"), F.max(F.size(C.USER_VECTOR)).alias("hi")).first()
+    if dims["hi"] is None or dims["lo"] != dims["hi"]:
+        raise ValueError(f"gold user_features.{C.USER_VECTOR} must have one fixed length, found {dims['lo']}..{dims['hi']}")
+    return feature_spec(int(dims["hi"]), item_tables(gold(ITEM_FEATURES), gold(C.ITEM_VOCAB), num_items, id_min_count))
+
+
+def with_user_vector(df: DataFrame, user_features: DataFrame, user_vector_dim: int) -> DataFrame:
+    """Adds ``user_vector`` to rows with a user_id (train examples, evaluation queries, serving
+    histories) by a join on user_id; a user without a user_features row (first seen
+    after the training period) gets zeros, the mean of the normalised features."""
+    zeros = F.array_repeat(F.lit(0.0).cast("float"), user_vector_dim)
+    vectors = user_features.select(C.USER_ID, F.col(C.USER_VECTOR).cast("array<float>").alias("_uv"))
+    return (df.join(vectors, C.USER_ID, "left")
+            .withColumn(C.USER_VECTOR, F.coalesce(F.col("_uv"), zeros)).drop("_uv"))

@@ -4,7 +4,7 @@ User tower: MLP over [user_vector (gold user_features), masked mean of the histo
 embeddings]. Item tower: MLP over [item id embedding, category embedding, price-bucket embedding,
 popularity-bucket embedding], evaluated for every vocabulary item. Output: logits [n, num_items]
 over the item vocabulary (PAD, OOV, then items from FIRST_ITEM_IDX), trained with the full softmax
-cross-entropy of :func:`loss`, so the model plugs into the same trainer, evaluator and scorer as
+cross-entropy (:meth:`TowersModel.compute_training_loss`), so the model plugs into the same trainer, evaluator and scorer as
 the sequence models.
 
 The item attributes are per-item_idx lookup tables (:class:`ItemTables`) stored in the model as
@@ -21,7 +21,7 @@ imports the module from the class's stored module path, so loading needs no ``cu
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import json
 
@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from recspark import constants as C
-from recspark.models.item_tables import POPULARITY_BUCKETS, ItemTables
+from recspark.models.item_tables import POPULARITY_BUCKETS, ItemTables, feature_spec
 
 NAME = "towers"
 _init = tf.keras.initializers
@@ -202,44 +202,76 @@ class FeatureModel(tf.keras.Model):
     """Base of the feature models: a functional Keras model (inputs ``history`` int32 [n, L] and
     ``user_vector`` float32 [n, U], output logits [n, num_items]) built by its own constructor.
 
-    ``get_config`` holds the constructor's arguments and ``from_config`` calls the constructor, so
-    ``tf.keras.models.load_model`` finds the class through its module path, imports it, rebuilds the
-    same graph and loads the weights (the item tables included): no ``custom_objects`` needed.
-    Subclasses implement :meth:`head`: user features [n, U + dim] -> logits [n, num_items].
+    Same interface as :class:`recspark.models.base.Recommender`: ``INPUTS``, ``spec`` (the
+    ModelSpec as a dict, whose ``features`` entry holds ``user_vector_dim``, ``num_categories``,
+    ``num_prices`` and, when built for training, the item ``tables``), ``settings``,
+    ``from_train_config`` and a ``train_step`` using :meth:`compute_training_loss`, the one
+    statement of the loss. ``get_config`` holds spec (without the tables: they are weights) and
+    settings; ``from_config`` calls the constructor, so ``tf.keras.models.load_model`` finds the
+    class through its module path, rebuilds the same graph and loads the weights, tables included.
+    Subclasses implement :meth:`head` (user features [n, U + dim] -> logits [n, num_items]) and
+    :meth:`compute_training_loss`.
     """
 
-    NAME = "feature_model"
+    NAME: ClassVar[str] = "feature_model"
+    INPUTS: ClassVar[tuple[str, ...]] = (C.HISTORY, C.USER_VECTOR)
+    SETTINGS: ClassVar[tuple[str, ...]] = ("embedding_dim", "hidden_units", "dropout", "negatives", "seed")
 
-    def __init__(self, num_items: int, max_seq_len: int, user_vector_dim: int, num_categories: int,
-                 num_prices: int, embedding_dim: int, hidden_units: Sequence[int], dropout: float, seed: int,
-                 negatives: int = 0, name: Optional[str] = None, **kwargs) -> None:
+    def __init__(self, spec: dict[str, Any], settings: dict[str, Any], name: Optional[str] = None,
+                 **kwargs: Any) -> None:
+        features = dict(spec.get("features") or {})
+        tables = features.pop("tables", None)
+        missing = [key for key in ("user_vector_dim", "num_categories", "num_prices") if key not in features]
+        if missing:
+            raise ValueError(f"{self.NAME} needs ModelSpec.features with {missing} (see item_tables.feature_spec)")
+        spec = {**spec, "features": features}  # the tables live in the weights, not in the config
+        settings = {key: settings[key] for key in self.SETTINGS}
+        settings["hidden_units"] = [int(u) for u in settings["hidden_units"]]
+        num_items = int(spec["num_items"])
         if num_items < 3:
             raise ValueError(f"num_items must count PAD, OOV and at least one item, got {num_items}")
-        config = dict(num_items=int(num_items), max_seq_len=int(max_seq_len), user_vector_dim=int(user_vector_dim),
-                      num_categories=int(num_categories), num_prices=int(num_prices),
-                      embedding_dim=int(embedding_dim), hidden_units=[int(u) for u in hidden_units],
-                      dropout=float(dropout), seed=int(seed), negatives=int(negatives))
-        history = tf.keras.Input(shape=(max_seq_len,), dtype="int32", name=C.HISTORY)
-        user_vector = tf.keras.Input(shape=(user_vector_dim,), dtype="float32", name=C.USER_VECTOR)
-        user = UserFeatures(num_items, embedding_dim, seed + 30, name="user_features")([history, user_vector])
-        logits = self.head(user, config)
+        history = tf.keras.Input(shape=(spec["max_seq_len"],), dtype="int32", name=C.HISTORY)
+        user_vector = tf.keras.Input(shape=(features["user_vector_dim"],), dtype="float32", name=C.USER_VECTOR)
+        user = UserFeatures(num_items, settings["embedding_dim"], settings["seed"] + 30,
+                            name="user_features")([history, user_vector])
+        logits = self.head(user, num_items, features, settings)
         super().__init__(inputs={C.HISTORY: history, C.USER_VECTOR: user_vector}, outputs=logits,
                          name=name or self.NAME, **kwargs)
-        # A JSON string, not a dict: Keras would wrap a dict attribute for tracking.
-        self._constructor_json = json.dumps(config)
+        # JSON strings, not dicts: Keras would wrap a dict attribute for tracking.
+        self._spec_json, self._settings_json = json.dumps(spec), json.dumps(settings)
+        # fit's epoch-mean loss; set around Keras's tracking so it is no weight (ranks compare weights).
+        object.__setattr__(self, "loss_tracker", tf.keras.metrics.Mean(name="loss"))
+        if tables is not None:
+            self.set_item_tables(ItemTables.from_dict(tables))
 
-    def head(self, user: tf.Tensor, config: dict) -> tf.Tensor:
+    def head(self, user: tf.Tensor, num_items: int, features: dict, settings: dict) -> tf.Tensor:
         raise NotImplementedError
 
-    @property
-    def constructor_config(self) -> dict:
-        return json.loads(self._constructor_json)
-
-    def get_config(self) -> dict:
-        return {**self.constructor_config, "name": self.name}
+    def compute_training_loss(self, inputs: dict, target: tf.Tensor, training: bool = True) -> tf.Tensor:
+        raise NotImplementedError
 
     @classmethod
-    def from_config(cls, config: dict, custom_objects=None) -> "FeatureModel":
+    def from_train_config(cls, spec: Any, train: Any) -> "FeatureModel":
+        """From a ModelSpec (or its dict) and a TrainConfig, as ``recspark.models.build_model`` calls it."""
+        values = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
+        return cls(spec=values, settings={key: getattr(train, key) for key in cls.SETTINGS})
+
+    @property
+    def spec(self):
+        """The ModelSpec (without the item tables)."""
+        from recspark.models import ModelSpec
+
+        return ModelSpec.from_dict(json.loads(self._spec_json))
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return json.loads(self._settings_json)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"spec": json.loads(self._spec_json), "settings": self.settings, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects=None) -> "FeatureModel":
         return cls(**config)
 
     @property
@@ -254,19 +286,54 @@ class FeatureModel(tf.keras.Model):
         """[user_vector, history encoding] [n, U + dim] for a dict of model inputs."""
         return self.get_layer("user_features")([inputs[C.HISTORY], inputs[C.USER_VECTOR]], training=training)
 
+    @property
+    def metrics(self) -> list:
+        return [self.loss_tracker]
+
+    def train_step(self, data: tuple) -> dict[str, tf.Tensor]:
+        inputs, target = data[0], data[1]
+        with tf.GradientTape() as tape:
+            value = self.compute_training_loss(inputs, target, training=True)
+        # minimize(), as Keras's own train_step: Horovod's DistributedOptimizer averages gradients there.
+        self.optimizer.minimize(value, self.trainable_variables, tape=tape)
+        self.loss_tracker.update_state(value)
+        return {"loss": self.loss_tracker.result()}
+
+    def test_step(self, data: tuple) -> dict[str, tf.Tensor]:
+        inputs, target = data[0], data[1]
+        self.loss_tracker.update_state(self.compute_training_loss(inputs, target, training=False))
+        return {"loss": self.loss_tracker.result()}
+
 
 @tf.keras.saving.register_keras_serializable(package="recspark")
 class TowersModel(FeatureModel):
     """User tower MLP and item tower MLP; logits = user vector . item vector for every item."""
 
     NAME = NAME
+    SETTINGS = ("embedding_dim", "hidden_units", "dropout", "seed")
 
-    def head(self, user: tf.Tensor, config: dict) -> tf.Tensor:
-        seed, dim = config["seed"], config["embedding_dim"]
-        user = apply_mlp(mlp_layers(config["hidden_units"], config["dropout"], seed + 40, "user_tower"), user)
+    def head(self, user: tf.Tensor, num_items: int, features: dict, settings: dict) -> tf.Tensor:
+        seed, dim = settings["seed"], settings["embedding_dim"]
+        user = apply_mlp(mlp_layers(settings["hidden_units"], settings["dropout"], seed + 40, "user_tower"), user)
         user = tf.keras.layers.Dense(dim, name="user_tower_out", kernel_initializer=_init.GlorotUniform(seed=seed + 50))(user)
-        return ItemTowerScores(config["num_items"], config["num_categories"], config["num_prices"], dim,
-                               config["hidden_units"], config["dropout"], seed, name="item_tower")(user)
+        return ItemTowerScores(num_items, features["num_categories"], features["num_prices"], dim,
+                               settings["hidden_units"], settings["dropout"], seed, name="item_tower")(user)
+
+    def compute_training_loss(self, inputs: dict, target: tf.Tensor, training: bool = True) -> tf.Tensor:
+        """The towers' loss, stated once: mean softmax cross-entropy of the target over all items."""
+        logits = self(inputs, training=training)
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=tf.cast(tf.reshape(target, [-1]), tf.int32), logits=logits))
+
+
+def model_spec_dict(num_items: int, max_seq_len: int, user_vector_dim: int, tables: Optional[ItemTables] = None,
+                    num_categories: Optional[int] = None, num_prices: Optional[int] = None) -> dict[str, Any]:
+    """A ModelSpec as a dict for the feature models, for tests and callers without Spark tables."""
+    tables = tables if tables is not None else ItemTables.empty(num_items)
+    features = feature_spec(user_vector_dim, tables)
+    features["num_categories"] = num_categories or features["num_categories"]
+    features["num_prices"] = num_prices or features["num_prices"]
+    return {"num_items": num_items, "max_seq_len": max_seq_len, "features": features}
 
 
 def build_towers_model(num_items: int, max_seq_len: int, user_vector_dim: int, *, embedding_dim: int,
@@ -275,13 +342,5 @@ def build_towers_model(num_items: int, max_seq_len: int, user_vector_dim: int, *
                        num_prices: Optional[int] = None) -> TowersModel:
     """A :class:`TowersModel` holding ``tables`` (default: zeros); ``num_categories`` / ``num_prices``
     (default: what the tables need) size the attribute embeddings."""
-    tables = tables if tables is not None else ItemTables.empty(num_items)
-    model = TowersModel(num_items, max_seq_len, user_vector_dim, num_categories or tables.num_categories,
-                        num_prices or tables.num_prices, embedding_dim, hidden_units, dropout, seed)
-    model.set_item_tables(tables)
-    return model
-
-
-def loss() -> tf.keras.losses.Loss:
-    """The towers' training loss, stated once: softmax cross-entropy of the target over all items."""
-    return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    spec = model_spec_dict(num_items, max_seq_len, user_vector_dim, tables, num_categories, num_prices)
+    return TowersModel(spec, dict(embedding_dim=embedding_dim, hidden_units=hidden_units, dropout=dropout, seed=seed))
