@@ -171,6 +171,8 @@ class EvaluateConfig:
     cooc_neighbours: int = 50
     cooc_recent_items: int = 10
     # Cross-validation for hyper-parameter choice: cv_folds folds over "users" or rolling "time" windows.
+    # Off by default (cv_folds x the grid's ALS fits); when on, it chooses the ALS parameters.
+    cross_validate: bool = False
     cv_folds: int = 3
     cv_scheme: str = "users"
     # null: full ranking over every item (the default); n: rank each relevant item against n sampled
@@ -258,6 +260,12 @@ class Config:
         for key, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+        if self.evaluate.cross_validate and self.evaluate.cv_folds < 2:
+            raise ConfigError(f"evaluate.cv_folds: cross-validation needs at least 2 folds, got {self.evaluate.cv_folds}")
+        if not self.evaluate.als_ranks or not self.evaluate.als_reg_params:
+            raise ConfigError("evaluate.als_ranks, evaluate.als_reg_params: give at least one value each")
+        if self.evaluate.sampled_negatives is not None and self.evaluate.sampled_negatives <= 0:
+            raise ConfigError(f"evaluate.sampled_negatives: must be > 0 or null, got {self.evaluate.sampled_negatives!r}")
         for key in ("n_test_sessions", "n_validation_sessions"):
             if getattr(self.features, key) < 0:
                 raise ConfigError(f"features.{key}: must be >= 0")

@@ -56,6 +56,12 @@ def recent_popular(sequences: DataFrame, vocab: DataFrame, queries: DataFrame, k
     What is in fashion now rather than all year. Ties, and items with no recent event (so every
     user still gets k items), are ordered by the all-time training count. The score is the recent count.
     """
+    return _popular_for_queries(recent_popularity(sequences, vocab, recent_days), queries, k, exclude_seen)
+
+
+def recent_popularity(sequences: DataFrame, vocab: DataFrame, recent_days: float) -> DataFrame:
+    """(item_id, score = events in the last ``recent_days`` days of training, _tiebreak = all-time
+    count) for every vocabulary item (see :func:`recent_popular`)."""
     steps = train_steps(sequences)
     end = steps.agg(F.max(C.EVENT_TS).alias("_end"))  # one row, crossed in (no collect)
     # Epoch seconds as double: exact for any window, no interval type needed.
@@ -64,7 +70,7 @@ def recent_popular(sequences: DataFrame, vocab: DataFrame, queries: DataFrame, k
               .groupBy(C.ITEM_ID).agg(F.count(F.lit(1)).alias("_recent")))
     popularity = vocab.join(recent, C.ITEM_ID, "left").select(
         C.ITEM_ID, F.coalesce("_recent", F.lit(0)).alias(C.SCORE), F.col(C.TRAIN_COUNT).alias("_tiebreak"))
-    return _popular_for_queries(popularity, queries, k, exclude_seen)
+    return popularity
 
 
 def cooccurrence_neighbours(sequences: DataFrame, window: int, neighbours: int) -> DataFrame:
@@ -90,16 +96,10 @@ def cooccurrence_neighbours(sequences: DataFrame, window: int, neighbours: int) 
     return counts.withColumn("_n", F.row_number().over(best)).filter(F.col("_n") <= neighbours).drop("_n")
 
 
-def item_cooccurrence(sequences: DataFrame, vocab: DataFrame, queries: DataFrame, k: int, exclude_seen: bool, *,
-                      window: int, neighbours: int, recent_items: int) -> DataFrame:
-    """Item-item co-occurrence: a user's candidates are the neighbours (see
-    :func:`cooccurrence_neighbours`) of the last ``recent_items`` distinct items of the query's
-    history, scored by the sum of their co-occurrence counts with those items.
-
-    Lists shorter than k (few or rare recent items) are filled with the most popular items, after
-    every co-occurrence candidate: a baseline that returns short lists would lose on precision for
-    a reason that says nothing about co-occurrence. One row per (user, rank); score 0 for fillers.
-    """
+def cooccurrence_scores(sequences: DataFrame, queries: DataFrame, exclude_seen: bool, *, window: int,
+                        neighbours: int, recent_items: int) -> DataFrame:
+    """(user_id, item_idx, _cooc): the summed co-occurrence of each candidate with the user's recent
+    items (see :func:`item_cooccurrence`); only candidates with a positive sum appear."""
     known = F.filter(C.HISTORY, lambda i: i >= C.FIRST_ITEM_IDX)
     # slice(a, -n, n) on an array shorter than n is empty, hence the when.
     recent = F.array_distinct(F.when(F.size(known) > recent_items, F.slice(known, -recent_items, recent_items))
@@ -111,6 +111,21 @@ def item_cooccurrence(sequences: DataFrame, vocab: DataFrame, queries: DataFrame
               .agg(F.sum("count").cast("double").alias("_cooc")))
     if exclude_seen:
         scored = scored.filter(~F.array_contains("seen_idx", F.col(C.ITEM_IDX))).drop("seen_idx")
+    return scored
+
+
+def item_cooccurrence(sequences: DataFrame, vocab: DataFrame, queries: DataFrame, k: int, exclude_seen: bool, *,
+                      window: int, neighbours: int, recent_items: int) -> DataFrame:
+    """Item-item co-occurrence: a user's candidates are the neighbours (see
+    :func:`cooccurrence_neighbours`) of the last ``recent_items`` distinct items of the query's
+    history, scored by the sum of their co-occurrence counts with those items.
+
+    Lists shorter than k (few or rare recent items) are filled with the most popular items, after
+    every co-occurrence candidate: a baseline that returns short lists would lose on precision for
+    a reason that says nothing about co-occurrence. One row per (user, rank); score 0 for fillers.
+    """
+    scored = cooccurrence_scores(sequences, queries, exclude_seen, window=window, neighbours=neighbours,
+                                 recent_items=recent_items)
     scored = scored.join(F.broadcast(vocab.select(C.ITEM_ID, C.ITEM_IDX)), C.ITEM_IDX).select(
         C.USER_ID, C.ITEM_ID, "_cooc", F.lit(None).cast("int").alias("_fill"))
     fillers = most_popular(vocab, queries, k, exclude_seen).select(
@@ -123,31 +138,45 @@ def item_cooccurrence(sequences: DataFrame, vocab: DataFrame, queries: DataFrame
             .select(C.USER_ID, C.RANK, C.ITEM_ID, F.coalesce("_cooc", F.lit(0.0)).cast("float").alias(C.SCORE)))
 
 
-def train_interactions(sequences: DataFrame) -> DataFrame:
-    """(user_id, item_idx, count) over the training period, from the gold sequences."""
+def train_interactions(sequences: DataFrame, splits: tuple[str, ...] = ("train",)) -> DataFrame:
+    """(user_id, item_idx, _count) over the steps of ``splits`` (default: the training period),
+    from the gold sequences; out-of-vocabulary steps are left out."""
     steps = sequences.select(C.USER_ID, F.explode(F.arrays_zip(C.ITEM_IDX, C.SPLIT)).alias("_step"))
-    return (steps.filter((F.col("_step")[C.SPLIT] == "train") & (F.col("_step")[C.ITEM_IDX] >= C.FIRST_ITEM_IDX))
-            .groupBy(C.USER_ID, F.col("_step")[C.ITEM_IDX].alias(C.ITEM_IDX))
-            .agg(F.count(F.lit(1)).cast("float").alias("_count")))
+    return interactions_of(steps.filter(F.col("_step")[C.SPLIT].isin(*splits)).select(
+        C.USER_ID, F.col("_step")[C.ITEM_IDX].alias(C.ITEM_IDX)))
 
 
-def als(sequences: DataFrame, vocab: DataFrame, queries: DataFrame, k: int, exclude_seen: bool, *,
-        rank: int, reg_param: float, max_iter: int, alpha: float, seed: int, checkpoint_dir: str) -> DataFrame:
-    """Spark MLlib ALS for implicit feedback (Hu, Koren & Volinsky), trained on the training period.
+def interactions_of(steps: DataFrame) -> DataFrame:
+    """(user_id, item_idx) events -> (user_id, item_idx, _count), vocabulary items only: ALS's input."""
+    return (steps.filter(F.col(C.ITEM_IDX) >= C.FIRST_ITEM_IDX)
+            .groupBy(C.USER_ID, C.ITEM_IDX).agg(F.count(F.lit(1)).cast("float").alias("_count")))
 
-    ALS wants int user ids: pseudonyms get a dense index. Seen items are removed after asking ALS
-    for k + (the most items any query user has seen), so every user still gets k items.
+
+def fit_als(interactions: DataFrame, *, rank: int, reg_param: float, max_iter: int, alpha: float,
+            seed: int) -> tuple[object, DataFrame]:
+    """Spark MLlib ALS for implicit feedback (Hu, Koren & Volinsky) on (user_id, item_idx, _count).
+
+    ALS wants int user ids: pseudonyms get a dense index, returned as ``users`` (user_id, _user).
     """
     from pyspark.ml.recommendation import ALS
 
-    interactions = train_interactions(sequences)
     users = interactions.select(C.USER_ID).distinct().withColumn(
         "_user", F.dense_rank().over(Window.orderBy(C.USER_ID)).cast("int"))  # one row per user: small
     ratings = interactions.join(users, C.USER_ID)
     model = ALS(userCol="_user", itemCol=C.ITEM_IDX, ratingCol="_count", implicitPrefs=True, rank=rank,
                 regParam=reg_param, maxIter=max_iter, alpha=alpha, seed=seed, coldStartStrategy="drop",
                 checkpointInterval=3).fit(ratings)
-    needed = k + ((queries.agg(F.max(F.size(C.SEEN))).collect()[0][0] or 0) if exclude_seen else 0)
+    return model, users
+
+
+def als_top_k(model: object, users: DataFrame, vocab: DataFrame, queries: DataFrame, k: int,
+              exclude_seen: bool) -> DataFrame:
+    """The fitted ALS model's top k per query user (user_id, seen_idx), one row per (user, rank).
+
+    Seen items are removed after asking ALS for k + (the most items any query user has seen), so
+    every user still gets k items. Query users ALS never saw get nothing (they count as misses).
+    """
+    needed = k + ((queries.agg(F.max(F.size("seen_idx"))).collect()[0][0] or 0) if exclude_seen else 0)
     query_users = queries.select(C.USER_ID, "seen_idx").join(users, C.USER_ID)
     recs = model.recommendForUserSubset(query_users.select("_user"), needed)
     hits = recs.join(query_users, "_user").select(C.USER_ID, "seen_idx", F.explode("recommendations").alias("_r"))
@@ -157,3 +186,17 @@ def als(sequences: DataFrame, vocab: DataFrame, queries: DataFrame, k: int, excl
     top = (hits.withColumn(C.RANK, F.row_number().over(best_first)).filter(F.col(C.RANK) <= k)
            .select(C.USER_ID, C.RANK, F.col("_r")[C.ITEM_IDX].alias(C.ITEM_IDX), F.col("_r.rating").alias(C.SCORE)))
     return top.join(F.broadcast(vocab.select(C.ITEM_ID, C.ITEM_IDX)), C.ITEM_IDX).drop(C.ITEM_IDX)
+
+
+def als(sequences: DataFrame, vocab: DataFrame, queries: DataFrame, k: int, exclude_seen: bool, *,
+        rank: int, reg_param: float, max_iter: int, alpha: float, seed: int, checkpoint_dir: str | None = None,
+        splits: tuple[str, ...] = ("train",)) -> DataFrame:
+    """ALS fitted on the steps of ``splits`` of the gold sequences, top k for every query user.
+
+    ``splits=("train", "validation")`` is the refit after tuning: ALS has no history input, so the
+    validation period can only reach its user factors through the fit. ``checkpoint_dir`` is
+    accepted for older callers and not used (10 iterations need no lineage cutting).
+    """
+    model, users = fit_als(train_interactions(sequences, splits), rank=rank, reg_param=reg_param,
+                           max_iter=max_iter, alpha=alpha, seed=seed)
+    return als_top_k(model, users, vocab, queries, k, exclude_seen)
