@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 
-from recspark.constants import TARGET
+from recspark.constants import TARGET, USER_VECTOR
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -87,7 +87,9 @@ def to_features_and_label(max_seq_len: int, inputs: Sequence[str]):
     def convert(batch):
         # Petastorm leaves the list columns' length unknown; Keras needs the static max_seq_len.
         features = {name: tf.ensure_shape(tf.cast(getattr(batch, name), tf.int32), [None, max_seq_len])
-                    for name in names}
+                    for name in names if name != USER_VECTOR}
+        # The feature models' user_vector: floats, of the fixed length their Keras input declares.
+        features.update({name: tf.cast(getattr(batch, name), tf.float32) for name in names if name == USER_VECTOR})
         return features, tf.cast(getattr(batch, TARGET), tf.int32)
 
     return convert

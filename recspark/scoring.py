@@ -70,7 +70,9 @@ def model_batch(columns: list[str], series: list[pd.Series]) -> dict[str, np.nda
     A history made only of padding gets one unknown item (OOV) at its last position, so every row
     has a latest real step (the other sequences keep their padding values there).
     """
-    inputs = {name: np.stack(values.to_numpy()).astype(np.int32) for name, values in zip(columns, series)}
+    # Sequences are item/type/gap indices; the feature models' user_vector stays float.
+    inputs = {name: np.stack(values.to_numpy()).astype(np.float32 if name == C.USER_VECTOR else np.int32)
+              for name, values in zip(columns, series)}
     history = inputs[C.HISTORY]
     history[~history.any(axis=1), -1] = C.OOV_IDX
     return inputs

@@ -14,7 +14,7 @@ from recspark.evaluation.evaluate import evaluate, model_run, with_original_user
 from recspark.pipeline.features import SEQUENCES, build_features
 from recspark.pipeline.ingest import ingest
 from recspark.pipeline.prepare import IDENTITY_MAP, prepare
-from recspark.scoring import recommend
+from recspark.scoring import model_input_columns, recommend
 from recspark.utils.delta import overwrite_table, read_table, row_count, table_exists, table_version
 from recspark.utils.jobs import new_run_id, write_json
 
@@ -46,6 +46,7 @@ def features_stage(spark: SparkSession, config: Config) -> dict:
 def train_stage(spark: SparkSession, config: Config) -> dict:
     """Trains every model of ``train.models`` in turn on the same gold tables."""
     from recspark.models import model_spec  # TensorFlow only where it is needed
+    from recspark.models.item_tables import FEATURE_MODELS, with_gold_user_vector
     from recspark.models.training import train_distributed
 
     examples_path = config.table_path(C.GOLD, C.TRAIN_EXAMPLES)
@@ -56,8 +57,11 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
     summary: dict = {C.RUN_ID: run_id}
     for model in config.train.models:
         model_dir = config.model_dir(model)
+        examples = read_table(spark, examples_path)
+        if model in FEATURE_MODELS:  # they also read user_vector: joined here, before Petastorm
+            examples = with_gold_user_vector(spark, config, examples)
         result = train_distributed(
-            spark, read_table(spark, examples_path), model=model, spec=spec,
+            spark, examples, model=model, spec=spec,
             train_config=config.train, model_dir=str(model_dir),
             cache_url=config.petastorm_cache_url,
         )
@@ -91,6 +95,11 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
     model = config.scoring_model
     run = model_run(config, model)
     histories = read_table(spark, config.table_path(C.GOLD, C.SERVING_HISTORIES))
+    if C.USER_VECTOR in model_input_columns(str(config.model_dir(model))):
+        # A feature model (towers, dnn): importing it loads TensorFlow, only then.
+        from recspark.models.item_tables import with_gold_user_vector
+
+        histories = with_gold_user_vector(spark, config, histories)
     vocab = read_table(spark, config.table_path(C.GOLD, C.ITEM_VOCAB))
     identity = read_table(spark, config.table_path(C.BRONZE, IDENTITY_MAP))
     recommendations = recommend(histories, vocab, str(config.model_dir(model)),

@@ -221,3 +221,82 @@ def test_item_tables_from_gold_tables(spark):
     np.testing.assert_array_equal(tables.use_id, [0, 0, 1, 1, 0, 0])
     with pytest.raises(ValueError, match="num_items"):
         item_tables(features, vocab, num_items=4)
+
+
+def test_build_model_by_name_follows_the_model_interface():
+    """recspark.models.build_model builds both from a ModelSpec whose ``features`` hold the tables."""
+    from recspark.config import TrainConfig
+    from recspark.models import ModelSpec, build_model, model_inputs
+    from recspark.models.item_tables import feature_spec
+
+    spec = ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, features=feature_spec(USER_DIM, _tables()))
+    train = TrainConfig(embedding_dim=8, hidden_units=[16, 8], negatives=3, dropout=0.1, seed=5)
+    for name, cls in (("towers", TowersModel), ("dnn", DNNModel)):
+        model = build_model(name, spec, train)
+        assert type(model) is cls and model_inputs(name) == [C.HISTORY, C.USER_VECTOR]
+        assert model.spec.num_items == NUM_ITEMS and "tables" not in model.spec.features
+        assert model.settings["hidden_units"] == [16, 8] and model.settings["seed"] == 5
+        np.testing.assert_array_equal(model.item_attributes.use_id_table.numpy(), _tables().use_id)
+    assert build_model("dnn", spec, train).settings["negatives"] == 3
+    with pytest.raises(ValueError, match="features"):
+        build_model("towers", ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN), train)
+
+
+def test_with_user_vector_joins_and_zero_fills(spark):
+    from pyspark.testing import assertDataFrameEqual
+
+    from recspark.models.item_tables import user_vector_dim, with_user_vector
+
+    examples = spark.createDataFrame([("u1", 5), ("u2", 6), ("u1", 7)], f"{C.USER_ID} string, {C.TARGET} int")
+    users = spark.createDataFrame([("u1", [0.5, -1.0]), ("u3", [2.0, 2.0])], f"{C.USER_ID} string, {C.USER_VECTOR} array<float>")
+    assert user_vector_dim(users) == 2
+    expected = spark.createDataFrame([("u1", 5, [0.5, -1.0]), ("u2", 6, [0.0, 0.0]), ("u1", 7, [0.5, -1.0])],
+                                     f"{C.USER_ID} string, {C.TARGET} int, {C.USER_VECTOR} array<float>")
+    assertDataFrameEqual(with_user_vector(examples, users, 2).select(C.USER_ID, C.TARGET, C.USER_VECTOR), expected)
+
+
+@pytest.mark.parametrize("name", ["dnn", "towers"])
+def test_two_rank_training_from_petastorm_then_spark_scoring(spark, tmp_path, name):
+    """The whole path: examples joined with user_vector in Spark, 2 Horovod ranks fed by Petastorm
+    (ranks agree), the export loaded, and the Spark scorer ranking the liked category first."""
+    from pyspark.sql import functions as F
+
+    from recspark.config import TrainConfig
+    from recspark.models import ModelSpec
+    from recspark.models.item_tables import feature_spec, with_user_vector
+    from recspark.models.training import load_model, train_distributed
+    from recspark.scoring import SEEN_IDX, recommend
+
+    # 40 users, 12 examples each: even users like A, odd ones B; histories are the task's noise.
+    inputs, _, _ = _task(480, seed=1)
+    rng = np.random.default_rng(2)
+    rows = [(f"u{i % 40}", inputs[C.HISTORY][i].tolist(), int(rng.choice(A_ITEMS if i % 2 == 0 else B_ITEMS)))
+            for i in range(480)]
+    examples = spark.createDataFrame(rows, f"{C.USER_ID} string, {C.HISTORY} array<int>, {C.TARGET} int")
+    users = spark.createDataFrame([(f"u{u}", [1.0, 0.0] if u % 2 == 0 else [0.0, 1.0]) for u in range(40)],
+                                  f"{C.USER_ID} string, {C.USER_VECTOR} array<float>")
+    spec = ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, features=feature_spec(USER_DIM, _tables()))
+    config = TrainConfig(models=[name], num_proc=2, epochs=4, batch_size=16, learning_rate=0.01, embedding_dim=8,
+                         hidden_units=[16], negatives=4, dropout=0.0, seed=3, early_stopping_patience=0)
+    result = train_distributed(spark, with_user_vector(examples, users, USER_DIM), model=name, spec=spec,
+                               train_config=config, model_dir=tmp_path / name,
+                               cache_url=(tmp_path / "petastorm").as_uri())
+    rank0, rank1 = result.rank_results
+    assert rank0.weights is not None and rank1.weights is not None
+    for w0, w1 in zip(rank0.weights, rank1.weights):
+        np.testing.assert_allclose(w0, w1, rtol=0, atol=1e-6)
+    assert result.history[-1] < result.history[0]
+
+    model, meta = load_model(tmp_path / name)
+    assert meta["inputs"] == [C.HISTORY, C.USER_VECTOR] and type(model).__name__ in ("DNNModel", "TowersModel")
+    np.testing.assert_array_equal(model.item_attributes.category_table.numpy(), _tables().category)
+
+    histories = with_user_vector(
+        examples.groupBy(C.USER_ID).agg(F.first(C.HISTORY).alias(C.HISTORY))
+        .withColumn(SEEN_IDX, F.array().cast("array<int>")), users, USER_DIM)
+    vocab = spark.createDataFrame([(f"i{i}", i) for i in range(2, NUM_ITEMS)], f"{C.ITEM_ID} string, {C.ITEM_IDX} int")
+    top1 = (recommend(histories, vocab, str(tmp_path / name), k=1, exclude_seen=False)
+            .select(C.USER_ID, C.ITEM_ID).collect())
+    assert len(top1) == 40
+    hits = [int(r[C.ITEM_ID][1:]) in (A_ITEMS if int(r[C.USER_ID][1:]) % 2 == 0 else B_ITEMS) for r in top1]
+    assert np.mean(hits) > 0.8, hits  # chance: 0.5

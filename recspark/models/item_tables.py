@@ -122,10 +122,25 @@ def feature_spec_from_gold(spark: SparkSession, config: "Config", num_items: int
     from recspark.utils.delta import read_table
 
     gold = lambda table: read_table(spark, config.table_path(C.GOLD, table))  # noqa: E731
-    dims = gold(USER_FEATURES).agg(F.min(F.size(C.USER_VECTOR)).alias("lo"), F.max(F.size(C.USER_VECTOR)).alias("hi")).first()
+    dim = user_vector_dim(gold(USER_FEATURES))
+    return feature_spec(dim, item_tables(gold(ITEM_FEATURES), gold(C.ITEM_VOCAB), num_items, id_min_count))
+
+
+def user_vector_dim(user_features: DataFrame) -> int:
+    """The one length of ``user_vector`` in gold user_features (one aggregate); fails otherwise."""
+    dims = user_features.agg(F.min(F.size(C.USER_VECTOR)).alias("lo"), F.max(F.size(C.USER_VECTOR)).alias("hi")).first()
     if dims["hi"] is None or dims["lo"] != dims["hi"]:
         raise ValueError(f"gold user_features.{C.USER_VECTOR} must have one fixed length, found {dims['lo']}..{dims['hi']}")
-    return feature_spec(int(dims["hi"]), item_tables(gold(ITEM_FEATURES), gold(C.ITEM_VOCAB), num_items, id_min_count))
+    return int(dims["hi"])
+
+
+def with_gold_user_vector(spark: SparkSession, config: "Config", df: DataFrame) -> DataFrame:
+    """``df`` (with user_id) plus ``user_vector`` from the gold user_features of ``config``, for the
+    feature models' inputs (train examples, evaluation queries, serving histories)."""
+    from recspark.utils.delta import read_table
+
+    user_features = read_table(spark, config.table_path(C.GOLD, USER_FEATURES))
+    return with_user_vector(df, user_features, user_vector_dim(user_features))
 
 
 def with_user_vector(df: DataFrame, user_features: DataFrame, user_vector_dim: int) -> DataFrame:
