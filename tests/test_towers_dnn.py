@@ -300,3 +300,19 @@ def test_two_rank_training_from_petastorm_then_spark_scoring(spark, tmp_path, na
     assert len(top1) == 40
     hits = [int(r[C.ITEM_ID][1:]) in (A_ITEMS if int(r[C.USER_ID][1:]) % 2 == 0 else B_ITEMS) for r in top1]
     assert np.mean(hits) > 0.8, hits  # chance: 0.5
+
+
+def test_with_pair_probability_in_spark_matches_predict_pairs(spark, trained_dnn, tmp_path):
+    """The Spark UDF loads the exported model and gives the same probabilities as predict_pairs."""
+    from recspark.models.dnn import PROBABILITY, with_pair_probability
+
+    model_dir = tmp_path / "dnn"
+    model_dir.mkdir()
+    trained_dnn.save(model_dir / "model.keras")
+    (model_dir / "model_meta.json").write_text(json.dumps({"num_items": NUM_ITEMS, "inputs": [C.HISTORY, C.USER_VECTOR]}))
+    inputs, target, _ = _task(30, seed=6)
+    rows = [(i, inputs[C.HISTORY][i].tolist(), inputs[C.USER_VECTOR][i].tolist(), int(target[i])) for i in range(30)]
+    pairs = spark.createDataFrame(rows, f"row int, {C.HISTORY} array<int>, {C.USER_VECTOR} array<float>, {C.ITEM_IDX} int")
+    got = with_pair_probability(pairs, str(model_dir)).orderBy("row").select(PROBABILITY).toPandas()[PROBABILITY]
+    users = pd.DataFrame({C.HISTORY: list(inputs[C.HISTORY]), C.USER_VECTOR: list(inputs[C.USER_VECTOR])})
+    np.testing.assert_allclose(got.to_numpy(), predict_pairs(trained_dnn, users, target), rtol=1e-5, atol=1e-6)
