@@ -215,6 +215,7 @@ class Config:
             "features.interest_top_n": self.features.interest_top_n,
             "features.interest_half_life_days": self.features.interest_half_life_days,
             "features.price_buckets": self.features.price_buckets,
+            "features.gap_buckets": self.features.gap_buckets,
             "train.num_proc": self.train.num_proc,
             "train.epochs": self.train.epochs,
             "train.batch_size": self.train.batch_size,
@@ -269,6 +270,17 @@ class Config:
         for key in ("n_test_sessions", "n_validation_sessions"):
             if getattr(self.features, key) < 0:
                 raise ConfigError(f"features.{key}: must be >= 0")
+        cuts = {}
+        for key in ("validation_start", "test_start"):
+            value = getattr(self.features, key)
+            if value is not None:
+                try:
+                    cuts[key] = dt.datetime.fromisoformat(value)
+                except ValueError as error:
+                    raise ConfigError(f"features.{key}: not an ISO timestamp: {value!r}") from error
+        if len(cuts) == 2 and cuts["validation_start"] > cuts["test_start"]:
+            raise ConfigError(f"features.validation_start: {self.features.validation_start!r} is after "
+                              f"features.test_start {self.features.test_start!r}")
         return self
 
     # Paths derived from the configuration, in one place.

@@ -13,7 +13,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from recspark import constants as C
 from recspark.pipeline.features import fit_item_vocab
-from recspark.pipeline.item_features import build_item_features
+from recspark.pipeline.item_features import build_item_features, fit_category_vocab
 from recspark.pipeline.user_features import build_user_features, filter_train
 
 SPLIT_EVENTS = ("event_id string, user_id string, item_id string, event_type string, event_ts timestamp, "
@@ -58,7 +58,9 @@ def user_rows(inputs) -> dict:
 def item_rows(inputs) -> list[Row]:
     events, items, _ = inputs
     vocab = fit_item_vocab(events.transform(filter_train), min_count=2)  # a=3 -> 2, c=3 -> 3; b, d, e OOV
-    return build_item_features(events, items, vocab, price_buckets=5).collect()  # one job
+    # Training events per category: shoes 6 (a 3, c 3) -> 2; bags 1 (e) and hats 1 (b) -> 3, 4 by name.
+    categories = fit_category_vocab(events.transform(filter_train), items)
+    return build_item_features(events, items, vocab, price_buckets=5, category_vocab=categories).collect()  # one job
 
 
 def test_rfm_demographics_and_type_counts(user_rows: dict) -> None:
@@ -92,18 +94,20 @@ def test_item_features_popularity_conversion_and_buckets(item_rows: list[Row]) -
     # Prices 10..50, 5 buckets: cuts (percentile_approx 0.2, 0.4, 0.6, 0.8) = 10, 20, 30, 40;
     # bucket = cuts strictly below the price. Ages from day 31: a 0,0,0; b 30; c 10, 6, 3; e 20.
     # 7d = age < 7, 30d = age < 30. d has only a test event: no activity, rates null.
-    # item_id, item_idx, category, brand, price, bucket, stock, 7d, 30d, all, views, carts, purchases, v->c, c->p
+    # Category indices: shoes 2, bags 3, hats 4 (d's bags is known from e's training events).
+    # item_id, item_idx, category, category_idx, brand, price, bucket, stock, 7d, 30d, all, views,
+    # carts, purchases, v->c, c->p
     expected = [
-        Row("a", 2, "shoes", "x", 10.0, 0, 5, 3, 3, 3, 1, 1, 1, 1.0, 1.0),
-        Row("b", 1, "hats", "y", 20.0, 1, 0, 0, 0, 1, 1, 0, 0, 0.0, None),
-        Row("c", 3, "shoes", "x", 30.0, 2, 1, 2, 3, 3, 2, 1, 0, 0.5, 0.0),
-        Row("d", 1, "bags", "z", 40.0, 3, 2, 0, 0, 0, 0, 0, 0, None, None),
-        Row("e", 1, "bags", "z", 50.0, 4, 3, 0, 1, 1, 1, 0, 0, 0.0, None),
+        Row("a", 2, "shoes", 2, "x", 10.0, 0, 5, 3, 3, 3, 1, 1, 1, 1.0, 1.0),
+        Row("b", 1, "hats", 4, "y", 20.0, 1, 0, 0, 0, 1, 1, 0, 0, 0.0, None),
+        Row("c", 3, "shoes", 2, "x", 30.0, 2, 1, 2, 3, 3, 2, 1, 0, 0.5, 0.0),
+        Row("d", 1, "bags", 3, "z", 40.0, 3, 2, 0, 0, 0, 0, 0, 0, None, None),
+        Row("e", 1, "bags", 3, "z", 50.0, 4, 3, 0, 1, 1, 1, 0, 0, 0.0, None),
     ]
     assertDataFrameEqual([tuple(r) for r in item_rows], [tuple(r) for r in expected])
     assert item_rows[0].__fields__ == [
-        "item_id", "item_idx", "category", "brand", "price", "price_bucket", "stock", "events_7d", "events_30d",
-        "events_all", "n_views", "n_carts", "n_purchases", "view_to_cart", "cart_to_purchase"]
+        "item_id", "item_idx", "category", "category_idx", "brand", "price", "price_bucket", "stock", "events_7d",
+        "events_30d", "events_all", "n_views", "n_carts", "n_purchases", "view_to_cart", "cart_to_purchase"]
 
 
 def test_no_leakage_of_held_out_events(user_rows: dict, item_rows: list[Row]) -> None:

@@ -1,13 +1,21 @@
-"""Features: silver -> gold. Time-based split, item vocabulary, behaviour sequences, model inputs.
+"""Features: silver -> gold. Train / validation / test split, vocabularies, behaviour sequences,
+model inputs.
 
 Everything is Spark built-ins over arrays (``array_sort``, ``filter``, ``transform``, ``slice``,
-``posexplode``): no Python UDF, no collect.
+``posexplode``): no Python UDF, no collect of data rows (only the one-row split description).
 
-Split: each user's events are grouped in sessions (baskets; for data without sessions, each event
-is its own). The user's last ``n_test_sessions`` go to test, the ``n_validation_sessions`` before
-them to validation, the rest to train. Sessions are ordered by their last timestamp, ties by the
-position in the source file (for MovieLens-1M: the row order of ``ml-1m.inter``). A user with too
-few sessions stays entirely in train.
+Split (``features.split``):
+- "sessions" (default, leave-last-out): each user's events are grouped in sessions (baskets; for
+  data without sessions, each event is its own). The user's last ``n_test_sessions`` go to test,
+  the ``n_validation_sessions`` before them to validation, the rest to train. Sessions are ordered
+  by their last timestamp, ties by the position in the source file (for MovieLens-1M: the row
+  order of ``ml-1m.inter``). A user with too few sessions stays entirely in train.
+- "time" (one global cut): events at or after ``test_start`` are test, at or after
+  ``validation_start`` validation, the rest train; a cut left null is the 80% / 90% approximate
+  quantile of all event times. A user with no event before a period gets no query for it (see
+  ``eval_queries``); users first seen after the training period have no user_features row.
+Either way the gold table ``split_info`` records the method, the cut timestamps, where they came
+from and the events per split, so a run can be audited.
 """
 from __future__ import annotations
 
@@ -23,6 +31,10 @@ from recspark.utils.delta import overwrite_table, read_table, table_exists
 TRAIN = "train"
 SEQUENCES = "sequences"
 SEEN_IDX = "seen_idx"
+SPLIT_INFO = "split_info"
+VALIDATION_START, TEST_START, CUTS_FROM = "validation_start", "test_start", "cuts_from"
+# Without configured cuts, the time split puts the latest 20% of events in validation and test.
+QUANTILE_CUTS = (0.8, 0.9)
 
 
 def with_split(events: DataFrame, n_test: int, n_validation: int) -> DataFrame:
@@ -47,6 +59,54 @@ def with_split(events: DataFrame, n_test: int, n_validation: int) -> DataFrame:
         .select(C.USER_ID, "_unit", C.SPLIT)
     )
     return events.withColumn("_unit", unit).join(ranked, [C.USER_ID, "_unit"]).drop("_unit")
+
+
+def time_cuts(events: DataFrame, validation_start: str | None, test_start: str | None) -> DataFrame:
+    """One row: the ``validation_start`` and ``test_start`` timestamps of the global time split and
+    where they came from. A cut left null in the configuration is the 80% (validation) or 90%
+    (test) approximate quantile of the event times: one small aggregate, kept lazy here. The
+    validation cut never falls after the test cut."""
+    given = lambda text: F.lit(text).cast("timestamp") if text is not None else None
+    if validation_start is not None and test_start is not None:
+        cuts = events.sparkSession.range(1).select(given(validation_start).alias("_v"), given(test_start).alias("_t"))
+    else:
+        quantiles = F.percentile_approx(F.unix_micros(C.EVENT_TS), F.array(*[F.lit(q) for q in QUANTILE_CUTS]))
+        cut = lambda text, k: given(text) if text is not None else F.timestamp_micros(F.col("_q")[k])
+        cuts = events.agg(quantiles.alias("_q")).select(cut(validation_start, 0).alias("_v"),
+                                                         cut(test_start, 1).alias("_t"))
+    origin = {(True, True): "config", (False, False): "quantiles 0.8, 0.9 of event_ts",
+              (True, False): "validation_start from config, test_start quantile 0.9 of event_ts",
+              (False, True): "validation_start quantile 0.8 of event_ts, test_start from config"}
+    return cuts.select(F.least("_v", "_t").alias(VALIDATION_START), F.col("_t").alias(TEST_START),
+                       F.lit(origin[(validation_start is not None, test_start is not None)]).alias(CUTS_FROM))
+
+
+def with_time_split(events: DataFrame, cuts: DataFrame) -> DataFrame:
+    """Adds ``split`` by one global time cut: test from ``test_start``, validation from
+    ``validation_start`` (before test_start), train before; ``cuts`` is the one row of ``time_cuts``."""
+    return (events.crossJoin(F.broadcast(cuts.select(VALIDATION_START, TEST_START)))
+            .withColumn(C.SPLIT, F.when(F.col(C.EVENT_TS) >= F.col(TEST_START), F.lit(C.TEST))
+                        .when(F.col(C.EVENT_TS) >= F.col(VALIDATION_START), F.lit(C.VALIDATION))
+                        .otherwise(F.lit(TRAIN)))
+            .drop(VALIDATION_START, TEST_START))
+
+
+def split_events(events: DataFrame, config: FeaturesConfig) -> tuple[DataFrame, DataFrame]:
+    """The events with ``split`` by ``features.split``, and the one-row description of the split
+    (method, cut timestamps, where they came from, events per split) for the gold table split_info."""
+    if config.split == "time":
+        cuts = time_cuts(events, config.validation_start, config.test_start)
+        split = with_time_split(events, cuts)
+    else:
+        split = with_split(events, config.n_test_sessions, config.n_validation_sessions)
+        cuts = events.sparkSession.range(1).select(
+            F.lit(None).cast("timestamp").alias(VALIDATION_START), F.lit(None).cast("timestamp").alias(TEST_START),
+            F.lit(f"last {config.n_test_sessions} session(s) test, {config.n_validation_sessions} before "
+                  "validation, per user").alias(CUTS_FROM))
+    counts = split.agg(*[F.count(F.when(F.col(C.SPLIT) == name, F.lit(1))).alias(f"{name}_events")
+                         for name in (TRAIN, C.VALIDATION, C.TEST)])
+    info = cuts.crossJoin(counts).select(F.lit(config.split).alias("split_method"), "*")
+    return split, info
 
 
 def fit_item_vocab(train_events: DataFrame, min_count: int) -> DataFrame:
@@ -220,35 +280,52 @@ def serving_histories(sequences: DataFrame, config: FeaturesConfig,
 
 
 def build_features(spark: SparkSession, config: Config) -> dict:
-    """Writes the gold tables: item_vocab, sequences, train_examples, eval_queries, serving_histories,
-    user_features and item_features."""
-    from recspark.pipeline.item_features import ITEM_FEATURES, build_item_features  # they import TRAIN from here
+    """Writes the gold tables: split_info, item_vocab, category_vocab, sequences, user_features,
+    item_features, feature_stats, train_examples, eval_queries and serving_histories."""
+    # They import TRAIN from here.
+    from recspark.pipeline.item_features import ITEM_FEATURES, build_item_features, fit_category_vocab
+    from recspark.pipeline.normalisation import fit_item_stats, fit_user_stats, with_item_vector, with_user_vector
     from recspark.pipeline.user_features import USER_FEATURES, build_user_features
 
+    gold = lambda table: config.table_path(C.GOLD, table)
     events = read_table(spark, config.table_path(C.SILVER, C.EVENTS))
-    split = with_split(events, config.features.n_test_sessions, config.features.n_validation_sessions)
-    split = split.persist()  # read by the vocabulary and by the sequences
-    vocab = fit_item_vocab(split.filter(F.col(C.SPLIT) == TRAIN), config.features.min_item_count)
-    overwrite_table(vocab, config.table_path(C.GOLD, C.ITEM_VOCAB))
-    vocab = read_table(spark, config.table_path(C.GOLD, C.ITEM_VOCAB))
-    overwrite_table(build_sequences(with_item_idx(split, vocab)), config.table_path(C.GOLD, SEQUENCES))
+    split, info = split_events(events, config.features)
+    split = split.persist()  # read by the split's description, the vocabularies, the features and the sequences
+    overwrite_table(info, gold(SPLIT_INFO))
+    cut = read_table(spark, gold(SPLIT_INFO)).first()  # the one row just written
+    print(f"features: split={cut['split_method']} validation_start={cut[VALIDATION_START]} "
+          f"test_start={cut[TEST_START]} ({cut[CUTS_FROM]}); events train/validation/test = "
+          f"{cut['train_events']:,}/{cut['validation_events']:,}/{cut['test_events']:,}")
+    train = split.filter(F.col(C.SPLIT) == TRAIN)
     items = read_table(spark, config.table_path(C.SILVER, C.ITEMS))
+    overwrite_table(fit_item_vocab(train, config.features.min_item_count), gold(C.ITEM_VOCAB))
+    vocab = read_table(spark, gold(C.ITEM_VOCAB))
+    overwrite_table(fit_category_vocab(train, items), gold(C.CATEGORY_VOCAB))
+    category_vocab = read_table(spark, gold(C.CATEGORY_VOCAB))
+    overwrite_table(build_sequences(with_item_idx(split, vocab)), gold(SEQUENCES))
+
     users_path = config.table_path(C.SILVER, C.USERS)
     users = read_table(spark, users_path) if table_exists(spark, users_path) else None
-    entity_features = {
-        USER_FEATURES: build_user_features(split, users, items, config.features.interest_top_n,
-                                           config.features.interest_half_life_days),
-        ITEM_FEATURES: build_item_features(split, items, vocab, config.features.price_buckets),
-    }
-    for table, df in entity_features.items():
-        overwrite_table(df, config.table_path(C.GOLD, table))
+    # One row per user / item, persisted: read by the statistics and by the normalised write.
+    user_features = build_user_features(split, users, items, config.features.interest_top_n,
+                                        config.features.interest_half_life_days).persist()
+    item_features = build_item_features(split, items, vocab, config.features.price_buckets, category_vocab).persist()
+    overwrite_table(fit_user_stats(user_features).unionByName(fit_item_stats(item_features)), gold(C.FEATURE_STATS))
+    stats = read_table(spark, gold(C.FEATURE_STATS))  # applied from the stored table: stored = applied
+    overwrite_table(with_user_vector(user_features, stats), gold(USER_FEATURES))
+    overwrite_table(with_item_vector(item_features, stats), gold(ITEM_FEATURES))
+    user_features.unpersist()
+    item_features.unpersist()
     split.unpersist()
-    sequences = read_table(spark, config.table_path(C.GOLD, SEQUENCES))
+
+    sequences = read_table(spark, gold(SEQUENCES))
+    event_types = config.ingest.event_types
     outputs = {
-        C.TRAIN_EXAMPLES: train_examples(sequences, config.features, config.ingest.event_types),
-        C.EVAL_QUERIES: eval_queries(sequences, config.features, config.ingest.event_types),
-        C.SERVING_HISTORIES: serving_histories(sequences, config.features, config.ingest.event_types),
+        C.TRAIN_EXAMPLES: train_examples(sequences, config.features, event_types),
+        C.EVAL_QUERIES: eval_queries(sequences, config.features, event_types),
+        C.SERVING_HISTORIES: serving_histories(sequences, config.features, event_types),
     }
     for table, df in outputs.items():
-        overwrite_table(df, config.table_path(C.GOLD, table))
-    return {table: config.table_path(C.GOLD, table) for table in (C.ITEM_VOCAB, SEQUENCES, *outputs, *entity_features)}
+        overwrite_table(df, gold(table))
+    return {table: gold(table) for table in (SPLIT_INFO, C.ITEM_VOCAB, C.CATEGORY_VOCAB, SEQUENCES, USER_FEATURES,
+                                             ITEM_FEATURES, C.FEATURE_STATS, *outputs)}

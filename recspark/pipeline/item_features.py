@@ -5,6 +5,9 @@ end of the training period (its latest event), so no validation or test event le
 built-ins only: no Python UDF, no collect, no global sort of events.
 
 - item_idx: from item_vocab; OUT_OF_VOCABULARY (1) for every other item.
+- category_idx: from category_vocab (fitted on the training period: categories of training events,
+  from 2, most frequent first); 1 for a category without training events (out of vocabulary); 0
+  for a missing category ("unknown").
 - price_bucket: 0 .. price_buckets-1, the catalogue price's quantile bucket: the number of cut
   points (percentile_approx of catalogue prices at 1/n, 2/n, ...) strictly below the price; null
   without a price.
@@ -15,7 +18,7 @@ built-ins only: no Python UDF, no collect, no global sort of events.
 """
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from recspark import constants as C
@@ -24,6 +27,29 @@ from recspark.pipeline.user_features import age_days, filter_train, with_trainin
 
 ITEM_FEATURES = "item_features"
 POPULARITY_WINDOWS_DAYS = (7, 30)
+
+
+def fit_category_vocab(train_events: DataFrame, items: DataFrame) -> DataFrame:
+    """category -> contiguous ``category_idx`` (from FIRST_ITEM_IDX = 2, most frequent first, ties
+    by name) for the categories of the training period's events; "unknown" (missing) is left out
+    and maps to PAD_IDX = 0, every other category to OOV_IDX = 1 (see ``with_category_idx``)."""
+    counts = (train_events.join(items.select(C.ITEM_ID, C.CATEGORY), C.ITEM_ID, "left")
+              .filter(F.col(C.CATEGORY).isNotNull() & (F.col(C.CATEGORY) != UNKNOWN))
+              .groupBy(C.CATEGORY).agg(F.count(F.lit(1)).alias(C.TRAIN_COUNT)))
+    # A global order needs one partition: one row per category, small next to events.
+    order = Window.orderBy(F.col(C.TRAIN_COUNT).desc(), F.col(C.CATEGORY))
+    return counts.withColumn(C.CATEGORY_IDX, (F.row_number().over(order) + (C.FIRST_ITEM_IDX - 1)).cast("int"))
+
+
+def with_category_idx(df: DataFrame, category_vocab: DataFrame) -> DataFrame:
+    """Adds ``category_idx``: the vocabulary's index, OOV_IDX for a category outside it, PAD_IDX
+    for a missing one (null or "unknown")."""
+    missing = F.col(C.CATEGORY).isNull() | (F.col(C.CATEGORY) == UNKNOWN)
+    return (df.join(F.broadcast(category_vocab.select(C.CATEGORY, F.col(C.CATEGORY_IDX).alias("_cidx"))),
+                    C.CATEGORY, "left")
+            .withColumn(C.CATEGORY_IDX, F.when(missing, F.lit(C.PAD_IDX))
+                        .otherwise(F.coalesce(F.col("_cidx"), F.lit(C.OOV_IDX))).cast("int"))
+            .drop("_cidx"))
 
 
 def with_price_bucket(items: DataFrame, n_buckets: int) -> DataFrame:
@@ -54,7 +80,8 @@ def item_activity(train: DataFrame) -> DataFrame:
             .agg(*windows, F.count(F.lit(1)).alias("events_all"), *funnel))
 
 
-def build_item_features(split_events: DataFrame, items: DataFrame, vocab: DataFrame, price_buckets: int) -> DataFrame:
+def build_item_features(split_events: DataFrame, items: DataFrame, vocab: DataFrame, price_buckets: int,
+                        category_vocab: DataFrame) -> DataFrame:
     """One row per catalogue item and per item with training events; see the module docstring."""
     activity = split_events.transform(filter_train).transform(item_activity)
     counts = ["events_7d", "events_30d", "events_all", "n_views", "n_carts", "n_purchases"]
@@ -63,9 +90,11 @@ def build_item_features(split_events: DataFrame, items: DataFrame, vocab: DataFr
     return (catalogue.join(activity, C.ITEM_ID, "full")
             .join(F.broadcast(vocab.select(C.ITEM_ID, C.ITEM_IDX)), C.ITEM_ID, "left")
             .fillna(0, subset=counts)
+            .withColumn(C.CATEGORY, F.coalesce(F.col(C.CATEGORY), F.lit(UNKNOWN)))
+            .transform(lambda df: with_category_idx(df, category_vocab))
             .select(C.ITEM_ID,
                     F.coalesce(F.col(C.ITEM_IDX), F.lit(C.OOV_IDX)).cast("int").alias(C.ITEM_IDX),
-                    F.coalesce(F.col(C.CATEGORY), F.lit(UNKNOWN)).alias(C.CATEGORY),
+                    C.CATEGORY, C.CATEGORY_IDX,
                     F.coalesce(F.col(C.BRAND), F.lit(UNKNOWN)).alias(C.BRAND),
                     C.PRICE, "price_bucket", C.STOCK, *counts,
                     _ratio("n_carts", "n_views").alias("view_to_cart"),
