@@ -15,6 +15,10 @@ built-ins only: no Python UDF, no collect, no global sort of events.
   (end - 30 days, end] and ever.
 - n_views, n_carts, n_purchases; view_to_cart = n_carts / n_views, cart_to_purchase =
   n_purchases / n_carts (event counts, so above 1 is possible); null when the denominator is 0.
+- item_vector (added in ``build_features``, see ``recspark.pipeline.normalisation``): array<float>
+  of price, events_7d, events_30d, events_all, view_to_cart, cart_to_purchase, each
+  log1p-standardised with statistics fitted on items with training events, stored in gold
+  ``feature_stats``.
 """
 from __future__ import annotations
 

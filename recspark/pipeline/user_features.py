@@ -11,6 +11,9 @@ training period (its latest event). Spark built-ins only: no Python UDF, no coll
 - interest_tags: the ``top_n`` categories by weight = sum over the user's training events of
   exp(-age_days / half_life_days * ln 2) (an event loses half its weight every half-life), the
   kept weights normalised to sum 1; array<struct<category, weight>>, heaviest first.
+- user_vector (added in ``build_features``, see ``recspark.pipeline.normalisation``): array<float>
+  of recency_days, n_events, n_sessions, monetary, each log1p-standardised with statistics fitted
+  on these training-period rows and stored in gold ``feature_stats``.
 """
 from __future__ import annotations
 
