@@ -109,7 +109,7 @@ class FeaturesConfig:
 @dataclasses.dataclass
 class TrainConfig:
     # The models the train stage trains, in order; evaluate reports every one, score serves the first.
-    models: list = dataclasses.field(default_factory=lambda: ["mean_pool"])
+    models: list = dataclasses.field(default_factory=lambda: ["sasrec"])
     num_proc: int = 2
     epochs: int = 3
     batch_size: int = 256

@@ -135,7 +135,7 @@ def test_sasrec_learns_the_successor_task(softmax: str, sampler: str) -> None:
     test_inputs, test_target = _successor_task(200, seed=8)
     before = _accuracy(model, test_inputs, test_target)
     model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
-    history = model.fit(train_inputs, train_target, epochs=12, batch_size=32, verbose=0)
+    history = model.fit(train_inputs, train_target, epochs=6, batch_size=32, verbose=0)
     after = _accuracy(model, test_inputs, test_target)
     assert before < 0.3, before
     assert after >= 0.8, (after, history.history["loss"])
