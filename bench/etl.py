@@ -151,6 +151,7 @@ def run_one(n_events: int, workdir: Path, result_file: Path) -> None:
     read = {name: spark.read.parquet(str(raw / name)) for name in sources._fields}
     result["events"] = read["events"].count()  # from the Parquet footers
     say(f"generated {result['events']:,} events in {result['generation_s']:.1f} s")
+    result_file.write_text(json.dumps(result))  # partial results, for a run stopped mid-size
     monitor.take()
 
     # 2. Baseline: the same events read and written as Delta, nothing else.
@@ -161,6 +162,8 @@ def run_one(n_events: int, workdir: Path, result_file: Path) -> None:
     result["baseline_jvm_heap_peak_mb"] = heap.peak_mb()
     result["baseline_jvm_rss_peak_mb"] = monitor.take()["jvm"]
     say(f"baseline (Parquet -> Delta) {result['baseline_s']:.1f} s")
+    result["etl_started_epoch"] = time.time()
+    result_file.write_text(json.dumps(result))
 
     # 3. ETL, stage by stage.
     heap.reset_peak()
@@ -176,6 +179,7 @@ def run_one(n_events: int, workdir: Path, result_file: Path) -> None:
         run()
         result["stages_s"][stage] = time.perf_counter() - started
         say(f"{stage} {result['stages_s'][stage]:.1f} s")
+        result_file.write_text(json.dumps(result))
     result["etl_s"] = sum(result["stages_s"].values())
     result["jvm_heap_peak_mb"] = heap.peak_mb()
     peaks = monitor.take()
@@ -189,6 +193,7 @@ def run_one(n_events: int, workdir: Path, result_file: Path) -> None:
             ("gold sequences", C.GOLD, SEQUENCES), ("gold train_examples", C.GOLD, C.TRAIN_EXAMPLES))
     }
     say("rows: " + ", ".join(f"{name} {count:,}" for name, count in result["rows"].items()))
+    result["complete"] = True
     result_file.write_text(json.dumps(result))
     spark.stop()
 
@@ -217,6 +222,9 @@ class Interrupted(Exception):
 
 
 def _interrupt(signum, frame) -> None:
+    # timeout(1) signals this process and then its whole process group: only the first one counts.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise Interrupted(signal.Signals(signum).name)
 
 
@@ -244,6 +252,29 @@ def report(results: list[dict]) -> None:
                   f"(events x{results[-1]['events'] / results[0]['events']:.1f})")
 
 
+def interrupted_finished(results: list[dict], partial: dict, n_events: int) -> None:
+    """Extrapolation and exponent when a size did not finish; the last line says which it is."""
+    etl_so_far = time.time() - partial["etl_started_epoch"] if "etl_started_epoch" in partial else None
+    if results:
+        last = results[-1]
+        events = partial.get("events", n_events)
+        linear = last["etl_s"] * events / last["events"]
+        print(f"extrapolated ETL at {events:,} events: {linear:.0f} s at exponent 1.0 from {last['size']:,}, "
+              f"{last['etl_s'] * (events / last['events']) ** 1.1:.0f} s at 1.1"
+              + (f"; it had run {etl_so_far:.0f} s of ETL (stages done: {partial.get('stages_s', {})})"
+                 if etl_so_far is not None else "; its ETL had not started"))
+        if etl_so_far is not None:
+            # The unfinished size took at least etl_so_far: the slope to it is a lower bound.
+            bound = math.log(etl_so_far / last["etl_s"]) / math.log(events / last["events"])
+            print(f"exponent from {last['size']:,} to {events:,} events >= {bound:.3f} (ETL unfinished)")
+    if len(results) >= 2:
+        print(f"exponent={log_slope(results, lambda r: r['etl_s']):.3f}")
+    elif results and etl_so_far is not None:
+        print(f"exponent>={bound:.3f}")
+    else:
+        print("exponent=nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=DEFAULT_SIZES, help="numbers of events")
@@ -265,6 +296,7 @@ def main() -> None:
     env.setdefault("RECSPARK_PSEUDONYM_KEY", secrets.token_hex(32))
     env.setdefault("TF_USE_LEGACY_KERAS", "1")
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="recspark-bench-") as root:
         for n_events in args.sizes:
@@ -277,21 +309,17 @@ def main() -> None:
                      "--result", str(result_file)], stderr=log, env=env, cwd=REPO)
                 try:
                     code = child.wait()
-                except (Interrupted, KeyboardInterrupt) as signal_name:
+                except Interrupted as signal_name:
                     child.terminate()  # the JVM exits with it (PySpark's gateway watches its stdin)
                     child.wait()
                     elapsed = time.perf_counter() - started
                     print(f"INTERRUPTED ({signal_name}) during size {n_events:,} after {elapsed:.0f} s "
                           f"(generation + baseline + ETL so far)")
+                    partial = json.loads(result_file.read_text()) if result_file.exists() else {}
+                    print(f"  partial results of {n_events:,}: {partial}")
                     report(results)
-                    if results:
-                        # ETL time grows at least linearly, so the finished sizes' ETL speed bounds it.
-                        last = results[-1]
-                        print(f"extrapolated ETL at {n_events:,} with exponent 1.0 from {last['size']:,}: "
-                              f">= {last['etl_s'] * n_events / last['events']:.0f} s")
                     print(load_line("after"))
-                    if len(results) >= 2:
-                        print(f"exponent={log_slope(results, lambda r: r['etl_s']):.3f}  # finished sizes only")
+                    interrupted_finished(results, partial, n_events)
                     sys.exit(1)
             shutil.rmtree(workdir, ignore_errors=True)  # disk use stays bounded by one size
             if code != 0:
