@@ -126,3 +126,172 @@ def test_launcher_falls_back_to_horovod_spark_run_without_sparkdl():
         import sparkdl  # noqa: F401  (Databricks ML runtime only)
     name, run = horovod_launcher()
     assert name == "horovod.spark.run" and callable(run)
+
+
+def test_validation_sample_is_bounded_and_maps_items_to_indices(spark):
+    from recspark import constants as C
+    from recspark.models.lifecycle import collect_validation_set
+    from recspark.scoring import SEEN_IDX
+
+    queries = spark.createDataFrame(
+        [(f"u{i}", C.VALIDATION if i < 5 else C.TEST, [0, 2 + i % 3], ["a", "zz"] if i == 0 else ["b"], [2 + i % 3])
+         for i in range(8)],
+        f"{C.USER_ID} string, {C.SPLIT} string, {C.HISTORY} array<int>, {C.RELEVANT} array<string>, {SEEN_IDX} array<int>")
+    vocab = spark.createDataFrame([("a", 2), ("b", 3), ("c", 4)], f"{C.ITEM_ID} string, {C.ITEM_IDX} int")
+    full = collect_validation_set(queries, vocab, inputs=[C.HISTORY], max_users=100, exclude_seen=True, seed=1)
+    assert len(full) == 5 and full.inputs[C.HISTORY].shape == (5, 2) and full.exclude_seen
+    rows = sorted(zip(full.relevant.tolist(), full.num_relevant.tolist()))
+    # "zz" is not in the vocabulary: -1, never hit, still one of the user's two relevant items.
+    assert rows == [([2, -1], 2)] + [([3, -1], 1)] * 4
+    assert sorted(full.seen[:, 0].tolist()) == sorted([2, 3, 4, 2, 3])
+    sample = collect_validation_set(queries, vocab, inputs=[C.HISTORY], max_users=3, exclude_seen=False, seed=1)
+    assert len(sample) == 3
+    assert collect_validation_set(queries, vocab, inputs=["user_vector"], max_users=3, exclude_seen=False, seed=1) is None
+
+
+# --------------------------------------------------------------------------------------------------
+# Real Horovod runs (2 Spark tasks, Gloo)
+# --------------------------------------------------------------------------------------------------
+
+ROWS = 480
+MAX_SEQ_LEN = 6
+REAL_ITEMS = 10
+# One more item than the data uses: it is never a target, so training pushes its score down.
+NUM_ITEMS = FIRST_ITEM_IDX + REAL_ITEMS + 1
+NEVER_TARGET = NUM_ITEMS - 1
+
+
+def _examples(spark):
+    """Distinct (history, target) rows: mostly one item repeated, the target is the next item."""
+    from recspark.constants import HISTORY, TARGET
+
+    rng = np.random.default_rng(5)
+    rows: set = set()
+    while len(rows) < ROWS:
+        item = int(rng.integers(REAL_ITEMS))
+        length = int(rng.integers(2, MAX_SEQ_LEN + 1))
+        items = [int(rng.integers(REAL_ITEMS)) if rng.random() < 0.3 else item for _ in range(length)]
+        history = [PAD_IDX] * (MAX_SEQ_LEN - length) + [i + FIRST_ITEM_IDX for i in items]
+        rows.add((tuple(history), (item + 1) % REAL_ITEMS + FIRST_ITEM_IDX))
+    return spark.createDataFrame([(list(h), t) for h, t in sorted(rows)], f"{HISTORY} array<int>, {TARGET} int")
+
+
+def _train(spark, tmp_path, config, **kwargs):
+    from recspark.models import ModelSpec
+    from recspark.models.training import train_distributed
+
+    return train_distributed(
+        spark, _examples(spark), model="mean_pool", spec=ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN),
+        train_config=config, model_dir=kwargs.pop("model_dir", tmp_path / "model"),
+        cache_url=(tmp_path / "petastorm").as_uri(), **kwargs)
+
+
+def _assert_ranks_agree(result):
+    assert result.ranks_agree
+    for w0, w1 in zip(result.rank_results[0].weights, result.rank_results[1].weights):
+        np.testing.assert_array_equal(w0, w1)
+
+
+def test_killed_rank_is_named_and_the_next_run_resumes(spark, tmp_path, monkeypatch):
+    import json
+
+    from recspark.models.lifecycle import FAULT_ENV, STATE_DIR, RankFailedError, read_state_arrays
+    from recspark.models.training import META_FILE, MODEL_FILE
+
+    config = TrainConfig(num_proc=2, epochs=4, batch_size=32, learning_rate=0.01, embedding_dim=8, seed=11,
+                         early_stopping_patience=0)
+    monkeypatch.setenv(FAULT_ENV, "1:2")  # rank 1 SIGKILLs itself when epoch 2 (0-based) begins
+    with pytest.raises(RankFailedError) as failed:
+        _train(spark, tmp_path, config)
+    assert failed.value.rank == 1 and "Horovod rank 1 failed" in str(failed.value), str(failed.value)
+    assert failed.value.exit_code in (-9, 137)  # SIGKILL, as the launcher reports it
+    model_dir = tmp_path / "model"
+    states = sorted(p.name for p in (model_dir / STATE_DIR).iterdir())
+    assert "epoch-002.npz" in states and "epoch-003.npz" not in states, states
+    assert not (model_dir / MODEL_FILE).exists()  # the killed run exported nothing
+    checkpoint_weights = read_state_arrays(model_dir / STATE_DIR / "epoch-002.npz")[0]
+
+    monkeypatch.delenv(FAULT_ENV)
+    result = _train(spark, tmp_path, config)
+    assert result.initial_epoch == 2
+    assert [r.initial_epoch for r in result.rank_results] == [2, 2]
+    assert [r.epochs_run for r in result.rank_results] == [2, 2]  # epochs 3 and 4 only
+    assert len(result.history) == 4 and all(np.isfinite(result.history))
+    _assert_ranks_agree(result)
+    # It continued from the checkpoint's weights (it did not start over), and trained on.
+    assert any(not np.array_equal(a, b) for a, b in zip(checkpoint_weights, result.rank_results[0].weights))
+    meta = json.loads((model_dir / META_FILE).read_text())
+    assert meta["resumed_from_epoch"] == 2 and meta["epochs_trained"] == 4 and meta["loss_history"] == result.history
+    assert result.history[-1] < result.history[0]
+
+
+def test_early_stopping_stops_every_rank_at_the_same_epoch_and_exports_the_best(spark, tmp_path):
+    import json
+
+    from recspark.constants import HISTORY
+    from recspark.models import ModelSpec, build_model
+    from recspark.models.lifecycle import ValidationSet, ndcg_at_10
+    from recspark.models.training import CHECKPOINTS_DIR, META_FILE, load_model
+
+    rng = np.random.default_rng(9)
+    histories = rng.integers(FIRST_ITEM_IDX, NEVER_TARGET, size=(40, MAX_SEQ_LEN)).astype(np.int32)
+    # Every query's held-out item is the one training never targets: its NDCG@10 can only fall
+    # (slowly, at this small learning rate, so that several epochs differ).
+    validation = ValidationSet(inputs={HISTORY: histories}, relevant=np.full((40, 1), NEVER_TARGET, np.int32),
+                               num_relevant=np.ones(40, np.int32))
+    config = TrainConfig(num_proc=2, epochs=8, batch_size=32, learning_rate=0.001, embedding_dim=8, seed=11,
+                         early_stopping_patience=2, validation_users=40)
+    result = _train(spark, tmp_path, config, validation=validation)
+
+    history, best = result.val_ndcg_history, result.best_epoch
+    assert len(history) < config.epochs, f"never stopped: {history}"
+    assert best == int(np.argmax(history)) + 1 and len(history) == best + config.early_stopping_patience
+    assert history[-1] < history[best - 1]
+    for rank in result.rank_results:
+        assert (rank.val_ndcg_history, rank.best_epoch) == (history, best)
+        assert len(rank.loss_history) == len(history)  # every rank stopped after the same epoch
+    _assert_ranks_agree(result)
+
+    model_dir = tmp_path / "model"
+    meta = json.loads((model_dir / META_FILE).read_text())
+    assert meta["val_ndcg_history"] == history and meta["best_epoch"] == best
+    exported, _ = load_model(model_dir)
+
+    def epoch_weights(epoch):
+        model = build_model("mean_pool", ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN), config)
+        model.load_weights(str(model_dir / CHECKPOINTS_DIR / f"epoch-{epoch:03d}.weights.h5"))
+        return model.get_weights()
+
+    for got, want in zip(exported.get_weights(), epoch_weights(best)):
+        np.testing.assert_array_equal(got, want)
+    assert any(not np.array_equal(a, b) for a, b in zip(exported.get_weights(), epoch_weights(len(history))))
+    assert ndcg_at_10(exported, validation) == pytest.approx(history[best - 1], abs=1e-9)
+
+
+def test_two_ranks_with_batch_b_match_one_rank_with_batch_2b(spark, tmp_path):
+    """Full-batch SGD: 2 ranks x 240 rows (gradients averaged) against 1 rank x 480 rows.
+
+    The global batch is the same, so the step must be too: ``learning_rate`` is per rank-batch and
+    scaled by the number of ranks (linear scaling rule), hence 1 rank gets twice the base rate.
+    Each rank's shard is one Parquet row group of 240 rows, read unshuffled, so every batch is the
+    whole shard and the two setups compute the same mean gradient; mean_pool has no dropout. What
+    remains is float32 summation order (one 480-row reduction against two 240-row ones and an
+    allreduce): about 1e-7 relative per step, so after 4 steps 1e-5 absolute is ample, while the
+    weights themselves move by orders of magnitude more.
+    """
+    base = dict(epochs=4, embedding_dim=8, seed=11, early_stopping_patience=0, resume=False)
+    two = _train(spark, tmp_path, TrainConfig(num_proc=2, batch_size=ROWS // 2, learning_rate=0.5, **base),
+                 model_dir=tmp_path / "two", shuffle=False, optimizer="sgd")
+    one = _train(spark, tmp_path, TrainConfig(num_proc=1, batch_size=ROWS, learning_rate=1.0, **base),
+                 model_dir=tmp_path / "one", shuffle=False, optimizer="sgd")
+    assert [r.steps_per_epoch for r in two.rank_results] == [1, 1] and one.rank_results[0].steps_per_epoch == 1
+    _assert_ranks_agree(two)
+    from recspark.models import ModelSpec, build_model
+
+    initial = build_model("mean_pool", ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN),
+                          TrainConfig(embedding_dim=8, seed=11)).get_weights()
+    moved = max(float(np.abs(w - i).max()) for w, i in zip(one.rank_results[0].weights, initial))
+    assert moved > 1e-2, moved
+    for w1, w2 in zip(one.rank_results[0].weights, two.rank_results[0].weights):
+        np.testing.assert_allclose(w1, w2, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(one.history, two.history, rtol=1e-5)

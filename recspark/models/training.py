@@ -9,7 +9,16 @@ weights are broadcast after the first batch. Rank 0 alone writes, under ``model_
   ``tf.keras.models.load_model`` once ``recspark.models`` is imported; no Horovod);
 - ``model_meta.json``: what the scorer needs to use it (``inputs``: the gold columns it reads;
   ``spec``: the ModelSpec that rebuilds it), and how it was trained;
-- ``checkpoints/epoch-NNN.weights.h5``: weights after every epoch (load into ``build_model``).
+- ``checkpoints/epoch-NNN.weights.h5``: weights after every epoch (load into ``build_model``);
+- ``state/epoch-NNN.npz``: the last epochs' resumable state (weights, optimizer, history and the
+  run's fingerprint), see :mod:`recspark.models.lifecycle`; ``previous/``: the export before this
+  run's, kept for a warm start.
+
+A run killed in the middle fails with :class:`~recspark.models.lifecycle.RankFailedError` naming
+the rank; with ``train.resume`` the next run of the same model, configuration and data continues
+after the last checkpoint. With a validation sample, NDCG@10 is computed at every epoch end,
+training stops after ``early_stopping_patience`` epochs without improvement (every rank at the
+same epoch) and the best epoch's weights are exported.
 
 Every rank returns a :class:`RankResult` (weight digests, and the weights themselves for small
 models), and the driver fails loudly if the ranks' final weights differ: that is what happens when
@@ -34,6 +43,7 @@ from pyspark.sql import DataFrame, SparkSession
 from recspark.config import TrainConfig
 from recspark.constants import TARGET
 from recspark.feed import make_converter, training_batches
+from recspark.models import lifecycle
 from recspark.models import ModelSpec, build_model, model_inputs, require_legacy_keras
 
 if TYPE_CHECKING:
@@ -71,6 +81,10 @@ class RankResult:
     legacy_keras_env: Optional[str]  # TF_USE_LEGACY_KERAS as that process saw it
     steps_per_epoch: int
     seconds: float
+    initial_epoch: int = 0  # 0-based epoch this run started at (> 0: resumed from a checkpoint)
+    epochs_run: int = 0  # epochs trained by this run
+    val_ndcg_history: list[float] = dataclasses.field(default_factory=list)  # every epoch so far
+    best_epoch: Optional[int] = None  # 1-based; its weights are the final (exported) ones
 
 
 @dataclasses.dataclass
@@ -78,9 +92,14 @@ class TrainResult:
     """Outcome of :func:`train_distributed`; ``rank_results`` is indexed by rank."""
 
     model_dir: str
-    history: list[float]  # per-epoch training loss, averaged over ranks
+    history: list[float]  # per-epoch training loss, averaged over ranks (earlier runs' epochs included)
     seconds: float
     rank_results: list[RankResult]
+    fingerprint: str = ""
+    initial_epoch: int = 0
+    val_ndcg_history: list[float] = dataclasses.field(default_factory=list)
+    best_epoch: Optional[int] = None
+    launcher: str = ""
 
     @property
     def ranks_agree(self) -> bool:
@@ -127,7 +146,9 @@ def _progress_callback(epochs: int) -> "tf.keras.callbacks.Callback":
 
         def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
             loss = (logs or {}).get("loss", float("nan"))
-            print(f"epoch {epoch + 1}/{epochs} loss={loss:.4f} seconds={time.time() - self.started:.1f}", flush=True)
+            ndcg = (logs or {}).get(lifecycle.VAL_METRIC)  # set by the early-stopping callback, placed before
+            shown = "" if ndcg is None else f" val_ndcg@10={ndcg:.4f}"
+            print(f"epoch {epoch + 1}/{epochs} loss={loss:.4f}{shown} seconds={time.time() - self.started:.1f}", flush=True)
 
     return Progress()
 
@@ -155,6 +176,13 @@ def _train_fn(
     spec: ModelSpec,
     train_config: TrainConfig,
     model_dir: str,
+    fingerprint: str = "",
+    resume_state: Optional[lifecycle.RunState] = None,
+    validation: Optional[lifecycle.ValidationSet] = None,
+    warm_start_dir: Optional[str] = None,
+    warm_start_num_items: Optional[int] = None,
+    shuffle: bool = True,
+    optimizer_name: str = "adam",
 ) -> RankResult:
     """Runs in every Horovod process (one per Spark task); rank 0 alone writes to ``model_dir``."""
     require_legacy_keras()  # before anything builds an optimizer
@@ -173,8 +201,18 @@ def _train_fn(
 
     # Linear scaling rule: the global batch is size times larger, so is the step. No `loss=`: the
     # model states its own (Recommender.compute_training_loss).
-    optimizer = hvd.DistributedOptimizer(tf.keras.optimizers.Adam(learning_rate=train_config.learning_rate * size))
+    optimizers = {"adam": tf.keras.optimizers.Adam, "sgd": tf.keras.optimizers.SGD}
+    optimizer = hvd.DistributedOptimizer(optimizers[optimizer_name](learning_rate=train_config.learning_rate * size))
     model.compile(optimizer=optimizer)
+    # The optimizer's variables exist from here on (not only after the first step), so a checkpoint
+    # can be restored into them and rank 0's values broadcast before training starts.
+    optimizer.build(model.trainable_variables)
+    state = (dataclasses.replace(resume_state, loss_history=list(resume_state.loss_history),
+                                 val_ndcg_history=list(resume_state.val_ndcg_history))
+             if resume_state is not None else lifecycle.RunState(epoch=0, fingerprint=fingerprint))
+    best_restored = lifecycle.restore_run(model, optimizer, rank=rank, state=resume_state,
+                                          warm_start_dir=warm_start_dir, old_num_items=warm_start_num_items)
+    initial_epoch = state.epoch
 
     callbacks: list = [
         hvd.callbacks.BroadcastGlobalVariablesCallback(0),
@@ -182,21 +220,44 @@ def _train_fn(
         hvd.callbacks.MetricAverageCallback(),
     ]
     out = Path(model_dir)
+    early_stopping = None
+    if validation is not None:
+        import horovod.tensorflow as hvd_tf
+
+        def broadcast(value: float) -> float:
+            return float(hvd_tf.broadcast(tf.constant(value, tf.float64), root_rank=0, name="val_ndcg").numpy())
+
+        early_stopping = lifecycle.early_stopping_callback(
+            validation, train_config.early_stopping_patience, state, rank=rank, broadcast=broadcast)
+        early_stopping.best_weights = best_restored
+        callbacks.append(early_stopping)
     if rank == 0:
         callbacks.append(_progress_callback(train_config.epochs))
         callbacks.append(tf.keras.callbacks.ModelCheckpoint(
             str(out / CHECKPOINTS_DIR / "epoch-{epoch:03d}.weights.h5"), save_weights_only=True))
+    callbacks.append(lifecycle.checkpoint_callback(str(out), state, rank=rank, early_stopping=early_stopping))
+    fault = lifecycle.fault_callback(str(out), rank)
+    if fault is not None:
+        callbacks.append(fault)
+    # A resumed run whose early stopping had already fired has nothing left to train.
+    stopped = (validation is not None and train_config.early_stopping_patience > 0
+               and state.wait >= train_config.early_stopping_patience)
+    epochs = initial_epoch if stopped else max(train_config.epochs, initial_epoch)
 
     steps = _steps_per_epoch(num_rows, train_config.batch_size, size)
     started = time.time()
     with training_batches(
         converter, rank=rank, size=size, batch_size=train_config.batch_size, max_seq_len=spec.max_seq_len,
-        inputs=model.INPUTS, shuffling_queue_capacity=SHUFFLE_CAPACITY, workers_count=READER_WORKERS, seed=train_config.seed + rank,
+        inputs=model.INPUTS, shuffling_queue_capacity=SHUFFLE_CAPACITY if shuffle else 0,
+        workers_count=READER_WORKERS, seed=train_config.seed + rank,
     ) as batches:
-        fitted = model.fit(batches, epochs=train_config.epochs, steps_per_epoch=steps,
-                           callbacks=callbacks, verbose=0)
+        model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                  callbacks=callbacks, verbose=0)
     seconds = time.time() - started
-    loss_history = [float(x) for x in fitted.history["loss"]]
+    loss_history = list(state.loss_history)  # this run's epochs after the resumed ones
+    if early_stopping is not None and state.best_epoch is not None and state.best_epoch != state.epoch:
+        # Export the best epoch, not the last: every rank holds the same copy, so ranks still agree.
+        model.set_weights(early_stopping.best_weights)
 
     if rank == 0:
         meta = {
@@ -217,6 +278,13 @@ def _train_fn(
             "steps_per_epoch": steps,
             "num_rows": num_rows,
             "seed": train_config.seed,
+            "optimizer": optimizer_name,
+            "fingerprint": fingerprint,
+            "resumed_from_epoch": initial_epoch,
+            "epochs_trained": state.epoch,
+            "val_ndcg_history": list(state.val_ndcg_history),
+            "best_epoch": state.best_epoch,
+            "warm_start_from": warm_start_dir,
         }
         _export(model, out, meta, model_name, spec, train_config)
 
@@ -232,6 +300,10 @@ def _train_fn(
         legacy_keras_env=os.environ.get("TF_USE_LEGACY_KERAS"),
         steps_per_epoch=steps,
         seconds=seconds,
+        initial_epoch=initial_epoch,
+        epochs_run=state.epoch - initial_epoch,
+        val_ndcg_history=list(state.val_ndcg_history),
+        best_epoch=state.best_epoch,
     )
 
 
@@ -247,12 +319,27 @@ def _worker_env() -> dict[str, str]:
         "TF_USE_LEGACY_KERAS": "1",
         "PYTHONUNBUFFERED": "1",  # progress lines arrive as they happen, not at exit
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1"),
+        # Tests only: a rank that kills itself (lifecycle.fault_callback); absent otherwise.
+        **({lifecycle.FAULT_ENV: os.environ[lifecycle.FAULT_ENV]} if os.environ.get(lifecycle.FAULT_ENV) else {}),
     }
 
 
-def _prepare_model_dir(model_dir: Path) -> None:
-    """Creates model_dir and removes a previous run's outputs, so no stale epoch survives a shorter run."""
-    shutil.rmtree(model_dir / CHECKPOINTS_DIR, ignore_errors=True)
+def _prepare_model_dir(model_dir: Path, *, resuming: bool = False, keep_previous: bool = False) -> None:
+    """Creates model_dir and removes a previous run's outputs, so no stale epoch survives a shorter run.
+
+    ``resuming``: the epoch checkpoints and states of the run being resumed stay. ``keep_previous``:
+    the last export moves to ``previous/`` (the warm start reads it) instead of being deleted.
+    """
+    if keep_previous and (model_dir / MODEL_FILE).is_file():
+        previous = model_dir / lifecycle.PREVIOUS_DIR
+        shutil.rmtree(previous, ignore_errors=True)
+        previous.mkdir(parents=True)
+        for name in (MODEL_FILE, META_FILE):
+            if (model_dir / name).is_file():
+                os.replace(model_dir / name, previous / name)
+    if not resuming:
+        shutil.rmtree(model_dir / CHECKPOINTS_DIR, ignore_errors=True)
+        shutil.rmtree(model_dir / lifecycle.STATE_DIR, ignore_errors=True)
     for name in (MODEL_FILE, META_FILE):
         (model_dir / name).unlink(missing_ok=True)
     (model_dir / CHECKPOINTS_DIR).mkdir(parents=True, exist_ok=True)
@@ -267,15 +354,25 @@ def train_distributed(
     train_config: TrainConfig,
     model_dir: str | Path,
     cache_url: str,
+    validation: Optional[lifecycle.ValidationSet] = None,
+    data_versions: Optional[dict] = None,
+    shuffle: bool = True,
+    optimizer: str = "adam",
 ) -> TrainResult:
     """Trains ``model`` on ``train_df`` (the model's input columns and target) with ``num_proc``
     Horovod processes; ``spec`` holds the data's sizes (:func:`recspark.models.model_spec`).
 
+    ``validation``: the bounded validation sample for NDCG@10 and early stopping (None: off).
+    ``data_versions``: the Delta versions of the tables read, part of the run's fingerprint (a
+    checkpoint resumes only the same model, configuration and data). ``shuffle=False`` and
+    ``optimizer="sgd"`` exist for the equivalence tests (a deterministic order, a plain step).
+    Raises :class:`~recspark.models.lifecycle.RankFailedError` naming the rank when a Horovod process dies.
+
     ``model_dir`` must be visible to rank 0's process (local mode: any local path; a cluster: shared
     storage such as /dbfs). Raises RuntimeError if the ranks end with different weights.
     """
-    import horovod.spark
-
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     num_proc = train_config.num_proc
     slots = _task_slots(spark)
     master = spark.sparkContext.master
@@ -291,30 +388,55 @@ def train_distributed(
                     os.environ.get("TF_USE_LEGACY_KERAS"))
 
     out = Path(model_dir).resolve()
-    _prepare_model_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
     # Only the columns the model reads travel through Petastorm.
     converter = make_converter(spark, train_df.select(*model_inputs(model), TARGET), cache_url, num_files=num_proc)
     try:
         num_rows = len(converter)  # counted once, by Petastorm, on the materialised data
         if num_rows < num_proc:
             raise ValueError(f"{num_rows} training rows cannot feed {num_proc} Horovod processes")
+        fingerprint = lifecycle.fingerprint(
+            model, spec.to_dict(), dataclasses.asdict(train_config),
+            {**(data_versions or {}), "num_rows": num_rows, "shuffle": shuffle, "optimizer": optimizer,
+             "validation": lifecycle.validation_digest(validation)})
+        resume_state = lifecycle.find_resumable_state(out, fingerprint) if train_config.resume else None
+        if resume_state is not None:
+            log.info("resuming %s after epoch %d from %s", model, resume_state.epoch, resume_state.path)
+        warm_start_dir, warm_start_items = None, None
+        if train_config.warm_start and resume_state is None:
+            _prepare_model_dir(out, keep_previous=True)
+            previous = out / lifecycle.PREVIOUS_DIR
+            if (previous / MODEL_FILE).is_file():
+                warm_start_dir = str(previous)
+                warm_start_items = json.loads((previous / META_FILE).read_text())["num_items"]
+            else:
+                log.warning("train.warm_start: no previous export in %s, %s starts from scratch", out, model)
+        else:
+            _prepare_model_dir(out, resuming=resume_state is not None)
+        launcher, run = lifecycle.horovod_launcher()
         started = time.time()
-        results: list[RankResult] = horovod.spark.run(
-            _train_fn,
-            args=(converter,),
-            kwargs=dict(model_name=model, num_rows=num_rows, spec=spec, train_config=train_config,
-                        model_dir=str(out)),
-            num_proc=num_proc,
-            env=_worker_env(),
-            stdout=sys.stdout,
-            stderr=sys.stderr,
-            verbose=1,
-        )
+        try:
+            results: list[RankResult] = run(
+                _train_fn,
+                dict(converter=converter, model_name=model, num_rows=num_rows, spec=spec, train_config=train_config,
+                     model_dir=str(out), fingerprint=fingerprint, resume_state=resume_state, validation=validation,
+                     warm_start_dir=warm_start_dir, warm_start_num_items=warm_start_items, shuffle=shuffle,
+                     optimizer_name=optimizer),
+                num_proc,
+                _worker_env(),
+            )
+        except Exception as error:
+            if "exited with non-zero status" in str(error):
+                raise lifecycle.rank_failure(error) from error
+            raise
         seconds = time.time() - started
     finally:
         converter.delete()
 
-    result = TrainResult(model_dir=str(out), history=results[0].loss_history, seconds=seconds, rank_results=results)
+    first = results[0]
+    result = TrainResult(model_dir=str(out), history=first.loss_history, seconds=seconds, rank_results=results,
+                         fingerprint=fingerprint, initial_epoch=first.initial_epoch,
+                         val_ndcg_history=first.val_ndcg_history, best_epoch=first.best_epoch, launcher=launcher)
     if not result.ranks_agree:
         raise RuntimeError(
             "Horovod ranks ended with different weights: gradients were not averaged "
