@@ -89,18 +89,25 @@ def test_every_user_gets_k_recommendations_with_their_own_id(spark: SparkSession
 
 def test_metrics_report_has_model_and_baseline(config: Config, ran: dict) -> None:
     report = json.loads((config.reports_dir / "metrics.json").read_text())
-    assert set(report["models"]) == {"mean_pool", "most_popular", "als"}
+    assert set(report["models"]) == {"mean_pool", "most_popular", "most_popular_recent", "item_cooccurrence", "als"}
+    assert report["sampled_negatives"] is None and report["protocol"].startswith("full ranking")
+    tuning = report["als_tuning"]
+    assert len(tuning["grid"]) == len(config.evaluate.als_ranks) * len(config.evaluate.als_reg_params)
+    best = max(tuning["grid"], key=lambda point: point["validation"]["ndcg_at_k"])
+    assert tuning["chosen"] == {"rank": best["rank"], "reg_param": best["reg_param"]}
     assert report["users"] == USERS
     for metrics in report["models"].values():
         assert 0.0 <= metrics["ndcg_at_k"] <= 1.0 and 0.0 <= metrics["hit_rate_at_k"] <= 1.0
     run_dir = config.reports_dir / report[C.RUN_ID]
-    for artefact in ("metrics.png", "metrics_by_k.png", "report.md"):
+    for artefact in ("metrics.png", "metrics_by_k.png", "accuracy_coverage.png", "training_curves.png", "report.md"):
         assert (run_dir / artefact).stat().st_size > 0
     assert "| mean_pool |" in (run_dir / "report.md").read_text()
     for model in report["models"]:
         hits = [report["at_k"][k][model]["hit_rate_at_k"] for k in ("3", "5", "10", "20")]
         assert hits == sorted(hits), "hit rate cannot fall as K grows"
         assert 0.0 < report["beyond_accuracy"][model]["catalogue_coverage"] <= 1.0
+        assert report["beyond_accuracy"][model]["novelty"] > 0.0
+        assert 0.0 <= report["beyond_accuracy"][model]["intra_list_diversity"] <= 1.0
 
 
 def test_metrics_can_be_recomputed_from_the_predictions_table(spark: SparkSession, config: Config, ran: dict) -> None:
@@ -160,3 +167,30 @@ def test_no_raw_user_id_after_bronze(spark: SparkSession, config: Config, ran: d
     for artefact in Path(config.paths.checkpoints).rglob("*"):
         if artefact.is_file():
             assert not any(raw.encode() in artefact.read_bytes() for raw in raw_ids), f"raw user id in {artefact}"
+
+
+def test_sampled_protocol_and_cross_validation_are_labelled(spark: SparkSession, config: Config, ran: dict,
+                                                             tmp_path: Path) -> None:
+    """The options, on the same trained run: sampled negatives are labelled as such everywhere and
+    cross-validation reports mean and std per grid point (a separate reports directory)."""
+    import copy
+
+    from recspark.evaluation.evaluate import evaluate
+
+    options = copy.deepcopy(config)
+    options.paths.reports = str(tmp_path / "reports")
+    options.evaluate.sampled_negatives = 5
+    options.evaluate.cross_validate = True
+    options.evaluate.cv_folds = 2
+    options.evaluate.als_ranks, options.evaluate.als_reg_params = [4], [0.01, 0.1]
+    report = evaluate(spark, options.validate())
+    assert report["sampled_negatives"] == 5 and report["protocol"].startswith("SAMPLED")
+    assert set(report["models"]) == {"mean_pool", "most_popular", "most_popular_recent", "item_cooccurrence", "als"}
+    for metrics in report["models"].values():
+        assert set(metrics) == {"hit_rate_at_k", "ndcg_at_k", "mrr_at_k"} and 0.0 <= metrics["hit_rate_at_k"] <= 1.0
+    text = (options.reports_dir / report[C.RUN_ID] / "report.md").read_text()
+    assert text.count("SAMPLED") >= 2
+    cv = report["als_tuning"]["cross_validation"]
+    assert report["als_tuning"]["chosen_by"] == "cross_validation" and len(cv["grid"]) == 2
+    assert all(len(point["per_fold"]) == 2 and "ndcg_at_k" in point["std"] for point in cv["grid"])
+    assert "Cross-validation (" in text

@@ -1,13 +1,21 @@
-"""Evaluation: the model and the baselines on the same held-out test split, in the same run.
+"""Evaluation: every model and baseline on the same held-out test split, in the same run.
 
-Protocol: full ranking over every item of the vocabulary (no sampled negatives); with
+Protocol: full ranking over every item of the vocabulary by default; with
 ``evaluate.exclude_seen`` the items the user interacted with before the test period are removed
-from every model's ranking alike. Every model's top-K lists are kept in the Delta table
-``evaluation/predictions`` keyed by the original user id, so anyone can recompute the metrics.
+from every model's ranking alike. ``evaluate.sampled_negatives = n`` switches the metrics to the
+sampled protocol of :mod:`recspark.evaluation.sampled`, labelled SAMPLED in every output. Every
+model's top-K lists are kept in the Delta table ``evaluation/predictions`` keyed by the original
+user id, so anyone can recompute the (full-ranking) metrics.
+
+Baselines: most popular (all time, and over the last ``recent_days`` of training), item-item
+co-occurrence, and ALS with rank and regularisation chosen on the validation split (or by
+cross-validation with ``evaluate.cross_validate``), then refitted on train + validation.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+import time
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
@@ -15,9 +23,14 @@ from pyspark.sql import functions as F
 
 from recspark import constants as C
 from recspark.config import Config
-from recspark.evaluation.baselines import als, most_popular
+from recspark.evaluation import sampled as S
+from recspark.evaluation.baselines import (
+    als_top_k, cooccurrence_scores, fit_als, item_cooccurrence, most_popular, recent_popular, recent_popularity,
+    train_interactions,
+)
 from recspark.evaluation.beyond import beyond_accuracy
 from recspark.evaluation.ranking import ranking_metrics_at_ks
+from recspark.evaluation.tuning import cross_validate_als, tune_als_on_validation
 from recspark.pipeline.features import SEQUENCES
 from recspark.pipeline.item_features import ITEM_FEATURES
 from recspark.pipeline.prepare import IDENTITY_MAP, RAW_USER_ID
@@ -28,7 +41,10 @@ from recspark.utils.jobs import write_json
 KEPT_K = 20  # predictions kept for audit: at least the top 20 of every model
 REPORT_KS = (5, 10, 20)
 POPULAR = "most_popular"
+RECENT_POPULAR = "most_popular_recent"
+COOCCURRENCE = "item_cooccurrence"
 ALS_NAME = "als"
+BASELINES = (POPULAR, RECENT_POPULAR, COOCCURRENCE, ALS_NAME)
 
 
 def model_run(config: Config, model: str) -> dict:
@@ -53,25 +69,54 @@ def item_categories(spark: SparkSession, config: Config) -> DataFrame | None:
     return None
 
 
+def choose_als(sequences: DataFrame, vocab: DataFrame, eval_queries: DataFrame, config: Config) -> dict:
+    """ALS rank and reg_param: best validation NDCG@k over the grids, or, with
+    ``evaluate.cross_validate``, best mean NDCG@k over ``cv_folds`` folds (also reported per grid point)."""
+    ev = config.evaluate
+    params = dict(ranks=ev.als_ranks, reg_params=ev.als_reg_params, max_iter=ev.als_max_iter, alpha=ev.als_alpha,
+                  seed=config.train.seed)
+    validation = eval_queries.filter(F.col(C.SPLIT) == C.VALIDATION)
+    tuning = tune_als_on_validation(sequences, vocab, validation, ev.k, ev.exclude_seen, **params)
+    tuning["cross_validation"] = None
+    if ev.cross_validate:
+        cv = cross_validate_als(sequences, vocab, eval_queries, ev.k, ev.exclude_seen, scheme=ev.cv_scheme,
+                                folds=ev.cv_folds, **params)
+        tuning["cross_validation"] = cv
+        tuning["chosen"] = cv["chosen"]
+        tuning["chosen_by"] = "cross_validation"
+    else:
+        tuning["chosen_by"] = "validation"
+    tuning["refit"] = "chosen parameters refitted on train + validation, scored on test"
+    return tuning
+
+
 def evaluate(spark: SparkSession, config: Config) -> dict:
+    started = time.perf_counter()
     runs = {model: model_run(config, model) for model in config.train.models}
     run = runs[config.train.models[0]]  # models trained by one train stage share its run id
-    k = config.evaluate.k
+    ev = config.evaluate
+    k = ev.k
     kept = max(KEPT_K, k)
-    queries = read_table(spark, config.table_path(C.GOLD, C.EVAL_QUERIES)).filter(F.col(C.SPLIT) == C.TEST)
+    eval_queries = read_table(spark, config.table_path(C.GOLD, C.EVAL_QUERIES))
+    queries = eval_queries.filter(F.col(C.SPLIT) == C.TEST)
     vocab = read_table(spark, config.table_path(C.GOLD, C.ITEM_VOCAB))
+    sequences = read_table(spark, config.table_path(C.GOLD, SEQUENCES))
+
+    als_tuning = choose_als(sequences, vocab, eval_queries, config)
+    chosen = als_tuning["chosen"]
+    als_model, als_users = fit_als(train_interactions(sequences, ("train", C.VALIDATION)), rank=chosen["rank"],
+                                   reg_param=chosen["reg_param"], max_iter=ev.als_max_iter, alpha=ev.als_alpha,
+                                   seed=config.train.seed)
+    cooc = dict(window=ev.cooc_window, neighbours=ev.cooc_neighbours, recent_items=ev.cooc_recent_items)
     rankings = {
-        model: recommend(queries, vocab, str(config.model_dir(model)),
-                         kept, config.evaluate.exclude_seen, config.score.batch_size)
+        model: recommend(queries, vocab, str(config.model_dir(model)), kept, ev.exclude_seen, config.score.batch_size)
         for model in config.train.models
     }
     rankings.update({
-        POPULAR: most_popular(vocab, queries, kept, config.evaluate.exclude_seen),
-        ALS_NAME: als(read_table(spark, config.table_path(C.GOLD, SEQUENCES)), vocab, queries, kept,
-                      config.evaluate.exclude_seen, rank=config.evaluate.als_rank,
-                      reg_param=config.evaluate.als_reg_param, max_iter=config.evaluate.als_max_iter,
-                      alpha=config.evaluate.als_alpha, seed=config.train.seed,
-                      checkpoint_dir=str(Path(config.paths.checkpoints) / "spark")),
+        POPULAR: most_popular(vocab, queries, kept, ev.exclude_seen),
+        RECENT_POPULAR: recent_popular(sequences, vocab, queries, kept, ev.exclude_seen, ev.recent_days),
+        COOCCURRENCE: item_cooccurrence(sequences, vocab, queries, kept, ev.exclude_seen, **cooc),
+        ALS_NAME: als_top_k(als_model, als_users, vocab, queries, kept, ev.exclude_seen),
     })
     predictions = None
     for name, ranking in rankings.items():
@@ -88,62 +133,234 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
     relevant = with_original_user_id(queries.select(C.USER_ID, C.RELEVANT), identity)
     ks = sorted({*REPORT_KS, k})
     at_k: dict[int, dict[str, dict[str, float]]] = {kk: {} for kk in ks}
+    if ev.sampled_negatives:
+        at_k = sampled_evaluation(queries, vocab, sequences, config, ks, als_model, als_users)
     beyond = {}
     categories = item_categories(spark, config)
     for name in rankings:
         ranked = stored.filter(F.col(C.MODEL_NAME) == name)
-        lists = ranked.groupBy(C.USER_ID).agg(ranked_list().alias(C.PREDICTION))
-        # Users the model returned nothing for still count, with an empty list.
-        scored = relevant.join(lists, C.USER_ID, "left").withColumn(
-            C.PREDICTION, F.coalesce(C.PREDICTION, F.array().cast("array<string>")))
-        for kk, metrics in ranking_metrics_at_ks(scored, ks).items():
-            at_k[kk][name] = metrics
+        if not ev.sampled_negatives:
+            lists = ranked.groupBy(C.USER_ID).agg(ranked_list().alias(C.PREDICTION))
+            # Users the model returned nothing for still count, with an empty list.
+            scored = relevant.join(lists, C.USER_ID, "left").withColumn(
+                C.PREDICTION, F.coalesce(C.PREDICTION, F.array().cast("array<string>")))
+            for kk, metrics in ranking_metrics_at_ks(scored, ks).items():
+                at_k[kk][name] = metrics
         beyond[name] = beyond_accuracy(ranked.filter(F.col(C.RANK) <= k), vocab, categories)
 
+    full = "full ranking over all items" + ("; items seen before the test period excluded"
+                                            if ev.exclude_seen else "; seen items allowed")
     report = {
         C.RUN_ID: run[C.RUN_ID],
         "dataset": config.dataset.name,
         "split": C.TEST,
         "k": k,
-        "protocol": "full ranking over all items" + ("; items seen before the test period excluded"
-                                                      if config.evaluate.exclude_seen else "; seen items allowed"),
+        "protocol": S.protocol_label(ev.sampled_negatives, config.train.seed, ev.exclude_seen)
+        if ev.sampled_negatives else full,
+        "sampled_negatives": ev.sampled_negatives,
         "users": relevant.count(),
         "catalogue_items": vocab.count(),
         "models": at_k[k],
         "at_k": {str(kk): value for kk, value in at_k.items()},
         "beyond_accuracy": beyond,
+        "beyond_accuracy_protocol": f"top {k} of the full-ranking lists in the predictions table",
+        "als_tuning": als_tuning,
+        "training": training_histories(config),
         "predictions_table": predictions_path,
     }
     run_dir = config.reports_dir / run[C.RUN_ID]
+    plots = {"metrics": plot_metrics(report, run_dir / "metrics.png"),
+             "metrics_by_k": plot_metrics_by_k(report, run_dir / "metrics_by_k.png"),
+             "accuracy_vs_coverage": plot_accuracy_vs_coverage(report, run_dir / "accuracy_coverage.png"),
+             "training_curves": plot_training_curves(report, run_dir / "training_curves.png")}
+    report["plots"] = {name: path.name for name, path in plots.items() if path is not None}
+    report["evaluation_seconds"] = round(time.perf_counter() - started, 1)
+    report["mlflow"] = "pending"
+    files = [write_json(run_dir / "metrics.json", report), write_report_md(report, run_dir / "report.md"),
+             *(run_dir / name for name in report["plots"].values())]
+    report["mlflow"] = log_to_mlflow(config, report, run_dir, files)
+    # Written again with where MLflow has them (the logged copies say "pending").
     write_json(run_dir / "metrics.json", report)
     write_json(config.reports_dir / "metrics.json", report)
-    plot_metrics(report, run_dir / "metrics.png")
-    plot_metrics_by_k(report, run_dir / "metrics_by_k.png")
     write_report_md(report, run_dir / "report.md")
     return report
 
 
+def sampled_evaluation(queries: DataFrame, vocab: DataFrame, sequences: DataFrame, config: Config, ks: list[int],
+                       als_model: object, als_users: DataFrame) -> dict[int, dict[str, dict[str, float]]]:
+    """``{k: {model: metrics}}`` under the sampled-negatives protocol (see :mod:`recspark.evaluation.sampled`)."""
+    ev = config.evaluate
+    candidates = S.sampled_candidates(queries, vocab, ev.sampled_negatives, ev.exclude_seen, config.train.seed).persist()
+    ids = vocab.select(C.ITEM_ID, C.ITEM_IDX, C.TRAIN_COUNT)
+    total = float(vocab.agg(F.sum(C.TRAIN_COUNT)).first()[0] or 0) + 1.0
+    recent = recent_popularity(sequences, vocab, ev.recent_days).join(ids, C.ITEM_ID)
+    cooc = cooccurrence_scores(sequences, queries, ev.exclude_seen, window=ev.cooc_window,
+                               neighbours=ev.cooc_neighbours, recent_items=ev.cooc_recent_items)
+    # Co-occurrence ties (and items without any) are ordered by popularity in the full ranking; the
+    # fraction count / (total + 1) < 1 does the same here without changing the order of the sums.
+    cooc_scores = S.user_item_scores(candidates, cooc.withColumnRenamed("_cooc", C.SCORE)).join(
+        F.broadcast(ids), C.ITEM_IDX).select(C.USER_ID, C.ITEM_IDX, (F.col(C.SCORE) + F.col(C.TRAIN_COUNT) / total).alias(C.SCORE))
+    scores = {model: S.keras_scores(candidates, str(config.model_dir(model))) for model in config.train.models}
+    scores.update({
+        POPULAR: S.item_scores(candidates, ids.select(C.ITEM_IDX, F.col(C.TRAIN_COUNT).cast("double").alias(C.SCORE))),
+        # Recent count first, all-time count as the tie-break, as in the full-ranking list.
+        RECENT_POPULAR: S.item_scores(candidates, recent.select(
+            C.ITEM_IDX, (F.col(C.SCORE) + F.col("_tiebreak") / total).alias(C.SCORE))),
+        COOCCURRENCE: cooc_scores,
+        ALS_NAME: S.als_scores(candidates, als_model, als_users),
+    })
+    at_k: dict[int, dict[str, dict[str, float]]] = {kk: {} for kk in ks}
+    for name, model_scores in scores.items():
+        for kk, metrics in S.sampled_metrics(candidates, model_scores, ks).items():
+            at_k[kk][name] = metrics
+    candidates.unpersist()
+    return at_k
+
+
+def training_histories(config: Config) -> dict[str, dict]:
+    """Per trained model, the per-epoch ``loss_history`` (and ``val_ndcg_history`` when the model
+    recorded one) from its ``model_meta.json``; models without a meta file are left out."""
+    histories = {}
+    for model in config.train.models:
+        path = config.model_dir(model) / "model_meta.json"
+        if path.exists():
+            meta = json.loads(path.read_text())
+            histories[model] = {key: meta[key] for key in ("loss_history", "val_ndcg_history") if meta.get(key)}
+    return histories
+
+
+def log_to_mlflow(config: Config, report: dict, run_dir: Path, files: list[Path]) -> str:
+    """Logs the metrics and the report's files to MLflow (see :mod:`recspark.evaluation.mlflow_log`)
+    when ``recspark.tracking`` is there. A tracking failure is reported in metrics.json and
+    report.md rather than losing the evaluation, which is complete without it."""
+    if importlib.util.find_spec("recspark.tracking") is None:
+        return "not logged: recspark.tracking is not available"
+    from recspark.evaluation.mlflow_log import log_evaluation
+
+    try:
+        return "logged: " + log_evaluation(config, report, run_dir, files)
+    except Exception as error:  # noqa: BLE001 - recorded in the report, printed
+        print(f"WARNING: evaluation not logged to MLflow: {error!r}")
+        return f"NOT logged, MLflow failed: {error!r}"[:500]
+
+
+def _label(report: dict) -> str:
+    """'SAMPLED' in front of anything showing metrics computed with sampled negatives."""
+    return f"SAMPLED ({report['sampled_negatives']} negatives) " if report.get("sampled_negatives") else ""
+
+
 def write_report_md(report: dict, path: Path) -> Path:
-    """One table of every model x metric at every K, the beyond-accuracy numbers and the plots."""
+    """One table of every model x metric at every K, beyond accuracy, the ALS tuning, the plots."""
     ks = list(report["at_k"])
     models = list(report["models"])
-    metric_names = list(next(iter(report["models"].values())))
-    lines = [f"# {report['dataset']}: evaluation of run {report[C.RUN_ID]}", "",
+    metric_names = [m for m in next(iter(report["models"].values())) if m != "mean_average_precision"]
+    has_map = "mean_average_precision" in next(iter(report["models"].values()))
+    lines = [f"# {report['dataset']}: {_label(report)}evaluation of run {report[C.RUN_ID]}", "",
              f"Test split, {report['users']:,} users, {report['catalogue_items']:,} items; {report['protocol']}.", ""]
-    header = ["model"] + [f"{m.replace('_at_k', '')}@{kk}" for m in metric_names if m != "mean_average_precision" for kk in ks]
-    lines += ["| " + " | ".join(header + ["MAP (full list)"]) + " |", "|" + "---|" * (len(header) + 1)]
+    if report.get("sampled_negatives"):
+        lines += [f"**Metrics below are SAMPLED: each relevant item is ranked against {report['sampled_negatives']} "
+                  "sampled negatives, not the full catalogue; they are not comparable with full-ranking numbers.**", ""]
+    header = ["model"] + [f"{m.replace('_at_k', '')}@{kk}" for m in metric_names for kk in ks]
+    header += ["MAP (full list)"] if has_map else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for model in models:
-        cells = [f"{report['at_k'][kk][model][m]:.4f}" for m in metric_names if m != "mean_average_precision" for kk in ks]
-        lines.append("| " + " | ".join([model, *cells, f"{report['models'][model]['mean_average_precision']:.4f}"]) + " |")
-    lines += ["", f"Beyond accuracy (top {report['k']}; novelty = mean -log2 p(item) in bits; diversity = share of "
-              "list pairs of different categories):", "",
+        cells = [f"{report['at_k'][kk][model][m]:.4f}" for m in metric_names for kk in ks]
+        cells += [f"{report['models'][model]['mean_average_precision']:.4f}"] if has_map else []
+        lines.append("| " + " | ".join([model, *cells]) + " |")
+    lines += ["", f"Beyond accuracy ({report.get('beyond_accuracy_protocol', 'top K')}; novelty = mean -log2 p(item) "
+              "in bits, p from training counts; diversity = share of list pairs of different categories):", "",
               "| model | catalogue coverage | relative popularity | novelty | intra-list diversity |", "|---|---|---|---|---|"]
     for model, values in report["beyond_accuracy"].items():
         lines.append(f"| {model} | {values['catalogue_coverage']:.4f} | {values['relative_popularity']:.2f} | "
                      f"{values['novelty']:.2f} | {values['intra_list_diversity']:.4f} |")
-    lines += ["", "![metrics](metrics.png)", "", "![metrics by K](metrics_by_k.png)", "",
-              f"Predictions for audit: `{report['predictions_table']}` (run_id = `{report[C.RUN_ID]}`).", ""]
+    lines += als_tuning_lines(report)
+    lines += [""] + [f"![{name}]({file})" for name, file in report.get("plots", {}).items()] + [""]
+    if "training_curves" not in report.get("plots", {}):
+        lines += ["No training curves: no model_meta.json with a loss history was found.", ""]
+    lines += [f"Predictions for audit: `{report['predictions_table']}` (run_id = `{report[C.RUN_ID]}`; full-ranking "
+              f"top {max(KEPT_K, report['k'])} lists).", "",
+              f"Evaluation took {report.get('evaluation_seconds', float('nan')):.0f} s. MLflow: {report.get('mlflow', 'n/a')}.", ""]
     path.write_text("\n".join(lines))
+    return path
+
+
+def als_tuning_lines(report: dict) -> list[str]:
+    """The ALS grid on validation and, when run, the cross-validation mean +- std per grid point."""
+    tuning = report.get("als_tuning")
+    if not tuning:
+        return []
+    chosen = tuning["chosen"]
+    lines = ["", f"ALS tuning ({tuning['selection']}; chosen by {tuning['chosen_by']}: rank {chosen['rank']}, "
+             f"reg_param {chosen['reg_param']}; {tuning['refit']}):", "",
+             "| rank | reg_param | validation NDCG@k | validation HR@k | fit + score (s) |", "|---|---|---|---|---|"]
+    for point in tuning["grid"]:
+        lines.append(f"| {point['rank']} | {point['reg_param']} | {point['validation']['ndcg_at_k']:.4f} | "
+                     f"{point['validation']['hit_rate_at_k']:.4f} | {point['seconds']} |")
+    cv = tuning.get("cross_validation")
+    if cv:
+        lines += ["", f"Cross-validation ({cv['selection']}, {cv['seconds']} s), mean +- std over folds:", "",
+                  "| rank | reg_param | NDCG@k | HR@k | recall@k | MRR@k |", "|---|---|---|---|---|---|"]
+        for point in cv["grid"]:
+            cells = [f"{point['mean'][m]:.4f} +- {point['std'][m]:.4f}"
+                     for m in ("ndcg_at_k", "hit_rate_at_k", "recall_at_k", "mrr_at_k")]
+            lines.append("| " + " | ".join([str(point["rank"]), str(point["reg_param"]), *cells]) + " |")
+    else:
+        lines += ["", "Cross-validation not run (`--set evaluate.cross_validate=true` runs it, "
+                  "cv_folds x the grid's ALS fits)."]
+    return lines
+
+
+def plot_accuracy_vs_coverage(report: dict, path: Path) -> Path:
+    """NDCG@k against catalogue coverage, one point per model: accuracy bought with a narrow catalogue?"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for model, metrics in report["models"].items():
+        x, y = report["beyond_accuracy"][model]["catalogue_coverage"], metrics["ndcg_at_k"]
+        ax.scatter([x], [y], s=40)
+        ax.annotate(model, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(f"catalogue coverage (top {report['k']})")
+    ax.set_ylabel(f"{_label(report)}NDCG@{report['k']}")
+    ax.set_title(f"{report['dataset']}: accuracy vs coverage", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_training_curves(report: dict, path: Path) -> Path | None:
+    """Per-epoch training loss (and validation NDCG when recorded) of every trained model; None if
+    no model recorded a loss history."""
+    histories = {m: h for m, h in report.get("training", {}).items() if h.get("loss_history")}
+    if not histories:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with_val = any(h.get("val_ndcg_history") for h in histories.values())
+    fig, axes = plt.subplots(1, 2 if with_val else 1, figsize=(9 if with_val else 5, 3.5), squeeze=False)
+    for model, history in histories.items():
+        losses = history["loss_history"]
+        axes[0][0].plot(range(1, len(losses) + 1), losses, marker="o", label=model)
+        if with_val and history.get("val_ndcg_history"):
+            values = history["val_ndcg_history"]
+            axes[0][1].plot(range(1, len(values) + 1), values, marker="o", label=model)
+    axes[0][0].set_title("training loss", fontsize=10)
+    if with_val:
+        axes[0][1].set_title("validation NDCG@10", fontsize=10)
+    for ax in axes[0]:
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path
 
 
@@ -163,8 +380,9 @@ def plot_metrics_by_k(report: dict, path: Path) -> Path:
         ax.set_title(metric.replace("_at_k", "@K"))
         ax.set_xticks(ks)
     axes[0].legend()
-    fig.suptitle(f"{report['dataset']}, test split", fontsize=10)
+    fig.suptitle(f"{report['dataset']}, test split {_label(report)}", fontsize=10)
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -185,7 +403,7 @@ def plot_metrics(report: dict, path: Path) -> Path:
         ax.bar([x + i * width for x in range(len(names))], [report["models"][model][n] for n in names], width, label=model)
     ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(names))])
     ax.set_xticklabels([n.replace("_at_k", f"@{report['k']}") for n in names], rotation=20)
-    ax.set_title(f"{report['dataset']} test split, {report['users']:,} users ({report['protocol']})", fontsize=9)
+    ax.set_title(f"{_label(report)}{report['dataset']} test split, {report['users']:,} users", fontsize=9)
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -143,14 +143,12 @@ def keras_scores(candidates: DataFrame, model_dir: str) -> DataFrame:
 
     @F.pandas_udf("array<float>")
     def score(batches: Iterator[tuple[pd.Series, ...]]) -> Iterator[pd.Series]:
-        from recspark.scoring import _load
+        from recspark.scoring import _load, model_batch  # the scorer's own input conversion
 
         model = _load(model_dir)
         for *inputs, items in batches:
-            arrays = {name: np.stack(values.to_numpy()).astype(np.int32) for name, values in zip(columns, inputs)}
-            history = arrays[C.HISTORY]
-            history[~history.any(axis=1), -1] = C.OOV_IDX  # an all-padding history: one unknown item
-            logits = model(arrays if as_dict else history, training=False).numpy()
+            arrays = model_batch(columns, inputs)
+            logits = model(arrays if as_dict else arrays[C.HISTORY], training=False).numpy()
             yield pd.Series([row[np.asarray(idx, dtype=np.int64)].astype(np.float32) for row, idx in zip(logits, items)])
 
     scored = candidates.select(C.USER_ID, CANDIDATES, score(*columns, CANDIDATES).alias("_scores"))
