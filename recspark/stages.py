@@ -4,6 +4,8 @@ The summary is what a person wants at the end of a stage: what was written, how 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -45,38 +47,62 @@ def features_stage(spark: SparkSession, config: Config) -> dict:
 
 def train_stage(spark: SparkSession, config: Config) -> dict:
     """Trains every model of ``train.models`` in turn on the same gold tables."""
-    from recspark.models import model_spec  # TensorFlow only where it is needed
+    from recspark.models import model_inputs, model_spec  # TensorFlow only where it is needed
     from recspark.models.item_tables import FEATURE_MODELS, with_gold_user_vector
+    from recspark.models.lifecycle import collect_validation_set
     from recspark.models.training import train_distributed
+    from recspark.tracking import log_training_run
 
     examples_path = config.table_path(C.GOLD, C.TRAIN_EXAMPLES)
     vocab_path = config.table_path(C.GOLD, C.ITEM_VOCAB)
+    queries_path = config.table_path(C.GOLD, C.EVAL_QUERIES)
     spec = model_spec(spark, config)
     num_items = spec.num_items
     run_id = new_run_id(config)
+    # The Delta versions read: part of each run's fingerprint (resume) and of its MLflow record.
+    versions = {path: table_version(spark, path) for path in (examples_path, vocab_path, queries_path)}
     summary: dict = {C.RUN_ID: run_id}
     for model in config.train.models:
         model_dir = config.model_dir(model)
         examples = read_table(spark, examples_path)
+        queries = read_table(spark, queries_path)
         if model in FEATURE_MODELS:  # they also read user_vector: joined here, before Petastorm
             examples = with_gold_user_vector(spark, config, examples)
+            queries = with_gold_user_vector(spark, config, queries)
+        validation = collect_validation_set(
+            queries, read_table(spark, vocab_path), inputs=model_inputs(model), max_users=config.train.validation_users,
+            exclude_seen=config.evaluate.exclude_seen, seed=config.train.seed)
         result = train_distributed(
             spark, examples, model=model, spec=spec,
             train_config=config.train, model_dir=str(model_dir),
-            cache_url=config.petastorm_cache_url,
+            cache_url=config.petastorm_cache_url, validation=validation,
+            data_versions={Path(path).name: version for path, version in versions.items()},
         )
+        tracked = log_training_run(
+            config.tracking, checkpoints_dir=config.paths.checkpoints, dataset=config.dataset.name, model=model,
+            params={"train": config.to_dict()["train"], "model": {k: v for k, v in spec.to_dict().items()
+                                                                  if k != "item_counts"}},
+            metrics={"loss": result.history, "val_ndcg_at_10": result.val_ndcg_history}, table_versions=versions,
+            model_dir=model_dir, tags={C.RUN_ID: run_id, "resumed_from_epoch": str(result.initial_epoch),
+                                       "best_epoch": str(result.best_epoch), "launcher": result.launcher})
         write_json(model_dir / "run.json", {
             C.RUN_ID: run_id,
             "dataset": config.dataset.name,
             "model": model,
             "num_items": num_items,
-            "table_versions": {examples_path: table_version(spark, examples_path),
-                               vocab_path: table_version(spark, vocab_path)},
+            "table_versions": versions,
             "config": config.to_dict(),
+            "mlflow": {"run_id": tracked.run_id, "registered_model": tracked.registered_model,
+                       "version": tracked.model_version, "tracking_uri": tracked.tracking_uri},
         })
         summary[model] = (f"{config.train.num_proc} Horovod ranks, {num_items - 2:,} items, "
                           f"{result.seconds:.1f}s, loss per epoch "
-                          + ", ".join(f"{loss:.4f}" for loss in result.history) + f" -> {model_dir}")
+                          + ", ".join(f"{loss:.4f}" for loss in result.history)
+                          + (f", resumed after epoch {result.initial_epoch}" if result.initial_epoch else "")
+                          + (f", val NDCG@10 best {max(result.val_ndcg_history):.4f} at epoch {result.best_epoch}"
+                             if result.val_ndcg_history else "")
+                          + f" -> {model_dir}; MLflow run {tracked.run_id}, "
+                            f"{tracked.registered_model} v{tracked.model_version}")
     return summary
 
 
