@@ -59,7 +59,7 @@ class Recommender(tf.keras.Model):
         """[n, embedding_dim]: one vector per row, the query the items are scored against."""
         raise NotImplementedError
 
-    def output_embeddings(self) -> tf.Variable:
+    def output_embeddings(self) -> tf.Tensor:
         """[num_items, embedding_dim]: the item side of the score (tied or separate)."""
         raise NotImplementedError
 

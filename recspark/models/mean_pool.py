@@ -17,7 +17,8 @@ from recspark.models.base import Recommender
 
 @tf.keras.utils.register_keras_serializable(package="recspark")
 class MeanPool(Recommender):
-    """Embedding (PAD masked) -> masked mean -> Dense(relu) -> dot with separate output embeddings."""
+    """Embedding (PAD masked) -> masked mean -> Dense(relu) -> a Dense-like [dim, num_items] output
+    kernel (same initial weights as the functional model it replaces, so its runs are comparable)."""
 
     NAME = "mean_pool"
     INPUTS = (C.HISTORY,)
@@ -33,9 +34,8 @@ class MeanPool(Recommender):
             name="item_embedding")
         self.hidden = tf.keras.layers.Dense(dim, activation="relu",
                                             kernel_initializer=init.GlorotUniform(seed=seed + 1), name="hidden")
-        self.item_output = tf.keras.layers.Embedding(
-            self.spec.num_items, dim, embeddings_initializer=init.GlorotUniform(seed=seed + 2), name="item_output")
-        self.item_output.build((None,))
+        self.output_kernel = self.add_weight(
+            name="output_kernel", shape=(dim, self.spec.num_items), initializer=init.GlorotUniform(seed=seed + 2))
         self._build_now()
 
     def user_vectors(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
@@ -45,5 +45,5 @@ class MeanPool(Recommender):
         summed = tf.reduce_sum(self.item_embedding(history) * mask, axis=1)
         return self.hidden(tf.math.divide_no_nan(summed, tf.reduce_sum(mask, axis=1)))
 
-    def output_embeddings(self) -> tf.Variable:
-        return self.item_output.embeddings
+    def output_embeddings(self) -> tf.Tensor:
+        return tf.transpose(self.output_kernel)
