@@ -190,3 +190,16 @@ def test_features_stage_with_time_split(spark: SparkSession, tmp_path) -> None:
     users = read_table(spark, written["user_features"])
     assert [len(r[C.USER_VECTOR]) for r in users.collect()] == [4, 4]
     assert C.CATEGORY_IDX in read_table(spark, written["item_features"]).columns
+
+
+def test_constant_and_empty_features_are_left_unscaled(spark: SparkSession) -> None:
+    from recspark.pipeline.normalisation import fit_feature_stats, with_feature_vector
+
+    # x is 3.0 on every row (its std may come out as rounding noise, not 0): stored std 1, mean
+    # ln 4; y has no value at all: mean 0, std 1. Both normalise to 0 on every row.
+    rows = spark.createDataFrame([(k, 3.0, None) for k in range(7)], "k int, x double, y double")
+    stats = fit_feature_stats(rows, "t", ("x", "y"), "test rows")
+    got = {r.feature: (r.mean, r.std, r.n_rows) for r in stats.collect()}
+    assert got == {"x": (pytest.approx(math.log(4)), 1.0, 7), "y": (0.0, 1.0, 0)}
+    vectors = [r.v for r in with_feature_vector(rows, stats, "t", ("x", "y"), "v").collect()]
+    assert vectors == [pytest.approx([0.0, 0.0], abs=1e-6)] * 7

@@ -11,9 +11,9 @@ with mean and std (population) of ``log1p(max(x, 0))`` computed over training-pe
   ``split = 'train'`` only); item_features rows with training events (``events_all > 0``), so an
   item first sold in validation or test, and its catalogue price, cannot move the statistics.
 - a null value (e.g. a ratio whose denominator is 0, an unknown price) becomes 0 after the
-  transform: the training mean. A constant feature (std 0) or one without any value is stored and
-  applied with std 1 (and mean 0 when it has no value): the stored statistics are exactly the ones
-  applied.
+  transform: the training mean. A constant feature (std below 1e-6) or one without any value is
+  stored and applied with std 1 (and mean 0 when it has no value): the stored statistics are
+  exactly the ones applied.
 
 The statistics are the gold table ``feature_stats`` (``table``, ``feature``, ``transform``,
 ``mean``, ``std``, ``n_rows``, ``fitted_on``); ``with_feature_vector`` applies them from that
@@ -32,6 +32,9 @@ from recspark.pipeline.user_features import USER_FEATURES
 
 TABLE, FEATURE, TRANSFORM, MEAN, STD, N_ROWS, FITTED_ON = "table", "feature", "transform", "mean", "std", "n_rows", "fitted_on"
 LOG1P_STANDARDISE = "log1p_standardise"
+# A feature whose log1p spread is below this is constant: the std of equal values can come out as
+# 1e-16 from rounding, and dividing by it would turn rounding noise into large values.
+MIN_STD = 1e-6
 
 # The fixed order of user_vector and item_vector (models rely on it).
 USER_VECTOR_FEATURES = ("recency_days", "n_events", "n_sessions", "monetary")
@@ -45,15 +48,15 @@ def log1p_clamped(column: str) -> Column:
 
 
 def fit_feature_stats(rows: DataFrame, table: str, features: Sequence[str], fitted_on: str) -> DataFrame:
-    """One row per feature: mean and std of log1p(x) over ``rows`` (one aggregate; std 0 or
-    undefined -> 1, mean undefined -> 0, so the stored values are the applied ones)."""
+    """One row per feature: mean and std of log1p(x) over ``rows`` (one aggregate; std below
+    MIN_STD or undefined -> 1, mean undefined -> 0, so the stored values are the applied ones)."""
     aggregates = []
     for k, name in enumerate(features):
         aggregates += [F.avg(log1p_clamped(name)).alias(f"_m{k}"), F.stddev_pop(log1p_clamped(name)).alias(f"_s{k}"),
                        F.count(name).alias(f"_n{k}")]
     per_feature = [F.struct(F.lit(name).alias(FEATURE),
                             F.coalesce(F.col(f"_m{k}"), F.lit(0.0)).alias(MEAN),
-                            F.when(F.col(f"_s{k}") > 0, F.col(f"_s{k}")).otherwise(F.lit(1.0)).alias(STD),
+                            F.when(F.col(f"_s{k}") > MIN_STD, F.col(f"_s{k}")).otherwise(F.lit(1.0)).alias(STD),
                             F.col(f"_n{k}").alias(N_ROWS))
                    for k, name in enumerate(features)]
     return (rows.agg(*aggregates)
