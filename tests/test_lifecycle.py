@@ -15,6 +15,13 @@ from recspark.models.lifecycle import (RunState, find_resumable_state, fingerpri
                                        ndcg_from_top_k, read_state_arrays, top_k_items, write_state)
 
 
+def _split_items(array, old_items, new_items):
+    """(old items' slice, new items' slice) along the item axis (size new_items), moved first."""
+    axis = next(a for a in range(array.ndim) if array.shape[a] == new_items)
+    moved = np.moveaxis(array, axis, 0)
+    return moved[:old_items], moved[old_items:]
+
+
 # --------------------------------------------------------------------------------------------------
 # Pure functions
 # --------------------------------------------------------------------------------------------------
@@ -103,11 +110,10 @@ def test_vocabulary_growth_keeps_old_rows_and_initialises_new_ones():
             np.testing.assert_array_equal(after, before)
             continue
         item_indexed += 1
-        np.testing.assert_array_equal(after[:7], before)  # old items keep their rows
-        np.testing.assert_array_equal(after[7:], init[7:])  # new items start fresh...
-        assert not np.array_equal(after[7:], before[-3:])
-        if init[7:].any():  # ... with the initialiser's values (the output bias starts at zero)
-            assert np.abs(after[7:]).max() > 0
+        kept, added = _split_items(after, 7, 10)
+        axis = next(a for a in range(after.ndim) if after.shape[a] == 10)
+        np.testing.assert_array_equal(kept, np.moveaxis(before, axis, 0))  # old items keep their rows
+        np.testing.assert_array_equal(added, _split_items(init, 7, 10)[1])  # new items start fresh
     assert item_indexed == 3  # input embedding, output embedding, output bias
 
     # Items re-indexed: old item i moves to old_to_new[i]; a dropped item (-1) leaves no trace.
@@ -295,3 +301,40 @@ def test_two_ranks_with_batch_b_match_one_rank_with_batch_2b(spark, tmp_path):
     for w1, w2 in zip(one.rank_results[0].weights, two.rank_results[0].weights):
         np.testing.assert_allclose(w1, w2, rtol=0, atol=1e-5)
     np.testing.assert_allclose(one.history, two.history, rtol=1e-5)
+
+
+def test_warm_start_grows_the_previous_models_vocabulary(spark, tmp_path):
+    """Run 1 exports a model over NUM_ITEMS - 1 items; run 2 (warm_start, one more item, 0 epochs)
+    starts from it: the old items' rows are run 1's, the new item's row is a fresh initialisation."""
+    import json
+
+    from recspark.models import ModelSpec, build_model
+    from recspark.models.lifecycle import PREVIOUS_DIR
+    from recspark.models.training import META_FILE, train_distributed
+
+    model_dir = tmp_path / "model"
+    small = NUM_ITEMS - 1
+    config = TrainConfig(num_proc=2, epochs=1, batch_size=32, learning_rate=0.01, embedding_dim=8, seed=11,
+                         early_stopping_patience=0)
+    common = dict(model="mean_pool", model_dir=model_dir, cache_url=(tmp_path / "petastorm").as_uri())
+    first = train_distributed(spark, _examples(spark), spec=ModelSpec(num_items=small, max_seq_len=MAX_SEQ_LEN),
+                              train_config=config, **common)
+    grown_config = dataclasses.replace(config, epochs=0, warm_start=True)
+    second = train_distributed(spark, _examples(spark), spec=ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN),
+                               train_config=grown_config, **common)
+
+    assert (model_dir / PREVIOUS_DIR / META_FILE).is_file()
+    assert json.loads((model_dir / META_FILE).read_text())["warm_start_from"] == str(model_dir.resolve() / PREVIOUS_DIR)
+    _assert_ranks_agree(second)
+    fresh = build_model("mean_pool", ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN), config).get_weights()
+    grown_vars = 0
+    for before, init, after in zip(first.rank_results[0].weights, fresh, second.rank_results[0].weights):
+        if before.shape == after.shape:
+            np.testing.assert_array_equal(after, before)
+            continue
+        grown_vars += 1
+        axis = next(a for a in range(after.ndim) if after.shape[a] == NUM_ITEMS)
+        kept, added = _split_items(after, small, NUM_ITEMS)
+        np.testing.assert_array_equal(kept, np.moveaxis(before, axis, 0))
+        np.testing.assert_array_equal(added, _split_items(init, small, NUM_ITEMS)[1])
+    assert grown_vars == 3

@@ -251,8 +251,9 @@ def _train_fn(
         inputs=model.INPUTS, shuffling_queue_capacity=SHUFFLE_CAPACITY if shuffle else 0,
         workers_count=READER_WORKERS, seed=train_config.seed + rank,
     ) as batches:
-        model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                  callbacks=callbacks, verbose=0)
+        if epochs > initial_epoch:  # a finished run that is resumed only exports again
+            model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                      callbacks=callbacks, verbose=0)
     seconds = time.time() - started
     loss_history = list(state.loss_history)  # this run's epochs after the resumed ones
     if early_stopping is not None and state.best_epoch is not None and state.best_epoch != state.epoch:
