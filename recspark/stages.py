@@ -142,8 +142,8 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
 LAYERS = {
     C.BRONZE: (C.EVENTS, C.ITEMS, C.USERS, C.QUARANTINE, IDENTITY_MAP, C.RUN_LOG),
     C.SILVER: (C.EVENTS, C.ITEMS, C.USERS, "bots"),
-    C.GOLD: (C.ITEM_VOCAB, SEQUENCES, C.TRAIN_EXAMPLES, C.EVAL_QUERIES, C.SERVING_HISTORIES,
-             "user_features", "item_features"),
+    C.GOLD: ("split_info", C.ITEM_VOCAB, C.CATEGORY_VOCAB, SEQUENCES, C.TRAIN_EXAMPLES, C.EVAL_QUERIES,
+             C.SERVING_HISTORIES, "user_features", "item_features", C.FEATURE_STATS),
 }
 
 
