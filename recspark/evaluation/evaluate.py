@@ -29,6 +29,7 @@ from recspark.evaluation.baselines import (
     train_interactions,
 )
 from recspark.evaluation.beyond import beyond_accuracy
+from recspark.evaluation.probability import classification_lines, probability_report
 from recspark.evaluation.ranking import ranking_metrics_at_ks
 from recspark.evaluation.tuning import cross_validate_als, tune_als_on_validation
 from recspark.pipeline.features import SEQUENCES
@@ -166,6 +167,8 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
         "beyond_accuracy_protocol": f"top {k} of the full-ranking lists in the predictions table",
         "als_tuning": als_tuning,
         "training": training_histories(config),
+        # Probability models (the DNN): sampled (user, item) pairs, threshold from validation; None without one.
+        "classification": probability_report(spark, config, eval_queries, vocab),
         "predictions_table": predictions_path,
     }
     run_dir = config.reports_dir / run[C.RUN_ID]
@@ -274,6 +277,7 @@ def write_report_md(report: dict, path: Path) -> Path:
         lines.append(f"| {model} | {values['catalogue_coverage']:.4f} | {values['relative_popularity']:.2f} | "
                      f"{values['novelty']:.2f} | {values['intra_list_diversity']:.4f} |")
     lines += als_tuning_lines(report)
+    lines += classification_lines(report.get("classification"))
     lines += [""] + [f"![{name}]({file})" for name, file in report.get("plots", {}).items()] + [""]
     if "training_curves" not in report.get("plots", {}):
         lines += ["No training curves: no model_meta.json with a loss history was found.", ""]
