@@ -64,6 +64,16 @@ def model_input_columns(model_dir: str) -> list[str]:
     return list(meta["inputs"])
 
 
+def with_model_inputs(spark, config, df: DataFrame, model_dir: str) -> DataFrame:
+    """``df`` (gold rows with user_id) plus whatever else the model in ``model_dir`` reads: feature
+    models (towers, dnn) also read ``user_vector``, joined from gold user_features."""
+    if C.USER_VECTOR not in model_input_columns(model_dir):
+        return df
+    from recspark.models.item_tables import with_gold_user_vector  # loads TensorFlow: only when needed
+
+    return with_gold_user_vector(spark, config, df)
+
+
 def model_batch(columns: list[str], series: list[pd.Series]) -> dict[str, np.ndarray]:
     """Arrow batch -> the model's input dict of int32 [n, max_seq_len] arrays.
 

@@ -16,7 +16,7 @@ from recspark.evaluation.evaluate import evaluate, model_run, with_original_user
 from recspark.pipeline.features import SEQUENCES, build_features
 from recspark.pipeline.ingest import ingest
 from recspark.pipeline.prepare import IDENTITY_MAP, prepare
-from recspark.scoring import model_input_columns, recommend
+from recspark.scoring import recommend, with_model_inputs
 from recspark.utils.delta import overwrite_table, read_table, row_count, table_exists, table_version
 from recspark.utils.jobs import new_run_id, write_json
 
@@ -121,11 +121,7 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
     model = config.scoring_model
     run = model_run(config, model)
     histories = read_table(spark, config.table_path(C.GOLD, C.SERVING_HISTORIES))
-    if C.USER_VECTOR in model_input_columns(str(config.model_dir(model))):
-        # A feature model (towers, dnn): importing it loads TensorFlow, only then.
-        from recspark.models.item_tables import with_gold_user_vector
-
-        histories = with_gold_user_vector(spark, config, histories)
+    histories = with_model_inputs(spark, config, histories, str(config.model_dir(model)))
     vocab = read_table(spark, config.table_path(C.GOLD, C.ITEM_VOCAB))
     identity = read_table(spark, config.table_path(C.BRONZE, IDENTITY_MAP))
     recommendations = recommend(histories, vocab, str(config.model_dir(model)),

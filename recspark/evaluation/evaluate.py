@@ -35,7 +35,7 @@ from recspark.evaluation.tuning import cross_validate_als, tune_als_on_validatio
 from recspark.pipeline.features import SEQUENCES
 from recspark.pipeline.item_features import ITEM_FEATURES
 from recspark.pipeline.prepare import IDENTITY_MAP, RAW_USER_ID
-from recspark.scoring import ranked_list, recommend
+from recspark.scoring import ranked_list, recommend, with_model_inputs
 from recspark.utils.delta import read_table, table_exists
 from recspark.utils.jobs import write_json
 
@@ -110,7 +110,8 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
                                    seed=config.train.seed)
     cooc = dict(window=ev.cooc_window, neighbours=ev.cooc_neighbours, recent_items=ev.cooc_recent_items)
     rankings = {
-        model: recommend(queries, vocab, str(config.model_dir(model)), kept, ev.exclude_seen, config.score.batch_size)
+        model: recommend(with_model_inputs(spark, config, queries, str(config.model_dir(model))), vocab,
+                         str(config.model_dir(model)), kept, ev.exclude_seen, config.score.batch_size)
         for model in config.train.models
     }
     rankings.update({
