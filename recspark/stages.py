@@ -45,6 +45,15 @@ def features_stage(spark: SparkSession, config: Config) -> dict:
     return _counted(spark, build_features(spark, config))
 
 
+def spec_params(spec) -> dict:
+    """The model spec's sizes as MLflow parameters: its per-item arrays (popularity counts, the feature
+    models' item tables) are data, not parameters, and would overflow MLflow's value limit."""
+    def scalars(values: dict) -> dict:
+        return {key: value for key, value in values.items() if not isinstance(value, (dict, list))}
+
+    return {**scalars(spec.to_dict()), **{f"features_{key}": value for key, value in scalars(spec.features or {}).items()}}
+
+
 def train_stage(spark: SparkSession, config: Config) -> dict:
     """Trains every model of ``train.models`` in turn on the same gold tables."""
     from recspark.models import model_inputs, model_spec  # TensorFlow only where it is needed
@@ -80,8 +89,7 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
         )
         tracked = log_training_run(
             config.tracking, checkpoints_dir=config.paths.checkpoints, dataset=config.dataset.name, model=model,
-            params={"train": config.to_dict()["train"], "model": {k: v for k, v in spec.to_dict().items()
-                                                                  if k != "item_counts"}},
+            params={"train": config.to_dict()["train"], "model": spec_params(spec)},
             metrics={"loss": result.history, "val_ndcg_at_10": result.val_ndcg_history}, table_versions=versions,
             model_dir=model_dir, tags={C.RUN_ID: run_id, "resumed_from_epoch": str(result.initial_epoch),
                                        "best_epoch": str(result.best_epoch), "launcher": result.launcher})

@@ -69,3 +69,17 @@ def test_run_logged_and_model_version_increments(tmp_path):
     assert (checkpoints / "mlartifacts").is_dir()
     version = client.get_model_version(runs[1].registered_model, str(runs[1].model_version))
     assert version.run_id == runs[1].run_id and runs[1].registered_model == "recspark-synthetic-mean_pool"
+
+
+def test_feature_model_spec_logs_sizes_not_item_tables() -> None:
+    """A towers/dnn spec carries per-item tables: MLflow gets its sizes, and the guard accepts them."""
+    from recspark.models import ModelSpec
+    from recspark.stages import spec_params
+
+    spec = ModelSpec(num_items=4, max_seq_len=3, item_counts=[0, 0, 5, 2],
+                     features={"user_vector_dim": 4, "num_categories": 3, "tables": {"category_idx": [0, 1, 2, 2]}})
+    params = spec_params(spec)
+    assert params["features_user_vector_dim"] == 4 and params["num_items"] == 4
+    assert not any(isinstance(value, (dict, list)) for value in params.values())
+    flat = flatten_params({"model": params})
+    assert flat["model.features_num_categories"] == "3"
