@@ -39,16 +39,8 @@ class TrackedRun:
 
 
 def _mlflow() -> Any:
-    """Imports mlflow, first bridging the SQLAlchemy 2.1 rename MLflow 3.1 trips over.
-
-    MLflow 3.1.4's SQL store imports ``sqlalchemy.pool.FallbackAsyncAdaptedQueuePool``, which
-    SQLAlchemy 2.1 folded into ``AsyncAdaptedQueuePool`` (the pool it fell back to); without the alias
-    every SQLite tracking call fails at import. Harmless with SQLAlchemy 2.0, where the name exists.
-    """
-    import sqlalchemy.pool
-
-    if not hasattr(sqlalchemy.pool, "FallbackAsyncAdaptedQueuePool"):
-        sqlalchemy.pool.FallbackAsyncAdaptedQueuePool = sqlalchemy.pool.AsyncAdaptedQueuePool
+    """Imports mlflow on first use: stages that do not track never pay for it. (MLflow 3.1.4's SQL store
+    does not import with SQLAlchemy 2.1, hence the sqlalchemy pin in requirements.txt.)"""
     import mlflow
 
     return mlflow
@@ -120,7 +112,6 @@ def log_training_run(
     ``table_versions``: Delta table path -> version of every gold table the run read; the files
     directly in ``model_dir`` (the export, not the checkpoints) become the ``model`` artifacts.
     """
-    _mlflow()  # the SQLAlchemy bridge, before any MLflow store loads
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 

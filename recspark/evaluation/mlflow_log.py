@@ -30,7 +30,6 @@ def log_evaluation(config: Config, report: dict, run_dir: Path, files: list[Path
     """Logs ``report`` and ``files`` to MLflow; returns "run <id> at <uri>"."""
     from recspark import tracking
 
-    tracking._mlflow()  # the SQLAlchemy bridge, before any MLflow store loads
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
