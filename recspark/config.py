@@ -104,6 +104,15 @@ class FeaturesConfig:
     test_start: Optional[str] = None
     # Time gaps in behaviour sequences are bucketed on a log2 scale into this many buckets.
     gap_buckets: int = 16
+    # Items / categories outside the vocabulary go to one of this many hashed buckets (indices
+    # 2 .. 1 + buckets, before the vocabulary; see recspark.constants), so unknown ids in a history
+    # stay apart instead of all sharing one index; 1 keeps that single shared index (no buckets).
+    # 64 item buckets: with min_item_count the long tail is thousands of items (Complete Journey),
+    # 64 rows keep ~1/64 of it per bucket for the price of 64 embedding rows, small next to the
+    # vocabulary. 8 category buckets: categories outside the vocabulary are few (only catalogue items
+    # without training events have them), so a few buckets separate them without idle rows.
+    oov_buckets: int = 64
+    category_oov_buckets: int = 8
 
 
 @dataclasses.dataclass
@@ -270,6 +279,10 @@ class Config:
         for key in ("n_test_sessions", "n_validation_sessions"):
             if getattr(self.features, key) < 0:
                 raise ConfigError(f"features.{key}: must be >= 0")
+        for key in ("oov_buckets", "category_oov_buckets"):
+            if getattr(self.features, key) < 1:
+                raise ConfigError(f"features.{key}: must be >= 1 (1: every unknown id shares one index), "
+                                  f"got {getattr(self.features, key)!r}")
         cuts = {}
         for key in ("validation_start", "test_start"):
             value = getattr(self.features, key)

@@ -45,10 +45,29 @@ PREDICTION = "prediction"
 
 EVENT_TYPES_DEFAULT = ("view", "cart", "purchase")
 
-# Reserved item indices: 0 pads sequences, 1 takes every item outside the trained vocabulary.
+# Index layout of items (item_idx) and categories (category_idx), the one source of truth:
+#   0                      PAD_IDX: pads sequences (for categories: a missing category);
+#   1                      OOV_IDX: the generic unknown (the scorer's stand-in for an empty history);
+#   2 .. 2 + buckets - 1   hashed buckets: an id outside the vocabulary goes to bucket
+#                          pmod(xxhash64(id), buckets), so unknown ids stay apart from each other;
+#   first_vocab_index(buckets) ..  the vocabulary, most frequent first.
+# With buckets = 1 there is no bucket row: every unknown id shares OOV_IDX and the vocabulary starts
+# at 2 (the layout before hashed buckets existed). Indices below first_vocab_index are "reserved":
+# never a training target, never recommended.
 PAD_IDX = 0
 OOV_IDX = 1
+FIRST_BUCKET_IDX = 2
+# The first vocabulary index of the single-unknown layout (buckets = 1); in general use
+# first_vocab_index(buckets).
 FIRST_ITEM_IDX = 2
+
+
+def first_vocab_index(buckets: int) -> int:
+    """The first vocabulary index with ``buckets`` hashed out-of-vocabulary buckets: also the number
+    of reserved indices (PAD, OOV and the buckets) that ranking must never return."""
+    if buckets < 1:
+        raise ValueError(f"out-of-vocabulary buckets must be >= 1, got {buckets}")
+    return FIRST_ITEM_IDX if buckets == 1 else FIRST_BUCKET_IDX + buckets
 
 # Layers and tables.
 BRONZE, SILVER, GOLD = "bronze", "silver", "gold"

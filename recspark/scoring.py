@@ -35,18 +35,21 @@ def _load(model_dir: str):
     return _MODELS[model_dir]
 
 
-def top_k_from_logits(logits: np.ndarray, k: int, excluded: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def top_k_from_logits(logits: np.ndarray, k: int, excluded: list[np.ndarray] | None = None,
+                      first_item: int = C.FIRST_ITEM_IDX) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-k item indices, their logits and softmax probabilities, for a batch of logit rows.
 
-    PAD and OOV never come out; ``excluded`` holds per row the indices that must not either (items
-    the user has already seen). The probability is over the items that may be recommended.
+    No reserved index (below ``first_item``: PAD, OOV and the hashed out-of-vocabulary buckets, the
+    model's ``spec.first_item_idx``) ever comes out; ``excluded`` holds per row the indices that must
+    not either (items the user has already seen). The probability is over the items that may be
+    recommended.
     """
     logits = np.array(logits, dtype=np.float64, copy=True)
-    logits[:, [C.PAD_IDX, C.OOV_IDX]] = -np.inf
+    logits[:, :first_item] = -np.inf
     for row, indices in enumerate(excluded or []):
         if len(indices):
             logits[row, np.asarray(indices, dtype=np.int64)] = -np.inf
-    k = min(k, logits.shape[1] - 2)
+    k = min(k, logits.shape[1] - first_item)
     top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
     top_logits = np.take_along_axis(logits, top, axis=1)
     order = np.argsort(-top_logits, axis=1, kind="stable")
@@ -96,7 +99,8 @@ def top_k_udf(model_dir: str, columns: list[str], k: int, exclude_seen: bool):
         model = _load(model_dir)
         for *sequences, seen in batches:
             logits = model(model_batch(columns, sequences), training=False).numpy()
-            items, scores, confidences = top_k_from_logits(logits, k, list(seen) if exclude_seen else None)
+            items, scores, confidences = top_k_from_logits(logits, k, list(seen) if exclude_seen else None,
+                                                           first_item=model.spec.first_item_idx)
             yield pd.DataFrame({
                 "items": list(items.astype(np.int32)),
                 "scores": list(scores.astype(np.float32)),

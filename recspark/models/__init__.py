@@ -57,10 +57,16 @@ class ModelSpec:
     # Feature models (towers, dnn) only: user_vector_dim, num_categories, num_prices and the per-item
     # attribute tables (recspark.models.item_tables.feature_spec).
     features: Optional[dict[str, Any]] = None
+    # The first vocabulary item_idx = the count of reserved indices (PAD, OOV, hashed OOV buckets:
+    # recspark.constants.first_vocab_index(features.oov_buckets)); ranking never returns one below it.
+    first_item_idx: int = 2
 
     def __post_init__(self) -> None:
         if self.num_items < 3:
             raise ValueError(f"num_items must count PAD, OOV and at least one item, got {self.num_items}")
+        if self.first_item_idx < 2 or self.num_items <= self.first_item_idx:
+            raise ValueError(f"num_items={self.num_items} must count the {self.first_item_idx} reserved indices "
+                             "(PAD, OOV, buckets) and at least one item")
         if self.max_seq_len < 1 or self.num_event_types < 1 or self.num_gap_buckets < 1:
             raise ValueError(f"sizes must be positive: {self}")
         if self.item_counts is not None and len(self.item_counts) != self.num_items:
@@ -121,9 +127,14 @@ def model_spec(spark: "SparkSession", config: "Config") -> ModelSpec:
     want_counts = config.train.softmax == "sampled" and config.train.sampler == "popularity"
     row = vocab.agg(
         F.max(C.ITEM_IDX).alias("max_idx"),
+        F.min(C.ITEM_IDX).alias("min_idx"),
         (F.sort_array(F.collect_list(F.struct(C.ITEM_IDX, C.TRAIN_COUNT))) if want_counts else F.lit(None)).alias("counts"),
     ).collect()[0]
     num_items = int(row["max_idx"]) + 1
+    first_item_idx = C.first_vocab_index(config.features.oov_buckets)
+    if row["min_idx"] != first_item_idx:  # gold built with other buckets: reserved rows would be wrong
+        raise ValueError(f"gold item_vocab starts at item_idx {row['min_idx']}, features.oov_buckets="
+                         f"{config.features.oov_buckets} needs {first_item_idx}: build the features again")
     counts = None
     if want_counts:
         counts = [0] * num_items
@@ -135,6 +146,7 @@ def model_spec(spark: "SparkSession", config: "Config") -> ModelSpec:
         num_event_types=len(config.ingest.event_types) + 2,
         num_gap_buckets=config.features.gap_buckets,
         item_counts=counts,
+        first_item_idx=first_item_idx,
         features=(feature_spec_from_gold(spark, config, num_items)
                   if set(config.train.models) & set(FEATURE_MODELS) else None),
     )

@@ -109,19 +109,37 @@ def split_events(events: DataFrame, config: FeaturesConfig) -> tuple[DataFrame, 
     return split, info
 
 
-def fit_item_vocab(train_events: DataFrame, min_count: int) -> DataFrame:
-    """item_id -> contiguous item_idx (from FIRST_ITEM_IDX, most frequent first) for items seen at
-    least ``min_count`` times in the training period; every other item maps to OOV_IDX."""
+def unknown_index(key: Column, buckets: int) -> Column:
+    """The reserved index of an id outside its vocabulary: FIRST_BUCKET_IDX + pmod(xxhash64(id),
+    buckets), or OOV_IDX when ``buckets`` is 1 (see the layout in recspark.constants).
+
+    xxhash64 is a Spark built-in with a fixed seed, so an id gets the same bucket in every run and on
+    every executor (Python's hash() is salted per process); pmod keeps the bucket non-negative.
+    """
+    if buckets == 1:
+        return F.lit(C.OOV_IDX)
+    return (F.lit(C.FIRST_BUCKET_IDX) + F.pmod(F.xxhash64(key), F.lit(buckets))).cast("int")
+
+
+def fit_item_vocab(train_events: DataFrame, min_count: int,
+                   buckets: int = FeaturesConfig.oov_buckets) -> DataFrame:
+    """item_id -> contiguous item_idx (from first_vocab_index(buckets), most frequent first) for
+    items seen at least ``min_count`` times in the training period; every other item maps to a
+    hashed bucket (see ``with_item_idx``)."""
+    first = C.first_vocab_index(buckets)
     counts = train_events.groupBy(C.ITEM_ID).agg(F.count(F.lit(1)).alias(C.TRAIN_COUNT))
     # A global order needs one partition; the vocabulary is one row per item, small next to events.
     order = Window.orderBy(F.col(C.TRAIN_COUNT).desc(), F.col(C.ITEM_ID))
     return (counts.filter(F.col(C.TRAIN_COUNT) >= min_count)
-            .withColumn(C.ITEM_IDX, (F.row_number().over(order) + (C.FIRST_ITEM_IDX - 1)).cast("int")))
+            .withColumn(C.ITEM_IDX, (F.row_number().over(order) + (first - 1)).cast("int")))
 
 
-def with_item_idx(events: DataFrame, vocab: DataFrame) -> DataFrame:
+def with_item_idx(events: DataFrame, vocab: DataFrame, buckets: int = FeaturesConfig.oov_buckets) -> DataFrame:
+    """Adds ``item_idx``: the vocabulary's index, or for an item outside the vocabulary its hashed
+    bucket (``buckets`` must be the one ``vocab`` was fitted with)."""
     return (events.join(F.broadcast(vocab.select(C.ITEM_ID, C.ITEM_IDX)), C.ITEM_ID, "left")
-            .withColumn(C.ITEM_IDX, F.coalesce(F.col(C.ITEM_IDX), F.lit(C.OOV_IDX)).cast("int")))
+            .withColumn(C.ITEM_IDX, F.coalesce(F.col(C.ITEM_IDX), unknown_index(F.col(C.ITEM_ID), buckets))
+                        .cast("int")))
 
 
 def build_sequences(events: DataFrame) -> DataFrame:
@@ -226,8 +244,9 @@ def train_examples(sequences: DataFrame, config: FeaturesConfig,
     """Next-item examples from the training period: each target with the items before it, their
     event types and time gaps.
 
-    Examples whose target is outside the vocabulary are dropped (nothing to learn to predict), as
-    are examples with an empty history; only each user's latest ``max_examples_per_user`` stay.
+    Examples whose target is outside the vocabulary (a reserved index: PAD, OOV or a hashed bucket,
+    below first_vocab_index(oov_buckets)) are dropped: a bucket mixes unrelated items, nothing to
+    learn to predict. So are examples with an empty history; only each user's latest ``max_examples_per_user`` stay.
     """
     length = config.max_seq_len
     exploded = sequences.select(C.USER_ID, _steps_where((TRAIN,), event_types).alias("_steps")).select(
@@ -235,7 +254,7 @@ def train_examples(sequences: DataFrame, config: FeaturesConfig,
     )
     history = F.slice("_steps", F.greatest(F.lit(1), F.col("_pos") - length + 1), F.least(F.col("_pos"), F.lit(length)))
     return (
-        exploded.filter((F.col("_pos") >= 1) & (F.col("_target")["i"] != C.OOV_IDX))
+        exploded.filter((F.col("_pos") >= 1) & (F.col("_target")["i"] >= C.first_vocab_index(config.oov_buckets)))
         .filter(F.col("_pos") >= F.size("_steps") - config.max_examples_per_user)
         .select(C.USER_ID, history.alias("_history"), F.col("_target")["i"].cast("int").alias(C.TARGET))
         .transform(lambda df: with_history_columns(df, "_history", config))
@@ -298,18 +317,20 @@ def build_features(spark: SparkSession, config: Config) -> dict:
           f"{cut['train_events']:,}/{cut['validation_events']:,}/{cut['test_events']:,}")
     train = split.filter(F.col(C.SPLIT) == TRAIN)
     items = read_table(spark, config.table_path(C.SILVER, C.ITEMS))
-    overwrite_table(fit_item_vocab(train, config.features.min_item_count), gold(C.ITEM_VOCAB))
+    item_buckets, category_buckets = config.features.oov_buckets, config.features.category_oov_buckets
+    overwrite_table(fit_item_vocab(train, config.features.min_item_count, item_buckets), gold(C.ITEM_VOCAB))
     vocab = read_table(spark, gold(C.ITEM_VOCAB))
-    overwrite_table(fit_category_vocab(train, items), gold(C.CATEGORY_VOCAB))
+    overwrite_table(fit_category_vocab(train, items, category_buckets), gold(C.CATEGORY_VOCAB))
     category_vocab = read_table(spark, gold(C.CATEGORY_VOCAB))
-    overwrite_table(build_sequences(with_item_idx(split, vocab)), gold(SEQUENCES))
+    overwrite_table(build_sequences(with_item_idx(split, vocab, item_buckets)), gold(SEQUENCES))
 
     users_path = config.table_path(C.SILVER, C.USERS)
     users = read_table(spark, users_path) if table_exists(spark, users_path) else None
     # One row per user / item, persisted: read by the statistics and by the normalised write.
     user_features = build_user_features(split, users, items, config.features.interest_top_n,
                                         config.features.interest_half_life_days).persist()
-    item_features = build_item_features(split, items, vocab, config.features.price_buckets, category_vocab).persist()
+    item_features = build_item_features(split, items, vocab, config.features.price_buckets, category_vocab,
+                                        item_buckets=item_buckets, category_buckets=category_buckets).persist()
     overwrite_table(fit_user_stats(user_features).unionByName(fit_item_stats(item_features)), gold(C.FEATURE_STATS))
     stats = read_table(spark, gold(C.FEATURE_STATS))  # applied from the stored table: stored = applied
     overwrite_table(with_user_vector(user_features, stats), gold(USER_FEATURES))

@@ -4,10 +4,12 @@ Behaviour columns come from the training period only (``split = 'train'``), meas
 end of the training period (its latest event), so no validation or test event leaks in. Spark
 built-ins only: no Python UDF, no collect, no global sort of events.
 
-- item_idx: from item_vocab; OUT_OF_VOCABULARY (1) for every other item.
+- item_idx: from item_vocab; for every other item its hashed bucket (``features.oov_buckets``, see
+  the index layout in recspark.constants; OOV_IDX = 1 when there is one bucket).
 - category_idx: from category_vocab (fitted on the training period: categories of training events,
-  from 2, most frequent first); 1 for a category without training events (out of vocabulary); 0
-  for a missing category ("unknown").
+  from first_vocab_index(category_oov_buckets), most frequent first); a category without training
+  events (out of vocabulary) goes to its hashed bucket (1 with one bucket); 0 for a missing
+  category ("unknown").
 - price_bucket: 0 .. price_buckets-1, the catalogue price's quantile bucket: the number of cut
   points (percentile_approx of catalogue prices at 1/n, 2/n, ...) strictly below the price; null
   without a price.
@@ -26,6 +28,8 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from recspark import constants as C
+from recspark.config import FeaturesConfig
+from recspark.pipeline.features import unknown_index
 from recspark.pipeline.prepare import UNKNOWN
 from recspark.pipeline.user_features import age_days, filter_train, with_training_end
 
@@ -33,26 +37,30 @@ ITEM_FEATURES = "item_features"
 POPULARITY_WINDOWS_DAYS = (7, 30)
 
 
-def fit_category_vocab(train_events: DataFrame, items: DataFrame) -> DataFrame:
-    """category -> contiguous ``category_idx`` (from FIRST_ITEM_IDX = 2, most frequent first, ties
-    by name) for the categories of the training period's events; "unknown" (missing) is left out
-    and maps to PAD_IDX = 0, every other category to OOV_IDX = 1 (see ``with_category_idx``)."""
+def fit_category_vocab(train_events: DataFrame, items: DataFrame,
+                       buckets: int = FeaturesConfig.category_oov_buckets) -> DataFrame:
+    """category -> contiguous ``category_idx`` (from first_vocab_index(buckets), most frequent
+    first, ties by name) for the categories of the training period's events; "unknown" (missing) is
+    left out and maps to PAD_IDX = 0, every other category to its hashed bucket (see
+    ``with_category_idx``)."""
+    first = C.first_vocab_index(buckets)
     counts = (train_events.join(items.select(C.ITEM_ID, C.CATEGORY), C.ITEM_ID, "left")
               .filter(F.col(C.CATEGORY).isNotNull() & (F.col(C.CATEGORY) != UNKNOWN))
               .groupBy(C.CATEGORY).agg(F.count(F.lit(1)).alias(C.TRAIN_COUNT)))
     # A global order needs one partition: one row per category, small next to events.
     order = Window.orderBy(F.col(C.TRAIN_COUNT).desc(), F.col(C.CATEGORY))
-    return counts.withColumn(C.CATEGORY_IDX, (F.row_number().over(order) + (C.FIRST_ITEM_IDX - 1)).cast("int"))
+    return counts.withColumn(C.CATEGORY_IDX, (F.row_number().over(order) + (first - 1)).cast("int"))
 
 
-def with_category_idx(df: DataFrame, category_vocab: DataFrame) -> DataFrame:
-    """Adds ``category_idx``: the vocabulary's index, OOV_IDX for a category outside it, PAD_IDX
-    for a missing one (null or "unknown")."""
+def with_category_idx(df: DataFrame, category_vocab: DataFrame,
+                      buckets: int = FeaturesConfig.category_oov_buckets) -> DataFrame:
+    """Adds ``category_idx``: the vocabulary's index, the hashed bucket of a category outside it
+    (``buckets`` as the vocabulary was fitted with), PAD_IDX for a missing one (null or "unknown")."""
     missing = F.col(C.CATEGORY).isNull() | (F.col(C.CATEGORY) == UNKNOWN)
     return (df.join(F.broadcast(category_vocab.select(C.CATEGORY, F.col(C.CATEGORY_IDX).alias("_cidx"))),
                     C.CATEGORY, "left")
             .withColumn(C.CATEGORY_IDX, F.when(missing, F.lit(C.PAD_IDX))
-                        .otherwise(F.coalesce(F.col("_cidx"), F.lit(C.OOV_IDX))).cast("int"))
+                        .otherwise(F.coalesce(F.col("_cidx"), unknown_index(F.col(C.CATEGORY), buckets))).cast("int"))
             .drop("_cidx"))
 
 
@@ -85,8 +93,10 @@ def item_activity(train: DataFrame) -> DataFrame:
 
 
 def build_item_features(split_events: DataFrame, items: DataFrame, vocab: DataFrame, price_buckets: int,
-                        category_vocab: DataFrame) -> DataFrame:
-    """One row per catalogue item and per item with training events; see the module docstring."""
+                        category_vocab: DataFrame, *, item_buckets: int = FeaturesConfig.oov_buckets,
+                        category_buckets: int = FeaturesConfig.category_oov_buckets) -> DataFrame:
+    """One row per catalogue item and per item with training events; see the module docstring.
+    ``item_buckets`` / ``category_buckets`` must be those the two vocabularies were fitted with."""
     activity = split_events.transform(filter_train).transform(item_activity)
     counts = ["events_7d", "events_30d", "events_all", "n_views", "n_carts", "n_purchases"]
     catalogue = items.select(C.ITEM_ID, C.CATEGORY, C.BRAND, C.PRICE, C.STOCK).transform(
@@ -95,9 +105,10 @@ def build_item_features(split_events: DataFrame, items: DataFrame, vocab: DataFr
             .join(F.broadcast(vocab.select(C.ITEM_ID, C.ITEM_IDX)), C.ITEM_ID, "left")
             .fillna(0, subset=counts)
             .withColumn(C.CATEGORY, F.coalesce(F.col(C.CATEGORY), F.lit(UNKNOWN)))
-            .transform(lambda df: with_category_idx(df, category_vocab))
+            .transform(lambda df: with_category_idx(df, category_vocab, category_buckets))
             .select(C.ITEM_ID,
-                    F.coalesce(F.col(C.ITEM_IDX), F.lit(C.OOV_IDX)).cast("int").alias(C.ITEM_IDX),
+                    F.coalesce(F.col(C.ITEM_IDX), unknown_index(F.col(C.ITEM_ID), item_buckets)).cast("int")
+                    .alias(C.ITEM_IDX),
                     C.CATEGORY, C.CATEGORY_IDX,
                     F.coalesce(F.col(C.BRAND), F.lit(UNKNOWN)).alias(C.BRAND),
                     C.PRICE, "price_bucket", C.STOCK, *counts,
