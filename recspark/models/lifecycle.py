@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from recspark.constants import OOV_IDX, PAD_IDX
+from recspark.constants import FIRST_ITEM_IDX, OOV_IDX, PAD_IDX
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -170,10 +170,12 @@ class ValidationSet:
         return len(self.relevant)
 
 
-def top_k_items(logits: np.ndarray, k: int, seen: Optional[np.ndarray] = None) -> np.ndarray:
-    """Indices of the k best logits per row, never PAD or OOV, nor ``seen`` items when given."""
+def top_k_items(logits: np.ndarray, k: int, seen: Optional[np.ndarray] = None,
+                first_item: int = FIRST_ITEM_IDX) -> np.ndarray:
+    """Indices of the k best logits per row, never a reserved index (below ``first_item``), nor ``seen``
+    items when given."""
     scores = np.array(logits, dtype=np.float64, copy=True)
-    scores[:, [PAD_IDX, OOV_IDX]] = -np.inf
+    scores[:, :first_item] = -np.inf  # reserved: PAD, OOV and the hashed OOV buckets (spec.first_item_idx)
     if seen is not None:
         rows = np.repeat(np.arange(len(scores)), seen.shape[1])
         scores[rows, seen.reshape(-1)] = -np.inf  # PAD padding is already -inf
@@ -197,7 +199,8 @@ def ndcg_at_10(model: "tf.keras.Model", validation: ValidationSet, batch_size: i
     """The model's mean NDCG@10 on ``validation`` (full ranking over the catalogue)."""
     logits = model.predict(validation.inputs, batch_size=batch_size, verbose=0)
     seen = validation.seen if validation.exclude_seen else None
-    return ndcg_from_top_k(top_k_items(logits, NDCG_K, seen), validation.relevant, validation.num_relevant)
+    return ndcg_from_top_k(top_k_items(logits, NDCG_K, seen, model.spec.first_item_idx), validation.relevant,
+                           validation.num_relevant)
 
 
 def early_stopping_callback(
