@@ -27,3 +27,39 @@ def spark():
     )
     yield session
     session.stop()
+
+
+def next_item_examples(spark, rows: int, max_seq_len: int, real_items: int, *, event_types: int = 0,
+                       gap_buckets: int = 0, seed: int = 5):
+    """Distinct (history, target) rows for the Horovod training tests: mostly one item repeated behind
+    some padding, the target is the next item, so a model that learns at all gets the loss down.
+
+    The rows must be distinct. Spark's round-robin repartition sorts rows first, so copies of a
+    row alternate between files: with few distinct rows both shards hold the same rows in the
+    same order, ranks see identical batches, and non-averaged gradients would go unnoticed.
+    With `event_types` and `gap_buckets` every row also gets event types and time-gap buckets
+    aligned with its history (0 on padding), the gold columns sasrec reads; they are drawn after
+    the rows, so the (history, target) pairs do not depend on them.
+    """
+    import numpy as np
+
+    from recspark.constants import FIRST_ITEM_IDX, HISTORY, HISTORY_GAPS, HISTORY_TYPES, PAD_IDX, TARGET
+
+    rng = np.random.default_rng(seed)
+    distinct: set[tuple[tuple[int, ...], int]] = set()
+    while len(distinct) < rows:
+        item = int(rng.integers(real_items))
+        length = int(rng.integers(2, max_seq_len + 1))
+        items = [int(rng.integers(real_items)) if rng.random() < 0.3 else item for _ in range(length)]
+        history = [PAD_IDX] * (max_seq_len - length) + [i + FIRST_ITEM_IDX for i in items]
+        distinct.add((tuple(history), (item + 1) % real_items + FIRST_ITEM_IDX))
+    if not event_types:
+        return spark.createDataFrame([(list(h), t) for h, t in sorted(distinct)], f"{HISTORY} array<int>, {TARGET} int")
+    data = []
+    for history, target in sorted(distinct):
+        real = [step != PAD_IDX for step in history]
+        types = [int(rng.integers(1, event_types + 1)) if r else 0 for r in real]
+        gaps = [1 + min(gap_buckets - 1, max_seq_len - 1 - i) if r else 0 for i, r in enumerate(real)]
+        data.append((list(history), types, gaps, target))
+    return spark.createDataFrame(
+        data, f"{HISTORY} array<int>, {HISTORY_TYPES} array<int>, {HISTORY_GAPS} array<int>, {TARGET} int")

@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from conftest import next_item_examples
 
 from recspark.config import TrainConfig
 from recspark.constants import FIRST_ITEM_IDX, OOV_IDX, PAD_IDX
@@ -168,17 +169,7 @@ NUM_ITEMS = FIRST_ITEM_IDX + REAL_ITEMS + 1
 
 def _examples(spark):
     """Distinct (history, target) rows: mostly one item repeated, the target is the next item."""
-    from recspark.constants import HISTORY, TARGET
-
-    rng = np.random.default_rng(5)
-    rows: set = set()
-    while len(rows) < ROWS:
-        item = int(rng.integers(REAL_ITEMS))
-        length = int(rng.integers(2, MAX_SEQ_LEN + 1))
-        items = [int(rng.integers(REAL_ITEMS)) if rng.random() < 0.3 else item for _ in range(length)]
-        history = [PAD_IDX] * (MAX_SEQ_LEN - length) + [i + FIRST_ITEM_IDX for i in items]
-        rows.add((tuple(history), (item + 1) % REAL_ITEMS + FIRST_ITEM_IDX))
-    return spark.createDataFrame([(list(h), t) for h, t in sorted(rows)], f"{HISTORY} array<int>, {TARGET} int")
+    return next_item_examples(spark, ROWS, MAX_SEQ_LEN, REAL_ITEMS)
 
 
 def _train(spark, tmp_path, config, **kwargs):

@@ -11,9 +11,10 @@ import subprocess
 import sys
 
 import numpy as np
+from conftest import next_item_examples
 
 from recspark.config import TrainConfig
-from recspark.constants import FIRST_ITEM_IDX, HISTORY, HISTORY_GAPS, HISTORY_TYPES, PAD_IDX, TARGET
+from recspark.constants import FIRST_ITEM_IDX, HISTORY, HISTORY_GAPS, HISTORY_TYPES, PAD_IDX
 from recspark.models import ModelSpec
 from recspark.models.training import CHECKPOINTS_DIR, META_FILE, MODEL_FILE, load_model, train_distributed
 
@@ -27,30 +28,8 @@ SPEC = ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, num_event_types=E
 
 
 def _examples(spark):
-    """Distinct rows: mostly one item repeated behind some padding, the target is the next item.
-
-    The rows must be distinct. Spark's round-robin repartition sorts rows first, so copies of a
-    row alternate between files: with few distinct rows both shards hold the same rows in the
-    same order, ranks see identical batches, and non-averaged gradients would go unnoticed.
-    Every row also has event types and time-gap buckets aligned with its history (0 on padding),
-    the gold columns sasrec reads; mean_pool's feed leaves them out.
-    """
-    rng = np.random.default_rng(5)
-    rows: set[tuple[tuple[int, ...], int]] = set()
-    while len(rows) < ROWS:
-        item = int(rng.integers(REAL_ITEMS))
-        length = int(rng.integers(2, MAX_SEQ_LEN + 1))
-        items = [int(rng.integers(REAL_ITEMS)) if rng.random() < 0.3 else item for _ in range(length)]
-        history = [PAD_IDX] * (MAX_SEQ_LEN - length) + [i + FIRST_ITEM_IDX for i in items]
-        rows.add((tuple(history), (item + 1) % REAL_ITEMS + FIRST_ITEM_IDX))
-    data = []
-    for history, target in sorted(rows):
-        real = [step != PAD_IDX for step in history]
-        types = [int(rng.integers(1, EVENT_TYPES + 1)) if r else 0 for r in real]
-        gaps = [1 + min(GAP_BUCKETS - 1, MAX_SEQ_LEN - 1 - i) if r else 0 for i, r in enumerate(real)]
-        data.append((list(history), types, gaps, target))
-    df = spark.createDataFrame(
-        data, f"{HISTORY} array<int>, {HISTORY_TYPES} array<int>, {HISTORY_GAPS} array<int>, {TARGET} int")
+    """Distinct rows with event types and time-gap buckets (see `next_item_examples`)."""
+    df = next_item_examples(spark, ROWS, MAX_SEQ_LEN, REAL_ITEMS, event_types=EVENT_TYPES, gap_buckets=GAP_BUCKETS)
     assert df.distinct().count() == ROWS
     return df
 
