@@ -96,14 +96,17 @@ def test_leave_last_out_ties_break_by_row_order(spark: SparkSession) -> None:
 def test_vocab_is_fitted_on_train_only(split_events) -> None:
     vocab = {r[C.ITEM_ID]: (r[C.ITEM_IDX], r[C.TRAIN_COUNT])
              for r in fit_item_vocab(split_events.filter("split = 'train'"), min_count=2).collect()}
-    # train counts: a=3 (u1 twice, u2 once), b=2; c and d are only in validation/test.
-    assert vocab == {"a": (2, 3), "b": (3, 2)}
+    # train counts: a=3 (u1 twice, u2 once), b=2; c and d are only in validation/test. The vocabulary
+    # starts after PAD, OOV and the default hashed out-of-vocabulary buckets.
+    first = C.first_vocab_index(FeaturesConfig.oov_buckets)
+    assert vocab == {"a": (first, 3), "b": (first + 1, 2)}
 
 
 def test_examples_queries_and_serving_histories(spark: SparkSession, split_events) -> None:
-    vocab = fit_item_vocab(split_events.filter("split = 'train'"), min_count=1)  # a=2, b=3
-    sequences = build_sequences(with_item_idx(split_events, vocab))
-    config = FeaturesConfig(max_seq_len=3, max_examples_per_user=10)
+    # One out-of-vocabulary bucket: every unknown item is OOV_IDX = 1 (buckets: tests/test_oov_buckets.py).
+    vocab = fit_item_vocab(split_events.filter("split = 'train'"), min_count=1, buckets=1)  # a=2, b=3
+    sequences = build_sequences(with_item_idx(split_events, vocab, 1))
+    config = FeaturesConfig(max_seq_len=3, max_examples_per_user=10, oov_buckets=1)
 
     assertDataFrameEqual(
         train_examples(sequences, config).select(C.USER_ID, C.HISTORY, C.TARGET),
@@ -122,7 +125,7 @@ def test_examples_queries_and_serving_histories(spark: SparkSession, split_event
 
 
 def test_examples_keep_only_latest_per_user(spark: SparkSession, split_events) -> None:
-    vocab = fit_item_vocab(split_events.filter("split = 'train'"), min_count=1)
-    sequences = build_sequences(with_item_idx(split_events, vocab))
-    examples = train_examples(sequences, FeaturesConfig(max_seq_len=3, max_examples_per_user=1))
+    vocab = fit_item_vocab(split_events.filter("split = 'train'"), min_count=1, buckets=1)
+    sequences = build_sequences(with_item_idx(split_events, vocab, 1))
+    examples = train_examples(sequences, FeaturesConfig(max_seq_len=3, max_examples_per_user=1, oov_buckets=1))
     assert sorted((r[C.USER_ID], r[C.TARGET]) for r in examples.collect()) == [("u1", 2), ("u2", 3)]
