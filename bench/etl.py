@@ -22,13 +22,11 @@ over the sizes run. 1.0 is linear; the goal is <= 1.1 with the driver's memory f
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,10 +36,10 @@ from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parent.parent
+from _common import MB, REPO, Interrupted, load_line, print_header, raise_on_termination
+
 DEFAULT_SIZES = [1_000_000, 5_000_000, 20_000_000]
 STAGES = ("ingest", "prepare", "features")
-MB = 2**20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,22 +210,6 @@ def log_slope(results: list[dict], seconds) -> float:
     return slope([math.log(r["events"]) for r in results], [math.log(seconds(r)) for r in results])
 
 
-def load_line(when: str) -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {when}: {one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min; {os.cpu_count()} cores)"
-
-
-class Interrupted(Exception):
-    pass
-
-
-def _interrupt(signum, frame) -> None:
-    # timeout(1) signals this process and then its whole process group: only the first one counts.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise Interrupted(signal.Signals(signum).name)
-
-
 def report(results: list[dict]) -> None:
     header = (f"{'size':>11} {'events':>11} {'gen s':>7} {'ETL s':>8} {'events/s':>9} {'base s':>7} "
               f"{'ETL/base':>8} {'JVM RSS MB':>10} {'heap pk MB':>10} {'heap kept':>9} {'py RSS MB':>9}")
@@ -286,17 +268,12 @@ def main() -> None:
         run_one(args.one_size, args.workdir, args.result)
         return
 
-    print(f"bench/etl.py at {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC, sizes {args.sizes}")
-    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True)
-    print(f"commit {commit.stdout.strip()}; {psutil.virtual_memory().total / 2**30:.0f} GiB RAM; "
-          f"{shutil.disk_usage(tempfile.gettempdir()).free / 2**30:.0f} GiB free in {tempfile.gettempdir()}")
-    print(load_line("before"), flush=True)
+    print_header(f"bench/etl.py, sizes {args.sizes}")
     env = dict(os.environ)
     # Pseudonyms need a key; a throw-away one keeps the benchmark from creating a key file.
     env.setdefault("RECSPARK_PSEUDONYM_KEY", secrets.token_hex(32))
     env.setdefault("TF_USE_LEGACY_KERAS", "1")
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    raise_on_termination()
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="recspark-bench-") as root:
         for n_events in args.sizes:
