@@ -55,10 +55,12 @@ def test_time_split_with_configured_cuts_and_queries(spark: SparkSession) -> Non
     # u1 has a training event -> a validation query (no test events -> no test query); u2 starts in
     # validation -> no validation query, but a test query conditioned on its validation event; u3
     # only has test events -> no query at all.
-    vocab = fit_item_vocab(split.filter("split = 'train'"), min_count=1)  # a -> 2; b, c out of vocabulary
+    # a -> the first vocabulary index (after the default out-of-vocabulary buckets); b, c out of vocabulary.
+    vocab = fit_item_vocab(split.filter("split = 'train'"), min_count=1)
     queries = eval_queries(build_sequences(with_item_idx(split, vocab)), config)
+    a = C.first_vocab_index(FeaturesConfig.oov_buckets)
     assertDataFrameEqual(queries.select(C.USER_ID, C.SPLIT, C.HISTORY, C.RELEVANT), spark.createDataFrame(
-        [("u1", "validation", [0, 2], ["b", "c"]), ("u2", "test", [0, 2], ["b"])],
+        [("u1", "validation", [0, a], ["b", "c"]), ("u2", "test", [0, a], ["b"])],
         "user_id string, split string, history array<int>, relevant array<string>"))
 
 
@@ -111,12 +113,19 @@ def normalisation_inputs(spark: SparkSession):
 
 def test_category_vocab_is_fitted_on_train_and_maps_the_rest(spark: SparkSession, normalisation_inputs) -> None:
     categories, _, item_rows = normalisation_inputs(99.0, 99.0)
-    # Training events: shoes 2 (a twice), hats 2 (b twice): tie broken by name -> hats 2, shoes 3.
+    # Training events: shoes 2 (a twice), hats 2 (b twice): tie broken by name -> hats first, then
+    # shoes, after PAD, OOV and the default hashed out-of-vocabulary category buckets.
+    buckets = FeaturesConfig.category_oov_buckets
+    first = C.first_vocab_index(buckets)
     assertDataFrameEqual(categories, spark.createDataFrame(
-        [("hats", 2, 2), ("shoes", 2, 3)], "category string, train_count long, category_idx int"))
-    # toys is only seen in the test period -> out of vocabulary (1); unknown -> missing (0).
+        [("hats", 2, first), ("shoes", 2, first + 1)], "category string, train_count long, category_idx int"))
+    # toys is only seen in the test period -> out of vocabulary: its hashed bucket (xxhash64 of the
+    # name, in 2 .. first - 1); unknown -> missing (0).
+    toys = spark.range(1).select((F.lit(C.FIRST_BUCKET_IDX) + F.pmod(F.xxhash64(F.lit("toys")), F.lit(buckets)))
+                                 .cast("int")).first()[0]
+    assert C.FIRST_BUCKET_IDX <= toys < first
     assertDataFrameEqual(item_rows.select(C.ITEM_ID, C.CATEGORY_IDX), spark.createDataFrame(
-        [("a", 3), ("b", 2), ("c", 1), ("d", 0)], "item_id string, category_idx int"))
+        [("a", first + 1), ("b", first), ("c", toys), ("d", 0)], "item_id string, category_idx int"))
 
 
 def stats_rows(stats: DataFrame) -> dict:
