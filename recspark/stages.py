@@ -71,6 +71,8 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
     # The Delta versions read: part of each run's fingerprint (resume) and of its MLflow record.
     versions = {path: table_version(spark, path) for path in (examples_path, vocab_path, queries_path)}
     summary: dict = {C.RUN_ID: run_id}
+    category_path = config.table_path(C.GOLD, C.CATEGORY_VOCAB)
+    category_vocab = read_table(spark, category_path) if table_exists(spark, category_path) else None
     for model in config.train.models:
         model_dir = config.model_dir(model)
         examples = read_table(spark, examples_path)
@@ -86,6 +88,8 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
             train_config=config.train, model_dir=str(model_dir),
             cache_url=config.petastorm_cache_url, validation=validation,
             data_versions={Path(path).name: version for path, version in versions.items()},
+            # Saved in the export; a warm start maps the previous export's rows through them.
+            item_vocab=read_table(spark, vocab_path), category_vocab=category_vocab,
         )
         tracked = log_training_run(
             config.tracking, checkpoints_dir=config.paths.checkpoints, dataset=config.dataset.name, model=model,

@@ -10,6 +10,8 @@ weights are broadcast after the first batch. Rank 0 alone writes, under ``model_
 - ``model_meta.json``: what the scorer needs to use it (``inputs``: the gold columns it reads;
   ``spec``: the ModelSpec that rebuilds it), and how it was trained;
 - ``checkpoints/epoch-NNN.weights.h5``: weights after every epoch (load into ``build_model``);
+- ``vocab/item_vocab.parquet``, ``vocab/category_vocab.parquet``: the vocabularies the model's rows
+  are indexed by (when given), so that a warm start can move rows after the gold tables are refitted;
 - ``state/epoch-NNN.npz``: the last epochs' resumable state (weights, optimizer, history and the
   run's fingerprint), see :mod:`recspark.models.lifecycle`; ``previous/``: the export before this
   run's, kept for a warm start.
@@ -179,8 +181,7 @@ def _train_fn(
     fingerprint: str = "",
     resume_state: Optional[lifecycle.RunState] = None,
     validation: Optional[lifecycle.ValidationSet] = None,
-    warm_start_dir: Optional[str] = None,
-    warm_start_num_items: Optional[int] = None,
+    warm_start: Optional[lifecycle.WarmStart] = None,
     shuffle: bool = True,
     optimizer_name: str = "adam",
 ) -> RankResult:
@@ -211,7 +212,7 @@ def _train_fn(
                                  val_ndcg_history=list(resume_state.val_ndcg_history))
              if resume_state is not None else lifecycle.RunState(epoch=0, fingerprint=fingerprint))
     best_restored = lifecycle.restore_run(model, optimizer, rank=rank, state=resume_state,
-                                          warm_start_dir=warm_start_dir, old_num_items=warm_start_num_items)
+                                          warm_start=warm_start)
     initial_epoch = state.epoch
 
     callbacks: list = [
@@ -285,7 +286,10 @@ def _train_fn(
             "epochs_trained": state.epoch,
             "val_ndcg_history": list(state.val_ndcg_history),
             "best_epoch": state.best_epoch,
-            "warm_start_from": warm_start_dir,
+            "warm_start_from": warm_start.directory if warm_start is not None else None,
+            # How the previous export's rows were placed: "vocabulary" (joined on item_id), "positional".
+            "warm_start_items": (None if warm_start is None else
+                                 "vocabulary" if warm_start.item_old_to_new is not None else "positional"),
         }
         _export(model, out, meta, model_name, spec, train_config)
 
@@ -329,15 +333,18 @@ def _prepare_model_dir(model_dir: Path, *, resuming: bool = False, keep_previous
     """Creates model_dir and removes a previous run's outputs, so no stale epoch survives a shorter run.
 
     ``resuming``: the epoch checkpoints and states of the run being resumed stay. ``keep_previous``:
-    the last export moves to ``previous/`` (the warm start reads it) instead of being deleted.
+    the last export (model, meta and saved vocabularies) moves to ``previous/`` (the warm start
+    reads it) instead of being deleted.
     """
     if keep_previous and (model_dir / MODEL_FILE).is_file():
         previous = model_dir / lifecycle.PREVIOUS_DIR
         shutil.rmtree(previous, ignore_errors=True)
         previous.mkdir(parents=True)
-        for name in (MODEL_FILE, META_FILE):
-            if (model_dir / name).is_file():
+        for name in (MODEL_FILE, META_FILE, lifecycle.VOCAB_DIR):
+            if (model_dir / name).exists():
                 os.replace(model_dir / name, previous / name)
+    # This run's vocabularies are written afresh (save_vocabularies); an older run's must not stay.
+    shutil.rmtree(model_dir / lifecycle.VOCAB_DIR, ignore_errors=True)
     if not resuming:
         shutil.rmtree(model_dir / CHECKPOINTS_DIR, ignore_errors=True)
         shutil.rmtree(model_dir / lifecycle.STATE_DIR, ignore_errors=True)
@@ -359,6 +366,8 @@ def train_distributed(
     data_versions: Optional[dict] = None,
     shuffle: bool = True,
     optimizer: str = "adam",
+    item_vocab: Optional[DataFrame] = None,
+    category_vocab: Optional[DataFrame] = None,
 ) -> TrainResult:
     """Trains ``model`` on ``train_df`` (the model's input columns and target) with ``num_proc``
     Horovod processes; ``spec`` holds the data's sizes (:func:`recspark.models.model_spec`).
@@ -367,6 +376,9 @@ def train_distributed(
     ``data_versions``: the Delta versions of the tables read, part of the run's fingerprint (a
     checkpoint resumes only the same model, configuration and data). ``shuffle=False`` and
     ``optimizer="sgd"`` exist for the equivalence tests (a deterministic order, a plain step).
+    ``item_vocab`` / ``category_vocab``: the gold vocabularies ``spec`` was made from; saved in the
+    export (``vocab/``) and, with ``train.warm_start``, joined with the previous export's saved ones
+    to move its rows to their current indices (without them rows keep their positions).
     Raises :class:`~recspark.models.lifecycle.RankFailedError` naming the rank when a Horovod process dies.
 
     ``model_dir`` must be visible to rank 0's process (local mode: any local path; a cluster: shared
@@ -403,17 +415,20 @@ def train_distributed(
         resume_state = lifecycle.find_resumable_state(out, fingerprint) if train_config.resume else None
         if resume_state is not None:
             log.info("resuming %s after epoch %d from %s", model, resume_state.epoch, resume_state.path)
-        warm_start_dir, warm_start_items = None, None
+        warm_start = None
         if train_config.warm_start and resume_state is None:
             _prepare_model_dir(out, keep_previous=True)
             previous = out / lifecycle.PREVIOUS_DIR
             if (previous / MODEL_FILE).is_file():
-                warm_start_dir = str(previous)
-                warm_start_items = json.loads((previous / META_FILE).read_text())["num_items"]
+                warm_start = lifecycle.plan_warm_start(
+                    spark, previous, json.loads((previous / META_FILE).read_text()), spec.to_dict(),
+                    item_vocab, category_vocab)
             else:
                 log.warning("train.warm_start: no previous export in %s, %s starts from scratch", out, model)
         else:
             _prepare_model_dir(out, resuming=resume_state is not None)
+        # Before training: the export is complete once rank 0 writes model.keras beside it.
+        lifecycle.save_vocabularies(out, item_vocab, category_vocab)
         launcher, run = lifecycle.horovod_launcher()
         started = time.time()
         try:
@@ -421,7 +436,7 @@ def train_distributed(
                 _train_fn,
                 dict(converter=converter, model_name=model, num_rows=num_rows, spec=spec, train_config=train_config,
                      model_dir=str(out), fingerprint=fingerprint, resume_state=resume_state, validation=validation,
-                     warm_start_dir=warm_start_dir, warm_start_num_items=warm_start_items, shuffle=shuffle,
+                     warm_start=warm_start, shuffle=shuffle,
                      optimizer_name=optimizer),
                 num_proc,
                 _worker_env(),
