@@ -57,10 +57,13 @@ def user_rows(inputs) -> dict:
 @pytest.fixture(scope="module")
 def item_rows(inputs) -> list[Row]:
     events, items, _ = inputs
-    vocab = fit_item_vocab(events.transform(filter_train), min_count=2)  # a=3 -> 2, c=3 -> 3; b, d, e OOV
+    # One out-of-vocabulary bucket (every unknown id is OOV_IDX = 1): the index layout with hashed
+    # buckets is tested in tests/test_oov_buckets.py.
+    vocab = fit_item_vocab(events.transform(filter_train), min_count=2, buckets=1)  # a=3 -> 2, c=3 -> 3; b, d, e OOV
     # Training events per category: shoes 6 (a 3, c 3) -> 2; bags 1 (e) and hats 1 (b) -> 3, 4 by name.
-    categories = fit_category_vocab(events.transform(filter_train), items)
-    return build_item_features(events, items, vocab, price_buckets=5, category_vocab=categories).collect()  # one job
+    categories = fit_category_vocab(events.transform(filter_train), items, buckets=1)
+    return build_item_features(events, items, vocab, price_buckets=5, category_vocab=categories,
+                               item_buckets=1, category_buckets=1).collect()  # one job
 
 
 def test_rfm_demographics_and_type_counts(user_rows: dict) -> None:
