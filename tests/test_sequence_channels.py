@@ -21,7 +21,8 @@ from recspark.pipeline.features import (
 EVENTS = ("event_id string, user_id string, item_id string, event_type string, event_ts timestamp, "
           "source_file string, source_row long, split string")
 TYPES = ["view", "cart", "purchase"]
-CONFIG = FeaturesConfig(max_seq_len=3, max_examples_per_user=10, gap_buckets=4)
+# One out-of-vocabulary bucket: the vocabulary starts at 2 (hashed buckets: tests/test_oov_buckets.py).
+CONFIG = FeaturesConfig(max_seq_len=3, max_examples_per_user=10, gap_buckets=4, oov_buckets=1)
 HISTORIES = "history array<int>, history_types array<int>, history_gaps array<int>"
 
 
@@ -45,8 +46,8 @@ def sequences(spark: SparkSession) -> DataFrame:
         ("e9", "u2", "a", "cart", at(119 / 60), "f", 9, "train"),
     ], EVENTS)
     # Training counts a=4, b=2, c=1 -> a=2, b=3, c=4.
-    vocab = fit_item_vocab(events.filter("split = 'train'"), min_count=1)
-    return build_sequences(with_item_idx(events, vocab))
+    vocab = fit_item_vocab(events.filter("split = 'train'"), min_count=1, buckets=CONFIG.oov_buckets)
+    return build_sequences(with_item_idx(events, vocab, CONFIG.oov_buckets))
 
 
 def test_train_examples_carry_aligned_types_and_gaps(spark: SparkSession, sequences: DataFrame) -> None:
