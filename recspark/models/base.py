@@ -1,11 +1,15 @@
 """The base of every model: dict of gold columns -> logits over all items, and the loss in one place.
 
-A model is a subclass of :class:`Recommender` that creates its layers in ``__init__``, reads the
-columns named in ``INPUTS`` and turns them into one user vector per row (:meth:`user_vectors`).
-Scores are ``user_vector . output_embeddings[i] + output_bias[i]`` for every item i, PAD and OOV
+:class:`Recommender` is what every model shares (spec and settings, config, ``from_train_config``,
+and a ``train_step`` around the model's one :meth:`Recommender.compute_training_loss`); the
+feature models (towers, dnn) build on it in :class:`recspark.models.towers.FeatureModel`.
+
+A sequence model is a subclass of :class:`SequenceRecommender` that creates its layers in
+``__init__``, reads the columns named in ``INPUTS`` and turns them into one user vector per row
+(:meth:`SequenceRecommender.user_vectors`). Scores are ``user_vector . output_embeddings[i] + output_bias[i]`` for every item i, PAD and OOV
 included (keeping those out of recommendations is the scorer's job).
 
-Training (``fit``) uses :meth:`Recommender.compute_training_loss`, the one statement of the loss:
+Training (``fit``) uses :meth:`SequenceRecommender.compute_training_loss`, the one statement of its loss:
 softmax cross-entropy over the whole catalogue (``softmax="full"``), or sampled softmax over
 ``num_sampled`` negatives (``"sampled"``), which never computes the full logits. Evaluation,
 ``predict`` and serving always use the full logits.
@@ -17,6 +21,7 @@ custom objects beyond the registration that ``import recspark.models`` performs.
 """
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar, Optional
 
 import tensorflow as tf
@@ -24,34 +29,120 @@ import tensorflow as tf
 from recspark import constants as C
 from recspark.models import ModelSpec
 
-# The TrainConfig fields a model's config keeps (everything else is irrelevant to the network).
+# The TrainConfig fields a sequence model's config keeps (everything else is irrelevant to the network).
 SETTINGS = ("embedding_dim", "num_layers", "num_heads", "dropout", "softmax", "num_sampled", "sampler", "seed")
 
 
 @tf.keras.utils.register_keras_serializable(package="recspark")
 class Recommender(tf.keras.Model):
-    """Base class; subclasses set ``NAME``, ``INPUTS`` and implement layers, ``user_vectors`` and
-    ``output_embeddings``."""
+    """Base class of every model: gold columns ``INPUTS`` in, logits [n, num_items] out.
+
+    What every model shares: ``spec`` (the ModelSpec) and ``settings`` (the TrainConfig fields named
+    in ``SETTINGS``), kept as JSON so ``get_config`` / ``from_config`` rebuild the model by calling
+    its constructor; ``from_train_config``; and a ``train_step`` / ``test_step`` whose loss is
+    :meth:`compute_training_loss`, the one statement of each model's loss. Subclasses:
+    :class:`SequenceRecommender` (mean_pool, sasrec) and
+    :class:`recspark.models.towers.FeatureModel` (towers, dnn).
+    """
 
     NAME: ClassVar[str] = ""
     INPUTS: ClassVar[tuple[str, ...]] = (C.HISTORY,)
+    SETTINGS: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, spec: dict[str, Any], settings: dict[str, Any], **kwargs: Any) -> None:
-        super().__init__(name=kwargs.pop("name", self.NAME), **kwargs)
-        self.spec = ModelSpec.from_dict(spec)
-        self.settings = {key: settings[key] for key in SETTINGS}
-        if self.settings["softmax"] not in ("full", "sampled"):
-            raise ValueError(f"softmax must be 'full' or 'sampled', got {self.settings['softmax']!r}")
-        if self.settings["sampler"] not in ("log_uniform", "popularity"):
-            raise ValueError(f"sampler must be 'log_uniform' or 'popularity', got {self.settings['sampler']!r}")
-        if (self.settings["softmax"] == "sampled" and self.settings["sampler"] == "popularity"
-                and self.spec.item_counts is None):
-            raise ValueError("the popularity sampler needs ModelSpec.item_counts (item_vocab train_count)")
-        self.output_bias = self.add_weight(
-            name="output_bias", shape=(self.spec.num_items,), initializer="zeros", trainable=True)
+    def __init__(self, spec: dict[str, Any], settings: dict[str, Any], name: Optional[str] = None,
+                 **kwargs: Any) -> None:
+        """``spec`` and ``settings`` as the subclass keeps them (JSON values, see :meth:`model_config`);
+        ``kwargs`` go to Keras (a feature model's ``inputs`` and ``outputs``)."""
+        super().__init__(name=name or self.NAME, **kwargs)
+        # JSON strings, not dicts: Keras would wrap a dict attribute for tracking.
+        self._spec_json, self._settings_json = json.dumps(spec), json.dumps(settings)
         # The epoch's mean loss for fit's logs. Set around Keras's attribute tracking: its two
         # counters are not weights (not saved, not in get_weights, so ranks compare only the model).
         object.__setattr__(self, "loss_tracker", tf.keras.metrics.Mean(name="loss"))
+
+    @classmethod
+    def model_config(cls, spec: dict[str, Any], settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The (spec, settings) the model keeps, checked: by default ``settings`` cut to ``SETTINGS``."""
+        return dict(spec), {key: settings[key] for key in cls.SETTINGS}
+
+    # -- construction, saving ------------------------------------------------------------------------
+
+    @classmethod
+    def from_train_config(cls, spec: Any, train: Any) -> "Recommender":
+        """From a ModelSpec (or its dict) and a TrainConfig, as ``recspark.models.build_model`` calls it."""
+        values = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
+        return cls(spec=values, settings={key: getattr(train, key) for key in cls.SETTINGS})
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The ModelSpec (decoded once: the layers read it on every call)."""
+        cached = self.__dict__.get("_spec_cache")
+        if cached is None:
+            cached = ModelSpec.from_dict(json.loads(self._spec_json))
+            object.__setattr__(self, "_spec_cache", cached)
+        return cached
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return json.loads(self._settings_json)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"spec": json.loads(self._spec_json), "settings": self.settings, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> "Recommender":
+        return cls(**config)
+
+    # -- training: the loss, stated once per model ---------------------------------------------------
+
+    def compute_training_loss(self, inputs: dict[str, tf.Tensor], target: tf.Tensor, training: bool = True) -> tf.Tensor:
+        """The model's loss: a scalar for a batch of ``inputs`` and their ``target`` item_idx."""
+        raise NotImplementedError
+
+    @property
+    def metrics(self) -> list:
+        return [self.loss_tracker]
+
+    def train_step(self, data: tuple) -> dict[str, tf.Tensor]:
+        inputs, target = data[0], data[1]
+        with tf.GradientTape() as tape:
+            loss = self.compute_training_loss(inputs, target, training=True)
+            total = loss + tf.add_n(self.losses) if self.losses else loss
+        # minimize(), not apply_gradients(grads): Horovod's DistributedOptimizer averages the
+        # gradients across ranks inside compute_gradients, which minimize() calls.
+        self.optimizer.minimize(total, self.trainable_variables, tape=tape)
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}
+
+    def test_step(self, data: tuple) -> dict[str, tf.Tensor]:
+        inputs, target = data[0], data[1]
+        self.loss_tracker.update_state(self.compute_training_loss(inputs, target, training=False))
+        return {"loss": self.loss_tracker.result()}
+
+
+class SequenceRecommender(Recommender):
+    """Base of the sequence models; subclasses set ``NAME``, ``INPUTS`` and implement layers,
+    ``user_vectors`` and ``output_embeddings``."""
+
+    SETTINGS: ClassVar[tuple[str, ...]] = SETTINGS
+
+    def __init__(self, spec: dict[str, Any], settings: dict[str, Any], **kwargs: Any) -> None:
+        spec, settings = self.model_config(spec, settings)
+        super().__init__(spec, settings, **kwargs)
+        self.output_bias = self.add_weight(
+            name="output_bias", shape=(self.spec.num_items,), initializer="zeros", trainable=True)
+
+    @classmethod
+    def model_config(cls, spec: dict[str, Any], settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The whole ModelSpec (checked by ModelSpec itself) and the sequence settings, checked."""
+        spec, settings = ModelSpec.from_dict(spec).to_dict(), super().model_config(spec, settings)[1]
+        if settings["softmax"] not in ("full", "sampled"):
+            raise ValueError(f"softmax must be 'full' or 'sampled', got {settings['softmax']!r}")
+        if settings["sampler"] not in ("log_uniform", "popularity"):
+            raise ValueError(f"sampler must be 'log_uniform' or 'popularity', got {settings['sampler']!r}")
+        if settings["softmax"] == "sampled" and settings["sampler"] == "popularity" and spec["item_counts"] is None:
+            raise ValueError("the popularity sampler needs ModelSpec.item_counts (item_vocab train_count)")
+        return spec, settings
 
     # -- what subclasses provide -------------------------------------------------------------------
 
@@ -63,11 +154,7 @@ class Recommender(tf.keras.Model):
         """[num_items, embedding_dim]: the item side of the score (tied or separate)."""
         raise NotImplementedError
 
-    # -- construction, saving ------------------------------------------------------------------------
-
-    @classmethod
-    def from_train_config(cls, spec: ModelSpec, train: Any) -> "Recommender":
-        return cls(spec=spec.to_dict(), settings={key: getattr(train, key) for key in SETTINGS})
+    # -- construction --------------------------------------------------------------------------------
 
     def _build_now(self) -> None:
         """Creates every variable (call once at the end of a subclass's ``__init__``)."""
@@ -78,13 +165,6 @@ class Recommender(tf.keras.Model):
         batch = tf.concat([tf.zeros([rows, self.spec.max_seq_len - 1], tf.int32),
                            tf.fill([rows, 1], C.OOV_IDX)], axis=1)
         return {name: batch for name in self.INPUTS}
-
-    def get_config(self) -> dict[str, Any]:
-        return {"spec": self.spec.to_dict(), "settings": dict(self.settings), "name": self.name}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "Recommender":
-        return cls(**config)
 
     def get_build_config(self) -> Optional[dict]:
         # Every variable exists once __init__ returns: nothing to rebuild from an input shape.
@@ -140,23 +220,3 @@ class Recommender(tf.keras.Model):
             sampled, true_expected, sampled_expected = tf.random.fixed_unigram_candidate_sampler(
                 unigrams=counts, **common)
         return sampled + C.FIRST_ITEM_IDX, true_expected, sampled_expected
-
-    @property
-    def metrics(self) -> list:
-        return [self.loss_tracker]
-
-    def train_step(self, data: tuple) -> dict[str, tf.Tensor]:
-        inputs, target = data
-        with tf.GradientTape() as tape:
-            loss = self.compute_training_loss(inputs, target, training=True)
-            total = loss + tf.add_n(self.losses) if self.losses else loss
-        # minimize(), not apply_gradients(grads): Horovod's DistributedOptimizer averages the
-        # gradients across ranks inside compute_gradients, which minimize() calls.
-        self.optimizer.minimize(total, self.trainable_variables, tape=tape)
-        self.loss_tracker.update_state(loss)
-        return {"loss": self.loss_tracker.result()}
-
-    def test_step(self, data: tuple) -> dict[str, tf.Tensor]:
-        inputs, target = data
-        self.loss_tracker.update_state(self.compute_training_loss(inputs, target, training=False))
-        return {"loss": self.loss_tracker.result()}

@@ -33,7 +33,7 @@ from pyspark.sql import functions as F
 
 from recspark import constants as C
 from recspark.models.item_tables import ItemTables
-from recspark.models.towers import (FeatureModel, ItemAttributeEncoder, apply_mlp, build_mlp, mlp_layers,
+from recspark.models.towers import (FeatureModel, ItemAttributeScores, apply_mlp, build_mlp, mlp_layers,
                                     model_spec_dict)
 
 NAME = "dnn"
@@ -50,20 +50,16 @@ def loss(labels: tf.Tensor, logits: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
 
 
 @tf.keras.saving.register_keras_serializable(package="recspark")
-class DNNScorer(tf.keras.layers.Layer):
+class DNNScorer(ItemAttributeScores):
     """User features [n, F] -> interaction logits, for chosen items (:meth:`pair_logits`) or for
     every vocabulary item (:meth:`call`)."""
 
     def __init__(self, num_items: int, num_categories: int, num_prices: int, embedding_dim: int,
                  hidden_units: Sequence[int], dropout: float, seed: int, **kwargs) -> None:
-        super().__init__(**kwargs)
         if not hidden_units:
             raise ValueError("the dnn needs at least one hidden layer (train.hidden_units)")
-        self.num_items, self.embedding_dim = num_items, embedding_dim
-        self.hidden_units, self.dropout, self.seed = [int(u) for u in hidden_units], dropout, seed
+        super().__init__(num_items, num_categories, num_prices, embedding_dim, hidden_units, dropout, seed, **kwargs)
         first = self.hidden_units[0]
-        self.attributes = ItemAttributeEncoder(num_items, num_categories, num_prices, embedding_dim, seed,
-                                               name="item_attributes")
         # Dense(first) over [user, item] == user_part(user) + item_part(item): the item part is then
         # computed once per item, not once per (user, item) pair.
         self.user_part = tf.keras.layers.Dense(first, name="first_user",
@@ -106,12 +102,6 @@ class DNNScorer(tf.keras.layers.Layer):
         )  # [chunks, n, SCORE_CHUNK]
         logits = tf.reshape(tf.transpose(per_chunk, [1, 0, 2]), [-1, chunks * SCORE_CHUNK])
         return logits[:, : self.num_items]
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "num_items": self.num_items,
-                "num_categories": self.attributes.num_categories, "num_prices": self.attributes.num_prices,
-                "embedding_dim": self.embedding_dim, "hidden_units": self.hidden_units,
-                "dropout": self.dropout, "seed": self.seed}
 
 
 @tf.keras.saving.register_keras_serializable(package="recspark")

@@ -12,11 +12,11 @@ from typing import Any
 import tensorflow as tf
 
 from recspark import constants as C
-from recspark.models.base import Recommender
+from recspark.models.base import SequenceRecommender
 
 
 @tf.keras.utils.register_keras_serializable(package="recspark")
-class MeanPool(Recommender):
+class MeanPool(SequenceRecommender):
     """Embedding (PAD masked) -> masked mean -> Dense(relu) -> a Dense-like [dim, num_items] output
     kernel (same initial weights as the functional model it replaces, so its runs are comparable)."""
 

@@ -25,7 +25,7 @@ from typing import Any
 import tensorflow as tf
 
 from recspark import constants as C
-from recspark.models.base import Recommender
+from recspark.models.base import SequenceRecommender
 
 
 @tf.keras.utils.register_keras_serializable(package="recspark")
@@ -62,7 +62,7 @@ class TransformerBlock(tf.keras.layers.Layer):
 
 
 @tf.keras.utils.register_keras_serializable(package="recspark")
-class SASRec(Recommender):
+class SASRec(SequenceRecommender):
     """Item + event-type + time-gap + position embeddings -> causal Transformer -> last state."""
 
     NAME = "sasrec"

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Optional, Sequence
 
-import json
-
 import numpy as np
 import tensorflow as tf
+# tf.keras is tf-keras (recspark.models checks): its Functional class, which FeatureModel names as a base.
+from tf_keras.src.engine.functional import Functional
 
 from recspark import constants as C
+from recspark.models.base import Recommender
 from recspark.models.item_tables import POPULARITY_BUCKETS, ItemTables, feature_spec
 
 NAME = "towers"
@@ -136,9 +137,10 @@ class ItemAttributeEncoder(tf.keras.layers.Layer):
                 "num_prices": self.num_prices, "embedding_dim": self.embedding_dim, "seed": self.seed}
 
 
-@tf.keras.saving.register_keras_serializable(package="recspark")
-class ItemTowerScores(tf.keras.layers.Layer):
-    """User vectors [n, dim] -> logits [n, num_items]: dot products with every item tower output."""
+class ItemAttributeScores(tf.keras.layers.Layer):
+    """Base of the layers that score items from their attribute tables (:class:`ItemTowerScores`,
+    :class:`recspark.models.dnn.DNNScorer`): holds the :class:`ItemAttributeEncoder` (created first,
+    so the variables keep their order) and the sizes, and states ``get_config`` once for both."""
 
     def __init__(self, num_items: int, num_categories: int, num_prices: int, embedding_dim: int,
                  hidden_units: Sequence[int], dropout: float, seed: int, **kwargs) -> None:
@@ -147,6 +149,21 @@ class ItemTowerScores(tf.keras.layers.Layer):
         self.hidden_units, self.dropout, self.seed = [int(u) for u in hidden_units], dropout, seed
         self.attributes = ItemAttributeEncoder(num_items, num_categories, num_prices, embedding_dim, seed,
                                                name="item_attributes")
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "num_items": self.num_items,
+                "num_categories": self.attributes.num_categories, "num_prices": self.attributes.num_prices,
+                "embedding_dim": self.embedding_dim, "hidden_units": self.hidden_units,
+                "dropout": self.dropout, "seed": self.seed}
+
+
+@tf.keras.saving.register_keras_serializable(package="recspark")
+class ItemTowerScores(ItemAttributeScores):
+    """User vectors [n, dim] -> logits [n, num_items]: dot products with every item tower output."""
+
+    def __init__(self, num_items: int, num_categories: int, num_prices: int, embedding_dim: int,
+                 hidden_units: Sequence[int], dropout: float, seed: int, **kwargs) -> None:
+        super().__init__(num_items, num_categories, num_prices, embedding_dim, hidden_units, dropout, seed, **kwargs)
         self.mlp = mlp_layers(self.hidden_units, dropout, seed + 10, "item_tower")
         self.out = tf.keras.layers.Dense(embedding_dim, name="item_tower_out",
                                          kernel_initializer=_init.GlorotUniform(seed=seed + 20))
@@ -163,12 +180,6 @@ class ItemTowerScores(tf.keras.layers.Layer):
     def call(self, user: tf.Tensor, training=None) -> tf.Tensor:
         items = self.item_vectors(self.attributes(tf.range(self.num_items)), training=training)
         return tf.matmul(user, items, transpose_b=True)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "num_items": self.num_items,
-                "num_categories": self.attributes.num_categories, "num_prices": self.attributes.num_prices,
-                "embedding_dim": self.embedding_dim, "hidden_units": self.hidden_units,
-                "dropout": self.dropout, "seed": self.seed}
 
 
 @tf.keras.saving.register_keras_serializable(package="recspark")
@@ -198,19 +209,21 @@ class UserFeatures(tf.keras.layers.Layer):
                 "seed": self.seed}
 
 
-class FeatureModel(tf.keras.Model):
+class FeatureModel(Recommender, Functional):
     """Base of the feature models: a functional Keras model (inputs ``history`` int32 [n, L] and
     ``user_vector`` float32 [n, U], output logits [n, num_items]) built by its own constructor.
 
-    Same interface as :class:`recspark.models.base.Recommender`: ``INPUTS``, ``spec`` (the
-    ModelSpec as a dict, whose ``features`` entry holds ``user_vector_dim``, ``num_categories``,
-    ``num_prices`` and, when built for training, the item ``tables``), ``settings``,
-    ``from_train_config`` and a ``train_step`` using :meth:`compute_training_loss`, the one
-    statement of the loss. ``get_config`` holds spec (without the tables: they are weights) and
-    settings; ``from_config`` calls the constructor, so ``tf.keras.models.load_model`` finds the
-    class through its module path, rebuilds the same graph and loads the weights, tables included.
-    Subclasses implement :meth:`head` (user features [n, U + dim] -> logits [n, num_items]) and
-    :meth:`compute_training_loss`.
+    A :class:`recspark.models.base.Recommender` (config, ``from_train_config``, ``train_step``
+    around :meth:`compute_training_loss`); its ``spec`` has a ``features`` entry with
+    ``user_vector_dim``, ``num_categories``, ``num_prices`` and, when built for training, the item
+    ``tables``, which the config leaves out (they are weights). ``from_config`` calls the
+    constructor, so ``tf.keras.models.load_model`` finds the class through its registration,
+    rebuilds the same graph and loads the weights, tables included. Subclasses implement
+    :meth:`head` (user features [n, U + dim] -> logits [n, num_items]) and :meth:`compute_training_loss`.
+
+    ``Functional`` is named as a base here: otherwise Keras, seeing ``inputs`` and ``outputs``, would
+    splice it into the bases of every class above, ``Recommender`` included, and so under the
+    sequence models too.
     """
 
     NAME: ClassVar[str] = "feature_model"
@@ -219,60 +232,35 @@ class FeatureModel(tf.keras.Model):
 
     def __init__(self, spec: dict[str, Any], settings: dict[str, Any], name: Optional[str] = None,
                  **kwargs: Any) -> None:
-        features = dict(spec.get("features") or {})
-        tables = features.pop("tables", None)
-        missing = [key for key in ("user_vector_dim", "num_categories", "num_prices") if key not in features]
-        if missing:
-            raise ValueError(f"{self.NAME} needs ModelSpec.features with {missing} (see item_tables.feature_spec)")
-        spec = {**spec, "features": features}  # the tables live in the weights, not in the config
-        settings = {key: settings[key] for key in self.SETTINGS}
-        settings["hidden_units"] = [int(u) for u in settings["hidden_units"]]
-        num_items = int(spec["num_items"])
-        if num_items < 3:
-            raise ValueError(f"num_items must count PAD, OOV and at least one item, got {num_items}")
+        tables = (spec.get("features") or {}).get("tables")
+        spec, settings = self.model_config(spec, settings)
+        features, num_items = spec["features"], int(spec["num_items"])
         history = tf.keras.Input(shape=(spec["max_seq_len"],), dtype="int32", name=C.HISTORY)
         user_vector = tf.keras.Input(shape=(features["user_vector_dim"],), dtype="float32", name=C.USER_VECTOR)
         user = UserFeatures(num_items, settings["embedding_dim"], settings["seed"] + 30,
                             name="user_features")([history, user_vector])
         logits = self.head(user, num_items, features, settings)
-        super().__init__(inputs={C.HISTORY: history, C.USER_VECTOR: user_vector}, outputs=logits,
-                         name=name or self.NAME, **kwargs)
-        # JSON strings, not dicts: Keras would wrap a dict attribute for tracking.
-        self._spec_json, self._settings_json = json.dumps(spec), json.dumps(settings)
-        # fit's epoch-mean loss; set around Keras's tracking so it is no weight (ranks compare weights).
-        object.__setattr__(self, "loss_tracker", tf.keras.metrics.Mean(name="loss"))
+        super().__init__(spec, settings, name=name, inputs={C.HISTORY: history, C.USER_VECTOR: user_vector},
+                         outputs=logits, **kwargs)
         if tables is not None:
             self.set_item_tables(ItemTables.from_dict(tables))
 
+    @classmethod
+    def model_config(cls, spec: dict[str, Any], settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The spec without the item tables (they live in the weights) and the settings, checked."""
+        features = dict(spec.get("features") or {})
+        features.pop("tables", None)
+        missing = [key for key in ("user_vector_dim", "num_categories", "num_prices") if key not in features]
+        if missing:
+            raise ValueError(f"{cls.NAME} needs ModelSpec.features with {missing} (see item_tables.feature_spec)")
+        spec, settings = super().model_config({**spec, "features": features}, settings)
+        settings["hidden_units"] = [int(u) for u in settings["hidden_units"]]
+        if int(spec["num_items"]) < 3:
+            raise ValueError(f"num_items must count PAD, OOV and at least one item, got {spec['num_items']}")
+        return spec, settings
+
     def head(self, user: tf.Tensor, num_items: int, features: dict, settings: dict) -> tf.Tensor:
         raise NotImplementedError
-
-    def compute_training_loss(self, inputs: dict, target: tf.Tensor, training: bool = True) -> tf.Tensor:
-        raise NotImplementedError
-
-    @classmethod
-    def from_train_config(cls, spec: Any, train: Any) -> "FeatureModel":
-        """From a ModelSpec (or its dict) and a TrainConfig, as ``recspark.models.build_model`` calls it."""
-        values = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
-        return cls(spec=values, settings={key: getattr(train, key) for key in cls.SETTINGS})
-
-    @property
-    def spec(self):
-        """The ModelSpec (without the item tables)."""
-        from recspark.models import ModelSpec
-
-        return ModelSpec.from_dict(json.loads(self._spec_json))
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        return json.loads(self._settings_json)
-
-    def get_config(self) -> dict[str, Any]:
-        return {"spec": json.loads(self._spec_json), "settings": self.settings, "name": self.name}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], custom_objects=None) -> "FeatureModel":
-        return cls(**config)
 
     @property
     def item_attributes(self) -> ItemAttributeEncoder:
@@ -285,24 +273,6 @@ class FeatureModel(tf.keras.Model):
     def user_features(self, inputs: dict, training=None) -> tf.Tensor:
         """[user_vector, history encoding] [n, U + dim] for a dict of model inputs."""
         return self.get_layer("user_features")([inputs[C.HISTORY], inputs[C.USER_VECTOR]], training=training)
-
-    @property
-    def metrics(self) -> list:
-        return [self.loss_tracker]
-
-    def train_step(self, data: tuple) -> dict[str, tf.Tensor]:
-        inputs, target = data[0], data[1]
-        with tf.GradientTape() as tape:
-            value = self.compute_training_loss(inputs, target, training=True)
-        # minimize(), as Keras's own train_step: Horovod's DistributedOptimizer averages gradients there.
-        self.optimizer.minimize(value, self.trainable_variables, tape=tape)
-        self.loss_tracker.update_state(value)
-        return {"loss": self.loss_tracker.result()}
-
-    def test_step(self, data: tuple) -> dict[str, tf.Tensor]:
-        inputs, target = data[0], data[1]
-        self.loss_tracker.update_state(self.compute_training_loss(inputs, target, training=False))
-        return {"loss": self.loss_tracker.result()}
 
 
 @tf.keras.saving.register_keras_serializable(package="recspark")
