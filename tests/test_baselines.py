@@ -19,7 +19,7 @@ def test_als_recommends_the_users_own_group_and_skips_seen(spark: SparkSession, 
         spark.createDataFrame(sequences, "user_id string, item_idx array<int>, split array<string>"),
         spark.createDataFrame(vocab, "item_id string, item_idx int"),
         spark.createDataFrame(queries, "user_id string, seen array<string>, seen_idx array<int>"),
-        k=2, exclude_seen=True, rank=4, reg_param=0.01, max_iter=15, alpha=20.0, seed=1,
+        k=2, exclude_seen=True, rank=4, reg_param=0.01, max_iter=15, alpha=20.0, seed=1, first_item_idx=2,
         checkpoint_dir=str(tmp_path / "spark-checkpoints"),
     ).collect()
     by_user: dict[str, list] = {}
@@ -79,7 +79,7 @@ def test_recent_popular_counts_only_the_last_days_of_training(spark: SparkSessio
          ("q2", 1, "a", 1.0), ("q2", 2, "b", 1.0), ("q2", 3, "d", 0.0)],
         "user_id string, rank int, item_id string, score float")
     for exclude_seen in (False, True):
-        result = recent_popular(sequences, vocab, queries, 3, exclude_seen, recent_days=2.0)
+        result = recent_popular(sequences, vocab, queries, 3, exclude_seen, recent_days=2.0, first_item_idx=2)
         wanted = expected if exclude_seen else expected.filter(F.col("user_id") == "q1").unionByName(
             expected.filter(F.col("user_id") == "q1").withColumn("user_id", F.lit("q2")))
         assertDataFrameEqual(result.select("user_id", "rank", "item_id", "score"), wanted)
@@ -95,7 +95,7 @@ COOC_USERS = {
 
 
 def test_cooccurrence_neighbours_hand_counted(spark: SparkSession) -> None:
-    result = cooccurrence_neighbours(sequences_of(spark, COOC_USERS), window=2, neighbours=2)
+    result = cooccurrence_neighbours(sequences_of(spark, COOC_USERS), window=2, neighbours=2, first_item_idx=2)
     a, b, c, d = (IDX[i] for i in "abcd")
     # Top 2 per item; ties broken by the smaller index: c has a (1) and d (1) -> a.
     expected = [(a, b, 2), (a, c, 1), (b, a, 2), (b, c, 2), (c, b, 2), (c, a, 1), (d, b, 1), (d, c, 1)]
@@ -114,12 +114,22 @@ def test_item_cooccurrence_scores_recent_items_and_fills_with_popular(spark: Spa
         ("q2", [0, 0, b, c], ["b", "c"], [b, c]),
     ], QUERY_SCHEMA)
     schema = "user_id string, rank int, item_id string, score float"
-    got = item_cooccurrence(sequences, vocab, queries, 3, False, window=2, neighbours=2, recent_items=2)
+    got = item_cooccurrence(sequences, vocab, queries, 3, False, window=2, neighbours=2, recent_items=2, first_item_idx=2)
     assertDataFrameEqual(got, spark.createDataFrame(
         [("q1", 1, "b", 3.0), ("q1", 2, "c", 2.0), ("q1", 3, "e", 0.0),
          # q2 recent = b, c: b -> a 2, c 2; c -> b 2, a 1: a 3, b 2, c 2 (b before c by index).
          ("q2", 1, "a", 3.0), ("q2", 2, "b", 2.0), ("q2", 3, "c", 2.0)], schema))
-    got = item_cooccurrence(sequences, vocab, queries, 3, True, window=2, neighbours=2, recent_items=2)
+    got = item_cooccurrence(sequences, vocab, queries, 3, True, window=2, neighbours=2, recent_items=2, first_item_idx=2)
     assertDataFrameEqual(got, spark.createDataFrame(
         [("q1", 1, "b", 3.0), ("q1", 2, "c", 2.0), ("q1", 3, "e", 0.0),
          ("q2", 1, "a", 3.0), ("q2", 2, "e", 0.0), ("q2", 3, "d", 0.0)], schema))
+
+
+def test_cooccurrence_skips_reserved_indices(spark: SparkSession) -> None:
+    # With the vocabulary starting after a's index, a is a hashed out-of-vocabulary bucket: it
+    # neither has neighbours nor is one. Left: b-c 2, b-d 1, c-d 1 (u1 b-c, u3 b-c, b-d, c-d).
+    result = cooccurrence_neighbours(sequences_of(spark, COOC_USERS), window=2, neighbours=2,
+                                     first_item_idx=IDX["a"] + 1)
+    b, c, d = (IDX[i] for i in "bcd")
+    expected = [(b, c, 2), (b, d, 1), (c, b, 2), (c, d, 1), (d, b, 1), (d, c, 1)]
+    assertDataFrameEqual(result, spark.createDataFrame(expected, "item_idx int, neighbour_idx int, count long"))

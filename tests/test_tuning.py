@@ -39,7 +39,7 @@ def shop(spark: SparkSession):
     return seq, vocab, eval_queries
 
 
-ALS = dict(max_iter=10, alpha=20.0, seed=1)
+ALS = dict(max_iter=10, alpha=20.0, seed=1, first_item_idx=2)
 
 
 def test_validation_choice_is_the_best_grid_point_and_matches_a_direct_fit(spark: SparkSession, shop, tmp_path) -> None:
@@ -59,7 +59,7 @@ def test_validation_choice_is_the_best_grid_point_and_matches_a_direct_fit(spark
 def test_user_folds_partition_users_and_hide_only_their_validation(spark: SparkSession, shop) -> None:
     sequences, _, eval_queries = shop
     fold_users = []
-    for fold, interactions, queries in user_folds(sequences, eval_queries, 3, seed=42):
+    for fold, interactions, queries in user_folds(sequences, eval_queries, 3, seed=42, first_item_idx=2):
         users = {r[C.USER_ID] for r in queries.collect()}
         fold_users.append(users)
         pairs = {(r[C.USER_ID], r[C.ITEM_IDX]) for r in interactions.collect()}
@@ -80,7 +80,7 @@ def test_time_folds_cut_at_event_time_quantiles(spark: SparkSession) -> None:
                                 "user_id string, item_id array<string>, item_idx array<int>, "
                                 "event_ts array<timestamp>, split array<string>")
     folds = [(fold, sorted(r[C.ITEM_IDX] for r in inter.collect()), queries.first())
-             for fold, inter, queries in time_folds(seq, 2)]
+             for fold, inter, queries in time_folds(seq, 2, first_item_idx=2)]
     assert [f for f, _, _ in folds] == [0, 1]
     assert folds[0][1] == items[:7] and sorted(folds[0][2][C.RELEVANT]) == ["item-10", "item-9"]
     assert folds[1][1] == items[:9] and sorted(folds[1][2][C.RELEVANT]) == ["item-11", "item-12", "item-13"]

@@ -42,29 +42,31 @@ def most_popular(vocab: DataFrame, queries: DataFrame, k: int, exclude_seen: boo
     return _popular_for_queries(popularity, queries, k, exclude_seen)
 
 
-def train_steps(sequences: DataFrame) -> DataFrame:
-    """(user_id, item_id, item_idx, event_ts): every training-period event of an item in the vocabulary."""
+def train_steps(sequences: DataFrame, *, first_item_idx: int) -> DataFrame:
+    """(user_id, item_id, item_idx, event_ts): every training-period event of an item in the vocabulary
+    (``first_item_idx``: the first vocabulary index; below it PAD, unknown and the hashed buckets)."""
     step = F.explode(F.arrays_zip(C.ITEM_ID, C.ITEM_IDX, C.EVENT_TS, C.SPLIT)).alias("_step")
     return (sequences.select(C.USER_ID, step)
-            .filter((F.col("_step")[C.SPLIT] == "train") & (F.col("_step")[C.ITEM_IDX] >= C.FIRST_ITEM_IDX))
+            .filter((F.col("_step")[C.SPLIT] == "train") & (F.col("_step")[C.ITEM_IDX] >= first_item_idx))
             .select(C.USER_ID, *[F.col("_step")[c].alias(c) for c in (C.ITEM_ID, C.ITEM_IDX, C.EVENT_TS)]))
 
 
 def recent_popular(sequences: DataFrame, vocab: DataFrame, queries: DataFrame, k: int, exclude_seen: bool,
-                   recent_days: float) -> DataFrame:
+                   recent_days: float, *, first_item_idx: int) -> DataFrame:
     """Most popular over the last ``recent_days`` days of the training period (events in
     ``(end - recent_days, end]``, end = the latest training event), for every query user.
 
     What is in fashion now rather than all year. Ties, and items with no recent event (so every
     user still gets k items), are ordered by the all-time training count. The score is the recent count.
     """
-    return _popular_for_queries(recent_popularity(sequences, vocab, recent_days), queries, k, exclude_seen)
+    return _popular_for_queries(recent_popularity(sequences, vocab, recent_days, first_item_idx=first_item_idx), queries, k,
+                                exclude_seen)
 
 
-def recent_popularity(sequences: DataFrame, vocab: DataFrame, recent_days: float) -> DataFrame:
+def recent_popularity(sequences: DataFrame, vocab: DataFrame, recent_days: float, *, first_item_idx: int) -> DataFrame:
     """(item_id, score = events in the last ``recent_days`` days of training, _tiebreak = all-time
     count) for every vocabulary item (see :func:`recent_popular`)."""
-    steps = train_steps(sequences)
+    steps = train_steps(sequences, first_item_idx=first_item_idx)
     end = steps.agg(F.max(C.EVENT_TS).alias("_end"))  # one row, crossed in (no collect)
     # Epoch seconds as double: exact for any window, no interval type needed.
     recent = (steps.crossJoin(F.broadcast(end))
@@ -75,7 +77,7 @@ def recent_popularity(sequences: DataFrame, vocab: DataFrame, recent_days: float
     return popularity
 
 
-def cooccurrence_neighbours(sequences: DataFrame, window: int, neighbours: int) -> DataFrame:
+def cooccurrence_neighbours(sequences: DataFrame, window: int, neighbours: int, *, first_item_idx: int) -> DataFrame:
     """(item_idx, neighbour_idx, count): for each item its ``neighbours`` most frequent co-occurring
     items, counting every pair of training events of one user at most ``window`` steps apart (in
     either order; an item with itself does not count).
@@ -85,7 +87,7 @@ def cooccurrence_neighbours(sequences: DataFrame, window: int, neighbours: int) 
     items bought or watched around the same time: a basket, a binge. Ties in count: smaller index first.
     """
     train_items = F.transform(
-        F.filter(F.arrays_zip(C.ITEM_IDX, C.SPLIT), lambda s: (s[C.SPLIT] == "train") & (s[C.ITEM_IDX] >= C.FIRST_ITEM_IDX)),
+        F.filter(F.arrays_zip(C.ITEM_IDX, C.SPLIT), lambda s: (s[C.SPLIT] == "train") & (s[C.ITEM_IDX] >= first_item_idx)),
         lambda s: s[C.ITEM_IDX])
     steps = sequences.select(train_items.alias("_items")).select("_items", F.posexplode("_items").alias("_pos", "_a"))
     # slice is 1-based: the `window` items right after position _pos (0-based).
@@ -99,15 +101,15 @@ def cooccurrence_neighbours(sequences: DataFrame, window: int, neighbours: int) 
 
 
 def cooccurrence_scores(sequences: DataFrame, queries: DataFrame, exclude_seen: bool, *, window: int,
-                        neighbours: int, recent_items: int) -> DataFrame:
+                        neighbours: int, recent_items: int, first_item_idx: int) -> DataFrame:
     """(user_id, item_idx, _cooc): the summed co-occurrence of each candidate with the user's recent
     items (see :func:`item_cooccurrence`); only candidates with a positive sum appear."""
-    known = F.filter(C.HISTORY, lambda i: i >= C.FIRST_ITEM_IDX)
+    known = F.filter(C.HISTORY, lambda i: i >= first_item_idx)
     # slice(a, -n, n) on an array shorter than n is empty, hence the when.
     recent = F.array_distinct(F.when(F.size(known) > recent_items, F.slice(known, -recent_items, recent_items))
                               .otherwise(known))
     users = queries.select(C.USER_ID, F.explode(recent).alias(C.ITEM_IDX))
-    scored = (users.join(cooccurrence_neighbours(sequences, window, neighbours), C.ITEM_IDX)
+    scored = (users.join(cooccurrence_neighbours(sequences, window, neighbours, first_item_idx=first_item_idx), C.ITEM_IDX)
               .groupBy(C.USER_ID, F.col("neighbour_idx").alias(C.ITEM_IDX))
               .agg(F.sum("count").cast("double").alias("_cooc")))
     if exclude_seen:
@@ -118,7 +120,7 @@ def cooccurrence_scores(sequences: DataFrame, queries: DataFrame, exclude_seen: 
 
 
 def item_cooccurrence(sequences: DataFrame, vocab: DataFrame, queries: DataFrame, k: int, exclude_seen: bool, *,
-                      window: int, neighbours: int, recent_items: int) -> DataFrame:
+                      window: int, neighbours: int, recent_items: int, first_item_idx: int) -> DataFrame:
     """Item-item co-occurrence: a user's candidates are the neighbours (see
     :func:`cooccurrence_neighbours`) of the last ``recent_items`` distinct items of the query's
     history, scored by the sum of their co-occurrence counts with those items.
@@ -128,7 +130,7 @@ def item_cooccurrence(sequences: DataFrame, vocab: DataFrame, queries: DataFrame
     a reason that says nothing about co-occurrence. One row per (user, rank); score 0 for fillers.
     """
     scored = cooccurrence_scores(sequences, queries, exclude_seen, window=window, neighbours=neighbours,
-                                 recent_items=recent_items)
+                                 recent_items=recent_items, first_item_idx=first_item_idx)
     scored = scored.join(F.broadcast(vocab.select(C.ITEM_ID, C.ITEM_IDX)), C.ITEM_IDX).select(
         C.USER_ID, C.ITEM_ID, "_cooc", F.lit(None).cast("int").alias("_fill"))
     fillers = most_popular(vocab, queries, k, exclude_seen).select(
@@ -141,17 +143,17 @@ def item_cooccurrence(sequences: DataFrame, vocab: DataFrame, queries: DataFrame
             .select(C.USER_ID, C.RANK, C.ITEM_ID, F.coalesce("_cooc", F.lit(0.0)).cast("float").alias(C.SCORE)))
 
 
-def train_interactions(sequences: DataFrame, splits: tuple[str, ...] = ("train",)) -> DataFrame:
+def train_interactions(sequences: DataFrame, splits: tuple[str, ...] = ("train",), *, first_item_idx: int) -> DataFrame:
     """(user_id, item_idx, _count) over the steps of ``splits`` (default: the training period),
     from the gold sequences; out-of-vocabulary steps are left out."""
     steps = sequences.select(C.USER_ID, F.explode(F.arrays_zip(C.ITEM_IDX, C.SPLIT)).alias("_step"))
     return interactions_of(steps.filter(F.col("_step")[C.SPLIT].isin(*splits)).select(
-        C.USER_ID, F.col("_step")[C.ITEM_IDX].alias(C.ITEM_IDX)))
+        C.USER_ID, F.col("_step")[C.ITEM_IDX].alias(C.ITEM_IDX)), first_item_idx=first_item_idx)
 
 
-def interactions_of(steps: DataFrame) -> DataFrame:
+def interactions_of(steps: DataFrame, *, first_item_idx: int) -> DataFrame:
     """(user_id, item_idx) events -> (user_id, item_idx, _count), vocabulary items only: ALS's input."""
-    return (steps.filter(F.col(C.ITEM_IDX) >= C.FIRST_ITEM_IDX)
+    return (steps.filter(F.col(C.ITEM_IDX) >= first_item_idx)
             .groupBy(C.USER_ID, C.ITEM_IDX).agg(F.count(F.lit(1)).cast("float").alias("_count")))
 
 
@@ -200,13 +202,13 @@ def als_top_k(model: object, users: DataFrame, vocab: DataFrame, queries: DataFr
 
 def als(sequences: DataFrame, vocab: DataFrame, queries: DataFrame, k: int, exclude_seen: bool, *,
         rank: int, reg_param: float, max_iter: int, alpha: float, seed: int, checkpoint_dir: str | None = None,
-        splits: tuple[str, ...] = ("train",)) -> DataFrame:
+        splits: tuple[str, ...] = ("train",), first_item_idx: int) -> DataFrame:
     """ALS fitted on the steps of ``splits`` of the gold sequences, top k for every query user.
 
     ``splits=("train", "validation")`` is the refit after tuning: ALS has no history input, so the
     validation period can only reach its user factors through the fit. ``checkpoint_dir`` is
     accepted for older callers and not used (10 iterations need no lineage cutting).
     """
-    model, users = fit_als(train_interactions(sequences, splits), rank=rank, reg_param=reg_param,
+    model, users = fit_als(train_interactions(sequences, splits, first_item_idx=first_item_idx), rank=rank, reg_param=reg_param,
                            max_iter=max_iter, alpha=alpha, seed=seed)
     return als_top_k(model, users, vocab, queries, k, exclude_seen)

@@ -75,7 +75,7 @@ def choose_als(sequences: DataFrame, vocab: DataFrame, eval_queries: DataFrame, 
     ``evaluate.cross_validate``, best mean NDCG@k over ``cv_folds`` folds (also reported per grid point)."""
     ev = config.evaluate
     params = dict(ranks=ev.als_ranks, reg_params=ev.als_reg_params, max_iter=ev.als_max_iter, alpha=ev.als_alpha,
-                  seed=config.train.seed)
+                  seed=config.train.seed, first_item_idx=C.first_vocab_index(config.features.oov_buckets))
     validation = eval_queries.filter(F.col(C.SPLIT) == C.VALIDATION)
     tuning = tune_als_on_validation(sequences, vocab, validation, ev.k, ev.exclude_seen, **params)
     tuning["cross_validation"] = None
@@ -105,10 +105,13 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
 
     als_tuning = choose_als(sequences, vocab, eval_queries, config)
     chosen = als_tuning["chosen"]
-    als_model, als_users = fit_als(train_interactions(sequences, ("train", C.VALIDATION)), rank=chosen["rank"],
+    first_item_idx = C.first_vocab_index(config.features.oov_buckets)
+    als_model, als_users = fit_als(train_interactions(sequences, ("train", C.VALIDATION), first_item_idx=first_item_idx),
+                                   rank=chosen["rank"],
                                    reg_param=chosen["reg_param"], max_iter=ev.als_max_iter, alpha=ev.als_alpha,
                                    seed=config.train.seed)
-    cooc = dict(window=ev.cooc_window, neighbours=ev.cooc_neighbours, recent_items=ev.cooc_recent_items)
+    cooc = dict(window=ev.cooc_window, neighbours=ev.cooc_neighbours, recent_items=ev.cooc_recent_items,
+                first_item_idx=first_item_idx)
     rankings = {
         model: recommend(with_model_inputs(spark, config, queries, str(config.model_dir(model))), vocab,
                          str(config.model_dir(model)), kept, ev.exclude_seen, config.score.batch_size)
@@ -116,7 +119,8 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
     }
     rankings.update({
         POPULAR: most_popular(vocab, queries, kept, ev.exclude_seen),
-        RECENT_POPULAR: recent_popular(sequences, vocab, queries, kept, ev.exclude_seen, ev.recent_days),
+        RECENT_POPULAR: recent_popular(sequences, vocab, queries, kept, ev.exclude_seen, ev.recent_days,
+                                       first_item_idx=first_item_idx),
         COOCCURRENCE: item_cooccurrence(sequences, vocab, queries, kept, ev.exclude_seen, **cooc),
         ALS_NAME: als_top_k(als_model, als_users, vocab, queries, kept, ev.exclude_seen),
     })
@@ -197,9 +201,11 @@ def sampled_evaluation(queries: DataFrame, vocab: DataFrame, sequences: DataFram
     candidates = S.sampled_candidates(queries, vocab, ev.sampled_negatives, ev.exclude_seen, config.train.seed).persist()
     ids = vocab.select(C.ITEM_ID, C.ITEM_IDX, C.TRAIN_COUNT)
     total = float(vocab.agg(F.sum(C.TRAIN_COUNT)).first()[0] or 0) + 1.0
-    recent = recent_popularity(sequences, vocab, ev.recent_days).join(ids, C.ITEM_ID)
+    first_item_idx = C.first_vocab_index(config.features.oov_buckets)
+    recent = recent_popularity(sequences, vocab, ev.recent_days, first_item_idx=first_item_idx).join(ids, C.ITEM_ID)
     cooc = cooccurrence_scores(sequences, queries, ev.exclude_seen, window=ev.cooc_window,
-                               neighbours=ev.cooc_neighbours, recent_items=ev.cooc_recent_items)
+                               neighbours=ev.cooc_neighbours, recent_items=ev.cooc_recent_items,
+                               first_item_idx=first_item_idx)
     # Co-occurrence ties (and items without any) are ordered by popularity in the full ranking; the
     # fraction count / (total + 1) < 1 does the same here without changing the order of the sums.
     cooc_scores = S.user_item_scores(candidates, cooc.withColumnRenamed("_cooc", C.SCORE)).join(

@@ -59,17 +59,18 @@ def sampled_candidates(queries: DataFrame, vocab: DataFrame, n: int, exclude_see
     The negatives: the vocabulary indices minus relevant (and seen) ones, ordered by a seeded hash
     of (user, item) and cut to n: a uniform sample without replacement, the same on every re-run.
     """
-    max_idx = vocab.agg(F.max(C.ITEM_IDX)).first()[0]  # one number
+    # One row: the vocabulary's index range (below it PAD, unknown and the hashed buckets, never negatives).
+    first_idx, max_idx = vocab.agg(F.min(C.ITEM_IDX), F.max(C.ITEM_IDX)).first()
     ids = F.broadcast(vocab.select(C.ITEM_ID, C.ITEM_IDX))
     relevant = (queries.select(C.USER_ID, F.explode(C.RELEVANT).alias(C.ITEM_ID)).join(ids, C.ITEM_ID, "left")
                 .groupBy(C.USER_ID).agg(F.collect_list(F.coalesce(C.ITEM_IDX, F.lit(-1))).alias(RELEVANT_IDX)))
     excluded = F.concat(RELEVANT_IDX, "seen_idx") if exclude_seen else F.col(RELEVANT_IDX)
-    pool = F.array_except(F.sequence(F.lit(C.FIRST_ITEM_IDX), F.lit(max_idx)), excluded)
+    pool = F.array_except(F.sequence(F.lit(first_idx), F.lit(max_idx)), excluded)
     keyed = F.transform(pool, lambda i: F.struct(F.xxhash64(F.col(C.USER_ID), i, F.lit(seed)).alias("h"), i.alias("i")))
     negatives = F.transform(F.slice(F.array_sort(keyed), 1, n), lambda x: x["i"])
     with_relevant = queries.join(relevant, C.USER_ID)
     return with_relevant.withColumn(NEGATIVES, negatives).withColumn(
-        CANDIDATES, F.concat(F.filter(RELEVANT_IDX, lambda i: i >= C.FIRST_ITEM_IDX), NEGATIVES))
+        CANDIDATES, F.concat(F.filter(RELEVANT_IDX, lambda i: i >= first_idx), NEGATIVES))
 
 
 def sampled_metrics(candidates: DataFrame, scores: DataFrame, ks: Sequence[int]) -> dict[int, dict[str, float]]:

@@ -57,14 +57,14 @@ def _best(results: list[dict], key) -> dict:
 
 def tune_als_on_validation(sequences: DataFrame, vocab: DataFrame, validation_queries: DataFrame, k: int,
                            exclude_seen: bool, *, ranks: list, reg_params: list, max_iter: int, alpha: float,
-                           seed: int) -> dict:
+                           seed: int, first_item_idx: int) -> dict:
     """Fits ALS on the training period for every grid point and scores the validation queries.
 
     ``validation_queries``: (user_id, relevant, seen_idx) of split validation. Returns
     ``{"selection", "grid": [{rank, reg_param, seconds, validation: {metric: value}}], "chosen": {rank, reg_param}}``.
     """
-    steps = train_steps(sequences)
-    interactions = interactions_of(steps.select(C.USER_ID, C.ITEM_IDX)).persist()  # read by every fit
+    steps = train_steps(sequences, first_item_idx=first_item_idx)
+    interactions = interactions_of(steps.select(C.USER_ID, C.ITEM_IDX), first_item_idx=first_item_idx).persist()  # read by every fit
     results = []
     for rank, reg_param in _grid(ranks, reg_params):
         started = time.perf_counter()
@@ -78,7 +78,7 @@ def tune_als_on_validation(sequences: DataFrame, vocab: DataFrame, validation_qu
             "grid": results, "chosen": {"rank": best["rank"], "reg_param": best["reg_param"]}}
 
 
-def user_folds(sequences: DataFrame, eval_queries: DataFrame, folds: int, seed: int):
+def user_folds(sequences: DataFrame, eval_queries: DataFrame, folds: int, seed: int, *, first_item_idx: int):
     """Yields (fold, training interactions, queries) for the ``users`` scheme (see module)."""
     fold_of = F.pmod(F.xxhash64(C.USER_ID, F.lit(seed)), F.lit(folds))
     steps = sequences.select(C.USER_ID, fold_of.alias("_fold"),
@@ -86,14 +86,15 @@ def user_folds(sequences: DataFrame, eval_queries: DataFrame, folds: int, seed: 
     validation = eval_queries.filter(F.col(C.SPLIT) == C.VALIDATION).withColumn("_fold", fold_of)
     for fold in range(folds):
         kept = (F.col("_s")[C.SPLIT] == "train") | ((F.col("_s")[C.SPLIT] == C.VALIDATION) & (F.col("_fold") != fold))
-        interactions = interactions_of(steps.filter(kept).select(C.USER_ID, F.col("_s")[C.ITEM_IDX].alias(C.ITEM_IDX)))
+        interactions = interactions_of(steps.filter(kept).select(C.USER_ID, F.col("_s")[C.ITEM_IDX].alias(C.ITEM_IDX)),
+                                       first_item_idx=first_item_idx)
         queries = validation.filter(F.col("_fold") == fold).select(C.USER_ID, C.RELEVANT, "seen_idx")
         yield fold, interactions, queries
 
 
-def time_folds(sequences: DataFrame, folds: int):
+def time_folds(sequences: DataFrame, folds: int, *, first_item_idx: int):
     """Yields (fold, training interactions, queries) for the ``time`` scheme (see module)."""
-    steps = train_steps(sequences).withColumn("_t", F.col(C.EVENT_TS).cast("double")).persist()
+    steps = train_steps(sequences, first_item_idx=first_item_idx).withColumn("_t", F.col(C.EVENT_TS).cast("double")).persist()
     # Cuts at the quantiles 1/2 + f / (2 (folds + 1)) of event times, f = 1 .. folds; the last window ends at the end.
     shares = [0.5 + f / (2 * (folds + 1)) for f in range(1, folds + 1)]
     cuts = list(steps.agg(F.percentile_approx("_t", shares, 10000)).first()[0])  # one row of folds numbers
@@ -104,12 +105,12 @@ def time_folds(sequences: DataFrame, folds: int):
         seen = before.groupBy(C.USER_ID).agg(F.collect_set(C.ITEM_IDX).alias("seen_idx"))
         relevant = window.groupBy(C.USER_ID).agg(F.collect_set(C.ITEM_ID).alias(C.RELEVANT))
         # Only users with history before the cut: ALS has no factors for the others.
-        yield fold, interactions_of(before.select(C.USER_ID, C.ITEM_IDX)), relevant.join(seen, C.USER_ID)
+        yield fold, interactions_of(before.select(C.USER_ID, C.ITEM_IDX), first_item_idx=first_item_idx), relevant.join(seen, C.USER_ID)
 
 
 def cross_validate_als(sequences: DataFrame, vocab: DataFrame, eval_queries: DataFrame, k: int, exclude_seen: bool, *,
                        scheme: str, folds: int, ranks: list, reg_params: list, max_iter: int, alpha: float,
-                       seed: int) -> dict:
+                       seed: int, first_item_idx: int) -> dict:
     """Mean and standard deviation of every metric@k per grid point over ``folds`` folds (see module).
 
     Returns ``{"scheme", "folds", "selection", "grid": [{rank, reg_param, mean: {...}, std: {...},
@@ -118,9 +119,9 @@ def cross_validate_als(sequences: DataFrame, vocab: DataFrame, eval_queries: Dat
     if folds < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
     if scheme == "users":
-        fold_data = user_folds(sequences, eval_queries, folds, seed)
+        fold_data = user_folds(sequences, eval_queries, folds, seed, first_item_idx=first_item_idx)
     elif scheme == "time":
-        fold_data = time_folds(sequences, folds)
+        fold_data = time_folds(sequences, folds, first_item_idx=first_item_idx)
     else:
         raise ValueError(f"unknown cross-validation scheme {scheme!r} (users or time)")
     started = time.perf_counter()
