@@ -150,6 +150,32 @@ def test_evaluation_loss_is_always_the_full_softmax() -> None:
     sampled = build_model("sasrec", SPEC, _config(softmax="sampled", num_sampled=3, dropout=0.0))
     full_eval = float(full.compute_training_loss(inputs, target, training=False))
     assert float(sampled.compute_training_loss(inputs, target, training=False)) == pytest.approx(full_eval, rel=1e-6)
-    assert float(full.compute_training_loss(inputs, target, training=True)) == pytest.approx(full_eval, rel=1e-6)
     sampled_train = float(sampled.compute_training_loss(inputs, target, training=True))
     assert np.isfinite(sampled_train) and abs(sampled_train - full_eval) > 1e-3
+
+
+def test_sasrec_training_loss_is_every_step_predicting_the_next() -> None:
+    """By hand from the model's own step states: each real step's full softmax cross-entropy of the
+    step after it (the target after the last step), averaged over the pairs; a next step outside
+    the vocabulary (here the unknown OOV_IDX) is no pair."""
+    inputs, target = _successor_task(16, seed=11)
+    history = inputs[C.HISTORY].copy()
+    history[0, -2] = C.OOV_IDX  # row 0: its step before the last now predicts nothing, its last step reads OOV
+    inputs = {**inputs, C.HISTORY: history}
+    model = build_model("sasrec", SPEC, _config(softmax="full", dropout=0.0))
+    states = model.sequence_states({k: tf.constant(v) for k, v in inputs.items()}, training=True).numpy()
+    items = model.output_embeddings().numpy()
+    bias = model.output_bias.numpy()
+    losses = []
+    for row in range(len(target)):
+        following = list(history[row, 1:]) + [target[row]]
+        for step in range(MAX_SEQ_LEN):
+            if history[row, step] != C.PAD_IDX and following[step] >= C.FIRST_ITEM_IDX:
+                logits = states[row, step] @ items.T + bias
+                log_norm = np.log(np.sum(np.exp(logits - logits.max()))) + logits.max()
+                losses.append(log_norm - logits[following[step]])
+    assert len(losses) > len(target)  # more pairs than rows: the successor rows are 1-6 steps long
+    got = float(model.compute_training_loss(inputs, target, training=True))
+    assert got == pytest.approx(float(np.mean(losses)), rel=1e-5)
+    # Outside training only the last step counts: a different number.
+    assert float(model.compute_training_loss(inputs, target, training=False)) != pytest.approx(got, rel=1e-3)

@@ -186,37 +186,44 @@ class SequenceRecommender(Recommender):
     # -- the loss, stated once -----------------------------------------------------------------------
 
     def compute_training_loss(self, inputs: dict[str, tf.Tensor], target: tf.Tensor, training: bool = True) -> tf.Tensor:
-        """Mean over the batch of the target's softmax cross-entropy: over every item ("full"), or
-        over the target and ``num_sampled`` sampled negatives ("sampled")."""
-        users = self.user_vectors(self._cast_inputs(inputs), training=training)
-        target = tf.cast(tf.reshape(target, [-1]), tf.int64)
+        """Mean softmax cross-entropy of the next item over the (query vector, next item) pairs of
+        :meth:`training_pairs`: over every item ("full", and always when not training), or over the
+        next item and ``num_sampled`` sampled negatives ("sampled")."""
+        users, labels = self.training_pairs(self._cast_inputs(inputs), target, training=training)
         items = self.output_embeddings()
         if self.settings["softmax"] == "full" or not training:
             logits = tf.matmul(users, items, transpose_b=True) + self.output_bias
-            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target, logits=logits))
+            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
         return tf.reduce_mean(tf.nn.sampled_softmax_loss(
-            weights=items, biases=self.output_bias, labels=target[:, None], inputs=users,
+            weights=items, biases=self.output_bias, labels=labels[:, None], inputs=users,
             num_sampled=self._num_sampled(), num_classes=self.spec.num_items,
-            sampled_values=self._sample_negatives(target), remove_accidental_hits=True,
+            sampled_values=self._sample_negatives(labels), remove_accidental_hits=True,
         ))
+
+    def training_pairs(self, inputs: dict[str, tf.Tensor], target: tf.Tensor,
+                       training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        """([m, dim] query vectors, [m] int64 next items) the loss is taken over: by default one
+        pair per row, the user vector and the row's target."""
+        return self.user_vectors(inputs, training=training), tf.cast(tf.reshape(target, [-1]), tf.int64)
 
     def _num_sampled(self) -> int:
         # Samples are drawn without repetition among the real items, so never more than there are.
-        return min(self.settings["num_sampled"], self.spec.num_items - C.FIRST_ITEM_IDX)
+        return min(self.settings["num_sampled"], self.spec.num_items - self.spec.first_item_idx)
 
     def _sample_negatives(self, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """Negatives among the real items only (PAD and OOV are never targets): the samplers draw
-        from 0..range_max-1, shifted by FIRST_ITEM_IDX. item_idx is assigned most frequent first, which
-        is the order the log-uniform (Zipfian) sampler assumes."""
-        range_max = self.spec.num_items - C.FIRST_ITEM_IDX
+        """Negatives among the vocabulary items only (PAD, unknown and the hashed buckets are never
+        targets): the samplers draw from 0..range_max-1, shifted by ``spec.first_item_idx``. item_idx
+        is assigned most frequent first, which is the order the log-uniform (Zipfian) sampler assumes."""
+        first = self.spec.first_item_idx
+        range_max = self.spec.num_items - first
         # A target outside the real items (never produced by the gold stage) only skews its expected count.
-        shifted = tf.clip_by_value(target - C.FIRST_ITEM_IDX, 0, range_max - 1)[:, None]
+        shifted = tf.clip_by_value(target - first, 0, range_max - 1)[:, None]
         common = dict(true_classes=shifted, num_true=1, num_sampled=self._num_sampled(), unique=True,
                       range_max=range_max, seed=self.settings["seed"])
         if self.settings["sampler"] == "log_uniform":
             sampled, true_expected, sampled_expected = tf.random.log_uniform_candidate_sampler(**common)
         else:
-            counts = [float(c) for c in self.spec.item_counts[C.FIRST_ITEM_IDX:]]
+            counts = [float(c) for c in self.spec.item_counts[first:]]
             sampled, true_expected, sampled_expected = tf.random.fixed_unigram_candidate_sampler(
                 unigrams=counts, **common)
-        return sampled + C.FIRST_ITEM_IDX, true_expected, sampled_expected
+        return sampled + first, true_expected, sampled_expected

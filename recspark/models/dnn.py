@@ -126,12 +126,13 @@ class DNNModel(FeatureModel):
 
     def sampled_loss(self, inputs: dict, target: tf.Tensor, step: tf.Tensor, training=None) -> tf.Tensor:
         """:func:`loss` of the targets (label 1) against uniform negatives (label 0) drawn from the
-        real items with the stateless seed (settings seed, ``step``): a run is repeatable."""
+        vocabulary items (never PAD, unknown or a hashed bucket) with the stateless seed (settings seed, ``step``): a run is repeatable."""
         settings, num_items = self.settings, self.scorer.num_items
         target = tf.reshape(tf.cast(target, tf.int32), [-1, 1])
         seed = tf.stack([tf.constant(settings["seed"], tf.int64), tf.cast(step, tf.int64)])
         negatives = tf.random.stateless_uniform(tf.stack([tf.shape(target)[0], settings["negatives"]]), seed=seed,
-                                                minval=C.FIRST_ITEM_IDX, maxval=num_items, dtype=tf.int32)
+                                                minval=self.spec.first_item_idx, maxval=num_items,
+                                                dtype=tf.int32)
         candidates = tf.concat([target, negatives], axis=1)
         labels = tf.concat([tf.ones_like(target, tf.float32), tf.zeros_like(negatives, tf.float32)], axis=1)
         # A sampled "negative" equal to the target is not a negative: it does not count.

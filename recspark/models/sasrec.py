@@ -11,7 +11,8 @@ sequence's states. Sequences are left-padded, so the last position is always the
 Output scores are tied to the input item embeddings (score = state . item_embedding[i] + bias[i]),
 as in SASRec: items are scored in the space they are read in, the catalogue costs one table instead
 of two (the output table is the largest variable), and sampled softmax then updates the same rows
-the inputs use. The per-item bias carries popularity. The loss is :mod:`recspark.models.base`'s.
+the inputs use. The per-item bias carries popularity. The loss is :mod:`recspark.models.base`'s, taken
+at every real step in training (each step predicts the next, see :meth:`SASRec.training_pairs`).
 
 Padding never reaches a real step: the attention mask hides padding keys, so the type, gap or
 position values at padded steps do not change any real step's state. The causal mask makes step t
@@ -116,3 +117,17 @@ class SASRec(SequenceRecommender):
 
     def output_embeddings(self) -> tf.Variable:
         return self.item_embedding.embeddings
+
+    def training_pairs(self, inputs: dict[str, tf.Tensor], target: tf.Tensor,
+                       training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        """In training, every real step predicts the step after it (the row's target after the last
+        step), as SASRec trains: one causal pass gives up to ``max_seq_len`` pairs per row instead of
+        one. A next step outside the vocabulary (PAD, unknown, a hashed bucket) is no pair. Outside
+        training only the last step counts, the prediction the evaluation ranks."""
+        if not training:
+            return super().training_pairs(inputs, target, training)
+        history = inputs[C.HISTORY]
+        next_items = tf.concat([history[:, 1:], tf.cast(tf.reshape(target, [-1, 1]), history.dtype)], axis=1)
+        pairs = tf.logical_and(tf.not_equal(history, C.PAD_IDX), next_items >= self.spec.first_item_idx)
+        states = self.sequence_states(inputs, training=True)
+        return tf.boolean_mask(states, pairs), tf.cast(tf.boolean_mask(next_items, pairs), tf.int64)
