@@ -25,6 +25,7 @@ summary:
 
 bench:
 	$(PY) bench/etl.py
+	$(PY) bench/train.py
 
 clean:
 	rm -rf lakehouse/$(DATASET) reports/$(DATASET) checkpoints/$(DATASET)
