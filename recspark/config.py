@@ -91,6 +91,10 @@ class FeaturesConfig:
     n_validation_sessions: int = 1
     # Bounds the training set of very active users: only their latest examples are kept.
     max_examples_per_user: int = 200
+    # Examples end every example_stride steps back from each user's latest training step. 1: every
+    # step is an example's target (what towers and dnn learn from). max_seq_len: windows that do not
+    # overlap, which is all SASRec needs, since it learns from every step of a window.
+    example_stride: int = 1
     # user_features: the top interest_top_n categories, event weights halving every half-life.
     interest_top_n: int = 5
     interest_half_life_days: float = 30.0
@@ -279,6 +283,8 @@ class Config:
         for key in ("n_test_sessions", "n_validation_sessions"):
             if getattr(self.features, key) < 0:
                 raise ConfigError(f"features.{key}: must be >= 0")
+        if self.features.example_stride < 1:
+            raise ConfigError(f"features.example_stride: must be >= 1, got {self.features.example_stride!r}")
         for key in ("oov_buckets", "category_oov_buckets"):
             if getattr(self.features, key) < 1:
                 raise ConfigError(f"features.{key}: must be >= 1 (1: every unknown id shares one index), "

@@ -129,3 +129,19 @@ def test_examples_keep_only_latest_per_user(spark: SparkSession, split_events) -
     sequences = build_sequences(with_item_idx(split_events, vocab, 1))
     examples = train_examples(sequences, FeaturesConfig(max_seq_len=3, max_examples_per_user=1, oov_buckets=1))
     assert sorted((r[C.USER_ID], r[C.TARGET]) for r in examples.collect()) == [("u1", 2), ("u2", 3)]
+
+
+def test_examples_every_stride_steps_back_from_the_latest(spark: SparkSession) -> None:
+    # One user, 8 training steps of items 2..9: targets are the steps at positions 1..7.
+    items = list(range(2, 10))
+    ts = [dt.datetime(2024, 1, 1) + dt.timedelta(hours=h) for h in range(len(items))]
+    sequences = spark.createDataFrame(
+        [("u", items, ["purchase"] * 8, ts, ["train"] * 8)],
+        "user_id string, item_idx array<int>, event_type array<string>, event_ts array<timestamp>, split array<string>")
+    def targets(stride: int, most: int) -> list[int]:
+        config = FeaturesConfig(max_seq_len=3, max_examples_per_user=most, oov_buckets=1, example_stride=stride)
+        return sorted(r[C.TARGET] for r in train_examples(sequences, config).collect())
+    assert targets(1, 10) == items[1:]
+    # Stride 3 back from the latest (item 9): 9, 6, 3; the latest two of them: 9, 6.
+    assert targets(3, 10) == [3, 6, 9]
+    assert targets(3, 2) == [6, 9]

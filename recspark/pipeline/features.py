@@ -246,7 +246,9 @@ def train_examples(sequences: DataFrame, config: FeaturesConfig,
 
     Examples whose target is outside the vocabulary (a reserved index: PAD, OOV or a hashed bucket,
     below first_vocab_index(oov_buckets)) are dropped: a bucket mixes unrelated items, nothing to
-    learn to predict. So are examples with an empty history; only each user's latest ``max_examples_per_user`` stay.
+    learn to predict. So are examples with an empty history. Examples end every ``example_stride``
+    steps back from the user's latest training step; only each user's latest ``max_examples_per_user``
+    of those stay.
     """
     length = config.max_seq_len
     exploded = sequences.select(C.USER_ID, _steps_where((TRAIN,), event_types).alias("_steps")).select(
@@ -255,7 +257,9 @@ def train_examples(sequences: DataFrame, config: FeaturesConfig,
     history = F.slice("_steps", F.greatest(F.lit(1), F.col("_pos") - length + 1), F.least(F.col("_pos"), F.lit(length)))
     return (
         exploded.filter((F.col("_pos") >= 1) & (F.col("_target")["i"] >= C.first_vocab_index(config.oov_buckets)))
-        .filter(F.col("_pos") >= F.size("_steps") - config.max_examples_per_user)
+        .withColumn("_back", F.size("_steps") - 1 - F.col("_pos"))  # steps before the latest
+        .filter((F.col("_back") % config.example_stride == 0)
+                & (F.col("_back") < config.max_examples_per_user * config.example_stride))
         .select(C.USER_ID, history.alias("_history"), F.col("_target")["i"].cast("int").alias(C.TARGET))
         .transform(lambda df: with_history_columns(df, "_history", config))
         .select(C.USER_ID, C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, C.TARGET)
