@@ -139,6 +139,9 @@ def log_training_run(
         for file in sorted(Path(model_dir).iterdir()):
             if file.is_file() and not file.name.startswith("."):
                 client.log_artifact(run_id, str(file), MODEL_ARTIFACT_PATH)
+        vocab = Path(model_dir) / "vocab"
+        if vocab.is_dir():  # the vocabularies the model was trained with travel with it (warm start reads them)
+            client.log_artifacts(run_id, str(vocab), f"{MODEL_ARTIFACT_PATH}/vocab")
         name = registered_model_name(tracking, dataset, model)
         try:
             client.create_registered_model(name)

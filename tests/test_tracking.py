@@ -17,6 +17,8 @@ def _model_dir(tmp_path):
     (model_dir / "model.keras").write_bytes(b"weights")
     (model_dir / "model_meta.json").write_text(json.dumps({"best_epoch": 2}))
     (model_dir / "state" / "epoch-001.npz").write_bytes(b"checkpoint, not an artifact")
+    (model_dir / "vocab" / "item_vocab.parquet").mkdir(parents=True)
+    (model_dir / "vocab" / "item_vocab.parquet" / "part-0.parquet").write_bytes(b"vocabulary rows")
     return model_dir
 
 
@@ -64,7 +66,11 @@ def test_run_logged_and_model_version_increments(tmp_path):
         (1, 0.1), (2, 1.3), (3, 0.2)]
     assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [2.0, 1.5, 1.2]
     artifacts = sorted(a.path for a in client.list_artifacts(run.info.run_id, MODEL_ARTIFACT_PATH))
-    assert artifacts == [f"{MODEL_ARTIFACT_PATH}/model.keras", f"{MODEL_ARTIFACT_PATH}/model_meta.json"]
+    assert artifacts == [f"{MODEL_ARTIFACT_PATH}/model.keras", f"{MODEL_ARTIFACT_PATH}/model_meta.json",
+                         f"{MODEL_ARTIFACT_PATH}/vocab"]
+    # The saved vocabularies go with the model (a warm start from a registered version needs them).
+    vocab = [a.path for a in client.list_artifacts(run.info.run_id, f"{MODEL_ARTIFACT_PATH}/vocab/item_vocab.parquet")]
+    assert vocab == [f"{MODEL_ARTIFACT_PATH}/vocab/item_vocab.parquet/part-0.parquet"]
     # The artifacts live beside the database, not in ./mlruns of the current directory.
     assert (checkpoints / "mlartifacts").is_dir()
     version = client.get_model_version(runs[1].registered_model, str(runs[1].model_version))
