@@ -118,6 +118,14 @@ class FeaturesConfig:
     oov_buckets: int = 64
     category_oov_buckets: int = 8
 
+    @property
+    def first_item_idx(self) -> int:
+        """The first vocabulary item_idx: below it PAD, unknown and the hashed buckets (never a
+        target, never recommended)."""
+        from recspark.constants import first_vocab_index
+
+        return first_vocab_index(self.oov_buckets)
+
 
 @dataclasses.dataclass
 class TrainConfig:

@@ -107,7 +107,7 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
             "mlflow": {"run_id": tracked.run_id, "registered_model": tracked.registered_model,
                        "version": tracked.model_version, "tracking_uri": tracked.tracking_uri},
         })
-        summary[model] = (f"{config.train.num_proc} Horovod ranks, {num_items - C.first_vocab_index(config.features.oov_buckets):,} items, "
+        summary[model] = (f"{config.train.num_proc} Horovod ranks, {num_items - config.features.first_item_idx:,} items, "
                           f"{result.seconds:.1f}s, loss per epoch "
                           + ", ".join(f"{loss:.4f}" for loss in result.history)
                           + (f", resumed after epoch {result.initial_epoch}" if result.initial_epoch else "")

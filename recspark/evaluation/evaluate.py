@@ -75,7 +75,7 @@ def choose_als(sequences: DataFrame, vocab: DataFrame, eval_queries: DataFrame, 
     ``evaluate.cross_validate``, best mean NDCG@k over ``cv_folds`` folds (also reported per grid point)."""
     ev = config.evaluate
     params = dict(ranks=ev.als_ranks, reg_params=ev.als_reg_params, max_iter=ev.als_max_iter, alpha=ev.als_alpha,
-                  seed=config.train.seed, first_item_idx=C.first_vocab_index(config.features.oov_buckets))
+                  seed=config.train.seed, first_item_idx=config.features.first_item_idx)
     validation = eval_queries.filter(F.col(C.SPLIT) == C.VALIDATION)
     tuning = tune_als_on_validation(sequences, vocab, validation, ev.k, ev.exclude_seen, **params)
     tuning["cross_validation"] = None
@@ -105,7 +105,7 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
 
     als_tuning = choose_als(sequences, vocab, eval_queries, config)
     chosen = als_tuning["chosen"]
-    first_item_idx = C.first_vocab_index(config.features.oov_buckets)
+    first_item_idx = config.features.first_item_idx
     als_model, als_users = fit_als(train_interactions(sequences, ("train", C.VALIDATION), first_item_idx=first_item_idx),
                                    rank=chosen["rank"],
                                    reg_param=chosen["reg_param"], max_iter=ev.als_max_iter, alpha=ev.als_alpha,
@@ -201,7 +201,7 @@ def sampled_evaluation(queries: DataFrame, vocab: DataFrame, sequences: DataFram
     candidates = S.sampled_candidates(queries, vocab, ev.sampled_negatives, ev.exclude_seen, config.train.seed).persist()
     ids = vocab.select(C.ITEM_ID, C.ITEM_IDX, C.TRAIN_COUNT)
     total = float(vocab.agg(F.sum(C.TRAIN_COUNT)).first()[0] or 0) + 1.0
-    first_item_idx = C.first_vocab_index(config.features.oov_buckets)
+    first_item_idx = config.features.first_item_idx
     recent = recent_popularity(sequences, vocab, ev.recent_days, first_item_idx=first_item_idx).join(ids, C.ITEM_ID)
     cooc = cooccurrence_scores(sequences, queries, ev.exclude_seen, window=ev.cooc_window,
                                neighbours=ev.cooc_neighbours, recent_items=ev.cooc_recent_items,

@@ -131,7 +131,7 @@ def model_spec(spark: "SparkSession", config: "Config") -> ModelSpec:
         (F.sort_array(F.collect_list(F.struct(C.ITEM_IDX, C.TRAIN_COUNT))) if want_counts else F.lit(None)).alias("counts"),
     ).collect()[0]
     num_items = int(row["max_idx"]) + 1
-    first_item_idx = C.first_vocab_index(config.features.oov_buckets)
+    first_item_idx = config.features.first_item_idx
     if row["min_idx"] != first_item_idx:  # gold built with other buckets: reserved rows would be wrong
         raise ValueError(f"gold item_vocab starts at item_idx {row['min_idx']}, features.oov_buckets="
                          f"{config.features.oov_buckets} needs {first_item_idx}: build the features again")

@@ -256,7 +256,7 @@ def train_examples(sequences: DataFrame, config: FeaturesConfig,
     )
     history = F.slice("_steps", F.greatest(F.lit(1), F.col("_pos") - length + 1), F.least(F.col("_pos"), F.lit(length)))
     return (
-        exploded.filter((F.col("_pos") >= 1) & (F.col("_target")["i"] >= C.first_vocab_index(config.oov_buckets)))
+        exploded.filter((F.col("_pos") >= 1) & (F.col("_target")["i"] >= config.first_item_idx))
         .withColumn("_back", F.size("_steps") - 1 - F.col("_pos"))  # steps before the latest
         .filter((F.col("_back") % config.example_stride == 0)
                 & (F.col("_back") < config.max_examples_per_user * config.example_stride))
