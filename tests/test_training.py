@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 from conftest import next_item_examples
@@ -52,10 +53,19 @@ def test_two_rank_training_agrees_learns_and_exports(spark, tmp_path):
     config = TrainConfig(models=["mean_pool"], num_proc=2, epochs=3, batch_size=32, learning_rate=0.01,
                          embedding_dim=8, seed=11)
     model_dir = tmp_path / "model"
+    started = time.time()
     result = train_distributed(
         spark, _examples(spark), model="mean_pool", spec=SPEC, train_config=config, model_dir=model_dir, cache_url=(tmp_path / "petastorm").as_uri(),
+        record_batch_times=True,
     )
+    finished = time.time()
     rank0, rank1 = result.rank_results
+    # The per-batch timing hook (what bench/train.py reads): one time per training batch, from rank 0
+    # (the ranks step together), in order and within this call.
+    times = result.batch_end_times
+    assert len(times) == config.epochs * rank0.steps_per_epoch, (len(times), rank0.steps_per_epoch)
+    assert times == rank0.batch_end_times and rank1.batch_end_times == []
+    assert started < times[0] and times == sorted(times) and times[-1] < finished
     assert (rank0.rank, rank1.rank, rank0.size) == (0, 1, 2)
     for rank in result.rank_results:
         assert rank.legacy_keras_env == "1" and rank.tf_keras_module.startswith("tf_keras"), rank.tf_keras_module

@@ -87,6 +87,9 @@ class RankResult:
     epochs_run: int = 0  # epochs trained by this run
     val_ndcg_history: list[float] = dataclasses.field(default_factory=list)  # every epoch so far
     best_epoch: Optional[int] = None  # 1-based; its weights are the final (exported) ones
+    # Wall-clock time (time.time()) at the end of every training batch of this run: rank 0 only,
+    # and only with train_distributed(record_batch_times=True); empty otherwise.
+    batch_end_times: list[float] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -102,6 +105,8 @@ class TrainResult:
     val_ndcg_history: list[float] = dataclasses.field(default_factory=list)
     best_epoch: Optional[int] = None
     launcher: str = ""
+    # Rank 0's batch end times (see RankResult.batch_end_times); empty unless recorded.
+    batch_end_times: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def ranks_agree(self) -> bool:
@@ -137,7 +142,8 @@ def _pin_devices(hvd: Any) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
-def _progress_callback(epochs: int) -> "tf.keras.callbacks.Callback":
+def _progress_callback(epochs: int, batch_end_times: Optional[list[float]] = None) -> "tf.keras.callbacks.Callback":
+    """Rank 0's epoch lines; with ``batch_end_times``, also appends the time at every batch end to it."""
     import tensorflow as tf
 
     class Progress(tf.keras.callbacks.Callback):
@@ -152,7 +158,15 @@ def _progress_callback(epochs: int) -> "tf.keras.callbacks.Callback":
             shown = "" if ndcg is None else f" val_ndcg@10={ndcg:.4f}"
             print(f"epoch {epoch + 1}/{epochs} loss={loss:.4f}{shown} seconds={time.time() - self.started:.1f}", flush=True)
 
-    return Progress()
+    if batch_end_times is None:
+        # No batch hook at all: Keras skips per-batch callback work when no callback overrides it.
+        return Progress()
+
+    class TimedProgress(Progress):
+        def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
+            batch_end_times.append(time.time())
+
+    return TimedProgress()
 
 
 def _export(model: "tf.keras.Model", model_dir: Path, meta: dict, model_name: str, spec: ModelSpec,
@@ -184,6 +198,7 @@ def _train_fn(
     warm_start: Optional[lifecycle.WarmStart] = None,
     shuffle: bool = True,
     optimizer_name: str = "adam",
+    record_batch_times: bool = False,
 ) -> RankResult:
     """Runs in every Horovod process (one per Spark task); rank 0 alone writes to ``model_dir``."""
     require_legacy_keras()  # before anything builds an optimizer
@@ -232,8 +247,9 @@ def _train_fn(
             validation, train_config.early_stopping_patience, state, rank=rank, broadcast=broadcast)
         early_stopping.best_weights = best_restored
         callbacks.append(early_stopping)
+    batch_end_times: list[float] = []
     if rank == 0:
-        callbacks.append(_progress_callback(train_config.epochs))
+        callbacks.append(_progress_callback(train_config.epochs, batch_end_times if record_batch_times else None))
         callbacks.append(tf.keras.callbacks.ModelCheckpoint(
             str(out / CHECKPOINTS_DIR / "epoch-{epoch:03d}.weights.h5"), save_weights_only=True))
     callbacks.append(lifecycle.checkpoint_callback(str(out), state, rank=rank, early_stopping=early_stopping))
@@ -309,6 +325,7 @@ def _train_fn(
         epochs_run=state.epoch - initial_epoch,
         val_ndcg_history=list(state.val_ndcg_history),
         best_epoch=state.best_epoch,
+        batch_end_times=batch_end_times,
     )
 
 
@@ -368,6 +385,7 @@ def train_distributed(
     optimizer: str = "adam",
     item_vocab: Optional[DataFrame] = None,
     category_vocab: Optional[DataFrame] = None,
+    record_batch_times: bool = False,
 ) -> TrainResult:
     """Trains ``model`` on ``train_df`` (the model's input columns and target) with ``num_proc``
     Horovod processes; ``spec`` holds the data's sizes (:func:`recspark.models.model_spec`).
@@ -379,6 +397,9 @@ def train_distributed(
     ``item_vocab`` / ``category_vocab``: the gold vocabularies ``spec`` was made from; saved in the
     export (``vocab/``) and, with ``train.warm_start``, joined with the previous export's saved ones
     to move its rows to their current indices (without them rows keep their positions).
+    ``record_batch_times``: rank 0 notes the wall-clock time at the end of every training batch, returned
+    as ``TrainResult.batch_end_times`` (for benchmarks: the ranks step in lockstep through the
+    gradient allreduce, so rank 0's times time the whole run, start-up and compilation left out).
     Raises :class:`~recspark.models.lifecycle.RankFailedError` naming the rank when a Horovod process dies.
 
     ``model_dir`` must be visible to rank 0's process (local mode: any local path; a cluster: shared
@@ -437,7 +458,7 @@ def train_distributed(
                 dict(converter=converter, model_name=model, num_rows=num_rows, spec=spec, train_config=train_config,
                      model_dir=str(out), fingerprint=fingerprint, resume_state=resume_state, validation=validation,
                      warm_start=warm_start, shuffle=shuffle,
-                     optimizer_name=optimizer),
+                     optimizer_name=optimizer, record_batch_times=record_batch_times),
                 num_proc,
                 _worker_env(),
             )
@@ -452,7 +473,8 @@ def train_distributed(
     first = results[0]
     result = TrainResult(model_dir=str(out), history=first.loss_history, seconds=seconds, rank_results=results,
                          fingerprint=fingerprint, initial_epoch=first.initial_epoch,
-                         val_ndcg_history=first.val_ndcg_history, best_epoch=first.best_epoch, launcher=launcher)
+                         val_ndcg_history=first.val_ndcg_history, best_epoch=first.best_epoch, launcher=launcher,
+                         batch_end_times=first.batch_end_times)
     if not result.ranks_agree:
         raise RuntimeError(
             "Horovod ranks ended with different weights: gradients were not averaged "
