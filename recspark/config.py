@@ -89,12 +89,13 @@ class FeaturesConfig:
     # Each user's last held-out sessions (baskets; for data without sessions, single events).
     n_test_sessions: int = 1
     n_validation_sessions: int = 1
-    # Bounds the training set of very active users: only their latest examples are kept.
+    # train_examples (towers, dnn, mean_pool: one prediction per row) has one row per training step;
+    # only each user's latest max_examples_per_user are kept, which bounds very active users.
     max_examples_per_user: int = 200
-    # Examples end every example_stride steps back from each user's latest training step. 1: every
-    # step is an example's target (what towers and dnn learn from). max_seq_len: windows that do not
-    # overlap, which is all SASRec needs, since it learns from every step of a window.
-    example_stride: int = 1
+    # train_windows (sasrec: every step of a row predicts the next) cuts each user's training steps
+    # into non-overlapping max_seq_len windows, back from the latest; the latest max_windows_per_user
+    # are kept. Overlapping windows would only repeat the same predictions.
+    max_windows_per_user: int = 20
     # user_features: the top interest_top_n categories, event weights halving every half-life.
     interest_top_n: int = 5
     interest_half_life_days: float = 30.0
@@ -233,6 +234,7 @@ class Config:
             "features.max_seq_len": self.features.max_seq_len,
             "features.min_item_count": self.features.min_item_count,
             "features.max_examples_per_user": self.features.max_examples_per_user,
+            "features.max_windows_per_user": self.features.max_windows_per_user,
             "features.interest_top_n": self.features.interest_top_n,
             "features.interest_half_life_days": self.features.interest_half_life_days,
             "features.price_buckets": self.features.price_buckets,
@@ -291,8 +293,6 @@ class Config:
         for key in ("n_test_sessions", "n_validation_sessions"):
             if getattr(self.features, key) < 0:
                 raise ConfigError(f"features.{key}: must be >= 0")
-        if self.features.example_stride < 1:
-            raise ConfigError(f"features.example_stride: must be >= 1, got {self.features.example_stride!r}")
         for key in ("oov_buckets", "category_oov_buckets"):
             if getattr(self.features, key) < 1:
                 raise ConfigError(f"features.{key}: must be >= 1 (1: every unknown id shares one index), "

@@ -74,6 +74,8 @@ BRONZE, SILVER, GOLD = "bronze", "silver", "gold"
 EVENTS, ITEMS, USERS, QUARANTINE, RUN_LOG = "events", "items", "users", "quarantine", "run_log"
 ITEM_VOCAB = "item_vocab"
 TRAIN_EXAMPLES = "train_examples"
+# Non-overlapping max_seq_len windows: what a model that learns at every step reads (SASRec).
+TRAIN_WINDOWS = "train_windows"
 EVAL_QUERIES = "eval_queries"
 SERVING_HISTORIES = "serving_histories"
 

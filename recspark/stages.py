@@ -56,26 +56,27 @@ def spec_params(spec) -> dict:
 
 def train_stage(spark: SparkSession, config: Config) -> dict:
     """Trains every model of ``train.models`` in turn on the same gold tables."""
-    from recspark.models import model_inputs, model_spec  # TensorFlow only where it is needed
+    from recspark.models import model_examples_table, model_inputs, model_spec  # TensorFlow only where needed
     from recspark.models.item_tables import FEATURE_MODELS, with_gold_user_vector
     from recspark.models.lifecycle import collect_validation_set
     from recspark.models.training import train_distributed
     from recspark.tracking import log_training_run
 
-    examples_path = config.table_path(C.GOLD, C.TRAIN_EXAMPLES)
+    examples_paths = {model: config.table_path(C.GOLD, model_examples_table(model)) for model in config.train.models}
     vocab_path = config.table_path(C.GOLD, C.ITEM_VOCAB)
     queries_path = config.table_path(C.GOLD, C.EVAL_QUERIES)
     spec = model_spec(spark, config)
     num_items = spec.num_items
     run_id = new_run_id(config)
     # The Delta versions read: part of each run's fingerprint (resume) and of its MLflow record.
-    versions = {path: table_version(spark, path) for path in (examples_path, vocab_path, queries_path)}
+    versions = {path: table_version(spark, path)
+                for path in dict.fromkeys([*examples_paths.values(), vocab_path, queries_path])}
     summary: dict = {C.RUN_ID: run_id}
     category_path = config.table_path(C.GOLD, C.CATEGORY_VOCAB)
     category_vocab = read_table(spark, category_path) if table_exists(spark, category_path) else None
     for model in config.train.models:
         model_dir = config.model_dir(model)
-        examples = read_table(spark, examples_path)
+        examples = read_table(spark, examples_paths[model])
         queries = read_table(spark, queries_path)
         if model in FEATURE_MODELS:  # they also read user_vector: joined here, before Petastorm
             examples = with_gold_user_vector(spark, config, examples)
@@ -150,8 +151,8 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
 LAYERS = {
     C.BRONZE: (C.EVENTS, C.ITEMS, C.USERS, C.QUARANTINE, IDENTITY_MAP, C.RUN_LOG),
     C.SILVER: (C.EVENTS, C.ITEMS, C.USERS, "bots"),
-    C.GOLD: ("split_info", C.ITEM_VOCAB, C.CATEGORY_VOCAB, SEQUENCES, C.TRAIN_EXAMPLES, C.EVAL_QUERIES,
-             C.SERVING_HISTORIES, "user_features", "item_features", C.FEATURE_STATS),
+    C.GOLD: ("split_info", C.ITEM_VOCAB, C.CATEGORY_VOCAB, SEQUENCES, C.TRAIN_EXAMPLES, C.TRAIN_WINDOWS,
+             C.EVAL_QUERIES, C.SERVING_HISTORIES, "user_features", "item_features", C.FEATURE_STATS),
 }
 
 

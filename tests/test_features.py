@@ -13,8 +13,8 @@ from pyspark.testing import assertDataFrameEqual
 from recspark import constants as C
 from recspark.config import FeaturesConfig
 from recspark.pipeline.features import (
-    build_sequences, eval_queries, fit_item_vocab, left_pad, serving_histories, train_examples, with_item_idx,
-    with_split,
+    build_sequences, eval_queries, fit_item_vocab, left_pad, serving_histories, train_examples, train_windows,
+    with_item_idx, with_split,
 )
 from recspark.pipeline.prepare import coarsen_age, dedupe_events
 from recspark.pipeline.privacy import hmac_sha256, pseudonymise
@@ -131,17 +131,32 @@ def test_examples_keep_only_latest_per_user(spark: SparkSession, split_events) -
     assert sorted((r[C.USER_ID], r[C.TARGET]) for r in examples.collect()) == [("u1", 2), ("u2", 3)]
 
 
-def test_examples_every_stride_steps_back_from_the_latest(spark: SparkSession) -> None:
-    # One user, 8 training steps of items 2..9: targets are the steps at positions 1..7.
+def test_windows_hold_each_training_step_once_back_from_the_latest(spark: SparkSession) -> None:
+    # One user, 8 training steps of items 2..9; windows of max_seq_len 3 end at the latest step.
     items = list(range(2, 10))
     ts = [dt.datetime(2024, 1, 1) + dt.timedelta(hours=h) for h in range(len(items))]
     sequences = spark.createDataFrame(
         [("u", items, ["purchase"] * 8, ts, ["train"] * 8)],
         "user_id string, item_idx array<int>, event_type array<string>, event_ts array<timestamp>, split array<string>")
-    def targets(stride: int, most: int) -> list[int]:
-        config = FeaturesConfig(max_seq_len=3, max_examples_per_user=most, oov_buckets=1, example_stride=stride)
-        return sorted(r[C.TARGET] for r in train_examples(sequences, config).collect())
-    assert targets(1, 10) == items[1:]
-    # Stride 3 back from the latest (item 9): 9, 6, 3; the latest two of them: 9, 6.
-    assert targets(3, 10) == [3, 6, 9]
-    assert targets(3, 2) == [6, 9]
+
+    def windows(most: int) -> list[tuple[list[int], int]]:
+        config = FeaturesConfig(max_seq_len=3, max_windows_per_user=most, max_examples_per_user=1, oov_buckets=1)
+        return sorted((r[C.HISTORY], r[C.TARGET]) for r in train_windows(sequences, config).collect())
+
+    assert windows(10) == [([0, 0, 2], 3), ([3, 4, 5], 6), ([6, 7, 8], 9)]
+    # A model predicting at every step of a window (each real step predicts the next, the last one
+    # the target) predicts every step after the first exactly once per epoch.
+    predicted = [item for history, target in windows(10) for item in [*[h for h in history if h][1:], target]]
+    assert sorted(predicted) == items[1:]
+    assert windows(2) == [([3, 4, 5], 6), ([6, 7, 8], 9)]
+    # train_examples of the same sequence: one row per step, each user's latest max_examples_per_user.
+    every_step = FeaturesConfig(max_seq_len=3, max_examples_per_user=10, oov_buckets=1)
+    assert sorted(r[C.TARGET] for r in train_examples(sequences, every_step).collect()) == items[1:]
+
+
+def test_each_model_names_the_table_it_trains_on() -> None:
+    from recspark.models import MODEL_NAMES, model_examples_table
+
+    tables = {name: model_examples_table(name) for name in MODEL_NAMES}
+    assert tables == {"mean_pool": C.TRAIN_EXAMPLES, "sasrec": C.TRAIN_WINDOWS, "towers": C.TRAIN_EXAMPLES,
+                      "dnn": C.TRAIN_EXAMPLES}

@@ -63,7 +63,8 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
 def snapshot(spark: SparkSession, config: Config) -> dict[str, list]:
     tables = {f"{layer}/{t}": config.table_path(layer, t) for layer, t in
               [("bronze", "events"), ("bronze", "items"), ("bronze", "users"), ("silver", "events"),
-               ("silver", "users"), ("gold", "item_vocab"), ("gold", "train_examples"), ("gold", "eval_queries")]}
+               ("silver", "users"), ("gold", "item_vocab"), ("gold", "train_examples"), ("gold", "train_windows"),
+               ("gold", "eval_queries")]}
     return {name: sorted(map(repr, spark.read.format("delta").load(path).collect())) for name, path in tables.items()}
 
 

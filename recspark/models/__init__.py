@@ -105,6 +105,12 @@ def model_inputs(name: str) -> list[str]:
     return list(get_model_class(name).INPUTS)
 
 
+def model_examples_table(name: str) -> str:
+    """The gold table model ``name`` trains on: ``train_windows`` for a model that predicts at every
+    step of a row, ``train_examples`` (one row per step) for the rest."""
+    return get_model_class(name).EXAMPLES
+
+
 def build_model(name: str, spec: ModelSpec, train: "TrainConfig") -> "tf.keras.Model":
     """A freshly initialised model ``name`` (seeded by ``train.seed``), ready to ``compile`` and ``fit``."""
     return get_model_class(name).from_train_config(spec, train)

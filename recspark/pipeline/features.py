@@ -241,14 +241,30 @@ def with_history_columns(df: DataFrame, steps: str, config: FeaturesConfig) -> D
 
 def train_examples(sequences: DataFrame, config: FeaturesConfig,
                    event_types: Sequence[str] = C.EVENT_TYPES_DEFAULT) -> DataFrame:
-    """Next-item examples from the training period: each target with the items before it, their
-    event types and time gaps.
+    """Next-item examples from the training period, one per step: each target with the items before
+    it, their event types and time gaps; each user's latest ``max_examples_per_user``. What a model
+    that makes one prediction per row learns from (towers, dnn, mean_pool)."""
+    return _next_item_rows(sequences, config, event_types, stride=1, per_user=config.max_examples_per_user)
 
-    Examples whose target is outside the vocabulary (a reserved index: PAD, OOV or a hashed bucket,
-    below first_vocab_index(oov_buckets)) are dropped: a bucket mixes unrelated items, nothing to
-    learn to predict. So are examples with an empty history. Examples end every ``example_stride``
-    steps back from the user's latest training step; only each user's latest ``max_examples_per_user``
-    of those stay.
+
+def train_windows(sequences: DataFrame, config: FeaturesConfig,
+                  event_types: Sequence[str] = C.EVENT_TYPES_DEFAULT) -> DataFrame:
+    """The training period cut into non-overlapping ``max_seq_len`` windows back from each user's
+    latest step (the row's target), each user's latest ``max_windows_per_user``. A model that
+    predicts the next item at every step of a row (sasrec) sees each step once per epoch; the
+    overlapping rows of :func:`train_examples` would repeat each prediction up to ``max_seq_len`` times."""
+    return _next_item_rows(sequences, config, event_types, stride=config.max_seq_len,
+                           per_user=config.max_windows_per_user)
+
+
+def _next_item_rows(sequences: DataFrame, config: FeaturesConfig, event_types: Sequence[str],
+                    stride: int, per_user: int) -> DataFrame:
+    """Rows whose targets are every ``stride``-th training step back from each user's latest, the
+    latest ``per_user`` of them, with the ``max_seq_len`` steps before each target.
+
+    Targets outside the vocabulary (a reserved index: PAD, OOV or a hashed bucket, below
+    first_vocab_index(oov_buckets)) are no row: a bucket mixes unrelated items, nothing to learn to
+    predict. Neither is a target with an empty history.
     """
     length = config.max_seq_len
     exploded = sequences.select(C.USER_ID, _steps_where((TRAIN,), event_types).alias("_steps")).select(
@@ -258,8 +274,7 @@ def train_examples(sequences: DataFrame, config: FeaturesConfig,
     return (
         exploded.filter((F.col("_pos") >= 1) & (F.col("_target")["i"] >= config.first_item_idx))
         .withColumn("_back", F.size("_steps") - 1 - F.col("_pos"))  # steps before the latest
-        .filter((F.col("_back") % config.example_stride == 0)
-                & (F.col("_back") < config.max_examples_per_user * config.example_stride))
+        .filter((F.col("_back") % stride == 0) & (F.col("_back") < per_user * stride))
         .select(C.USER_ID, history.alias("_history"), F.col("_target")["i"].cast("int").alias(C.TARGET))
         .transform(lambda df: with_history_columns(df, "_history", config))
         .select(C.USER_ID, C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, C.TARGET)
@@ -347,6 +362,7 @@ def build_features(spark: SparkSession, config: Config) -> dict:
     event_types = config.ingest.event_types
     outputs = {
         C.TRAIN_EXAMPLES: train_examples(sequences, config.features, event_types),
+        C.TRAIN_WINDOWS: train_windows(sequences, config.features, event_types),
         C.EVAL_QUERIES: eval_queries(sequences, config.features, event_types),
         C.SERVING_HISTORIES: serving_histories(sequences, config.features, event_types),
     }
