@@ -17,10 +17,8 @@ On the MovieLens-1M gold tables (``lakehouse/ml-1m``, read only; ``conf/local.ya
    reader start, the first ``--warmup-steps`` steps (the tf.function trace/compile is the first),
    and the checkpoint and export after the last batch. The end-to-end rate (all of it) is printed
    alongside for context.
-   The library has no hook for per-batch times, so this script substitutes a wrapper for
-   ``training._train_fn`` (in the driver, restored after) that, inside each Horovod process, wraps
-   ``training._progress_callback`` (rank 0's only) to also record batch end times, and returns
-   them on the rank's ``RankResult``. Nothing under ``recspark/`` is changed.
+   The batch end times come from the library's own hook: ``train_distributed(...,
+   record_batch_times=True)`` returns rank 0's as ``TrainResult.batch_end_times``.
 2. **feed alone**: a converter made the same way (``recspark.feed.make_converter`` over the same
    rows and columns as the 2-rank run, one file per rank), read in this process by
    ``recspark.feed.training_batches`` with the training's batch size, shuffling queue and reader
@@ -59,7 +57,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before anything imports TensorFlow
 
@@ -148,52 +146,7 @@ def peak_text(peak: dict[str, float]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Training with rank 0's batch end times.
-
-
-def timed_train_fn(converter: Any, **kwargs: Any) -> Any:
-    """Runs in every Horovod process instead of ``training._train_fn``: the same function, with the
-    wall-clock time at the end of every training batch recorded on rank 0 (whose progress callback
-    is the only one made) and returned as ``batch_end_times`` on its RankResult.
-
-    Self-contained (imports inside): cloudpickle ships it by value from this script's ``__main__``.
-    """
-    import time as clock
-
-    from recspark.models import training
-
-    ends: list[float] = []
-    make_progress = training._progress_callback
-
-    def progress_with_batch_times(epochs: int):
-        progress = make_progress(epochs)
-
-        class TimedProgress(type(progress)):
-            def on_train_batch_end(self, batch, logs=None):
-                ends.append(clock.time())
-
-        return TimedProgress()
-
-    training._progress_callback = progress_with_batch_times
-    try:
-        result = training._train_fn(converter, **kwargs)
-    finally:
-        training._progress_callback = make_progress
-    result.batch_end_times = ends  # empty on ranks > 0
-    return result
-
-
-@contextlib.contextmanager
-def batch_timing():
-    """``train_distributed`` launches :func:`timed_train_fn` instead of ``_train_fn`` inside this block."""
-    from recspark.models import training
-
-    original = training._train_fn
-    training._train_fn = timed_train_fn
-    try:
-        yield
-    finally:
-        training._train_fn = original
+# Rates from batch end times.
 
 
 def rate(ends: list[float], warmup: int, examples_per_batch: int) -> tuple[float, float, int]:
@@ -219,13 +172,13 @@ def train_once(spark, examples, *, model: str, ranks: int, steps: int, warmup: i
     train_config = dataclasses.replace(config.train, num_proc=ranks, epochs=1, resume=False, warm_start=False)
     started = time.perf_counter()
     # Horovod's and the ranks' output (lifecycle passes sys.stdout) goes to the log, not the table.
-    with open(log_file, "a") as log, contextlib.redirect_stdout(log), batch_timing():
+    with open(log_file, "a") as log, contextlib.redirect_stdout(log):
         result = train_distributed(
             spark, examples.limit(rows), model=model, spec=spec, train_config=train_config,
             model_dir=str(workdir / "checkpoints" / f"ranks-{ranks}"), cache_url=config.petastorm_cache_url,
-            validation=None)
+            validation=None, record_batch_times=True)
     wall = time.perf_counter() - started
-    ends = result.rank_results[0].batch_end_times
+    ends = result.batch_end_times
     examples_per_s, seconds, batches = rate(ends, warmup, batch_size * ranks)
     return {"name": f"train {ranks} rank{'s' if ranks > 1 else ''}", "ranks": ranks, "rows": rows,
             "batches": batches, "seconds": seconds, "examples_per_s": examples_per_s, "wall_s": wall,

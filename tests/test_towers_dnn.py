@@ -242,6 +242,26 @@ def test_build_model_by_name_follows_the_model_interface():
         build_model("towers", ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN), train)
 
 
+def test_feature_models_leave_the_sequence_models_alone():
+    """Building a feature model (a functional model under Recommender) must not turn Recommender
+    into a functional model for the process: a sequence model built afterwards still builds and runs.
+
+    What this catches: FeatureModel reaching Functional through tf.keras.Model.__init__(inputs=,
+    outputs=) instead of naming it as a base, which makes tf-keras rewrite Recommender's bases.
+    """
+    from recspark.config import TrainConfig
+    from recspark.models import ModelSpec, build_model
+    from recspark.models.base import Recommender, SequenceRecommender
+
+    towers = build_towers_model(NUM_ITEMS, MAX_SEQ_LEN, USER_DIM, tables=_tables(), **SMALL)
+    assert towers(_task(2, seed=0)[0], training=False).shape == (2, NUM_ITEMS)
+    assert Recommender.__bases__ == (tf.keras.Model,)
+    assert not any(base.__name__ == "Functional" for base in SequenceRecommender.__mro__)
+    sequence = build_model("mean_pool", ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN),
+                           TrainConfig(embedding_dim=8, seed=5))
+    assert sequence(sequence.dummy_inputs(rows=3), training=False).shape == (3, NUM_ITEMS)
+
+
 def test_with_user_vector_joins_and_zero_fills(spark):
     from pyspark.testing import assertDataFrameEqual
 

@@ -26,6 +26,12 @@ from typing import Any, ClassVar, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 # tf.keras is tf-keras (recspark.models checks): its Functional class, which FeatureModel names as a base.
+# A private module path, kept on purpose: the public route (FeatureModel(Recommender) calling
+# tf.keras.Model.__init__ with inputs= and outputs=) makes tf-keras's inject_functional_model_class
+# rewrite __bases__ up the hierarchy, so Recommender itself becomes a Functional subclass for the
+# whole process, and every sequence model built afterwards fails ("Functional.__init__() missing
+# 'inputs' and 'outputs'"). tests/test_towers_dnn.py::test_feature_models_leave_the_sequence_models_alone
+# guards this. If a tf-keras upgrade moves this module, the import fails at once, loudly.
 from tf_keras.src.engine.functional import Functional
 
 from recspark import constants as C
