@@ -133,3 +133,73 @@ def test_cooccurrence_skips_reserved_indices(spark: SparkSession) -> None:
     b, c, d = (IDX[i] for i in "bcd")
     expected = [(b, c, 2), (b, d, 1), (c, b, 2), (c, d, 1), (d, b, 1), (d, c, 1)]
     assertDataFrameEqual(result, spark.createDataFrame(expected, "item_idx int, neighbour_idx int, count long"))
+
+
+# --------------------------------------------------------------------------------------------------
+# "Buy again": the user's own most frequent items, then popular fillers
+# --------------------------------------------------------------------------------------------------
+
+from recspark.evaluation.baselines import repeat_purchase, repeat_purchase_scores  # noqa: E402
+from recspark.evaluation.evaluate import REPEAT, baseline_names  # noqa: E402
+
+REPEAT_USERS = {
+    # u1: a x2, then b and c once each (c later than b), z (out of vocabulary) three times; in
+    # validation d once; in test e three times (the held-out period: never history).
+    "u1": [("a", 1, "train"), ("z", 2, "train"), ("b", 3, "train"), ("z", 3, "train"), ("a", 4, "train"),
+           ("c", 5, "train"), ("z", 6, "train"), ("d", 7, "validation"), ("e", 8, "test"), ("e", 8, "test"),
+           ("e", 9, "test")],
+    # u2: only b, once; u3 has no query.
+    "u2": [("b", 2, "train"), ("e", 9, "test")],
+    "u3": [("e", 1, "train"), ("e", 2, "train")],
+}
+REPEAT_VOCAB = [("a", 2, 2), ("b", 3, 2), ("c", 4, 1), ("d", 5, 1), ("e", 6, 5)]  # popularity: e, a, b, c, d
+REPEAT_SCHEMA = "user_id string, rank int, item_id string, score float"
+
+
+def test_repeat_purchase_ranks_own_items_by_count_then_recency_and_fills_with_popular(spark: SparkSession) -> None:
+    sequences = sequences_of(spark, REPEAT_USERS)
+    vocab = spark.createDataFrame(REPEAT_VOCAB, VOCAB_SCHEMA)
+    queries = spark.createDataFrame([("u1", [0], [], []), ("u2", [0], [], [])], QUERY_SCHEMA)
+    # Validation queries: training history only. u1: a (2), then c before b (1 each, c later);
+    # z never (reserved index); fillers e, then d (a, b, c already listed). u2: b, then e, a, c.
+    got = repeat_purchase(sequences, vocab, queries, 5, first_item_idx=2)
+    assertDataFrameEqual(got, spark.createDataFrame(
+        [("u1", 1, "a", 2.0), ("u1", 2, "c", 1.0), ("u1", 3, "b", 1.0), ("u1", 4, "e", 0.0), ("u1", 5, "d", 0.0),
+         ("u2", 1, "b", 1.0), ("u2", 2, "e", 0.0), ("u2", 3, "a", 0.0), ("u2", 4, "c", 0.0), ("u2", 5, "d", 0.0)],
+        REPEAT_SCHEMA))
+    # Test queries: train + validation; d (validation, day 7) is now u1's most recent single item.
+    # The test-period e (3 events) is still never an own item: it comes only as the top filler.
+    got = repeat_purchase(sequences, vocab, queries, 4, splits=("train", "validation"), first_item_idx=2)
+    assertDataFrameEqual(got, spark.createDataFrame(
+        [("u1", 1, "a", 2.0), ("u1", 2, "d", 1.0), ("u1", 3, "c", 1.0), ("u1", 4, "b", 1.0),
+         ("u2", 1, "b", 1.0), ("u2", 2, "e", 0.0), ("u2", 3, "a", 0.0), ("u2", 4, "c", 0.0)], REPEAT_SCHEMA))
+
+
+def test_repeat_purchase_never_returns_reserved_indices(spark: SparkSession) -> None:
+    # With the vocabulary starting at b, a (index 2) is a hashed bucket: not an own item even though
+    # u1 had it most often, and not in the vocabulary the fillers come from.
+    sequences = sequences_of(spark, REPEAT_USERS)
+    vocab = spark.createDataFrame([v for v in REPEAT_VOCAB if v[1] >= 3], VOCAB_SCHEMA)
+    queries = spark.createDataFrame([("u1", [0], [], [])], QUERY_SCHEMA)
+    got = repeat_purchase(sequences, vocab, queries, 4, first_item_idx=3)
+    assertDataFrameEqual(got, spark.createDataFrame(
+        [("u1", 1, "c", 1.0), ("u1", 2, "b", 1.0), ("u1", 3, "e", 0.0), ("u1", 4, "d", 0.0)], REPEAT_SCHEMA))
+
+
+def test_repeat_purchase_scores_keep_the_ranking_order(spark: SparkSession) -> None:
+    # The sampled protocol's single number: count + 1 + dense rank by last time / (items + 1).
+    sequences = sequences_of(spark, REPEAT_USERS)
+    queries = spark.createDataFrame([("u1", [0], [], [])], QUERY_SCHEMA)
+    got = repeat_purchase_scores(sequences, queries, ("train", "validation"), first_item_idx=2)
+    a, b, c, d = (IDX[i] for i in "abcd")  # last times: b 3, a 4, c 5, d 7 -> dense ranks 1..4 of 4
+    assertDataFrameEqual(got, spark.createDataFrame(
+        [("u1", a, 2 + 1 + 2 / 5), ("u1", d, 1 + 1 + 4 / 5), ("u1", c, 1 + 1 + 3 / 5), ("u1", b, 1 + 1 + 1 / 5)],
+        "user_id string, item_idx int, score double"))
+
+
+def test_repeat_purchase_is_reported_only_when_seen_items_are_allowed() -> None:
+    assert REPEAT == "repeat_purchase"
+    assert REPEAT in baseline_names(exclude_seen=False)
+    assert REPEAT not in baseline_names(exclude_seen=True)
+    # The other baselines are there either way.
+    assert set(baseline_names(True)) == {"most_popular", "most_popular_recent", "item_cooccurrence", "als"}

@@ -212,3 +212,52 @@ def als(sequences: DataFrame, vocab: DataFrame, queries: DataFrame, k: int, excl
     model, users = fit_als(train_interactions(sequences, splits, first_item_idx=first_item_idx), rank=rank, reg_param=reg_param,
                            max_iter=max_iter, alpha=alpha, seed=seed)
     return als_top_k(model, users, vocab, queries, k, exclude_seen)
+
+
+def own_item_counts(sequences: DataFrame, queries: DataFrame, splits: tuple[str, ...] = ("train",), *,
+                    first_item_idx: int) -> DataFrame:
+    """(user_id, item_id, item_idx, _count, _last): how often and when last each query user had each
+    vocabulary item in the steps of ``splits`` (see :func:`repeat_purchase` for which splits)."""
+    step = F.explode(F.arrays_zip(C.ITEM_ID, C.ITEM_IDX, C.EVENT_TS, C.SPLIT)).alias("_step")
+    steps = (sequences.join(queries.select(C.USER_ID), C.USER_ID, "left_semi").select(C.USER_ID, step)
+             .filter(F.col("_step")[C.SPLIT].isin(*splits) & (F.col("_step")[C.ITEM_IDX] >= first_item_idx)))
+    return steps.groupBy(C.USER_ID, F.col("_step")[C.ITEM_ID].alias(C.ITEM_ID),
+                         F.col("_step")[C.ITEM_IDX].alias(C.ITEM_IDX)).agg(
+        F.count(F.lit(1)).alias("_count"), F.max(F.col("_step")[C.EVENT_TS]).alias("_last"))
+
+
+def repeat_purchase(sequences: DataFrame, vocab: DataFrame, queries: DataFrame, k: int, *,
+                    splits: tuple[str, ...] = ("train",), first_item_idx: int) -> DataFrame:
+    """"Buy again": each query user's own items, most often had first, ties by the most recent, then
+    by item id; lists shorter than k are filled with the most popular items not already listed.
+
+    The history is the steps of ``splits`` of the gold sequences: ("train",) for validation queries,
+    ("train", "validation") for test queries, as for ALS's refit; never the held-out period itself.
+    Only meaningful when seen items may be recommended (``exclude_seen`` false: grocery re-buying).
+    One row per (user, rank); the score is the user's count of the item, 0 for fillers.
+    """
+    own = own_item_counts(sequences, queries, splits, first_item_idx=first_item_idx).select(
+        C.USER_ID, C.ITEM_ID, "_count", "_last", F.lit(None).cast("int").alias("_fill"))
+    # k popular fillers are always enough: a user with m < k own items finds at most m of them among
+    # the k, leaving the k - m the list needs (with m >= k no filler is needed).
+    fillers = most_popular(vocab, queries, k, exclude_seen=False).select(
+        C.USER_ID, C.ITEM_ID, F.lit(None).cast("long").alias("_count"), F.lit(None).cast("timestamp").alias("_last"),
+        F.col(C.RANK).alias("_fill"))
+    merged = own.unionByName(fillers).groupBy(C.USER_ID, C.ITEM_ID).agg(
+        F.max("_count").alias("_count"), F.max("_last").alias("_last"), F.min("_fill").alias("_fill"))
+    best_first = Window.partitionBy(C.USER_ID).orderBy(
+        F.col("_count").desc_nulls_last(), F.col("_last").desc_nulls_last(), F.col("_fill").asc_nulls_last(), C.ITEM_ID)
+    return (merged.withColumn(C.RANK, F.row_number().over(best_first)).filter(F.col(C.RANK) <= k)
+            .select(C.USER_ID, C.RANK, C.ITEM_ID, F.coalesce("_count", F.lit(0)).cast("float").alias(C.SCORE)))
+
+
+def repeat_purchase_scores(sequences: DataFrame, queries: DataFrame, splits: tuple[str, ...] = ("train",), *,
+                           first_item_idx: int) -> DataFrame:
+    """(user_id, item_idx, score) for the users' own items, in :func:`repeat_purchase`'s order as one
+    number: count + 1 + a recency fraction in [0, 1) (the item's dense rank by last time over the user's
+    distinct items + 1), so every own item scores above 1 and the sampled protocol can put popularity
+    fractions (< 1) under it for the fillers."""
+    own = own_item_counts(sequences, queries, splits, first_item_idx=first_item_idx)
+    per_user = Window.partitionBy(C.USER_ID)
+    recency = F.dense_rank().over(per_user.orderBy("_last")) / (F.count(F.lit(1)).over(per_user) + 1)
+    return own.select(C.USER_ID, C.ITEM_IDX, (F.col("_count") + 1 + recency).cast("double").alias(C.SCORE))

@@ -8,7 +8,8 @@ model's top-K lists are kept in the Delta table ``evaluation/predictions`` keyed
 user id, so anyone can recompute the (full-ranking) metrics.
 
 Baselines: most popular (all time, and over the last ``recent_days`` of training), item-item
-co-occurrence, and ALS with rank and regularisation chosen on the validation split (or by
+co-occurrence, "buy again" (the user's own most frequent items; only when seen items may be
+recommended, i.e. without ``exclude_seen``), and ALS with rank and regularisation chosen on the validation split (or by
 cross-validation with ``evaluate.cross_validate``), then refitted on train + validation.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from recspark.config import Config
 from recspark.evaluation import sampled as S
 from recspark.evaluation.baselines import (
     als_top_k, cooccurrence_scores, fit_als, item_cooccurrence, most_popular, recent_popular, recent_popularity,
-    train_interactions,
+    repeat_purchase, repeat_purchase_scores, train_interactions,
 )
 from recspark.evaluation.beyond import beyond_accuracy
 from recspark.evaluation.probability import classification_lines, probability_report
@@ -45,7 +46,16 @@ POPULAR = "most_popular"
 RECENT_POPULAR = "most_popular_recent"
 COOCCURRENCE = "item_cooccurrence"
 ALS_NAME = "als"
-BASELINES = (POPULAR, RECENT_POPULAR, COOCCURRENCE, ALS_NAME)
+REPEAT = "repeat_purchase"
+BASELINES = (POPULAR, RECENT_POPULAR, COOCCURRENCE, ALS_NAME, REPEAT)
+# The history test queries condition on: everything before the test period (as ALS's refit).
+TEST_HISTORY_SPLITS = ("train", C.VALIDATION)
+
+
+def baseline_names(exclude_seen: bool) -> tuple[str, ...]:
+    """The baselines reported under ``exclude_seen``: "buy again" recommends only seen items (then
+    fills with popular ones), so with seen items excluded it would be most_popular under another name."""
+    return tuple(name for name in BASELINES if not (exclude_seen and name == REPEAT))
 
 
 def model_run(config: Config, model: str) -> dict:
@@ -106,7 +116,7 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
     als_tuning = choose_als(sequences, vocab, eval_queries, config)
     chosen = als_tuning["chosen"]
     first_item_idx = config.features.first_item_idx
-    als_model, als_users = fit_als(train_interactions(sequences, ("train", C.VALIDATION), first_item_idx=first_item_idx),
+    als_model, als_users = fit_als(train_interactions(sequences, TEST_HISTORY_SPLITS, first_item_idx=first_item_idx),
                                    rank=chosen["rank"],
                                    reg_param=chosen["reg_param"], max_iter=ev.als_max_iter, alpha=ev.als_alpha,
                                    seed=config.train.seed)
@@ -124,6 +134,9 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
         COOCCURRENCE: item_cooccurrence(sequences, vocab, queries, kept, ev.exclude_seen, **cooc),
         ALS_NAME: als_top_k(als_model, als_users, vocab, queries, kept, ev.exclude_seen),
     })
+    if REPEAT in baseline_names(ev.exclude_seen):
+        rankings[REPEAT] = repeat_purchase(sequences, vocab, queries, kept, splits=TEST_HISTORY_SPLITS,
+                                           first_item_idx=first_item_idx)
     predictions = None
     for name, ranking in rankings.items():
         rows = ranking.select(F.lit(run[C.RUN_ID]).alias(C.RUN_ID), F.lit(name).alias(C.MODEL_NAME), C.USER_ID,
@@ -219,6 +232,15 @@ def sampled_evaluation(queries: DataFrame, vocab: DataFrame, sequences: DataFram
         COOCCURRENCE: cooc_scores,
         ALS_NAME: S.als_scores(candidates, als_model, als_users),
     })
+    if REPEAT in baseline_names(ev.exclude_seen):
+        # Own items score count + 1 + recency (> 1), the rest count / (total + 1) (< 1): the
+        # full-ranking order of own items first, then popular fillers.
+        own = repeat_purchase_scores(sequences, queries, TEST_HISTORY_SPLITS, first_item_idx=first_item_idx)
+        scores[REPEAT] = (candidates.select(C.USER_ID, F.explode(S.CANDIDATES).alias(C.ITEM_IDX))
+                          .join(F.broadcast(ids), C.ITEM_IDX)
+                          .join(own.withColumnRenamed(C.SCORE, "_own"), [C.USER_ID, C.ITEM_IDX], "left")
+                          .select(C.USER_ID, C.ITEM_IDX,
+                                  F.coalesce("_own", F.col(C.TRAIN_COUNT) / total).alias(C.SCORE)))
     at_k: dict[int, dict[str, dict[str, float]]] = {kk: {} for kk in ks}
     for name, model_scores in scores.items():
         for kk, metrics in S.sampled_metrics(candidates, model_scores, ks).items():
