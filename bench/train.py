@@ -4,7 +4,8 @@ On the MovieLens-1M gold tables (``lakehouse/ml-1m``, read only; ``conf/local.ya
 ``conf/datasets/ml-1m.yaml``, ``local[2]``), in this one process (the driver) and its Spark JVM:
 
 1. **training**, once per rank count (``--ranks``, default 1 and 2): the first
-   ``steps x batch_size x ranks`` rows of ``gold/train_examples`` (the model's input columns and
+   ``steps x batch_size x ranks`` rows of the model's gold table (``model_examples_table``:
+   ``train_windows`` for SASRec, ``train_examples`` for the others; the model's input columns and
    target) go through the train stage's own path, ``recspark.models.training.train_distributed``:
    a Petastorm converter, ``horovod.spark.run`` through ``lifecycle.horovod_launcher``, the real
    ``_train_fn`` (tf-keras model, ``hvd.DistributedOptimizer``, broadcast, checkpoints, export) for
@@ -285,7 +286,7 @@ def main() -> None:
         try:
             from recspark import constants as C
             from recspark.config import load_config
-            from recspark.models import model_inputs, model_spec
+            from recspark.models import model_examples_table, model_inputs, model_spec
             from recspark.session import get_spark
             from recspark.utils.delta import read_table, row_count
 
@@ -300,7 +301,7 @@ def main() -> None:
                 print(f"note: the gold tables were built with features.oov_buckets={buckets} (the configuration says "
                       f"{config.features.oov_buckets}); benchmarking them as they are, with {buckets}", flush=True)
                 config.features.oov_buckets = buckets
-            examples_path = config.table_path(C.GOLD, C.TRAIN_EXAMPLES)
+            examples_path = config.table_path(C.GOLD, model_examples_table(args.model))
             total = row_count(spark, examples_path)
             spec = model_spec(spark, config)
             needed = args.steps * config.train.batch_size * max(args.ranks)
