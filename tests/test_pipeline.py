@@ -90,7 +90,8 @@ def test_every_user_gets_k_recommendations_with_their_own_id(spark: SparkSession
 
 def test_metrics_report_has_model_and_baseline(config: Config, ran: dict) -> None:
     report = json.loads((config.reports_dir / "metrics.json").read_text())
-    assert set(report["models"]) == {*config.train.models, "most_popular", "most_popular_recent", "item_cooccurrence", "als"}
+    assert set(report["models"]) == {*config.train.models, "most_popular", "most_popular_recent", "item_cooccurrence", "als",
+                                     "repeat_purchase"}
     assert report["sampled_negatives"] is None and report["protocol"].startswith("full ranking")
     tuning = report["als_tuning"]
     assert len(tuning["grid"]) == len(config.evaluate.als_ranks) * len(config.evaluate.als_reg_params)
@@ -186,7 +187,8 @@ def test_sampled_protocol_and_cross_validation_are_labelled(spark: SparkSession,
     options.evaluate.als_ranks, options.evaluate.als_reg_params = [4], [0.01, 0.1]
     report = evaluate(spark, options.validate())
     assert report["sampled_negatives"] == 5 and report["protocol"].startswith("SAMPLED")
-    assert set(report["models"]) == {*config.train.models, "most_popular", "most_popular_recent", "item_cooccurrence", "als"}
+    assert set(report["models"]) == {*config.train.models, "most_popular", "most_popular_recent", "item_cooccurrence", "als",
+                                     "repeat_purchase"}
     for metrics in report["models"].values():
         assert set(metrics) == {"hit_rate_at_k", "ndcg_at_k", "mrr_at_k"} and 0.0 <= metrics["hit_rate_at_k"] <= 1.0
     text = (options.reports_dir / report[C.RUN_ID] / "report.md").read_text()
