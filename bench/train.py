@@ -295,6 +295,7 @@ def main() -> None:
                 *args.overrides, f"paths.checkpoints={workdir / 'checkpoints'}",
                 f"paths.petastorm_cache={(workdir / 'petastorm').as_uri()}", f"train.models=[{args.model}]"])
             config.spark.extra.update({"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"})
+            config.train = config.train.for_model(args.model)
             spark = get_spark(config.spark)
             buckets = oov_buckets_of_gold(spark, config)
             if buckets is not None:

@@ -159,6 +159,13 @@ class TrainConfig:
     resume: bool = True
     # Start from the previous model version's weights (vocabulary growth: old rows kept, new ones initialised).
     warm_start: bool = False
+    # Values above that differ per model, e.g. {sasrec: {batch_size: 64, learning_rate: 0.001}}: a
+    # SASRec row is a window with a prediction at every step, a towers or dnn row one prediction.
+    per_model: dict = dataclasses.field(default_factory=dict)
+
+    def for_model(self, model: str) -> "TrainConfig":
+        """This configuration with ``per_model[model]``'s values in place of the shared ones."""
+        return dataclasses.replace(self, **self.per_model.get(model, {}), per_model={})
 
 
 @dataclasses.dataclass
@@ -275,6 +282,19 @@ class Config:
             raise ConfigError(f"prepare.bot_percentile: must be in (0, 1], got {self.prepare.bot_percentile!r}")
         if not self.train.models:
             raise ConfigError("train.models: name at least one model")
+        train_hints = typing.get_type_hints(TrainConfig)
+        shared_only = ("models", "num_proc", "per_model")
+        for model, values in self.train.per_model.items():
+            key = f"train.per_model.{model}"
+            if not isinstance(values, dict):
+                raise ConfigError(f"{key}: expected a mapping of train settings, got {values!r}")
+            for name, value in values.items():
+                if name not in train_hints or name in shared_only:
+                    raise ConfigError(f"{key}.{name}: not a per-model train setting (known: "
+                                      f"{', '.join(sorted(set(train_hints) - set(shared_only)))})")
+                values[name] = _check_type(f"{key}.{name}", value, train_hints[name])
+                if name in ("epochs", "batch_size", "learning_rate") and values[name] <= 0:
+                    raise ConfigError(f"{key}.{name}: must be > 0, got {value!r}")
         if self.score.model is not None and self.score.model not in self.train.models:
             raise ConfigError(f"score.model: {self.score.model!r} is not one of train.models {self.train.models}")
         choices = {"features.split": (self.features.split, ("sessions", "time")),

@@ -4,6 +4,8 @@ The summary is what a person wants at the end of a stage: what was written, how 
 """
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -54,6 +56,13 @@ def spec_params(spec) -> dict:
     return {**scalars(spec.to_dict()), **{f"features_{key}": value for key, value in scalars(spec.features or {}).items()}}
 
 
+def model_train_params(config: Config, model: str) -> dict:
+    """The train settings ``model`` was trained with (its per_model values applied) as MLflow parameters."""
+    settings = dataclasses.asdict(config.train.for_model(model))
+    settings.pop("per_model")
+    return settings
+
+
 def train_stage(spark: SparkSession, config: Config) -> dict:
     """Trains every model of ``train.models`` in turn on the same gold tables."""
     from recspark.models import model_examples_table, model_inputs, model_spec  # TensorFlow only where needed
@@ -86,7 +95,7 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
             exclude_seen=config.evaluate.exclude_seen, seed=config.train.seed)
         result = train_distributed(
             spark, examples, model=model, spec=spec,
-            train_config=config.train, model_dir=str(model_dir),
+            train_config=config.train.for_model(model), model_dir=str(model_dir),
             cache_url=config.petastorm_cache_url, validation=validation,
             data_versions={Path(path).name: version for path, version in versions.items()},
             # Saved in the export; a warm start maps the previous export's rows through them.
@@ -94,7 +103,7 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
         )
         tracked = log_training_run(
             config.tracking, checkpoints_dir=config.paths.checkpoints, dataset=config.dataset.name, model=model,
-            params={"train": config.to_dict()["train"], "model": spec_params(spec)},
+            params={"train": model_train_params(config, model), "model": spec_params(spec)},
             metrics={"loss": result.history, "val_ndcg_at_10": result.val_ndcg_history}, table_versions=versions,
             model_dir=model_dir, tags={C.RUN_ID: run_id, "resumed_from_epoch": str(result.initial_epoch),
                                        "best_epoch": str(result.best_epoch), "launcher": result.launcher})

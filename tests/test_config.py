@@ -66,3 +66,32 @@ def test_job_fails_before_spark_starts() -> None:
     assert result.returncode == 2
     assert "unknown configuration key 'train.batchsize'" in result.stderr
     assert "SparkContext" not in result.stderr and "log4j" not in result.stderr
+
+
+def test_per_model_train_settings_replace_the_shared_ones_for_that_model_only() -> None:
+    config = load_config(overrides=["train.batch_size=256", "train.models=[sasrec,towers]",
+                                    "train.per_model={sasrec: {batch_size: 64, learning_rate: 0.001}}"])
+    sasrec, towers = config.train.for_model("sasrec"), config.train.for_model("towers")
+    assert (sasrec.batch_size, sasrec.learning_rate, sasrec.epochs) == (64, 0.001, config.train.epochs)
+    assert (towers.batch_size, towers.learning_rate) == (256, config.train.learning_rate)
+    assert sasrec.per_model == {} and config.train.batch_size == 256
+
+
+@pytest.mark.parametrize("override, named", [
+    ("train.per_model={sasrec: {batch_sise: 64}}", "train.per_model.sasrec.batch_sise"),
+    ("train.per_model={sasrec: {num_proc: 4}}", "train.per_model.sasrec.num_proc"),
+    ("train.per_model={sasrec: {batch_size: '64'}}", "train.per_model.sasrec.batch_size"),
+    ("train.per_model={sasrec: {epochs: 0}}", "train.per_model.sasrec.epochs"),
+])
+def test_bad_per_model_train_settings_name_the_key(override: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config(overrides=[override])
+
+
+def test_the_parameters_logged_for_a_model_are_its_own_flat_settings() -> None:
+    from recspark.stages import model_train_params
+    from recspark.tracking import flatten_params
+
+    config = load_config(overrides=["train.per_model={sasrec: {batch_size: 64}}"])
+    params = flatten_params({"train": model_train_params(config, "sasrec")})
+    assert params["train.batch_size"] == "64" and not any(key.startswith("train.per_model") for key in params)

@@ -1,12 +1,12 @@
 """MLflow tracking against a real SQLite store in a temporary folder: run, params, metrics, versions."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
 
-from recspark.config import TrackingConfig, TrainConfig
+from recspark.config import TrackingConfig, load_config
+from recspark.stages import model_train_params
 from recspark.tracking import (DB_FILE, MODEL_ARTIFACT_PATH, _mlflow, flatten_params, log_training_run,
                                registered_model_name, tracking_uri)
 
@@ -44,7 +44,7 @@ def test_run_logged_and_model_version_increments(tmp_path):
     tracking = TrackingConfig(experiment="tests")
     checkpoints = tmp_path / "checkpoints"
     model_dir = _model_dir(tmp_path)
-    train = dataclasses.asdict(TrainConfig(epochs=3))
+    train = model_train_params(load_config(overrides=["train.epochs=3"]), "mean_pool")  # as the train stage logs
     versions = {str(tmp_path / "gold" / "train_examples"): 4, str(tmp_path / "gold" / "eval_queries"): 7}
     runs = [log_training_run(
         tracking, checkpoints_dir=checkpoints, dataset="synthetic", model="mean_pool",
