@@ -13,6 +13,7 @@ from pyspark.testing import assertDataFrameEqual
 from recspark import constants as C
 from recspark.config import ConfigError, FeaturesConfig, load_config
 from recspark.pipeline.features import (
+    time_cuts,
     build_features, build_sequences, eval_queries, fit_item_vocab, split_events, with_item_idx,
 )
 from recspark.pipeline.item_features import build_item_features, fit_category_vocab
@@ -212,3 +213,17 @@ def test_constant_and_empty_features_are_left_unscaled(spark: SparkSession) -> N
     assert got == {"x": (pytest.approx(math.log(4)), 1.0, 7), "y": (0.0, 1.0, 0)}
     vectors = [r.v for r in with_feature_vector(rows, stats, "t", ("x", "y"), "v").collect()]
     assert vectors == [pytest.approx([0.0, 0.0], abs=1e-6)] * 7
+
+
+def test_quantile_cuts_are_minute_starts_whatever_the_layout(spark: SparkSession) -> None:
+    # 20 events, one every 7 min 30 s from 20 s past: the 16th (80%) is at 120 min 20 s, the 18th
+    # (90%) at 135 min 20 s; the cuts are the starts of their minutes.
+    start = dt.datetime(2024, 1, 1)
+    at = lambda n: start + dt.timedelta(seconds=450 * n + 20)
+    rows = [(f"e{n}", f"u{n % 3}", "a", at(n)) for n in range(1, 21)]
+    expected = (start + dt.timedelta(minutes=120), start + dt.timedelta(minutes=135))
+    layouts = [events_at(spark, rows).coalesce(1), events_at(spark, rows[::-1]).repartition(7),
+               events_at(spark, rows).repartition(3, C.USER_ID)]
+    for events in layouts:
+        cuts = time_cuts(events, None, None).collect()[0]
+        assert (cuts["validation_start"], cuts["test_start"]) == expected

@@ -64,21 +64,39 @@ def with_split(events: DataFrame, n_test: int, n_validation: int) -> DataFrame:
 def time_cuts(events: DataFrame, validation_start: str | None, test_start: str | None) -> DataFrame:
     """One row: the ``validation_start`` and ``test_start`` timestamps of the global time split and
     where they came from. A cut left null in the configuration is the 80% (validation) or 90%
-    (test) approximate quantile of the event times: one small aggregate, kept lazy here. The
+    (test) quantile of the event times at minute resolution (see :func:`minute_quantiles`). The
     validation cut never falls after the test cut."""
     given = lambda text: F.lit(text).cast("timestamp") if text is not None else None
     if validation_start is not None and test_start is not None:
         cuts = events.sparkSession.range(1).select(given(validation_start).alias("_v"), given(test_start).alias("_t"))
     else:
-        quantiles = F.percentile_approx(F.unix_micros(C.EVENT_TS), F.array(*[F.lit(q) for q in QUANTILE_CUTS]))
-        cut = lambda text, k: given(text) if text is not None else F.timestamp_micros(F.col("_q")[k])
-        cuts = events.agg(quantiles.alias("_q")).select(cut(validation_start, 0).alias("_v"),
-                                                         cut(test_start, 1).alias("_t"))
+        quantiles = minute_quantiles(events, QUANTILE_CUTS)
+        cut = lambda text, k: given(text) if text is not None else F.col(f"_q{k}")
+        cuts = quantiles.select(cut(validation_start, 0).alias("_v"), cut(test_start, 1).alias("_t"))
     origin = {(True, True): "config", (False, False): "quantiles 0.8, 0.9 of event_ts",
               (True, False): "validation_start from config, test_start quantile 0.9 of event_ts",
               (False, True): "validation_start quantile 0.8 of event_ts, test_start from config"}
     return cuts.select(F.least("_v", "_t").alias(VALIDATION_START), F.col("_t").alias(TEST_START),
                        F.lit(origin[(validation_start is not None, test_start is not None)]).alias(CUTS_FROM))
+
+
+def minute_quantiles(events: DataFrame, quantiles: Sequence[float]) -> DataFrame:
+    """One row, columns ``_q0``, ``_q1``, ...: for each quantile q the start of the first minute by
+    which at least q of all events have happened.
+
+    Exact and independent of how the events are partitioned, so re-running ingest and prepare
+    (which may lay the same rows out in other files) gives the same cut; ``percentile_approx``
+    does not (its partial sketches merge in partition order, moving the cut by seconds). Events are
+    counted per minute first: the cumulative sum runs over one row per minute with events (at most
+    525,600 a year) in a single partition, not over the events.
+    """
+    minute = F.date_trunc("minute", C.EVENT_TS)
+    per_minute = events.groupBy(minute.alias("_minute")).agg(F.count(F.lit(1)).alias("_n"))
+    so_far = F.sum("_n").over(Window.orderBy("_minute").rowsBetween(Window.unboundedPreceding, Window.currentRow))
+    total = F.sum("_n").over(Window.partitionBy())
+    ranked = per_minute.select("_minute", so_far.alias("_so_far"), total.alias("_total"))
+    return ranked.agg(*[F.min(F.when(F.col("_so_far") >= F.lit(q) * F.col("_total"), F.col("_minute"))).alias(f"_q{k}")
+                        for k, q in enumerate(quantiles)])
 
 
 def with_time_split(events: DataFrame, cuts: DataFrame) -> DataFrame:
