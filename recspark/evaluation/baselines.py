@@ -42,12 +42,13 @@ def most_popular(vocab: DataFrame, queries: DataFrame, k: int, exclude_seen: boo
     return _popular_for_queries(popularity, queries, k, exclude_seen)
 
 
-def train_steps(sequences: DataFrame, *, first_item_idx: int) -> DataFrame:
-    """(user_id, item_id, item_idx, event_ts): every training-period event of an item in the vocabulary
-    (``first_item_idx``: the first vocabulary index; below it PAD, unknown and the hashed buckets)."""
+def train_steps(sequences: DataFrame, splits: tuple[str, ...] = ("train",), *, first_item_idx: int) -> DataFrame:
+    """(user_id, item_id, item_idx, event_ts): every event of ``splits`` (default: the training period)
+    of an item in the vocabulary (``first_item_idx``: the first vocabulary index; below it PAD,
+    unknown and the hashed buckets)."""
     step = F.explode(F.arrays_zip(C.ITEM_ID, C.ITEM_IDX, C.EVENT_TS, C.SPLIT)).alias("_step")
     return (sequences.select(C.USER_ID, step)
-            .filter((F.col("_step")[C.SPLIT] == "train") & (F.col("_step")[C.ITEM_IDX] >= first_item_idx))
+            .filter(F.col("_step")[C.SPLIT].isin(*splits) & (F.col("_step")[C.ITEM_IDX] >= first_item_idx))
             .select(C.USER_ID, *[F.col("_step")[c].alias(c) for c in (C.ITEM_ID, C.ITEM_IDX, C.EVENT_TS)]))
 
 
@@ -218,12 +219,9 @@ def own_item_counts(sequences: DataFrame, queries: DataFrame, splits: tuple[str,
                     first_item_idx: int) -> DataFrame:
     """(user_id, item_id, item_idx, _count, _last): how often and when last each query user had each
     vocabulary item in the steps of ``splits`` (see :func:`repeat_purchase` for which splits)."""
-    step = F.explode(F.arrays_zip(C.ITEM_ID, C.ITEM_IDX, C.EVENT_TS, C.SPLIT)).alias("_step")
-    steps = (sequences.join(queries.select(C.USER_ID), C.USER_ID, "left_semi").select(C.USER_ID, step)
-             .filter(F.col("_step")[C.SPLIT].isin(*splits) & (F.col("_step")[C.ITEM_IDX] >= first_item_idx)))
-    return steps.groupBy(C.USER_ID, F.col("_step")[C.ITEM_ID].alias(C.ITEM_ID),
-                         F.col("_step")[C.ITEM_IDX].alias(C.ITEM_IDX)).agg(
-        F.count(F.lit(1)).alias("_count"), F.max(F.col("_step")[C.EVENT_TS]).alias("_last"))
+    users = sequences.join(queries.select(C.USER_ID), C.USER_ID, "left_semi")
+    return (train_steps(users, splits, first_item_idx=first_item_idx).groupBy(C.USER_ID, C.ITEM_ID, C.ITEM_IDX)
+            .agg(F.count(F.lit(1)).alias("_count"), F.max(C.EVENT_TS).alias("_last")))
 
 
 def repeat_purchase(sequences: DataFrame, vocab: DataFrame, queries: DataFrame, k: int, *,

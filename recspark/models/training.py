@@ -105,8 +105,11 @@ class TrainResult:
     val_ndcg_history: list[float] = dataclasses.field(default_factory=list)
     best_epoch: Optional[int] = None
     launcher: str = ""
-    # Rank 0's batch end times (see RankResult.batch_end_times); empty unless recorded.
-    batch_end_times: list[float] = dataclasses.field(default_factory=list)
+
+    @property
+    def batch_end_times(self) -> list[float]:
+        """Rank 0's batch end times (see RankResult.batch_end_times); empty unless recorded."""
+        return self.rank_results[0].batch_end_times
 
     @property
     def ranks_agree(self) -> bool:
@@ -473,8 +476,7 @@ def train_distributed(
     first = results[0]
     result = TrainResult(model_dir=str(out), history=first.loss_history, seconds=seconds, rank_results=results,
                          fingerprint=fingerprint, initial_epoch=first.initial_epoch,
-                         val_ndcg_history=first.val_ndcg_history, best_epoch=first.best_epoch, launcher=launcher,
-                         batch_end_times=first.batch_end_times)
+                         val_ndcg_history=first.val_ndcg_history, best_epoch=first.best_epoch, launcher=launcher)
     if not result.ranks_agree:
         raise RuntimeError(
             "Horovod ranks ended with different weights: gradients were not averaged "
