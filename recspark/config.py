@@ -29,6 +29,9 @@ class DatasetConfig:
     events_path: Optional[str] = None
     items_path: Optional[str] = None
     users_path: Optional[str] = None
+    # Only for name=files: the user's own column names per entity, canonical name -> the file's
+    # name, e.g. {events: {event_ts: timestamp}}.
+    columns: dict = dataclasses.field(default_factory=dict)
     # Only for name=synthetic.
     synthetic_events: int = 100_000
     synthetic_seed: int = 7
