@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import dataclasses
+import sys
 import types
 import typing
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any, Optional
 import yaml
 
 DATASETS = ("completejourney", "ml-1m", "synthetic", "files")
+# The models train.models may name (recspark.models registers exactly these; checked there).
+MODEL_NAMES = ("mean_pool", "sasrec", "towers", "dnn", "repeatnet", "repeatnet_explore", "repeatnet_next_item")
 
 
 class ConfigError(ValueError):
@@ -99,6 +102,10 @@ class FeaturesConfig:
     # into non-overlapping max_seq_len windows, back from the latest; the latest max_windows_per_user
     # are kept. Overlapping windows would only repeat the same predictions.
     max_windows_per_user: int = 20
+    # train_baskets (repeatnet: every item of the next basket is a target): each user's latest
+    # max_baskets_per_user baskets, each with at most max_basket_items distinct target items.
+    max_baskets_per_user: int = 50
+    max_basket_items: int = 32
     # user_features: the top interest_top_n categories, event weights halving every half-life.
     interest_top_n: int = 5
     interest_half_life_days: float = 30.0
@@ -167,8 +174,60 @@ class TrainConfig:
     per_model: dict = dataclasses.field(default_factory=dict)
 
     def for_model(self, model: str) -> "TrainConfig":
-        """This configuration with ``per_model[model]``'s values in place of the shared ones."""
+        """The settings ``model`` trains with: ``per_model[model]``'s values in place of the shared
+        ones (the one place they are resolved; the model spec, training and MLflow read this)."""
+        if model not in MODEL_NAMES:
+            raise ConfigError(f"train.models: unknown model {model!r} (known: {', '.join(MODEL_NAMES)})")
         return dataclasses.replace(self, **self.per_model.get(model, {}), per_model={})
+
+    def validate(self) -> None:
+        """Checks model names, the per-model keys and every model's effective values, naming the key
+        as it was written (``train.x`` or ``train.per_model.<model>.x``)."""
+        if not self.models:
+            raise ConfigError("train.models: name at least one model")
+        for model in [*self.models, *self.per_model]:
+            if model not in MODEL_NAMES:
+                where = "train.per_model" if model in self.per_model else "train.models"
+                raise ConfigError(f"{where}: unknown model {model!r} (known: {', '.join(MODEL_NAMES)})")
+        hints = typing.get_type_hints(TrainConfig)
+        for model, values in self.per_model.items():
+            key = f"train.per_model.{model}"
+            if not isinstance(values, dict):
+                raise ConfigError(f"{key}: expected a mapping of train settings, got {values!r}")
+            for name, value in values.items():
+                if name not in hints or name in SHARED_ONLY:
+                    raise ConfigError(f"{key}.{name}: not a per-model train setting (known: "
+                                      f"{', '.join(sorted(set(hints) - set(SHARED_ONLY)))})")
+                values[name] = _check_type(f"{key}.{name}", value, hints[name])
+        for model in dict.fromkeys([None, *self.models, *self.per_model]):
+            settings = self if model is None else self.for_model(model)
+            own = {} if model is None else self.per_model.get(model, {})
+            name = lambda key: f"train.per_model.{model}.{key}" if key in own else f"train.{key}"
+            for key in ("num_proc", "epochs", "batch_size", "embedding_dim", "learning_rate", "num_layers",
+                        "num_heads", "num_sampled", "negatives", "validation_users"):
+                if getattr(settings, key) <= 0:
+                    raise ConfigError(f"{name(key)}: must be > 0, got {getattr(settings, key)!r}")
+            if not 0 <= settings.dropout < 1:
+                raise ConfigError(f"{name('dropout')}: must be in [0, 1), got {settings.dropout!r}")
+            if settings.early_stopping_patience < 0:
+                raise ConfigError(f"{name('early_stopping_patience')}: must be >= 0, "
+                                  f"got {settings.early_stopping_patience!r}")
+            for key, allowed in (("softmax", ("full", "sampled")), ("sampler", ("log_uniform", "popularity"))):
+                if getattr(settings, key) not in allowed:
+                    raise ConfigError(f"{name(key)}: {getattr(settings, key)!r} is not one of {', '.join(allowed)}")
+            if not settings.hidden_units or any(not isinstance(u, int) or u <= 0 for u in settings.hidden_units):
+                raise ConfigError(f"{name('hidden_units')}: expected a list of positive ints, got {settings.hidden_units!r}")
+
+    def describe(self, model: str) -> str:
+        """One line of the settings ``model`` trains with, its own (per_model) values marked with *."""
+        settings, own = self.for_model(model), self.per_model.get(model, {})
+        shown = ("epochs", "batch_size", "learning_rate", "embedding_dim", "softmax", "sampler", "num_sampled",
+                 "early_stopping_patience", "warm_start")
+        return f"{model}: " + ", ".join(f"{key}={getattr(settings, key)}{'*' if key in own else ''}" for key in shown)
+
+
+# Train settings that are one for the whole run, never per model.
+SHARED_ONLY = ("models", "num_proc", "per_model")
 
 
 @dataclasses.dataclass
@@ -245,15 +304,12 @@ class Config:
             "features.min_item_count": self.features.min_item_count,
             "features.max_examples_per_user": self.features.max_examples_per_user,
             "features.max_windows_per_user": self.features.max_windows_per_user,
+            "features.max_baskets_per_user": self.features.max_baskets_per_user,
+            "features.max_basket_items": self.features.max_basket_items,
             "features.interest_top_n": self.features.interest_top_n,
             "features.interest_half_life_days": self.features.interest_half_life_days,
             "features.price_buckets": self.features.price_buckets,
             "features.gap_buckets": self.features.gap_buckets,
-            "train.num_proc": self.train.num_proc,
-            "train.epochs": self.train.epochs,
-            "train.batch_size": self.train.batch_size,
-            "train.embedding_dim": self.train.embedding_dim,
-            "train.learning_rate": self.train.learning_rate,
             "evaluate.k": self.evaluate.k,
             "evaluate.als_rank": self.evaluate.als_rank,
             "evaluate.als_max_iter": self.evaluate.als_max_iter,
@@ -283,26 +339,10 @@ class Config:
                 raise ConfigError(f"prepare.{key}: must be > 0 or null, got {value!r}")
         if not 0 < self.prepare.bot_percentile <= 1:
             raise ConfigError(f"prepare.bot_percentile: must be in (0, 1], got {self.prepare.bot_percentile!r}")
-        if not self.train.models:
-            raise ConfigError("train.models: name at least one model")
-        train_hints = typing.get_type_hints(TrainConfig)
-        shared_only = ("models", "num_proc", "per_model")
-        for model, values in self.train.per_model.items():
-            key = f"train.per_model.{model}"
-            if not isinstance(values, dict):
-                raise ConfigError(f"{key}: expected a mapping of train settings, got {values!r}")
-            for name, value in values.items():
-                if name not in train_hints or name in shared_only:
-                    raise ConfigError(f"{key}.{name}: not a per-model train setting (known: "
-                                      f"{', '.join(sorted(set(train_hints) - set(shared_only)))})")
-                values[name] = _check_type(f"{key}.{name}", value, train_hints[name])
-                if name in ("epochs", "batch_size", "learning_rate") and values[name] <= 0:
-                    raise ConfigError(f"{key}.{name}: must be > 0, got {value!r}")
+        self.train.validate()
         if self.score.model is not None and self.score.model not in self.train.models:
             raise ConfigError(f"score.model: {self.score.model!r} is not one of train.models {self.train.models}")
         choices = {"features.split": (self.features.split, ("sessions", "time")),
-                   "train.softmax": (self.train.softmax, ("full", "sampled")),
-                   "train.sampler": (self.train.sampler, ("log_uniform", "popularity")),
                    "evaluate.cv_scheme": (self.evaluate.cv_scheme, ("users", "time"))}
         for key, (value, allowed) in choices.items():
             if value not in allowed:
@@ -380,6 +420,9 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
 
 
 def _merge(section: Any, values: dict, prefix: str) -> None:
+    """Merges ``values`` into the dataclass ``section``: sections and mapping-valued keys
+    (``train.per_model``, ``spark.extra``, ``dataset.columns``) key by key, so that
+    ``--set train.per_model.sasrec.epochs=1`` changes that one value and keeps the rest."""
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(type(section))
@@ -391,8 +434,49 @@ def _merge(section: Any, values: dict, prefix: str) -> None:
         current = getattr(section, key)
         if dataclasses.is_dataclass(current):
             _merge(current, value, path)
+        elif isinstance(current, dict) and isinstance(value, dict):
+            setattr(section, key, _merge_mapping(current, value))
         else:
             setattr(section, key, _check_type(path, value, hints[key]))
+
+
+def _merge_mapping(current: dict, values: dict) -> dict:
+    """``current`` updated by ``values``, nested mappings merged key by key (a copy)."""
+    merged = dict(current)
+    for key, value in values.items():
+        if isinstance(merged.get(key), dict) and isinstance(value, dict):
+            merged[key] = _merge_mapping(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _dotted_keys(tree: dict, prefix: str = "") -> list[str]:
+    """``{'train': {'epochs': 1}}`` -> ``['train.epochs']``."""
+    keys = []
+    for key, value in tree.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        keys.extend(_dotted_keys(value, path) if isinstance(value, dict) and value else [path])
+    return keys
+
+
+def _command_line_wins(config: "Config", file_per_model: dict, command_line: list[str]) -> list[str]:
+    """A shared train setting given on the command line (``--set train.epochs=1``) replaces the
+    per-model values of the same key that came from files: the command line is the last word. A
+    per-model value set on the command line itself stays. Returns one notice per replaced value."""
+    notices = []
+    for dotted in command_line:
+        parts = dotted.split(".")
+        if len(parts) != 2 or parts[0] != "train" or parts[1] in SHARED_ONLY:
+            continue
+        key = parts[1]
+        for model, values in config.train.per_model.items():
+            if key in values and key in file_per_model.get(model, {}) \
+                    and f"train.per_model.{model}.{key}" not in command_line:
+                notices.append(f"--set train.{key}={getattr(config.train, key)!r} replaces "
+                               f"train.per_model.{model}.{key}={values[key]!r} from the configuration files")
+                values.pop(key)
+    return notices
 
 
 def parse_override(text: str) -> dict:
@@ -426,8 +510,15 @@ def load_config(conf_files: list[str] | None = None, overrides: list[str] | None
             _merge(config, values, "")
         except ConfigError as error:
             raise ConfigError(f"{conf_file}: {error}") from error
+    file_per_model = {model: dict(values) for model, values in config.train.per_model.items()
+                      if isinstance(values, dict)}
+    command_line: list[str] = []
     for override in overrides or []:
-        _merge(config, parse_override(override), "")
+        tree = parse_override(override)
+        _merge(config, tree, "")
+        command_line.extend(_dotted_keys(tree))
+    for notice in _command_line_wins(config, file_per_model, command_line):
+        print(f"config: {notice}", file=sys.stderr)
     return config.validate()
 
 

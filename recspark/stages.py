@@ -84,6 +84,7 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
     category_path = config.table_path(C.GOLD, C.CATEGORY_VOCAB)
     category_vocab = read_table(spark, category_path) if table_exists(spark, category_path) else None
     for model in config.train.models:
+        print(f"train: {config.train.describe(model)} (* = train.per_model.{model})", flush=True)
         model_dir = config.model_dir(model)
         examples = read_table(spark, examples_paths[model])
         queries = read_table(spark, queries_path)
@@ -160,7 +161,7 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
 LAYERS = {
     C.BRONZE: (C.EVENTS, C.ITEMS, C.USERS, C.QUARANTINE, IDENTITY_MAP, C.RUN_LOG),
     C.SILVER: (C.EVENTS, C.ITEMS, C.USERS, "bots"),
-    C.GOLD: ("split_info", C.ITEM_VOCAB, C.CATEGORY_VOCAB, SEQUENCES, C.TRAIN_EXAMPLES, C.TRAIN_WINDOWS,
+    C.GOLD: ("split_info", C.ITEM_VOCAB, C.CATEGORY_VOCAB, SEQUENCES, C.TRAIN_EXAMPLES, C.TRAIN_WINDOWS, C.TRAIN_BASKETS,
              C.EVAL_QUERIES, C.SERVING_HISTORIES, "user_features", "item_features", C.FEATURE_STATS),
 }
 

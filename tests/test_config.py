@@ -95,3 +95,41 @@ def test_the_parameters_logged_for_a_model_are_its_own_flat_settings() -> None:
     config = load_config(overrides=["train.per_model={sasrec: {batch_size: 64}}"])
     params = flatten_params({"train": model_train_params(config, "sasrec")})
     assert params["train.batch_size"] == "64" and not any(key.startswith("train.per_model") for key in params)
+
+
+def test_set_merges_into_per_model_instead_of_replacing_it(tmp_path: Path) -> None:
+    layer = tmp_path / "layer.yaml"
+    layer.write_text("train:\n  per_model:\n    sasrec: {batch_size: 64, learning_rate: 0.001, epochs: 5}\n")
+    config = load_config([str(layer)], ["train.per_model.sasrec.epochs=1"])
+    assert config.train.per_model["sasrec"] == {"batch_size": 64, "learning_rate": 0.001, "epochs": 1}
+
+
+def test_command_line_shared_value_wins_over_a_file_per_model_value(tmp_path: Path, capsys) -> None:
+    layer = tmp_path / "layer.yaml"
+    layer.write_text("train:\n  epochs: 3\n  per_model:\n    sasrec: {batch_size: 64, epochs: 5}\n")
+    config = load_config([str(layer)], ["train.epochs=1"])
+    sasrec = config.train.for_model("sasrec")
+    assert (sasrec.epochs, sasrec.batch_size) == (1, 64)
+    assert "replaces train.per_model.sasrec.epochs=5" in capsys.readouterr().err
+    # A per-model value given on the command line itself is kept.
+    config = load_config([str(layer)], ["train.epochs=1", "train.per_model.sasrec.epochs=2"])
+    assert config.train.for_model("sasrec").epochs == 2
+
+
+@pytest.mark.parametrize("override, named", [
+    ("train.models=[sasrec, tower]", "train.models: unknown model 'tower'"),
+    ("train.per_model={sasrek: {epochs: 2}}", "train.per_model: unknown model 'sasrek'"),
+    ("train.per_model={sasrec: {sampler: zipf}}", "train.per_model.sasrec.sampler: 'zipf' is not one of"),
+    ("train.per_model={towers: {dropout: 1.5}}", "train.per_model.towers.dropout: must be in"),
+    ("train.softmax=partial", "train.softmax: 'partial' is not one of"),
+    ("train.num_heads=0", "train.num_heads: must be > 0"),
+])
+def test_model_names_and_every_effective_value_are_checked(override: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.").replace("[", r"\[").replace("(", r"\(")):
+        load_config(overrides=[override])
+
+
+def test_describe_marks_the_per_model_values() -> None:
+    config = load_config(overrides=["train.per_model={sasrec: {batch_size: 64}}", "train.batch_size=256"])
+    line = config.train.describe("sasrec")
+    assert "batch_size=64*" in line and f"epochs={config.train.epochs}," in line

@@ -81,15 +81,18 @@ class ModelSpec:
 
 
 def _models() -> dict[str, type]:
+    """Every model class by name: exactly ``MODEL_NAMES`` (asserted at import, below)."""
     from recspark.models.dnn import DNNModel
     from recspark.models.mean_pool import MeanPool
+    from recspark.models.repeatnet import RepeatNet, RepeatNetExplore, RepeatNetNextItem
     from recspark.models.sasrec import SASRec
     from recspark.models.towers import TowersModel
 
-    return {"mean_pool": MeanPool, "sasrec": SASRec, "towers": TowersModel, "dnn": DNNModel}
+    return {model.NAME: model for model in (MeanPool, SASRec, TowersModel, DNNModel, RepeatNet, RepeatNetExplore,
+                                            RepeatNetNextItem)}
 
 
-MODEL_NAMES = ("mean_pool", "sasrec", "towers", "dnn")
+from recspark.config import MODEL_NAMES  # noqa: E402  (the configuration checks names without TensorFlow)
 
 
 def get_model_class(name: str) -> type:
@@ -130,7 +133,8 @@ def model_spec(spark: "SparkSession", config: "Config") -> ModelSpec:
     from recspark.utils.delta import read_table
 
     vocab = read_table(spark, config.table_path(C.GOLD, C.ITEM_VOCAB))
-    want_counts = config.train.softmax == "sampled" and config.train.sampler == "popularity"
+    settings = [config.train.for_model(model) for model in config.train.models]  # each model's own values
+    want_counts = any(s.softmax == "sampled" and s.sampler == "popularity" for s in settings)
     row = vocab.agg(
         F.max(C.ITEM_IDX).alias("max_idx"),
         F.min(C.ITEM_IDX).alias("min_idx"),
@@ -165,3 +169,6 @@ import recspark.models.mean_pool  # noqa: E402,F401
 import recspark.models.sasrec  # noqa: E402,F401
 import recspark.models.towers  # noqa: E402,F401
 import recspark.models.dnn  # noqa: E402,F401
+import recspark.models.repeatnet  # noqa: E402,F401
+
+assert set(_models()) == set(MODEL_NAMES), "recspark.config.MODEL_NAMES must list every model class"
