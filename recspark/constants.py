@@ -76,6 +76,8 @@ ITEM_VOCAB = "item_vocab"
 TRAIN_EXAMPLES = "train_examples"
 # Non-overlapping max_seq_len windows: what a model that learns at every step reads (SASRec).
 TRAIN_WINDOWS = "train_windows"
+# One row per training basket, every item of it a target: what a next-basket model reads (repeatnet).
+TRAIN_BASKETS = "train_baskets"
 EVAL_QUERIES = "eval_queries"
 SERVING_HISTORIES = "serving_histories"
 

@@ -78,8 +78,9 @@ def open_shard(
 
 
 def to_features_and_label(max_seq_len: int, inputs: Sequence[str]):
-    """Returns a tf.data map function: Petastorm row batch -> ({column: int32 [n, L]}, target int32 [n])
-    for the sequence columns ``inputs`` (the model's Keras input names)."""
+    """Returns a tf.data map function: Petastorm row batch -> ({column: int32 [n, L]}, target int32)
+    for the sequence columns ``inputs`` (the model's Keras input names). The target is [n] (one next
+    item) or [n, B] (a next basket, padded with PAD: ``train_baskets``)."""
     import tensorflow as tf
 
     names = list(inputs)

@@ -161,12 +161,15 @@ def with_item_idx(events: DataFrame, vocab: DataFrame, buckets: int = FeaturesCo
 
 
 def build_sequences(events: DataFrame) -> DataFrame:
-    """One row per user: the chronological sequence of (item, index, time, event type, split)."""
-    step = F.struct(C.EVENT_TS, C.SOURCE_FILE, C.SOURCE_ROW, C.ITEM_ID, C.ITEM_IDX, C.EVENT_TYPE, C.SPLIT)
+    """One row per user: the chronological sequence of (item, index, time, event type, split,
+    session). The session is the basket (``session_id``; an event without one is its own)."""
+    basket = F.coalesce(F.col(C.SESSION_ID), F.col(C.EVENT_ID)).alias(C.SESSION_ID)
+    step = F.struct(C.EVENT_TS, C.SOURCE_FILE, C.SOURCE_ROW, C.ITEM_ID, C.ITEM_IDX, C.EVENT_TYPE, C.SPLIT, basket)
     ordered = F.array_sort(F.collect_list(step))
     return events.groupBy(C.USER_ID).agg(ordered.alias("_steps")).select(
         C.USER_ID,
-        *[F.col("_steps")[name].alias(name) for name in (C.ITEM_ID, C.ITEM_IDX, C.EVENT_TS, C.EVENT_TYPE, C.SPLIT)],
+        *[F.col("_steps")[name].alias(name)
+          for name in (C.ITEM_ID, C.ITEM_IDX, C.EVENT_TS, C.EVENT_TYPE, C.SPLIT, C.SESSION_ID)],
     )
 
 
@@ -228,12 +231,13 @@ def gap_bucket_ids(micros: Column, n_buckets: int) -> Column:
 
 def _steps_where(splits: tuple[str, ...], event_types: Sequence[str]) -> Column:
     """The steps whose split is one of ``splits``, in order: struct<i: item_idx, t: event type id,
-    us: event time in microseconds>."""
+    us: event time in microseconds, s: split, b: basket (session)>."""
     zipped = F.arrays_zip(
         F.col(C.ITEM_IDX).alias("i"),
         event_type_ids(F.col(C.EVENT_TYPE), event_types).alias("t"),
         F.transform(C.EVENT_TS, F.unix_micros).alias("us"),
         F.col(C.SPLIT).alias("s"),
+        F.col(C.SESSION_ID).alias("b"),
     )
     return F.filter(zipped, lambda step: step["s"].isin(*splits))
 
@@ -294,6 +298,43 @@ def _next_item_rows(sequences: DataFrame, config: FeaturesConfig, event_types: S
         .withColumn("_back", F.size("_steps") - 1 - F.col("_pos"))  # steps before the latest
         .filter((F.col("_back") % stride == 0) & (F.col("_back") < per_user * stride))
         .select(C.USER_ID, history.alias("_history"), F.col("_target")["i"].cast("int").alias(C.TARGET))
+        .transform(lambda df: with_history_columns(df, "_history", config))
+        .select(C.USER_ID, C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, C.TARGET)
+    )
+
+
+def train_baskets(sequences: DataFrame, config: FeaturesConfig,
+                  event_types: Sequence[str] = C.EVENT_TYPES_DEFAULT) -> DataFrame:
+    """Next-basket examples from the training period, one per basket: the ``max_seq_len`` steps
+    before the basket (history, types, gaps) and every vocabulary item of the basket as ``target``
+    (distinct, in basket order, the first ``max_basket_items``, right-padded with PAD to exactly
+    that length); each user's latest ``max_baskets_per_user`` baskets that have a history and a
+    vocabulary item. What a next-basket model learns from (repeatnet): grocery baskets are bought
+    together, so every item of the next basket is a right answer, not only the first one.
+
+    A basket starts at a step whose basket differs from the step before (steps are in time order,
+    ties by source position, so a basket's lines are contiguous); its items are the steps after the
+    start with the same basket.
+    """
+    first = config.first_item_idx
+    per_basket = config.max_basket_items
+    exploded = sequences.select(C.USER_ID, _steps_where((TRAIN,), event_types).alias("_steps")).select(
+        C.USER_ID, "_steps", F.posexplode("_steps").alias("_pos", "_start"))
+    # element_at is 1-based: element_at(_steps, _pos) is the step before _start.
+    starts = exploded.filter((F.col("_pos") >= 1)
+                             & (F.element_at("_steps", F.col("_pos"))["b"] != F.col("_start")["b"]))
+    rest = F.slice("_steps", F.col("_pos") + 1, F.size("_steps") - F.col("_pos"))
+    items = F.transform(F.filter(rest, lambda step: step["b"] == F.col("_start")["b"]), lambda step: step["i"])
+    history = F.slice("_steps", F.greatest(F.lit(1), F.col("_pos") - config.max_seq_len + 1),
+                      F.least(F.col("_pos"), F.lit(config.max_seq_len)))
+    latest_first = Window.partitionBy(C.USER_ID).orderBy(F.col("_pos").desc())
+    return (
+        starts.select(C.USER_ID, "_pos", history.alias("_history"),
+                      F.slice(F.array_distinct(F.filter(items, lambda i: i >= first)), 1, per_basket).alias("_items"))
+        .filter(F.size("_items") > 0)
+        .withColumn("_rank", F.row_number().over(latest_first))
+        .filter(F.col("_rank") <= config.max_baskets_per_user)
+        .withColumn(C.TARGET, F.concat("_items", F.array_repeat(F.lit(C.PAD_IDX), F.lit(per_basket) - F.size("_items"))))
         .transform(lambda df: with_history_columns(df, "_history", config))
         .select(C.USER_ID, C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, C.TARGET)
     )
@@ -381,6 +422,7 @@ def build_features(spark: SparkSession, config: Config) -> dict:
     outputs = {
         C.TRAIN_EXAMPLES: train_examples(sequences, config.features, event_types),
         C.TRAIN_WINDOWS: train_windows(sequences, config.features, event_types),
+        C.TRAIN_BASKETS: train_baskets(sequences, config.features, event_types),
         C.EVAL_QUERIES: eval_queries(sequences, config.features, event_types),
         C.SERVING_HISTORIES: serving_histories(sequences, config.features, event_types),
     }

@@ -1,0 +1,180 @@
+"""RepeatNet: a repeat-aware next-basket Transformer (after Ren et al., AAAI 2019).
+
+Grocery baskets are mostly re-buys: the strongest simple predictor of a household's next basket is
+its own past purchases ("buy again"), and neural models that only score the catalogue lose to it.
+This model keeps SASRec's sequence encoder (:class:`recspark.models.sasrec.SASRec`: item, event type,
+time gap and position embeddings, causal Transformer, the last step's state ``h``) and mixes two
+distributions over the items, by a learned per-user gate ``g = sigmoid(w . [h, n])``:
+
+- **repeat**: a softmax over the distinct items of the user's own history. Each item is scored from
+  its repeat features, computed inside the model from the history itself, so they are point-in-time
+  by construction (a training example sees only the steps before its target basket): how often it
+  occurs (log count), how recently (the time-gap bucket of its latest occurrence, and steps since
+  it), how long ago it was first bought within the history (gap bucket: with the count this gives
+  the user's typical interval for the item), the item's learned repeat propensity (a per-item bias:
+  milk is re-bought, a barbecue is not) and the match ``h . e_item`` between the user's state and
+  the item;
+- **explore**: SASRec's softmax over the whole catalogue (tied item embeddings plus a bias).
+
+``p(i) = g * p_repeat(i) + (1 - g) * p_explore(i)`` and the model's logits are ``log p``, so ranking,
+evaluation and serving treat it as every other model. A user without a history item in the
+vocabulary has no repeat distribution: ``g`` is 0.
+
+The loss, stated once (:meth:`RepeatNet.compute_training_loss`): the mean negative log-likelihood
+of the target basket's items, ``-1/|B| sum_{i in B} log p(i)``: every item of the next basket is a
+target (``train_baskets``), not only the next step.
+
+Ablations, trained and evaluated in the same run: :class:`RepeatNetExplore` (no repeat head: the
+gate is 0, so the model is SASRec's encoder with basket targets) and :class:`RepeatNetNextItem`
+(the repeat head, trained on next-item rows, ``train_examples``).
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import tensorflow as tf
+
+from recspark import constants as C
+from recspark.models.sasrec import SASRec
+
+# Added to the log of a probability: keeps log finite where a distribution puts no mass.
+_EPS = 1e-9
+
+
+@tf.keras.utils.register_keras_serializable(package="recspark")
+class RepeatNet(SASRec):
+    """SASRec's encoder, a repeat head over the user's own items and a gate mixing it with the catalogue."""
+
+    NAME = "repeatnet"
+    EXAMPLES = C.TRAIN_BASKETS
+    REPEAT_HEAD: ClassVar[bool] = True
+
+    def __init__(self, spec: dict[str, Any], settings: dict[str, Any], **kwargs: Any) -> None:
+        self._repeat_layers_ready = False
+        super().__init__(spec, settings, **kwargs)
+
+    def _build_now(self) -> None:
+        # SASRec's __init__ ends by calling this; the repeat layers are created first, here (not at
+        # all without the head: a variable without a gradient would trouble Horovod's allreduce).
+        if not self.REPEAT_HEAD:
+            self._repeat_layers_ready = True
+            return super()._build_now()
+        dim, seed = self.settings["embedding_dim"], self.settings["seed"]
+        init = tf.keras.initializers
+        self.recency_embedding = tf.keras.layers.Embedding(
+            self.spec.num_gap_buckets + 1, 8, embeddings_initializer=init.RandomNormal(stddev=0.05, seed=seed + 101),
+            name="recency_embedding")
+        self.first_seen_embedding = tf.keras.layers.Embedding(
+            self.spec.num_gap_buckets + 1, 8, embeddings_initializer=init.RandomNormal(stddev=0.05, seed=seed + 102),
+            name="first_seen_embedding")
+        self.repeat_hidden = tf.keras.layers.Dense(
+            dim, activation="relu", kernel_initializer=init.GlorotUniform(seed=seed + 103), name="repeat_hidden")
+        self.repeat_out = tf.keras.layers.Dense(1, kernel_initializer=init.GlorotUniform(seed=seed + 104),
+                                                name="repeat_out")
+        self.repeat_item_bias = tf.keras.layers.Embedding(
+            self.spec.num_items, 1, embeddings_initializer="zeros", name="repeat_item_bias")
+        self.gate = tf.keras.layers.Dense(1, kernel_initializer=init.GlorotUniform(seed=seed + 105), name="gate")
+        self._repeat_layers_ready = True
+        super()._build_now()
+
+    # -- the two heads -------------------------------------------------------------------------------
+
+    def repeat_scores(self, inputs: dict[str, tf.Tensor], state: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """([n, L] repeat logit of each history position, [n, L] bool: the position is the latest
+        occurrence of a vocabulary item). Only those positions take part: one score per distinct item."""
+        history = inputs[C.HISTORY]
+        gaps = tf.clip_by_value(inputs[C.HISTORY_GAPS], 0, self.spec.num_gap_buckets)
+        length = self.spec.max_seq_len
+        real = history >= self.spec.first_item_idx  # PAD, unknown and buckets are never recommended
+        same = tf.logical_and(tf.equal(history[:, :, None], history[:, None, :]),
+                              tf.logical_and(real[:, :, None], real[:, None, :]))  # [n, L, L]
+        same_f = tf.cast(same, tf.float32)
+        count = tf.reduce_sum(same_f, axis=2)  # occurrences of position j's item in the history
+        later = tf.linalg.band_part(tf.ones([length, length]), 0, -1) - tf.eye(length)  # [j, k]: k > j
+        latest = tf.logical_and(real, tf.equal(tf.reduce_sum(same_f * later[None], axis=2), 0.0))
+        # Gap buckets grow with age: the first occurrence has the largest bucket of the item's positions.
+        first_seen = tf.reduce_max(tf.where(same, gaps[:, None, :], 0), axis=2)
+        steps_since = tf.cast(length - 1 - tf.range(length), tf.float32)[None, :] / float(length)
+        items = self.item_embedding(history)  # [n, L, dim]
+        match = tf.reduce_sum(items * state[:, None, :], axis=2)
+        features = tf.concat([
+            tf.math.log1p(count)[:, :, None],
+            tf.broadcast_to(steps_since, tf.shape(count))[:, :, None],
+            self.recency_embedding(gaps),
+            self.first_seen_embedding(first_seen),
+            match[:, :, None],
+            items * state[:, None, :],
+        ], axis=2)
+        scores = (tf.squeeze(self.repeat_out(self.repeat_hidden(features)), -1) + match
+                  + tf.squeeze(self.repeat_item_bias(history), -1))
+        return scores, latest
+
+    def distributions(self, inputs: dict[str, tf.Tensor],
+                      training: bool = False) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """([n, num_items] p_repeat, [n, num_items] log p_explore, [n] gate): the two heads and the
+        gate. p_repeat is 0 off the user's history items and sums to 1 when there is one (else 0,
+        and the gate is 0)."""
+        state = self.user_vectors(inputs, training=training)
+        explore = tf.matmul(state, self.output_embeddings(), transpose_b=True) + self.output_bias
+        reserved = tf.range(self.spec.num_items) < self.spec.first_item_idx
+        explore = tf.where(reserved[None, :], tf.fill(tf.shape(explore), -1e9), explore)
+        log_explore = tf.nn.log_softmax(explore)
+        if not self.REPEAT_HEAD:
+            return tf.zeros_like(explore), log_explore, tf.zeros(tf.shape(state)[:1])
+        scores, latest = self.repeat_scores(inputs, state)
+        has_repeat = tf.reduce_any(latest, axis=1)
+        p_positions = tf.nn.softmax(tf.where(latest, scores, tf.fill(tf.shape(scores), -1e9)), axis=1)
+        p_positions = p_positions * tf.cast(latest, tf.float32)
+        # Positions -> items: each latest position carries its item's whole repeat probability.
+        rows = tf.broadcast_to(tf.range(tf.shape(scores)[0])[:, None], tf.shape(scores))
+        index = tf.stack([rows, inputs[C.HISTORY]], axis=2)
+        p_repeat = tf.scatter_nd(index, p_positions, tf.shape(explore))
+        n_items = tf.reduce_sum(tf.cast(latest, tf.float32), axis=1, keepdims=True)
+        gate = tf.sigmoid(self.gate(tf.concat([state, tf.math.log1p(n_items)], axis=1)))
+        gate = tf.squeeze(gate, 1) * tf.cast(has_repeat, tf.float32)
+        return p_repeat, log_explore, gate
+
+    def mixture(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        """[n, num_items] log p(item) of the gated mixture (the explore log-softmax without the head)."""
+        p_repeat, log_explore, gate = self.distributions(inputs, training=training)
+        if not self.REPEAT_HEAD:
+            return log_explore
+        mixed = gate[:, None] * p_repeat + (1.0 - gate[:, None]) * tf.exp(log_explore)
+        return tf.math.log(mixed + _EPS)
+
+    # -- inference and the loss ----------------------------------------------------------------------
+
+    def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        """[n, num_items] log-probabilities of the next basket's items (logits for ranking)."""
+        if not self._repeat_layers_ready:  # SASRec's own dummy call while its layers are built
+            return super().call(inputs, training=training)
+        return self.mixture(self._cast_inputs(inputs), training=training)
+
+    def compute_training_loss(self, inputs: dict[str, tf.Tensor], target: tf.Tensor, training: bool = True) -> tf.Tensor:
+        """Mean over rows of the mean negative log-likelihood of the row's target items: ``target``
+        is [n, B] item_idx padded with PAD (every item of the next basket) or [n] (one next item)."""
+        log_p = self.mixture(self._cast_inputs(inputs), training=training)
+        target = tf.cast(target, tf.int32)
+        if target.shape.rank == 1:
+            target = target[:, None]
+        valid = tf.cast(target >= self.spec.first_item_idx, tf.float32)
+        picked = tf.gather(log_p, target, batch_dims=1)  # [n, B]
+        per_row = -tf.reduce_sum(picked * valid, axis=1) / tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
+        has_target = tf.cast(tf.reduce_sum(valid, axis=1) > 0, tf.float32)
+        return tf.reduce_sum(per_row * has_target) / tf.maximum(tf.reduce_sum(has_target), 1.0)
+
+
+@tf.keras.utils.register_keras_serializable(package="recspark")
+class RepeatNetExplore(RepeatNet):
+    """Ablation: no repeat head (gate 0): SASRec's encoder trained on next-basket targets."""
+
+    NAME = "repeatnet_explore"
+    REPEAT_HEAD = False
+
+
+@tf.keras.utils.register_keras_serializable(package="recspark")
+class RepeatNetNextItem(RepeatNet):
+    """Ablation: the repeat head trained on next-item rows (``train_examples``) instead of baskets."""
+
+    NAME = "repeatnet_next_item"
+    EXAMPLES = C.TRAIN_EXAMPLES
