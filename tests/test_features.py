@@ -13,7 +13,7 @@ from pyspark.testing import assertDataFrameEqual
 from recspark import constants as C
 from recspark.config import FeaturesConfig
 from recspark.pipeline.features import (
-    build_sequences, eval_queries, fit_item_vocab, left_pad, serving_histories, train_examples, train_windows,
+    build_sequences, eval_queries, fit_item_vocab, left_pad, serving_histories, train_baskets, train_examples, train_windows,
     with_item_idx, with_split,
 )
 from recspark.pipeline.prepare import coarsen_age, dedupe_events
@@ -136,8 +136,9 @@ def test_windows_hold_each_training_step_once_back_from_the_latest(spark: SparkS
     items = list(range(2, 10))
     ts = [dt.datetime(2024, 1, 1) + dt.timedelta(hours=h) for h in range(len(items))]
     sequences = spark.createDataFrame(
-        [("u", items, ["purchase"] * 8, ts, ["train"] * 8)],
-        "user_id string, item_idx array<int>, event_type array<string>, event_ts array<timestamp>, split array<string>")
+        [("u", items, ["purchase"] * 8, ts, ["train"] * 8, [f"s{i}" for i in items])],
+        "user_id string, item_idx array<int>, event_type array<string>, event_ts array<timestamp>, split array<string>, "
+        "session_id array<string>")
 
     def windows(most: int) -> list[tuple[list[int], int]]:
         config = FeaturesConfig(max_seq_len=3, max_windows_per_user=most, max_examples_per_user=1, oov_buckets=1)
@@ -159,4 +160,22 @@ def test_each_model_names_the_table_it_trains_on() -> None:
 
     tables = {name: model_examples_table(name) for name in MODEL_NAMES}
     assert tables == {"mean_pool": C.TRAIN_EXAMPLES, "sasrec": C.TRAIN_WINDOWS, "towers": C.TRAIN_EXAMPLES,
-                      "dnn": C.TRAIN_EXAMPLES}
+                      "dnn": C.TRAIN_EXAMPLES, "repeatnet": C.TRAIN_BASKETS, "repeatnet_explore": C.TRAIN_BASKETS,
+                      "repeatnet_next_item": C.TRAIN_EXAMPLES}
+
+
+def test_basket_targets_are_every_item_of_the_next_basket_and_none_of_the_current(spark: SparkSession) -> None:
+    # One user, baskets b1 = (2, 3), b2 = (4, 2, 4, 1), b3 = (5), then b4 = (6) in validation. Item 1
+    # is the unknown index (never a target); 4 repeats inside b2 (one target).
+    steps = [(2, "b1"), (3, "b1"), (4, "b2"), (2, "b2"), (4, "b2"), (1, "b2"), (5, "b3"), (6, "b4")]
+    ts = [dt.datetime(2024, 1, 1 + n) for n in (0, 0, 1, 1, 1, 1, 2, 3)]
+    sequences = spark.createDataFrame(
+        [("u", [i for i, _ in steps], ["purchase"] * 8, ts, ["train"] * 7 + ["validation"], [b for _, b in steps])],
+        "user_id string, item_idx array<int>, event_type array<string>, event_ts array<timestamp>, split array<string>, "
+        "session_id array<string>")
+    config = FeaturesConfig(max_seq_len=4, max_baskets_per_user=10, max_basket_items=3, oov_buckets=1)
+    got = sorted((r[C.HISTORY], r[C.TARGET]) for r in train_baskets(sequences, config).collect())
+    # b1 has no history: no row. b2's history is b1; b3's history the last 4 steps (b2). b4 is validation.
+    assert got == [([0, 0, 2, 3], [4, 2, 0]), ([4, 2, 4, 1], [5, 0, 0])]
+    latest_only = FeaturesConfig(max_seq_len=4, max_baskets_per_user=1, max_basket_items=1, oov_buckets=1)
+    assert [r[C.TARGET] for r in train_baskets(sequences, latest_only).collect()] == [[5]]
