@@ -1,0 +1,208 @@
+"""TIFU-KNN in Spark against a brute-force NumPy version written here from the paper's formulas
+(Hu et al., SIGIR 2020), on a small shop; the basket weights against numbers worked out by hand."""
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from recspark import constants as C
+from recspark.evaluation.tifu_knn import (
+    BASKET_END, BASKET_ID, WEIGHT, history_baskets, tifu_knn, tifu_scores, user_neighbours, user_vectors,
+    with_basket_weights,
+)
+
+ITEMS = "abcdefghij"  # vocabulary indices 2 .. 11; "z" is outside the vocabulary
+IDX = {item: 2 + n for n, item in enumerate(ITEMS)}
+# Distinct training counts: the popular fillers are j, i, h, ... (j is bought only in the test period).
+VOCAB = [(item, IDX[item], 100 + 10 * IDX[item]) for item in ITEMS]
+EVENT_SCHEMA = ("user_id string, item_id string, event_ts timestamp, session_id string, event_id string, "
+                "source_file string, source_row long, split string")
+DAY0 = dt.datetime(2024, 1, 1)
+
+
+def make_shop(seed: int = 11) -> tuple[list[tuple], dict[str, list[set[int]]]]:
+    """Events of 9 users (with out-of-vocabulary items, a session-less user, validation and test
+    events) and the training baskets the reference sees: vocabulary items only, empty baskets gone."""
+    rng = np.random.default_rng(seed)
+    basket_counts = {"u0": 1, "u1": 2, "u2": 3, "u3": 5, "u4": 6, "u5": 7, "u6": 9, "u7": 14, "u8": 4}
+    taste = {user: rng.permutation(list("abcdefghi"))[:5] for user in basket_counts}  # j: never in training
+    events, baskets, row = [], {}, 0
+    for user, n in basket_counts.items():
+        baskets[user] = []
+        for b in range(n):
+            size = int(rng.integers(1, 5))
+            items = {str(i) for i in rng.choice(taste[user], size=size, replace=bool(rng.random() < 0.3))}
+            if rng.random() < 0.25:
+                items.add("z")
+            for item in sorted(items):
+                row += 1
+                # u8 has no sessions: each event is its own basket (as the features stage's split).
+                session = None if user == "u8" else f"{user}-s{b}"
+                events.append((user, item, DAY0 + dt.timedelta(days=b, minutes=int(rng.integers(0, 60))), session,
+                               f"e{row}", "f.csv", row, "train"))
+            if user != "u8" and items - {"z"}:
+                baskets[user].append({IDX[i] for i in items if i != "z"})
+        if user == "u8":  # u8's one-event baskets share a day; the reference order is by minute, then row
+            days = [e for e in events if e[0] == "u8"]
+            order = sorted((e[2], e[6], e[1]) for e in days if e[1] != "z")
+            baskets[user] = [{IDX[item]} for _, _, item in order]
+        # Later periods: never part of the history.
+        for split, day in ((C.VALIDATION, 40), (C.TEST, 50)):
+            for item in ("j", str(taste[user][0])):
+                row += 1
+                events.append((user, item, DAY0 + dt.timedelta(days=day), f"{user}-{split}", f"e{row}", "f.csv",
+                               row, split))
+    # A basket of only out-of-vocabulary items is no basket: u2's second basket.
+    events.append(("u2", "z", DAY0 + dt.timedelta(days=1, hours=5), "u2-oov", "e-oov", "f.csv", 10_000, "train"))
+    return events, baskets
+
+
+def reference(baskets: dict[str, list[set[int]]], queries: list[str], *, group_count: int, within_decay: float,
+              group_decay: float, neighbours: int, alpha: float) -> dict[str, np.ndarray]:
+    """p for every query user, straight from the paper: groups of consecutive baskets (the latest
+    equal-sized, the earliest the rest), g_i = 1/|G_i| sum_j r_b^(|G_i|-j) v_j,
+    u = 1/m sum_i r_g^(m-i) g_i, cosine k nearest other users, p = alpha u + (1 - alpha) mean."""
+    size = 2 + len(ITEMS)
+    vectors = {}
+    for user, sequence in baskets.items():
+        n = len(sequence)
+        m = min(group_count, n)
+        s = n // m
+        sizes = [n - (m - 1) * s] + [s] * (m - 1)
+        u, start = np.zeros(size), 0
+        for i, length in enumerate(sizes, start=1):
+            group = sequence[start:start + length]
+            start += length
+            g = np.zeros(size)
+            for j, basket in enumerate(group, start=1):
+                v = np.zeros(size)
+                v[list(basket)] = 1.0
+                g += within_decay ** (length - j) * v
+            u += group_decay ** (m - i) * g / length
+        vectors[user] = u / m
+    predictions = {}
+    for user in queries:
+        u = vectors[user]
+        sims = []
+        for other, w in vectors.items():
+            cosine = float(u @ w / (np.linalg.norm(u) * np.linalg.norm(w)))
+            if other != user and cosine > 0:
+                sims.append((-round(cosine, 12), other))
+        near = [other for _, other in sorted(sims)[:neighbours]]
+        mean = np.mean([vectors[o] for o in near], axis=0) if near else np.zeros(size)
+        predictions[user] = alpha * u + (1 - alpha) * mean
+    return predictions
+
+
+def reference_top_k(p: np.ndarray, k: int, seen: set[int]) -> list[str]:
+    """The k best positive items (ties: smaller index), then the most popular unlisted items."""
+    scored = sorted((-round(float(p[i]), 12), i) for i in range(len(p)) if p[i] > 0 and i not in seen)
+    top = [i for _, i in scored[:k]]
+    popular = [idx for _, _, idx in sorted((-count, item_id, idx) for item_id, idx, count in VOCAB)]
+    top += [i for i in popular if i not in top and i not in seen][:k - len(top)]
+    by_index = {idx: item for item, idx, _ in VOCAB}
+    return [by_index[i] for i in top]
+
+
+@pytest.fixture(scope="module")
+def shop(spark: SparkSession):
+    events, baskets = make_shop()
+    vocab = spark.createDataFrame(VOCAB, "item_id string, item_idx int, train_count long")
+    history = history_baskets(spark.createDataFrame(events, EVENT_SCHEMA), vocab, ("train",)).persist()
+    query_users = sorted(baskets)[:-1]  # u8 is a possible neighbour but gets no query
+    seen = {user: sorted(set().union(*baskets[user])) for user in query_users}
+    by_index = {idx: item for item, idx, _ in VOCAB}
+    queries = spark.createDataFrame([(u, [by_index[i] for i in seen[u]], seen[u]) for u in query_users],
+                                    "user_id string, seen array<string>, seen_idx array<int>")
+    yield history, vocab, queries, baskets, query_users, seen
+    history.unpersist()
+
+
+def test_history_baskets_are_the_training_baskets_of_vocabulary_items(shop) -> None:
+    history, _, _, baskets, _, _ = shop
+    rows = history.collect()
+    got: dict[str, dict[object, set[int]]] = {}
+    ends: dict[str, dict[object, object]] = {}
+    for r in rows:
+        got.setdefault(r[C.USER_ID], {}).setdefault(r[BASKET_ID], set()).add(r[C.ITEM_IDX])
+        ends.setdefault(r[C.USER_ID], {})[r[BASKET_ID]] = r[BASKET_END]
+    for user, expected in baskets.items():
+        ordered = [got[user][b] for b in sorted(got[user], key=lambda b: (ends[user][b], b))]
+        assert ordered == expected, user
+    assert IDX["j"] not in {r[C.ITEM_IDX] for r in rows}  # the held-out periods never enter
+
+
+def test_basket_weights_by_hand(spark: SparkSession) -> None:
+    # r_b = 0.5, r_g = 0.25, 3 groups. 6 baskets: groups of 2 (b1 b2 | b3 b4 | b5 b6);
+    # 5 baskets: s = floor(5/3) = 1, the earliest group takes 5 - 2 = 3 (b1 b2 b3 | b4 | b5);
+    # 2 baskets: 2 groups of one.
+    rows = [(user, f"b{b}", b, 2) for user, n in (("six", 6), ("five", 5), ("two", 2)) for b in range(1, n + 1)]
+    baskets = spark.createDataFrame(rows, f"user_id string, {BASKET_ID} string, {BASKET_END} int, item_idx int")
+    got = {(r[C.USER_ID], r[BASKET_ID]): r[WEIGHT] for r in with_basket_weights(baskets, 3, 0.5, 0.25).collect()}
+    expected = {
+        # weight = r_b^(|G| - j) / |G| * r_g^(m - i) / m
+        ("six", "b1"): 0.5 / 2 * 0.0625 / 3, ("six", "b2"): 1 / 2 * 0.0625 / 3,
+        ("six", "b3"): 0.5 / 2 * 0.25 / 3, ("six", "b4"): 1 / 2 * 0.25 / 3,
+        ("six", "b5"): 0.5 / 2 / 3, ("six", "b6"): 1 / 2 / 3,
+        ("five", "b1"): 0.25 / 3 * 0.0625 / 3, ("five", "b2"): 0.5 / 3 * 0.0625 / 3, ("five", "b3"): 1 / 3 * 0.0625 / 3,
+        ("five", "b4"): 0.25 / 3, ("five", "b5"): 1 / 3,
+        ("two", "b1"): 0.25 / 2, ("two", "b2"): 1 / 2,
+    }
+    assert got == pytest.approx(expected, rel=1e-12)
+    # u sums a basket's weight over its items: item 2 is in every basket of "two".
+    vectors = user_vectors(baskets, 3, 0.5, 0.25).filter(F.col(C.USER_ID) == "two")
+    assertDataFrameEqual(vectors, spark.createDataFrame([("two", 2, 0.625)], "user_id string, item_idx int, weight double"))
+
+
+SETTINGS = [
+    dict(group_count=3, within_decay=0.9, group_decay=0.7, neighbours=2, alpha=0.3, exclude_seen=False),
+    dict(group_count=7, within_decay=0.9, group_decay=0.9, neighbours=3, alpha=0.1, exclude_seen=False),
+    dict(group_count=3, within_decay=1.0, group_decay=0.1, neighbours=20, alpha=0.8, exclude_seen=True),
+]
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: f"m{s['group_count']}-k{s['neighbours']}-a{s['alpha']}")
+def test_tifu_knn_equals_the_numpy_reference(shop, setting: dict) -> None:
+    history, vocab, queries, baskets, query_users, seen = shop
+    params = {key: setting[key] for key in ("group_count", "within_decay", "group_decay", "neighbours", "alpha")}
+    expected = reference(baskets, query_users, **params)
+    k = 4
+    exclude_seen = setting["exclude_seen"]
+
+    vectors = user_vectors(history, params["group_count"], params["within_decay"], params["group_decay"])
+    near = user_neighbours(vectors, queries, params["neighbours"])
+    scores = tifu_scores(vectors, near, queries, neighbours=params["neighbours"], alpha=params["alpha"],
+                         exclude_seen=exclude_seen).collect()
+    got = {(r[C.USER_ID], r[C.ITEM_IDX]): r[C.SCORE] for r in scores}
+    want = {(u, i): float(p[i]) for u, p in expected.items() for i in range(len(p))
+            if p[i] > 0 and not (exclude_seen and i in seen[u])}
+    assert set(got) == set(want)
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
+    assert IDX["j"] not in {i for _, i in got}  # bought only in the test period
+
+    lists = tifu_knn(history, vocab, queries, k, exclude_seen, **params).collect()
+    by_user: dict[str, list] = {}
+    for r in sorted(lists, key=lambda r: (r[C.USER_ID], r[C.RANK])):
+        by_user.setdefault(r[C.USER_ID], []).append(r)
+    assert sorted(by_user) == query_users
+    for user in query_users:
+        top = reference_top_k(expected[user], k, set(seen[user]) if exclude_seen else set())
+        assert [r[C.ITEM_ID] for r in by_user[user]] == top, user
+        assert [r[C.RANK] for r in by_user[user]] == list(range(1, k + 1))
+        # Listed items score p; fillers (only ever items with p = 0) score 0.
+        assert [r[C.SCORE] for r in by_user[user]] == pytest.approx(
+            [float(expected[user][IDX[r[C.ITEM_ID]]]) for r in by_user[user]], rel=1e-6, abs=1e-12)
+
+
+def test_the_reference_shop_has_the_cases_that_matter(shop) -> None:
+    # Guards the test itself: some users have fewer positive-similarity users than k = 3, fewer
+    # baskets than groups, a basket count not divisible by the groups, and fewer own items than k.
+    _, _, _, baskets, query_users, seen = shop
+    counts = {u: len(b) for u, b in baskets.items()}
+    assert min(counts.values()) < 3 and any(n % 3 and n > 3 for n in counts.values()) and max(counts.values()) > 7
+    assert any(len(seen[u]) < 4 for u in query_users)
