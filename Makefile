@@ -2,7 +2,8 @@
 PY := .venv/bin/python
 DATASET ?= completejourney
 DATASET_CONF := $(wildcard conf/datasets/$(DATASET).yaml)
-CONF := --conf-file conf/local.yaml $(if $(DATASET_CONF),--conf-file $(DATASET_CONF)) --set dataset.name=$(DATASET) $(foreach s,$(SET),--set $(s))
+# A data-set layer names its own data set (and variant); without one, DATASET is the data set's name.
+CONF := --conf-file conf/local.yaml $(if $(DATASET_CONF),--conf-file $(DATASET_CONF),--set dataset.name=$(DATASET)) $(foreach s,$(SET),--set $(s))
 STAGES := ingest prepare features train evaluate score
 export TF_USE_LEGACY_KERAS := 1
 export PYTHONUNBUFFERED := 1

@@ -28,6 +28,10 @@ class ConfigError(ValueError):
 @dataclasses.dataclass
 class DatasetConfig:
     name: str = "completejourney"
+    # A protocol on the same data (e.g. "nbr": the next-basket protocol of
+    # conf/datasets/completejourney-nbr.yaml): bronze and silver are shared with the plain data set,
+    # gold, models, reports and outputs live under "<name>-<variant>".
+    variant: Optional[str] = None
     # Only for name=files: the user's own events / items / users (CSV, JSON lines, Parquet or Delta).
     events_path: Optional[str] = None
     items_path: Optional[str] = None
@@ -92,6 +96,11 @@ class FeaturesConfig:
     max_seq_len: int = 50
     # Items seen fewer times than this in the training period share the out-of-vocabulary index.
     min_item_count: int = 5
+    # Published protocols filter the data before splitting it: items with fewer than min_item_events
+    # events in all the data are dropped, then users with fewer than min_user_sessions sessions
+    # (baskets). 0 keeps everything (the default).
+    min_item_events: int = 0
+    min_user_sessions: int = 0
     # Each user's last held-out sessions (baskets; for data without sessions, single events).
     n_test_sessions: int = 1
     n_validation_sessions: int = 1
@@ -353,7 +362,7 @@ class Config:
             raise ConfigError("evaluate.als_ranks, evaluate.als_reg_params: give at least one value each")
         if self.evaluate.sampled_negatives is not None and self.evaluate.sampled_negatives <= 0:
             raise ConfigError(f"evaluate.sampled_negatives: must be > 0 or null, got {self.evaluate.sampled_negatives!r}")
-        for key in ("n_test_sessions", "n_validation_sessions"):
+        for key in ("n_test_sessions", "n_validation_sessions", "min_item_events", "min_user_sessions"):
             if getattr(self.features, key) < 0:
                 raise ConfigError(f"features.{key}: must be >= 0")
         for key in ("oov_buckets", "category_oov_buckets"):
@@ -374,20 +383,32 @@ class Config:
         return self
 
     # Paths derived from the configuration, in one place.
+    @property
+    def run_name(self) -> str:
+        """The data set and its protocol: ``name`` or ``name-variant``; names gold, models and outputs."""
+        return f"{self.dataset.name}-{self.dataset.variant}" if self.dataset.variant else self.dataset.name
+
     def table_path(self, layer: str, table: str) -> str:
-        return str(Path(self.paths.lakehouse) / self.dataset.name / layer / table)
+        """Bronze and silver belong to the data (shared by its variants), gold to the protocol."""
+        owner = self.dataset.name if layer in ("bronze", "silver") else self.run_name
+        return str(Path(self.paths.lakehouse) / owner / layer / table)
+
+    @property
+    def outputs_dir(self) -> Path:
+        """Where the run's Delta outputs (recommendations, evaluation predictions) live."""
+        return Path(self.paths.lakehouse) / self.run_name
 
     @property
     def recommendations_path(self) -> str:
-        return str(Path(self.paths.lakehouse) / self.dataset.name / "recommendations")
+        return str(self.outputs_dir / "recommendations")
 
     @property
     def reports_dir(self) -> Path:
-        return Path(self.paths.reports) / self.dataset.name
+        return Path(self.paths.reports) / self.run_name
 
     def model_dir(self, model: str) -> Path:
         """Where model ``model`` of this data set is checkpointed and exported."""
-        return Path(self.paths.checkpoints) / self.dataset.name / model
+        return Path(self.paths.checkpoints) / self.run_name / model
 
     @property
     def scoring_model(self) -> str:
@@ -397,7 +418,7 @@ class Config:
     def petastorm_cache_url(self) -> str:
         if self.paths.petastorm_cache:
             return self.paths.petastorm_cache
-        return (Path(self.paths.lakehouse) / self.dataset.name / "_petastorm_cache").resolve().as_uri()
+        return (self.outputs_dir / "_petastorm_cache").resolve().as_uri()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

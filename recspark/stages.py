@@ -103,14 +103,14 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
             item_vocab=read_table(spark, vocab_path), category_vocab=category_vocab,
         )
         tracked = log_training_run(
-            config.tracking, checkpoints_dir=config.paths.checkpoints, dataset=config.dataset.name, model=model,
+            config.tracking, checkpoints_dir=config.paths.checkpoints, dataset=config.run_name, model=model,
             params={"train": model_train_params(config, model), "model": spec_params(spec)},
             metrics={"loss": result.history, "val_ndcg_at_10": result.val_ndcg_history}, table_versions=versions,
             model_dir=model_dir, tags={C.RUN_ID: run_id, "resumed_from_epoch": str(result.initial_epoch),
                                        "best_epoch": str(result.best_epoch), "launcher": result.launcher})
         write_json(model_dir / "run.json", {
             C.RUN_ID: run_id,
-            "dataset": config.dataset.name,
+            "dataset": config.run_name,
             "model": model,
             "num_items": num_items,
             "table_versions": versions,

@@ -133,3 +133,11 @@ def test_describe_marks_the_per_model_values() -> None:
     config = load_config(overrides=["train.per_model={sasrec: {batch_size: 64}}", "train.batch_size=256"])
     line = config.train.describe("sasrec")
     assert "batch_size=64*" in line and f"epochs={config.train.epochs}," in line
+
+
+def test_a_variant_shares_bronze_and_silver_and_owns_the_rest() -> None:
+    config = load_config([str(ROOT / "conf" / "local.yaml"), str(ROOT / "conf" / "datasets" / "completejourney-nbr.yaml")])
+    assert config.table_path("silver", "events") == "lakehouse/completejourney/silver/events"
+    assert config.table_path("gold", "item_vocab") == "lakehouse/completejourney-nbr/gold/item_vocab"
+    assert str(config.model_dir("repeatnet")) == "checkpoints/completejourney-nbr/repeatnet"
+    assert str(config.reports_dir) == "reports/completejourney-nbr"

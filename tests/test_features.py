@@ -179,3 +179,22 @@ def test_basket_targets_are_every_item_of_the_next_basket_and_none_of_the_curren
     assert got == [([0, 0, 2, 3], [4, 2, 0]), ([4, 2, 4, 1], [5, 0, 0])]
     latest_only = FeaturesConfig(max_seq_len=4, max_baskets_per_user=1, max_basket_items=1, oov_buckets=1)
     assert [r[C.TARGET] for r in train_baskets(sequences, latest_only).collect()] == [[5]]
+
+
+def test_protocol_filter_drops_rare_items_then_users_with_few_baskets(spark: SparkSession) -> None:
+    from recspark.pipeline.features import filter_protocol
+
+    # Item x: 3 events, y: 2, z: 1. u1 has baskets b1, b2 (z only in b3: after dropping z, b3 is gone);
+    # u2 has one basket.
+    rows = [("e1", "u1", "x", "purchase", ts(1), 1.0, 1.0, "b1", "f", 1),
+            ("e2", "u1", "y", "purchase", ts(1), 1.0, 1.0, "b1", "f", 2),
+            ("e3", "u1", "x", "purchase", ts(2), 1.0, 1.0, "b2", "f", 3),
+            ("e4", "u1", "z", "purchase", ts(3), 1.0, 1.0, "b3", "f", 4),
+            ("e5", "u2", "x", "purchase", ts(1), 1.0, 1.0, "c1", "f", 5),
+            ("e6", "u2", "y", "purchase", ts(1), 1.0, 1.0, "c1", "f", 6)]
+    events = spark.createDataFrame(rows, EVENTS)
+    kept = lambda **kw: sorted(r[C.EVENT_ID] for r in filter_protocol(events, FeaturesConfig(**kw)).collect())
+    assert kept() == ["e1", "e2", "e3", "e4", "e5", "e6"]
+    assert kept(min_item_events=2) == ["e1", "e2", "e3", "e5", "e6"]
+    assert kept(min_item_events=2, min_user_sessions=2) == ["e1", "e2", "e3"]
+    assert kept(min_user_sessions=3) == ["e1", "e2", "e3", "e4"]

@@ -109,6 +109,22 @@ def with_time_split(events: DataFrame, cuts: DataFrame) -> DataFrame:
             .drop(VALIDATION_START, TEST_START))
 
 
+def filter_protocol(events: DataFrame, config: FeaturesConfig) -> DataFrame:
+    """The events a published protocol keeps: items with at least ``min_item_events`` events in all
+    the data, then users with at least ``min_user_sessions`` sessions (baskets) among those events.
+    Both 0 (the default): every event."""
+    if config.min_item_events > 0:
+        items = (events.groupBy(C.ITEM_ID).agg(F.count(F.lit(1)).alias("_n"))
+                 .filter(F.col("_n") >= config.min_item_events).select(C.ITEM_ID))
+        events = events.join(items, C.ITEM_ID, "left_semi")
+    if config.min_user_sessions > 0:
+        unit = F.coalesce(F.col(C.SESSION_ID), F.col(C.EVENT_ID))
+        users = (events.groupBy(C.USER_ID).agg(F.count_distinct(unit).alias("_n"))
+                 .filter(F.col("_n") >= config.min_user_sessions).select(C.USER_ID))
+        events = events.join(users, C.USER_ID, "left_semi")
+    return events
+
+
 def split_events(events: DataFrame, config: FeaturesConfig) -> tuple[DataFrame, DataFrame]:
     """The events with ``split`` by ``features.split``, and the one-row description of the split
     (method, cut timestamps, where they came from, events per split) for the gold table split_info."""
@@ -385,7 +401,8 @@ def build_features(spark: SparkSession, config: Config) -> dict:
     from recspark.pipeline.user_features import USER_FEATURES, build_user_features
 
     gold = lambda table: config.table_path(C.GOLD, table)
-    events = read_table(spark, config.table_path(C.SILVER, C.EVENTS))
+    events = read_table(spark, config.table_path(C.SILVER, C.EVENTS)).transform(
+        lambda df: filter_protocol(df, config.features))
     split, info = split_events(events, config.features)
     split = split.persist()  # read by the split's description, the vocabularies, the features and the sequences
     overwrite_table(info, gold(SPLIT_INFO))
