@@ -20,14 +20,15 @@ ITEMS = "abcdefghij"  # vocabulary indices 2 .. 11; "z" is outside the vocabular
 IDX = {item: 2 + n for n, item in enumerate(ITEMS)}
 # Distinct training counts: the popular fillers are j, i, h, ... (j is bought only in the test period).
 VOCAB = [(item, IDX[item], 100 + 10 * IDX[item]) for item in ITEMS]
-EVENT_SCHEMA = ("user_id string, item_id string, event_ts timestamp, session_id string, event_id string, "
-                "source_file string, source_row long, split string")
+SEQUENCE_SCHEMA = ("user_id string, item_id array<string>, item_idx array<int>, event_ts array<timestamp>, "
+                   "split array<string>, session_id array<string>")
 DAY0 = dt.datetime(2024, 1, 1)
 
 
 def make_shop(seed: int = 11) -> tuple[list[tuple], dict[str, list[set[int]]]]:
-    """Events of 9 users (with out-of-vocabulary items, a session-less user, validation and test
-    events) and the training baskets the reference sees: vocabulary items only, empty baskets gone."""
+    """Events (user, item, time, session, event id, file, row, split) of 9 users (with
+    out-of-vocabulary items, a session-less user, validation and test events) and the training
+    baskets the reference sees: vocabulary items only, empty baskets gone."""
     rng = np.random.default_rng(seed)
     basket_counts = {"u0": 1, "u1": 2, "u2": 3, "u3": 5, "u4": 6, "u5": 7, "u6": 9, "u7": 14, "u8": 4}
     taste = {user: rng.permutation(list("abcdefghi"))[:5] for user in basket_counts}  # j: never in training
@@ -109,11 +110,22 @@ def reference_top_k(p: np.ndarray, k: int, seen: set[int]) -> list[str]:
     return [by_index[i] for i in top]
 
 
+def gold_sequences(spark: SparkSession, events: list[tuple]):
+    """The gold sequences of ``events``: per user in (time, file, row) order, the basket of a step
+    its session, else the event itself; "z" gets index 1 (outside the vocabulary)."""
+    rows = []
+    for user in sorted({e[0] for e in events}):
+        steps = sorted((e for e in events if e[0] == user), key=lambda e: (e[2], e[5], e[6]))
+        rows.append((user, [e[1] for e in steps], [IDX.get(e[1], 1) for e in steps], [e[2] for e in steps],
+                     [e[7] for e in steps], [e[3] or e[4] for e in steps]))
+    return spark.createDataFrame(rows, SEQUENCE_SCHEMA)
+
+
 @pytest.fixture(scope="module")
 def shop(spark: SparkSession):
     events, baskets = make_shop()
     vocab = spark.createDataFrame(VOCAB, "item_id string, item_idx int, train_count long")
-    history = history_baskets(spark.createDataFrame(events, EVENT_SCHEMA), vocab, ("train",)).persist()
+    history = history_baskets(gold_sequences(spark, events), ("train",), first_item_idx=2).persist()
     query_users = sorted(baskets)[:-1]  # u8 is a possible neighbour but gets no query
     seen = {user: sorted(set().union(*baskets[user])) for user in query_users}
     by_index = {idx: item for item, idx, _ in VOCAB}
@@ -134,7 +146,9 @@ def test_history_baskets_are_the_training_baskets_of_vocabulary_items(shop) -> N
     for user, expected in baskets.items():
         ordered = [got[user][b] for b in sorted(got[user], key=lambda b: (ends[user][b], b))]
         assert ordered == expected, user
-    assert IDX["j"] not in {r[C.ITEM_IDX] for r in rows}  # the held-out periods never enter
+    # The held-out periods never enter: neither their baskets nor j, bought only then.
+    assert not {r[BASKET_ID] for r in rows if r[BASKET_ID].endswith(("-validation", "-test"))}
+    assert IDX["j"] not in {r[C.ITEM_IDX] for r in rows}
 
 
 def test_basket_weights_by_hand(spark: SparkSession) -> None:

@@ -7,8 +7,8 @@ user's own item frequencies explicitly; TIFU-KNN is the simplest of them that al
 similar users, so it is the bar a learned next-basket model has to clear beside "buy again".
 
 Definitions, for one user with n baskets before the evaluated period (oldest first), each a multi-hot
-vector v_b over the vocabulary items (a basket is a session: ``coalesce(session_id, event_id)``, the
-unit the features stage splits by; ordered by its last event, ties by source position, as there):
+vector v_b over the vocabulary items (a basket is a session of the gold sequences: the source
+session, else the event itself, the features stage's unit; ordered by its last step):
 
 * groups: m' = min(group_count, n) groups of consecutive baskets. The latest m' - 1 groups hold
   s = floor(n / m') baskets each, the earliest group the rest, n - (m' - 1) s (between s and 2s - 1).
@@ -59,21 +59,24 @@ SIMILARITY = "similarity"
 NEIGHBOUR_RANK = "neighbour_rank"
 
 
-def history_baskets(split_events: DataFrame, vocab: DataFrame, splits: tuple[str, ...]) -> DataFrame:
-    """(user_id, basket_id, basket_end, item_idx): the events of ``splits`` (never the evaluated
-    period) of vocabulary items, one row per basket and item (multi-hot).
+def history_baskets(sequences: DataFrame, splits: tuple[str, ...], *, first_item_idx: int) -> DataFrame:
+    """(user_id, basket_id, basket_end, item_idx): the steps of ``splits`` (never the evaluated
+    period) of the gold sequences, one row per basket and vocabulary item (multi-hot).
 
-    ``split_events``: silver events with the features stage's ``split`` (the gold sequences carry no
-    session). ``basket_end`` orders a user's baskets: the basket's last (event_ts, source_file,
-    source_row), as the session split orders them.
+    A basket is the step's ``session_id`` (the features stage's unit: the source session, else the
+    event itself). ``basket_end`` orders a user's baskets: the position of the basket's last step
+    in the sequence, which is in time order, ties by source position.
     """
-    basket = F.coalesce(F.col(C.SESSION_ID), F.col(C.EVENT_ID))
-    events = (split_events.filter(F.col(C.SPLIT).isin(*splits))
-              .join(F.broadcast(vocab.select(C.ITEM_ID, C.ITEM_IDX)), C.ITEM_ID)
-              .withColumn(BASKET_ID, basket))
-    ends = events.groupBy(C.USER_ID, BASKET_ID).agg(
-        F.max(F.struct(C.EVENT_TS, C.SOURCE_FILE, C.SOURCE_ROW)).alias(BASKET_END))
-    return events.select(C.USER_ID, BASKET_ID, C.ITEM_IDX).distinct().join(ends, [C.USER_ID, BASKET_ID])
+    if C.SESSION_ID not in sequences.columns:
+        raise ValueError("the gold sequences have no session_id (built before baskets were kept): "
+                         "run the features stage again")
+    step = F.posexplode(F.arrays_zip(C.ITEM_IDX, C.SPLIT, C.SESSION_ID)).alias("_pos", "_s")
+    steps = (sequences.select(C.USER_ID, step).filter(F.col("_s")[C.SPLIT].isin(*splits))
+             .select(C.USER_ID, F.col("_s")[C.SESSION_ID].alias(BASKET_ID), F.col("_s")[C.ITEM_IDX].alias(C.ITEM_IDX),
+                     "_pos"))
+    ends = steps.groupBy(C.USER_ID, BASKET_ID).agg(F.max("_pos").alias(BASKET_END))
+    items = steps.filter(F.col(C.ITEM_IDX) >= first_item_idx).select(C.USER_ID, BASKET_ID, C.ITEM_IDX).distinct()
+    return items.join(ends, [C.USER_ID, BASKET_ID])
 
 
 def with_basket_weights(baskets: DataFrame, group_count: int, within_decay: float, group_decay: float) -> DataFrame:
