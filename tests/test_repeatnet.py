@@ -85,3 +85,17 @@ def test_repeatnet_learns_to_rebuy_and_round_trips(tmp_path) -> None:
     loaded = tf.keras.models.load_model(tmp_path / "model.keras")
     assert np.allclose(loaded.predict(test_inputs, verbose=0), logits, atol=1e-5)
     assert loaded.__class__.__name__ == "RepeatNet" and load_model is not None
+
+
+def test_encoder_reads_the_latest_steps_and_the_repeat_head_the_whole_history() -> None:
+    from recspark.models.repeatnet import RepeatNet
+
+    class ShortEncoder(RepeatNet):
+        ENCODER_STEPS = 4
+
+    model = ShortEncoder(spec=SPEC.to_dict(), settings=build_model("repeatnet", SPEC, _config()).settings)
+    recent = [FIRST + 1, FIRST + 2, FIRST + 3, FIRST + 4]
+    a, b = _inputs([[FIRST + 9, FIRST + 9] + recent]), _inputs([[FIRST + 8, FIRST + 7] + recent])
+    assert np.allclose(model.user_vectors(a).numpy(), model.user_vectors(b).numpy())
+    p_a, _, _ = model.distributions({k: tf.constant(v) for k, v in a.items()})
+    assert p_a.numpy()[0, FIRST + 9] > 0  # an item older than the encoder's steps is still a repeat candidate

@@ -48,6 +48,10 @@ class RepeatNet(SASRec):
     NAME = "repeatnet"
     EXAMPLES = C.TRAIN_BASKETS
     REPEAT_HEAD: ClassVar[bool] = True
+    # The encoder reads the latest ENCODER_STEPS steps (SASRec peaked with 50-step windows on
+    # Complete Journey); the repeat head reads the whole history, which is longer so that item
+    # counts cover more baskets (attention cost grows with the square of the length, counting does not).
+    ENCODER_STEPS: ClassVar[int] = 50
 
     def __init__(self, spec: dict[str, Any], settings: dict[str, Any], **kwargs: Any) -> None:
         self._repeat_layers_ready = False
@@ -76,6 +80,12 @@ class RepeatNet(SASRec):
         self.gate = tf.keras.layers.Dense(1, kernel_initializer=init.GlorotUniform(seed=seed + 105), name="gate")
         self._repeat_layers_ready = True
         super()._build_now()
+
+    def user_vectors(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        """The encoder's state at the latest step, from the latest ``ENCODER_STEPS`` steps."""
+        steps = min(self.ENCODER_STEPS, self.spec.max_seq_len)
+        latest = {name: value[:, -steps:] for name, value in inputs.items()}
+        return self.sequence_states(latest, training=training)[:, -1, :]
 
     # -- the two heads -------------------------------------------------------------------------------
 

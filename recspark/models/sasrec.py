@@ -96,7 +96,8 @@ class SASRec(SequenceRecommender):
         self._build_now()
 
     def sequence_states(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        """[n, max_seq_len, dim]: the state of every step; step t depends on steps <= t only."""
+        """[n, L, dim]: the state of every step (L = the inputs' length, at most max_seq_len); step t
+        depends on steps <= t only."""
         history = inputs[C.HISTORY]
         # Out-of-range ids would fail the embedding lookup on CPU: gaps beyond the last bucket are
         # the last bucket (log scale saturates), unknown type ids share the highest id.
@@ -104,11 +105,14 @@ class SASRec(SequenceRecommender):
         gaps = tf.clip_by_value(inputs[C.HISTORY_GAPS], 0, self.spec.num_gap_buckets)
         real = tf.not_equal(history, C.PAD_IDX)  # [n, L]
         step_mask = tf.cast(real, tf.float32)[:, :, None]
-        positions = tf.range(self.spec.max_seq_len)
+        # The inputs may be the last `length` steps of a longer history (RepeatNet's encoder): their
+        # positions are the last `length` ones, so "latest" is always position max_seq_len - 1.
+        length = history.shape[1]
+        positions = tf.range(self.spec.max_seq_len - length, self.spec.max_seq_len)
         x = (self.item_embedding(history) + self.type_embedding(types) + self.gap_embedding(gaps)
              + self.position_embedding(positions)[None, :, :])
         x = self.input_dropout(x, training=training) * step_mask
-        causal = tf.linalg.band_part(tf.ones([self.spec.max_seq_len] * 2, tf.bool), -1, 0)  # [query, key]: key <= query
+        causal = tf.linalg.band_part(tf.ones([length, length], tf.bool), -1, 0)  # [query, key]: key <= query
         attention_mask = tf.logical_and(causal[None, :, :], real[:, None, :])  # and the key is a real step
         for block in self.blocks:
             x = block(x, attention_mask=attention_mask, step_mask=step_mask, training=training)
