@@ -115,6 +115,9 @@ class FeaturesConfig:
     # max_baskets_per_user baskets, each with at most max_basket_items distinct target items.
     max_baskets_per_user: int = 50
     max_basket_items: int = 32
+    # Repeat profiles (repeatnet's repeat head): the repeat_candidates items a user bought in the most
+    # baskets before each example, query or serving row, with their counts and recency.
+    repeat_candidates: int = 64
     # user_features: the top interest_top_n categories, event weights halving every half-life.
     interest_top_n: int = 5
     interest_half_life_days: float = 30.0
@@ -315,6 +318,7 @@ class Config:
             "features.max_windows_per_user": self.features.max_windows_per_user,
             "features.max_baskets_per_user": self.features.max_baskets_per_user,
             "features.max_basket_items": self.features.max_basket_items,
+            "features.repeat_candidates": self.features.repeat_candidates,
             "features.interest_top_n": self.features.interest_top_n,
             "features.interest_half_life_days": self.features.interest_half_life_days,
             "features.price_buckets": self.features.price_buckets,

@@ -89,6 +89,15 @@ VALIDATION, TEST = "validation", "test"
 HISTORY_TYPES = "history_types"
 HISTORY_GAPS = "history_gaps"
 
+# Repeat profiles (repeatnet): each row's own items from before its cut-off, most often bought first,
+# as item_idx (int[repeat_candidates], PAD-padded) and REPEAT_FEATURE_COUNT numbers per item
+# (float[repeat_candidates * REPEAT_FEATURE_COUNT], flattened; see recspark.pipeline.features).
+REPEAT_ITEMS = "repeat_items"
+REPEAT_FEATURES = "repeat_features"
+REPEAT_FEATURE_COUNT = 5
+# Model inputs that are numbers, not indices.
+FLOAT_INPUTS = ("user_vector", REPEAT_FEATURES)
+
 # Feature tables: category vocabulary, normalised numeric user features, stored statistics.
 CATEGORY_IDX = "category_idx"
 CATEGORY_VOCAB = "category_vocab"

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 
-from recspark.constants import TARGET, USER_VECTOR
+from recspark.constants import FLOAT_INPUTS, HISTORY, HISTORY_GAPS, HISTORY_TYPES, TARGET
+
+SEQUENCE_INPUTS = (HISTORY, HISTORY_TYPES, HISTORY_GAPS)
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -88,9 +90,10 @@ def to_features_and_label(max_seq_len: int, inputs: Sequence[str]):
     def convert(batch):
         # Petastorm leaves the list columns' length unknown; Keras needs the static max_seq_len.
         features = {name: tf.ensure_shape(tf.cast(getattr(batch, name), tf.int32), [None, max_seq_len])
-                    for name in names if name != USER_VECTOR}
-        # The feature models' user_vector: floats, of the fixed length their Keras input declares.
-        features.update({name: tf.cast(getattr(batch, name), tf.float32) for name in names if name == USER_VECTOR})
+                    for name in names if name in SEQUENCE_INPUTS}
+        # Fixed-length arrays of their own: user_vector and repeat features (floats), repeat_items.
+        features.update({name: tf.cast(getattr(batch, name), tf.float32 if name in FLOAT_INPUTS else tf.int32)
+                         for name in names if name not in SEQUENCE_INPUTS})
         return features, tf.cast(getattr(batch, TARGET), tf.int32)
 
     return convert

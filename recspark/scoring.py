@@ -84,7 +84,7 @@ def model_batch(columns: list[str], series: list[pd.Series]) -> dict[str, np.nda
     has a latest real step (the other sequences keep their padding values there).
     """
     # Sequences are item/type/gap indices; the feature models' user_vector stays float.
-    inputs = {name: np.stack(values.to_numpy()).astype(np.float32 if name == C.USER_VECTOR else np.int32)
+    inputs = {name: np.stack(values.to_numpy()).astype(np.float32 if name in C.FLOAT_INPUTS else np.int32)
               for name, values in zip(columns, series)}
     history = inputs[C.HISTORY]
     history[~history.any(axis=1), -1] = C.OOV_IDX

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import math
 
 import pytest
 from pyspark.sql import SparkSession
@@ -179,6 +180,23 @@ def test_basket_targets_are_every_item_of_the_next_basket_and_none_of_the_curren
     assert got == [([0, 0, 2, 3], [4, 2, 0]), ([4, 2, 4, 1], [5, 0, 0])]
     latest_only = FeaturesConfig(max_seq_len=4, max_baskets_per_user=1, max_basket_items=1, oov_buckets=1)
     assert [r[C.TARGET] for r in train_baskets(sequences, latest_only).collect()] == [[5]]
+
+    # Repeat profiles, point in time: b3's example sees b1 and b2 only. Item 2 is in 2 of 2 baskets
+    # (latest b2, bought on days 1 and 2), 4 in b2, 3 in b1 (fewer baskets, then the latest basket
+    # first); 1 is the unknown index and never a candidate. With 2 candidates: [2, 4].
+    profiles = FeaturesConfig(max_seq_len=4, max_baskets_per_user=10, max_basket_items=3, oov_buckets=1,
+                              repeat_candidates=2)
+    rows = {tuple(r[C.TARGET]): r for r in train_baskets(sequences, profiles).collect()}
+    b3, b2 = rows[(5, 0, 0)], rows[(4, 2, 0)]
+    assert b3[C.REPEAT_ITEMS] == [2, 4] and b2[C.REPEAT_ITEMS] == [2, 3]
+    item2 = b3[C.REPEAT_FEATURES][:C.REPEAT_FEATURE_COUNT]
+    # log(1 + 2 baskets), share 2/2, log(1 + 1 basket since: b2 is the latest), 0 days before the
+    # latest event, log(1 + 1 day between its two purchases).
+    assert item2 == pytest.approx([math.log(3), 1.0, math.log(2), 0.0, math.log(2)], rel=1e-6)
+    item4 = b3[C.REPEAT_FEATURES][C.REPEAT_FEATURE_COUNT:]
+    assert item4 == pytest.approx([math.log(2), 0.5, math.log(2), 0.0, 0.0], rel=1e-6)
+    # b2's example sees b1 only: 1 basket since it, 1 day before... b1 is the latest event itself.
+    assert b2[C.REPEAT_FEATURES][:C.REPEAT_FEATURE_COUNT] == pytest.approx([math.log(2), 1.0, math.log(2), 0.0, 0.0])
 
 
 def test_protocol_filter_drops_rare_items_then_users_with_few_baskets(spark: SparkSession) -> None:

@@ -14,8 +14,9 @@ MAX_SEQ_LEN = 8
 FIRST = C.first_vocab_index(4)  # the default layout shape: PAD, unknown, 4 hashed buckets, then items
 REAL_ITEMS = 30
 NUM_ITEMS = FIRST + REAL_ITEMS
+CANDIDATES = 6
 SPEC = ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, num_event_types=5, num_gap_buckets=4,
-                 first_item_idx=FIRST)
+                 first_item_idx=FIRST, repeat_candidates=CANDIDATES)
 
 
 def _config(**overrides) -> TrainConfig:
@@ -30,7 +31,16 @@ def _inputs(histories: list[list[int]]) -> dict[str, np.ndarray]:
             history[row, MAX_SEQ_LEN - len(items):] = items
     real = (history != C.PAD_IDX).astype(np.int32)
     gaps = real * np.arange(MAX_SEQ_LEN, 0, -1)[None, :].clip(1, 4).astype(np.int32)
-    return {C.HISTORY: history, C.HISTORY_TYPES: real * 3, C.HISTORY_GAPS: gaps}
+    # A repeat profile as the features stage builds it, simplified: each history item of the
+    # vocabulary once, most frequent first, with its log count as the first feature.
+    items = np.zeros((len(histories), CANDIDATES), np.int32)
+    features = np.zeros((len(histories), CANDIDATES, C.REPEAT_FEATURE_COUNT), np.float32)
+    for row, steps in enumerate(histories):
+        counts = {i: steps.count(i) for i in steps if i >= FIRST}
+        for slot, (item, n) in enumerate(sorted(counts.items(), key=lambda kv: -kv[1])[:CANDIDATES]):
+            items[row, slot], features[row, slot, 0] = item, np.log1p(n)
+    return {C.HISTORY: history, C.HISTORY_TYPES: real * 3, C.HISTORY_GAPS: gaps, C.REPEAT_ITEMS: items,
+            C.REPEAT_FEATURES: features.reshape(len(histories), -1)}
 
 
 def test_repeat_head_puts_mass_only_on_history_items_and_gate_is_a_share() -> None:
@@ -52,7 +62,8 @@ def test_repeat_head_puts_mass_only_on_history_items_and_gate_is_a_share() -> No
 
 def test_explore_ablation_has_no_repeat_head() -> None:
     model = build_model("repeatnet_explore", SPEC, _config())
-    p_repeat, _, gate = model.distributions({k: tf.constant(v) for k, v in _inputs([[FIRST, FIRST + 1]]).items()})
+    inputs = {k: tf.constant(v) for k, v in _inputs([[FIRST, FIRST + 1]]).items() if k in model.INPUTS}
+    p_repeat, _, gate = model.distributions(inputs)
     assert float(tf.reduce_sum(p_repeat)) == 0 and float(gate[0]) == 0
     assert not hasattr(model, "gate") and not hasattr(model, "repeat_item_bias")
 
@@ -87,7 +98,7 @@ def test_repeatnet_learns_to_rebuy_and_round_trips(tmp_path) -> None:
     assert loaded.__class__.__name__ == "RepeatNet" and load_model is not None
 
 
-def test_encoder_reads_the_latest_steps_and_the_repeat_head_the_whole_history() -> None:
+def test_encoder_reads_the_latest_steps_and_the_repeat_head_the_whole_profile() -> None:
     from recspark.models.repeatnet import RepeatNet
 
     class ShortEncoder(RepeatNet):
@@ -99,3 +110,4 @@ def test_encoder_reads_the_latest_steps_and_the_repeat_head_the_whole_history() 
     assert np.allclose(model.user_vectors(a).numpy(), model.user_vectors(b).numpy())
     p_a, _, _ = model.distributions({k: tf.constant(v) for k, v in a.items()})
     assert p_a.numpy()[0, FIRST + 9] > 0  # an item older than the encoder's steps is still a repeat candidate
+    assert model.user_vectors(a).shape[0] == 1

@@ -60,6 +60,8 @@ class ModelSpec:
     # The first vocabulary item_idx = the count of reserved indices (PAD, OOV, hashed OOV buckets:
     # recspark.constants.first_vocab_index(features.oov_buckets)); ranking never returns one below it.
     first_item_idx: int = 2
+    # Items in a row's repeat profile (features.repeat_candidates; repeatnet's repeat head).
+    repeat_candidates: int = 0
 
     def __post_init__(self) -> None:
         if self.num_items < 3:
@@ -157,6 +159,7 @@ def model_spec(spark: "SparkSession", config: "Config") -> ModelSpec:
         num_gap_buckets=config.features.gap_buckets,
         item_counts=counts,
         first_item_idx=first_item_idx,
+        repeat_candidates=config.features.repeat_candidates,
         features=(feature_spec_from_gold(spark, config, num_items)
                   if set(config.train.models) & set(FEATURE_MODELS) else None),
     )

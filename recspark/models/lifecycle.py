@@ -564,7 +564,7 @@ def collect_validation_set(
 
     relevant_lists = [list(row["_relevant"]) for row in rows]
     return ValidationSet(
-        inputs={name: np.array([row[name] for row in rows], dtype=np.float32 if name == C.USER_VECTOR else np.int32)
+        inputs={name: np.array([row[name] for row in rows], dtype=np.float32 if name in C.FLOAT_INPUTS else np.int32)
                 for name in inputs},
         relevant=padded(relevant_lists, -1),
         num_relevant=np.array([len(x) for x in relevant_lists], dtype=np.int32),

@@ -3,22 +3,21 @@
 Grocery baskets are mostly re-buys: the strongest simple predictor of a household's next basket is
 its own past purchases ("buy again"), and neural models that only score the catalogue lose to it.
 This model keeps SASRec's sequence encoder (:class:`recspark.models.sasrec.SASRec`: item, event type,
-time gap and position embeddings, causal Transformer, the last step's state ``h``) and mixes two
-distributions over the items, by a learned per-user gate ``g = sigmoid(w . [h, n])``:
+time gap and position embeddings, causal Transformer, over the latest ``ENCODER_STEPS`` steps; the
+last step's state ``h``) and mixes two distributions over the items by a learned per-user gate
+``g = sigmoid(w . [h, log(1 + candidates)])``:
 
-- **repeat**: a softmax over the distinct items of the user's own history. Each item is scored from
-  its repeat features, computed inside the model from the history itself, so they are point-in-time
-  by construction (a training example sees only the steps before its target basket): how often it
-  occurs (log count), how recently (the time-gap bucket of its latest occurrence, and steps since
-  it), how long ago it was first bought within the history (gap bucket: with the count this gives
-  the user's typical interval for the item), the item's learned repeat propensity (a per-item bias:
-  milk is re-bought, a barbecue is not) and the match ``h . e_item`` between the user's state and
-  the item;
+- **repeat**: a softmax over the user's repeat profile (gold ``repeat_items`` / ``repeat_features``,
+  built by :func:`recspark.pipeline.features.with_repeat_profile` from the baskets before each
+  example, query or serving row, so point-in-time by construction): the items bought in the most
+  baskets, each with log(1 + baskets with it), its share of the user's baskets, baskets and days
+  since it was last bought, and the mean days between its purchases. A candidate's score is an MLP
+  over those features and ``h * e_item``, plus the match ``h . e_item`` and the item's learned
+  repeat propensity (a per-item bias: milk is re-bought, a barbecue is not);
 - **explore**: SASRec's softmax over the whole catalogue (tied item embeddings plus a bias).
 
 ``p(i) = g * p_repeat(i) + (1 - g) * p_explore(i)`` and the model's logits are ``log p``, so ranking,
-evaluation and serving treat it as every other model. A user without a history item in the
-vocabulary has no repeat distribution: ``g`` is 0.
+evaluation and serving treat it as every other model. A row without a profile item has ``g = 0``.
 
 The loss, stated once (:meth:`RepeatNet.compute_training_loss`): the mean negative log-likelihood
 of the target basket's items, ``-1/|B| sum_{i in B} log p(i)``: every item of the next basket is a
@@ -26,7 +25,7 @@ target (``train_baskets``), not only the next step.
 
 Ablations, trained and evaluated in the same run: :class:`RepeatNetExplore` (no repeat head: the
 gate is 0, so the model is SASRec's encoder with basket targets) and :class:`RepeatNetNextItem`
-(the repeat head, trained on next-item rows, ``train_examples``).
+(the repeat head, trained on the first item of the next basket only: a next-item target).
 """
 from __future__ import annotations
 
@@ -46,11 +45,11 @@ class RepeatNet(SASRec):
     """SASRec's encoder, a repeat head over the user's own items and a gate mixing it with the catalogue."""
 
     NAME = "repeatnet"
+    INPUTS = (C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, C.REPEAT_ITEMS, C.REPEAT_FEATURES)
     EXAMPLES = C.TRAIN_BASKETS
     REPEAT_HEAD: ClassVar[bool] = True
     # The encoder reads the latest ENCODER_STEPS steps (SASRec peaked with 50-step windows on
-    # Complete Journey); the repeat head reads the whole history, which is longer so that item
-    # counts cover more baskets (attention cost grows with the square of the length, counting does not).
+    # Complete Journey); a longer max_seq_len is then cheap for the other models' tables only.
     ENCODER_STEPS: ClassVar[int] = 50
 
     def __init__(self, spec: dict[str, Any], settings: dict[str, Any], **kwargs: Any) -> None:
@@ -63,14 +62,10 @@ class RepeatNet(SASRec):
         if not self.REPEAT_HEAD:
             self._repeat_layers_ready = True
             return super()._build_now()
+        if self.spec.repeat_candidates < 1:
+            raise ValueError(f"{self.NAME} needs ModelSpec.repeat_candidates >= 1 (features.repeat_candidates)")
         dim, seed = self.settings["embedding_dim"], self.settings["seed"]
         init = tf.keras.initializers
-        self.recency_embedding = tf.keras.layers.Embedding(
-            self.spec.num_gap_buckets + 1, 8, embeddings_initializer=init.RandomNormal(stddev=0.05, seed=seed + 101),
-            name="recency_embedding")
-        self.first_seen_embedding = tf.keras.layers.Embedding(
-            self.spec.num_gap_buckets + 1, 8, embeddings_initializer=init.RandomNormal(stddev=0.05, seed=seed + 102),
-            name="first_seen_embedding")
         self.repeat_hidden = tf.keras.layers.Dense(
             dim, activation="relu", kernel_initializer=init.GlorotUniform(seed=seed + 103), name="repeat_hidden")
         self.repeat_out = tf.keras.layers.Dense(1, kernel_initializer=init.GlorotUniform(seed=seed + 104),
@@ -81,43 +76,42 @@ class RepeatNet(SASRec):
         self._repeat_layers_ready = True
         super()._build_now()
 
+    def dummy_inputs(self, rows: int = 1) -> dict[str, tf.Tensor]:
+        inputs = super().dummy_inputs(rows)
+        if self.REPEAT_HEAD:
+            size = self.spec.repeat_candidates
+            inputs[C.REPEAT_ITEMS] = tf.zeros([rows, size], tf.int32)
+            inputs[C.REPEAT_FEATURES] = tf.zeros([rows, size * C.REPEAT_FEATURE_COUNT], tf.float32)
+        return inputs
+
+    def _cast_inputs(self, inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        missing = [name for name in self.INPUTS if name not in inputs]
+        if missing:
+            raise KeyError(f"{self.name} needs inputs {list(self.INPUTS)}, missing {missing}")
+        return {name: tf.cast(inputs[name], tf.float32 if name in C.FLOAT_INPUTS else tf.int32)
+                for name in self.INPUTS}
+
     def user_vectors(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         """The encoder's state at the latest step, from the latest ``ENCODER_STEPS`` steps."""
         steps = min(self.ENCODER_STEPS, self.spec.max_seq_len)
-        latest = {name: value[:, -steps:] for name, value in inputs.items()}
+        latest = {name: inputs[name][:, -steps:] for name in SASRec.INPUTS}
         return self.sequence_states(latest, training=training)[:, -1, :]
 
     # -- the two heads -------------------------------------------------------------------------------
 
     def repeat_scores(self, inputs: dict[str, tf.Tensor], state: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """([n, L] repeat logit of each history position, [n, L] bool: the position is the latest
-        occurrence of a vocabulary item). Only those positions take part: one score per distinct item."""
-        history = inputs[C.HISTORY]
-        gaps = tf.clip_by_value(inputs[C.HISTORY_GAPS], 0, self.spec.num_gap_buckets)
-        length = self.spec.max_seq_len
-        real = history >= self.spec.first_item_idx  # PAD, unknown and buckets are never recommended
-        same = tf.logical_and(tf.equal(history[:, :, None], history[:, None, :]),
-                              tf.logical_and(real[:, :, None], real[:, None, :]))  # [n, L, L]
-        same_f = tf.cast(same, tf.float32)
-        count = tf.reduce_sum(same_f, axis=2)  # occurrences of position j's item in the history
-        later = tf.linalg.band_part(tf.ones([length, length]), 0, -1) - tf.eye(length)  # [j, k]: k > j
-        latest = tf.logical_and(real, tf.equal(tf.reduce_sum(same_f * later[None], axis=2), 0.0))
-        # Gap buckets grow with age: the first occurrence has the largest bucket of the item's positions.
-        first_seen = tf.reduce_max(tf.where(same, gaps[:, None, :], 0), axis=2)
-        steps_since = tf.cast(length - 1 - tf.range(length), tf.float32)[None, :] / float(length)
-        items = self.item_embedding(history)  # [n, L, dim]
-        match = tf.reduce_sum(items * state[:, None, :], axis=2)
-        features = tf.concat([
-            tf.math.log1p(count)[:, :, None],
-            tf.broadcast_to(steps_since, tf.shape(count))[:, :, None],
-            self.recency_embedding(gaps),
-            self.first_seen_embedding(first_seen),
-            match[:, :, None],
-            items * state[:, None, :],
-        ], axis=2)
-        scores = (tf.squeeze(self.repeat_out(self.repeat_hidden(features)), -1) + match
-                  + tf.squeeze(self.repeat_item_bias(history), -1))
-        return scores, latest
+        """([n, R] repeat logit of each candidate of the repeat profile, [n, R] bool: a real candidate).
+
+        The score: an MLP over the candidate's repeat features and the state-item product, plus the
+        match ``h . e_item`` and the item's learned repeat propensity."""
+        items = inputs[C.REPEAT_ITEMS]
+        features = tf.reshape(inputs[C.REPEAT_FEATURES], [-1, self.spec.repeat_candidates, C.REPEAT_FEATURE_COUNT])
+        real = items >= self.spec.first_item_idx
+        embedded = self.item_embedding(items)  # [n, R, dim]
+        match = tf.reduce_sum(embedded * state[:, None, :], axis=2)
+        hidden = self.repeat_hidden(tf.concat([features, match[:, :, None], embedded * state[:, None, :]], axis=2))
+        scores = (tf.squeeze(self.repeat_out(hidden), -1) + match + tf.squeeze(self.repeat_item_bias(items), -1))
+        return scores, real
 
     def distributions(self, inputs: dict[str, tf.Tensor],
                       training: bool = False) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -131,15 +125,15 @@ class RepeatNet(SASRec):
         log_explore = tf.nn.log_softmax(explore)
         if not self.REPEAT_HEAD:
             return tf.zeros_like(explore), log_explore, tf.zeros(tf.shape(state)[:1])
-        scores, latest = self.repeat_scores(inputs, state)
-        has_repeat = tf.reduce_any(latest, axis=1)
-        p_positions = tf.nn.softmax(tf.where(latest, scores, tf.fill(tf.shape(scores), -1e9)), axis=1)
-        p_positions = p_positions * tf.cast(latest, tf.float32)
-        # Positions -> items: each latest position carries its item's whole repeat probability.
+        scores, real = self.repeat_scores(inputs, state)
+        has_repeat = tf.reduce_any(real, axis=1)
+        p_positions = tf.nn.softmax(tf.where(real, scores, tf.fill(tf.shape(scores), -1e9)), axis=1)
+        p_positions = p_positions * tf.cast(real, tf.float32)
+        # Candidates -> items: the profile lists each item once.
         rows = tf.broadcast_to(tf.range(tf.shape(scores)[0])[:, None], tf.shape(scores))
-        index = tf.stack([rows, inputs[C.HISTORY]], axis=2)
+        index = tf.stack([rows, inputs[C.REPEAT_ITEMS]], axis=2)
         p_repeat = tf.scatter_nd(index, p_positions, tf.shape(explore))
-        n_items = tf.reduce_sum(tf.cast(latest, tf.float32), axis=1, keepdims=True)
+        n_items = tf.reduce_sum(tf.cast(real, tf.float32), axis=1, keepdims=True)
         gate = tf.sigmoid(self.gate(tf.concat([state, tf.math.log1p(n_items)], axis=1)))
         gate = tf.squeeze(gate, 1) * tf.cast(has_repeat, tf.float32)
         return p_repeat, log_explore, gate
@@ -179,12 +173,16 @@ class RepeatNetExplore(RepeatNet):
     """Ablation: no repeat head (gate 0): SASRec's encoder trained on next-basket targets."""
 
     NAME = "repeatnet_explore"
+    INPUTS = SASRec.INPUTS
     REPEAT_HEAD = False
 
 
 @tf.keras.utils.register_keras_serializable(package="recspark")
 class RepeatNetNextItem(RepeatNet):
-    """Ablation: the repeat head trained on next-item rows (``train_examples``) instead of baskets."""
+    """Ablation: the repeat head trained on the next item (the first of the next basket) alone."""
 
     NAME = "repeatnet_next_item"
-    EXAMPLES = C.TRAIN_EXAMPLES
+
+    def compute_training_loss(self, inputs: dict[str, tf.Tensor], target: tf.Tensor, training: bool = True) -> tf.Tensor:
+        target = tf.cast(target, tf.int32)
+        return super().compute_training_loss(inputs, target[:, :1] if target.shape.rank == 2 else target, training)

@@ -35,6 +35,8 @@ SPLIT_INFO = "split_info"
 VALIDATION_START, TEST_START, CUTS_FROM = "validation_start", "test_start", "cuts_from"
 # Without configured cuts, the time split puts the latest 20% of events in validation and test.
 QUANTILE_CUTS = (0.8, 0.9)
+# A repeat-profile cut after every basket: queries and serving rows look at all baskets of their splits.
+_NO_CUT = 2**31 - 1
 
 
 def with_split(events: DataFrame, n_test: int, n_validation: int) -> DataFrame:
@@ -319,14 +321,70 @@ def _next_item_rows(sequences: DataFrame, config: FeaturesConfig, event_types: S
     )
 
 
+def basket_steps(sequences: DataFrame) -> DataFrame:
+    """(user_id, _bo, _i, _us, _s): each user's distinct (basket, vocabulary-or-not item) pairs, with
+    ``_bo`` the basket's ordinal in the user's sequence (1, 2, ... in time order), the latest event
+    time and the split. The unit the repeat profiles count in: "bought in n baskets"."""
+    steps = sequences.select(C.USER_ID, F.posexplode(F.arrays_zip(
+        F.col(C.ITEM_IDX).alias("i"), F.transform(C.EVENT_TS, F.unix_micros).alias("us"),
+        F.col(C.SPLIT).alias("s"), F.col(C.SESSION_ID).alias("b"))).alias("_pos", "_st"))
+    by_pos = Window.partitionBy(C.USER_ID).orderBy("_pos")
+    previous = F.lag(F.col("_st")["b"]).over(by_pos)
+    new_basket = F.when(previous.isNull() | (previous != F.col("_st")["b"]), 1).otherwise(0)
+    return (steps.withColumn("_new", new_basket)
+            .withColumn("_bo", F.sum("_new").over(by_pos.rowsBetween(Window.unboundedPreceding, Window.currentRow)))
+            .groupBy(C.USER_ID, "_bo", F.col("_st")["i"].alias("_i"))
+            .agg(F.max(F.col("_st")["us"]).alias("_us"), F.first(F.col("_st")["s"]).alias("_s")))
+
+
+def with_repeat_profile(rows: DataFrame, steps: DataFrame, keys: Sequence[str], config: FeaturesConfig) -> DataFrame:
+    """Adds ``repeat_items`` and ``repeat_features``: for each row (``keys``, including user_id;
+    ``_cut``: the first basket ordinal not to look at; ``_splits``: the splits it may look at), the
+    ``repeat_candidates`` vocabulary items the user bought in the most baskets before the cut (ties:
+    the latest basket first, then item_idx), each with REPEAT_FEATURE_COUNT numbers:
+    log(1 + baskets with the item), the share of the user's baskets with it, log(1 + baskets since
+    the latest one with it), log(1 + days from it to the user's latest event before the cut), and
+    log(1 + mean days between its purchases) (0 when bought once). Point-in-time by construction:
+    only baskets before the row's cut count. Rows without such an item get PAD and zeros."""
+    size, count = config.repeat_candidates, C.REPEAT_FEATURE_COUNT
+    day = 86_400_000_000.0
+    prefix = (rows.select(*keys, "_cut", "_splits").join(steps, C.USER_ID)
+              .filter((F.col("_bo") < F.col("_cut")) & F.array_contains("_splits", F.col("_s"))))
+    per_row = prefix.groupBy(*keys).agg(F.max("_bo").alias("_max_bo"), F.count_distinct("_bo").alias("_baskets"),
+                                        F.max("_us").alias("_ref"))
+    per_item = (prefix.filter(F.col("_i") >= config.first_item_idx).groupBy(*keys, "_i")
+                .agg(F.count(F.lit(1)).alias("_nb"), F.max("_bo").alias("_lb"), F.max("_us").alias("_lu"),
+                     F.min("_us").alias("_fu")))
+    features = F.array(
+        F.log1p("_nb"), F.col("_nb") / F.col("_baskets"), F.log1p(F.col("_max_bo") + 1 - F.col("_lb")),
+        F.log1p((F.col("_ref") - F.col("_lu")) / day),
+        F.when(F.col("_nb") > 1, F.log1p((F.col("_lu") - F.col("_fu")) / day / (F.col("_nb") - 1))).otherwise(0.0),
+    ).cast("array<float>")
+    best_first = Window.partitionBy(*keys).orderBy(F.col("_nb").desc(), F.col("_lb").desc(), "_i")
+    profiles = (per_item.join(per_row, list(keys)).withColumn("_rank", F.row_number().over(best_first))
+                .filter(F.col("_rank") <= size)
+                .groupBy(*keys).agg(F.array_sort(F.collect_list(F.struct("_rank", "_i", features.alias("_f"))))
+                                    .alias("_p")))
+    items = F.transform("_p", lambda x: x["_i"])
+    values = F.flatten(F.transform("_p", lambda x: x["_f"]))
+    return (rows.join(profiles, list(keys), "left")
+            .withColumn("_p", F.coalesce("_p", F.array().cast(profiles.schema["_p"].dataType)))
+            .withColumn(C.REPEAT_ITEMS, F.concat(items, F.array_repeat(F.lit(C.PAD_IDX), F.lit(size) - F.size("_p")))
+                        .cast("array<int>"))
+            .withColumn(C.REPEAT_FEATURES, F.concat(values, F.array_repeat(F.lit(0.0).cast("float"),
+                                                                           (F.lit(size) - F.size("_p")) * count)))
+            .drop("_p", "_cut", "_splits"))
+
+
 def train_baskets(sequences: DataFrame, config: FeaturesConfig,
                   event_types: Sequence[str] = C.EVENT_TYPES_DEFAULT) -> DataFrame:
     """Next-basket examples from the training period, one per basket: the ``max_seq_len`` steps
-    before the basket (history, types, gaps) and every vocabulary item of the basket as ``target``
-    (distinct, in basket order, the first ``max_basket_items``, right-padded with PAD to exactly
-    that length); each user's latest ``max_baskets_per_user`` baskets that have a history and a
-    vocabulary item. What a next-basket model learns from (repeatnet): grocery baskets are bought
-    together, so every item of the next basket is a right answer, not only the first one.
+    before the basket (history, types, gaps), the user's repeat profile before it (see
+    :func:`with_repeat_profile`) and every vocabulary item of the basket as ``target`` (distinct, in
+    basket order, the first ``max_basket_items``, right-padded with PAD to exactly that length); each
+    user's latest ``max_baskets_per_user`` baskets that have a history and a vocabulary item. What a
+    next-basket model learns from (repeatnet): grocery baskets are bought together, so every item of
+    the next basket is a right answer, not only the first one.
 
     A basket starts at a step whose basket differs from the step before (steps are in time order,
     ties by source position, so a basket's lines are contiguous); its items are the steps after the
@@ -343,16 +401,22 @@ def train_baskets(sequences: DataFrame, config: FeaturesConfig,
     items = F.transform(F.filter(rest, lambda step: step["b"] == F.col("_start")["b"]), lambda step: step["i"])
     history = F.slice("_steps", F.greatest(F.lit(1), F.col("_pos") - config.max_seq_len + 1),
                       F.least(F.col("_pos"), F.lit(config.max_seq_len)))
+    # The basket's ordinal among the user's baskets: its repeat profile looks at the ones before it.
+    ordinal = F.size(F.array_distinct(F.transform(F.slice("_steps", 1, F.col("_pos") + 1), lambda st: st["b"])))
     latest_first = Window.partitionBy(C.USER_ID).orderBy(F.col("_pos").desc())
-    return (
-        starts.select(C.USER_ID, "_pos", history.alias("_history"),
+    rows = (
+        starts.select(C.USER_ID, "_pos", history.alias("_history"), ordinal.alias("_cut"),
                       F.slice(F.array_distinct(F.filter(items, lambda i: i >= first)), 1, per_basket).alias("_items"))
         .filter(F.size("_items") > 0)
         .withColumn("_rank", F.row_number().over(latest_first))
         .filter(F.col("_rank") <= config.max_baskets_per_user)
+        .withColumn("_splits", F.array(F.lit(TRAIN)))
+    )
+    return (
+        rows.transform(lambda df: with_repeat_profile(df, basket_steps(sequences), (C.USER_ID, "_pos"), config))
         .withColumn(C.TARGET, F.concat("_items", F.array_repeat(F.lit(C.PAD_IDX), F.lit(per_basket) - F.size("_items"))))
         .transform(lambda df: with_history_columns(df, "_history", config))
-        .select(C.USER_ID, C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, C.TARGET)
+        .select(C.USER_ID, C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, C.REPEAT_ITEMS, C.REPEAT_FEATURES, C.TARGET)
     )
 
 
@@ -377,19 +441,22 @@ def eval_queries(sequences: DataFrame, config: FeaturesConfig,
         ).filter((F.size(C.RELEVANT) > 0) & (F.size(SEEN_IDX) > 0))
          .transform(lambda df: with_history_columns(df, "_steps", config))
          .select(C.USER_ID, F.lit(split).alias(C.SPLIT), C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS,
-                 C.RELEVANT, C.SEEN, SEEN_IDX))
-    return queries[0].unionByName(queries[1])
+                 C.RELEVANT, C.SEEN, SEEN_IDX, F.lit(_NO_CUT).alias("_cut"), F.array(*map(F.lit, before)).alias("_splits")))
+    both = queries[0].unionByName(queries[1])
+    return with_repeat_profile(both, basket_steps(sequences), (C.USER_ID, C.SPLIT), config)
 
 
 def serving_histories(sequences: DataFrame, config: FeaturesConfig,
                       event_types: Sequence[str] = C.EVENT_TYPES_DEFAULT) -> DataFrame:
-    """Each user's latest items over all periods (with event types and gaps): the input for
-    scoring everyone now."""
+    """Each user's latest items over all periods (with event types and gaps) and repeat profile: the
+    input for scoring everyone now."""
     every = (TRAIN, C.VALIDATION, C.TEST)
     return (sequences.select(C.USER_ID, _steps_where(every, event_types).alias("_steps"),
                              F.array_distinct(_indices_where(C.SPLIT, every)).alias(SEEN_IDX))
             .transform(lambda df: with_history_columns(df, "_steps", config))
-            .select(C.USER_ID, C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, SEEN_IDX))
+            .select(C.USER_ID, C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, SEEN_IDX, F.lit(_NO_CUT).alias("_cut"),
+                    F.array(*map(F.lit, every)).alias("_splits"))
+            .transform(lambda df: with_repeat_profile(df, basket_steps(sequences), (C.USER_ID,), config)))
 
 
 def build_features(spark: SparkSession, config: Config) -> dict:
