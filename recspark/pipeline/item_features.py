@@ -11,7 +11,8 @@ built-ins only: no Python UDF, no collect, no global sort of events.
   events (out of vocabulary) goes to its hashed bucket (1 with one bucket); 0 for a missing
   category ("unknown").
 - price_bucket: 0 .. price_buckets-1, the catalogue price's quantile bucket: the number of cut
-  points (percentile_approx of catalogue prices at 1/n, 2/n, ...) strictly below the price; null
+  points (exact percentiles of catalogue prices at 1/n, 2/n, ..., by nearest rank, see
+  ``recspark.pipeline.quantiles``: the same for any file layout) strictly below the price; null
   without a price.
 - events_7d, events_30d, events_all: training events of the item in (end - 7 days, end],
   (end - 30 days, end] and ever.
@@ -31,6 +32,7 @@ from recspark import constants as C
 from recspark.config import FeaturesConfig
 from recspark.pipeline.features import unknown_index
 from recspark.pipeline.prepare import UNKNOWN
+from recspark.pipeline.quantiles import PERCENTILES, exact_percentiles
 from recspark.pipeline.user_features import age_days, filter_train, with_training_end
 
 ITEM_FEATURES = "item_features"
@@ -65,11 +67,11 @@ def with_category_idx(df: DataFrame, category_vocab: DataFrame,
 
 
 def with_price_bucket(items: DataFrame, n_buckets: int) -> DataFrame:
-    """Adds ``price_bucket`` from quantiles of the catalogue's prices (one aggregate, broadcast)."""
+    """Adds ``price_bucket`` from exact quantiles of the catalogue's prices (one row, broadcast)."""
     if n_buckets <= 1:
         return items.withColumn("price_bucket", F.when(F.col(C.PRICE).isNotNull(), F.lit(0)))
-    fractions = F.array(*[F.lit(k / n_buckets) for k in range(1, n_buckets)])
-    cuts = items.agg(F.percentile_approx(C.PRICE, fractions).alias("_cuts"))
+    fractions = [k / n_buckets for k in range(1, n_buckets)]
+    cuts = exact_percentiles(items, C.PRICE, fractions).select(F.col(PERCENTILES).alias("_cuts"))
     below = F.size(F.filter("_cuts", lambda cut: cut < F.col(C.PRICE)))
     return (items.crossJoin(F.broadcast(cuts))
             .withColumn("price_bucket", F.when(F.col(C.PRICE).isNotNull(), below.cast("int")))

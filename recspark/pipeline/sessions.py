@@ -7,9 +7,11 @@ time (ties by source position), an event starts a new session when it comes more
 ``session_id`` from the source (baskets, shop sessions) keep it.
 
 Bots: per user, events per active day (events / distinct calendar days with an event). A user is
-a bot when that rate is above ``rate_multiple`` times the ``percentile`` (percentile_approx over
-users) of every user's rate, or above the absolute cap ``max_events_per_day``; either rule is off
-when its setting is None. Bots' events are removed from silver events.
+a bot when that rate is above ``rate_multiple`` times the ``percentile`` of every user's rate
+(exact, by nearest rank: the smallest rate that at least that share of users do not exceed; see
+``recspark.pipeline.quantiles``, so a re-run on the same events in other files flags the same
+users), or above the absolute cap ``max_events_per_day``; either rule is off when its setting is
+None. Bots' events are removed from silver events.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recspark import constants as C
+from recspark.pipeline.quantiles import PERCENTILES, exact_percentiles
 
 EVENTS_PER_DAY = "events_per_day"
 ACTIVE_DAYS = "active_days"
@@ -55,8 +58,8 @@ def find_bots(events: DataFrame, rate_multiple: Optional[float], percentile: flo
     rates = user_event_rates(events)
     is_bot = F.lit(False)
     if rate_multiple is not None:
-        threshold = rates.agg(
-            (F.percentile_approx(EVENTS_PER_DAY, percentile) * F.lit(rate_multiple)).alias("_threshold"))
+        threshold = exact_percentiles(rates, EVENTS_PER_DAY, [percentile]).select(
+            (F.col(PERCENTILES)[0] * F.lit(rate_multiple)).alias("_threshold"))
         rates = rates.crossJoin(F.broadcast(threshold))  # one row
         is_bot = is_bot | (F.col(EVENTS_PER_DAY) > F.col("_threshold"))
     if max_events_per_day is not None:
