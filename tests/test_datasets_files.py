@@ -17,9 +17,9 @@ import pytest
 from pyspark.sql import SparkSession
 
 from recspark import constants as C
-from recspark.config import load_config
+from recspark.config import ConfigError, DatasetConfig, load_config
 from recspark.datasets import files
-from recspark.pipeline.ingest import READ_ERROR, ingest
+from recspark.pipeline.ingest import READ_ERROR, RejectedFileError, ingest
 
 HEADER = "user_id,item_id,event_type,event_ts,quantity,price,session_id"
 # The good events, as (user, item, type, time, quantity, price, session); one item id holds a comma.
@@ -72,10 +72,10 @@ def _counts(log: dict) -> dict:
     return {key: (row["rows_read"], row["rows_accepted"], row["rows_quarantined"]) for key, row in log.items()}
 
 
-def _run(spark: SparkSession, root: Path, **paths: str) -> dict:
+def _run(spark: SparkSession, root: Path, *overrides: str, **paths: str) -> dict:
     """Reads the files as data set ``files`` and ingests them into a lakehouse under ``root``."""
     config = load_config(None, [f"paths.lakehouse={root}/lake", "dataset.name=files",
-                                *[f"dataset.{key}={value}" for key, value in paths.items()]])
+                                *[f"dataset.{key}={value}" for key, value in paths.items()], *overrides])
     sources = files.read_sources(spark, config.dataset)
     log = ingest(spark, sources, config, "run-1")
     return {
@@ -303,3 +303,121 @@ def test_a_bad_path_fails_clearly_naming_it(spark: SparkSession, tmp_path: Path,
 def test_format_of_names() -> None:
     names = ("a.CSV", "b.jsonl", "c.json.gz", "d.snappy.parquet", "e.parquet.gz", "f.txt")
     assert [files.format_of(n) for n in names] == ["csv", "json", "json", "parquet", None, None]
+
+
+# --- Columns named otherwise: a clear stop, or a mapping from the configuration ---------------------------
+
+# The issue's user: a shop export whose time column is "timestamp", with a NaN price on one line.
+EXPORT = ("user_id,item_id,event_type,timestamp,quantity,price\n"
+          "u1,milk,view,2025-03-01 10:00:00,1,2.5\n"
+          "u2,bread,purchase,2025-03-02 09:00:00,1,NaN\n"
+          "u3,eggs,cart,2025-03-03 08:00:00,2,4.0\n")
+
+
+def test_a_file_without_a_required_column_stops_the_read_naming_file_column_and_found(
+        spark: SparkSession, tmp_path: Path) -> None:
+    (tmp_path / "ev.csv").write_text(EXPORT)
+    dataset = DatasetConfig(name="files", events_path=str(tmp_path / "ev.csv"))
+    with pytest.raises(files.MissingColumnError) as caught:
+        files.read_sources(spark, dataset)
+    assert str(caught.value) == (
+        f"events file {tmp_path / 'ev.csv'} has no column 'event_ts' (found: user_id, item_id, event_type, "
+        "timestamp, quantity, price); map it with dataset.columns.events.event_ts")
+
+
+def test_a_mapped_column_is_read_as_the_canonical_one_and_nan_is_quarantined(
+        spark: SparkSession, tmp_path: Path) -> None:
+    (tmp_path / "ev.csv").write_text(EXPORT.replace("timestamp", "TimeStamp"))  # CSV names: any case
+    run = _run(spark, tmp_path, "dataset.columns={events: {event_ts: timestamp}}", events_path=str(tmp_path / "ev.csv"))
+    events = sorted((e[C.USER_ID], e[C.EVENT_TS], e[C.PRICE]) for e in run["events"])
+    assert events == [("u1", dt.datetime(2025, 3, 1, 10), 2.5), ("u3", dt.datetime(2025, 3, 3, 8), 4.0)]
+    assert {key[1:]: row[C.REASON] for key, row in run["quarantine"].items()} == {("ev.csv", 2): "non-finite price"}
+    assert _counts(run["log"]) == {("events", "ev.csv"): (3, 2, 1)}
+
+
+def test_mappings_in_json_parquet_and_delta(spark: SparkSession, tmp_path: Path) -> None:
+    # JSON keys exactly, Parquet and Delta names in any case; the mapped name is no attribute.
+    (tmp_path / "items.jsonl").write_text('{"sku": "i1", "cost": "2.5", "colour": "red"}\n{"sku": "i2"}\n')
+    pq.write_table(pa.table({"Customer": ["c1"], "age": ["30"], "tier": ["gold"]}), tmp_path / "users.parquet")
+    spark.createDataFrame([("c2", "f")], "CUSTOMER string, gender string").write.format("delta").save(
+        str(tmp_path / "users_delta"))
+    items = files.read_path(spark, str(tmp_path / "items.jsonl"), C.ITEMS, {"item_id": "sku", "price": "cost"})
+    assert sorted((r[C.ITEM_ID], r[C.PRICE], r[C.ATTRIBUTES]) for r in items.collect()) == [
+        ("i1", "2.5", {"colour": "red"}), ("i2", None, {})]
+    expected = {"users.parquet": [("c1", "30", {"tier": "gold"})], "users_delta": [("c2", None, {})]}
+    for path, rows in expected.items():
+        users = files.read_path(spark, str(tmp_path / path), C.USERS, {"user_id": "customer"}).collect()
+        assert [(r[C.USER_ID], r.asDict().get(C.AGE), r[C.ATTRIBUTES]) for r in users] == rows, path
+
+
+@pytest.mark.parametrize("case", ["json key missing in every line", "delta column missing", "mapped name missing",
+                                  "mapped and canonical both present"])
+def test_column_problems_in_every_format_name_the_file(spark: SparkSession, tmp_path: Path, case: str) -> None:
+    if case == "json key missing in every line":
+        (tmp_path / "items.jsonl").write_text('{"id": "i1", "price": 2}\n{"id": "i2"}\n')
+        path, entity, mapping = tmp_path / "items.jsonl", C.ITEMS, None
+        expected = (f"items file {path} has no column 'item_id' (found: id, price); "
+                    "map it with dataset.columns.items.item_id")
+    elif case == "delta column missing":
+        path, entity, mapping = tmp_path / "users", C.USERS, None
+        spark.createDataFrame([("c1", "30")], "customer string, age string").write.format("delta").save(str(path))
+        expected = (f"users file {path} has no column 'user_id' (found: customer, age); "
+                    "map it with dataset.columns.users.user_id")
+    elif case == "mapped name missing":
+        (tmp_path / "ev.csv").write_text(EXPORT)
+        path, entity, mapping = tmp_path / "ev.csv", C.EVENTS, {"event_ts": "time"}
+        expected = (f"events file {path} has no column 'time', which dataset.columns.events.event_ts names as its "
+                    "event_ts (found: user_id, item_id, event_type, timestamp, quantity, price)")
+    else:
+        (tmp_path / "ev.csv").write_text(EXPORT.replace("price\n", "event_ts\n", 1))  # header: ...,event_ts
+        path, entity, mapping = tmp_path / "ev.csv", C.EVENTS, {"event_ts": "timestamp"}
+        expected = (f"events file {path} has both 'timestamp', which dataset.columns.events.event_ts reads as "
+                    "event_ts, and a column 'event_ts' itself: drop or rename one")
+    with pytest.raises(files.MissingColumnError) as caught:
+        files.read_path(spark, str(path), entity, mapping)
+    assert str(caught.value) == expected
+
+
+def test_a_file_whose_every_row_fails_stops_ingest(spark: SparkSession, tmp_path: Path) -> None:
+    # Day-first dates Spark cannot parse: every row quarantined used to mean a silent exit 0.
+    (tmp_path / "ev.csv").write_text("user_id,item_id,event_type,event_ts\nu1,milk,view,31/12/2024 10:00\n"
+                                     "u2,eggs,view,30/12/2024 09:00\n")
+    with pytest.raises(RejectedFileError, match=re.escape(
+            f"events file {tmp_path / 'ev.csv'}: none of its 2 rows was accepted (unparsable event_ts (2))")):
+        _run(spark, tmp_path, events_path=str(tmp_path / "ev.csv"))
+    assert not (tmp_path / "lake").exists()
+
+
+BAD_MAPPINGS = {
+    "not a mapping": ("events", "dataset.columns: expected a mapping"),
+    "unknown entity": ({"orders": {"user_id": "customer"}},
+                       "dataset.columns.orders: unknown entity (known: events, items, users)"),
+    "entity not a mapping": ({"events": ["timestamp"]},
+                             "dataset.columns.events: expected a mapping of canonical column"),
+    "swapped key and value": ({"events": {"timestamp": "event_ts"}},
+                              "dataset.columns.events.timestamp: not a canonical events column (known: event_id, "
+                              "user_id, item_id, event_type, event_ts, quantity, price, session_id); the key is the "
+                              "canonical name, the value your files' name; did you mean "
+                              "dataset.columns.events.event_ts: timestamp?"),
+    "value not a name": ({"items": {"price": 3}}, "dataset.columns.items.price: expected the name of a column"),
+    "one column for two": ({"users": {"age": "years", "region": "Years"}},
+                           "dataset.columns.users: age and region both read the column 'Years'"),
+    "another canonical name": ({"events": {"user_id": "item_id"}},
+                               "dataset.columns.events.user_id: 'item_id' is the canonical column item_id itself"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MAPPINGS))
+def test_a_bad_column_mapping_is_a_config_error_naming_the_key(case: str) -> None:
+    columns, message = BAD_MAPPINGS[case]
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
+        files.column_mapping(columns)
+
+
+def test_the_mapping_is_checked_before_any_file_is_read(spark: SparkSession, tmp_path: Path) -> None:
+    dataset = DatasetConfig(name="files", events_path=str(tmp_path / "missing.csv"), columns={"event": {}})
+    with pytest.raises(ConfigError, match="dataset.columns.event: unknown entity"):
+        files.read_sources(spark, dataset)
+    # A swap of two canonical names is fine: each is mapped.
+    assert files.column_mapping({"events": {"user_id": "item_id", "item_id": "user_id"}}) == {
+        "events": {"user_id": "item_id", "item_id": "user_id"}}

@@ -1,4 +1,5 @@
-"""Ingest faults: conflicting duplicate event ids, unknown items, and a SIGKILL in the bronze MERGE."""
+"""Ingest faults: conflicting duplicate event ids, unknown items, numbers that are no finite numbers,
+a file none of whose rows passes, and a SIGKILL in the bronze MERGE."""
 from __future__ import annotations
 
 import datetime as dt
@@ -20,7 +21,9 @@ from pyspark.sql import SparkSession
 from recspark import constants as C
 from recspark.config import ConfigError, load_config
 from recspark.datasets import RawSources
-from recspark.pipeline.ingest import DUPLICATE_EVENT, UNKNOWN_ITEM, check_events, ingest, validate_events
+from recspark.pipeline.ingest import (
+    DUPLICATE_EVENT, UNKNOWN_ITEM, RejectedFileError, check_events, ingest, validate_events, validate_items,
+)
 
 EVENT_COLUMNS = ("event_id string, user_id string, item_id string, event_type string, event_ts string, "
                  "quantity string, price string, session_id string, source_file string, source_row long")
@@ -136,6 +139,89 @@ def test_unknown_items_defaults_to_keep_and_rejects_other_values() -> None:
     assert load_config(None, ["ingest.unknown_items=quarantine"]).ingest.unknown_items == "quarantine"
     with pytest.raises(ConfigError, match="ingest.unknown_items"):
         load_config(None, ["ingest.unknown_items=drop"])
+
+
+# --- Numbers that are no finite numbers -------------------------------------------------------------
+
+FLOOR, NOW = dt.datetime(1990, 1, 1), dt.datetime(2026, 1, 1)
+# (quantity, price) as text -> the expected reasons (null: accepted), worked out by hand.
+EVENT_NUMBERS = [
+    (("1", "2.5"), None),
+    (("NaN", "2.5"), "non-finite quantity"),
+    (("1", "nan"), "non-finite price"),
+    (("Infinity", "2.5"), "non-finite quantity"),
+    (("1", "-Infinity"), "non-finite price"),  # not also "negative price"
+    (("inf", "-inf"), "non-finite quantity; non-finite price"),
+    (("1", "1e400"), "non-finite price"),  # overflows to infinity
+    (("-1", "2.5"), "negative quantity"),
+]
+
+
+def test_non_finite_event_numbers_are_quarantined_with_their_own_reason(spark: SparkSession) -> None:
+    rows = [(f"e{n}", "u1", "i1", "view", T1, quantity, price, None, "n.csv", n + 1)
+            for n, ((quantity, price), _) in enumerate(EVENT_NUMBERS)]
+    validated = validate_events(spark.createDataFrame(rows, EVENT_COLUMNS), ["view"], FLOOR, NOW)
+    reasons = {r[C.SOURCE_ROW]: r[C.REASON] for r in validated.checked.collect()}
+    assert reasons == {n + 1: reason for n, (_, reason) in enumerate(EVENT_NUMBERS)}
+    assert [(r[C.QUANTITY], r[C.PRICE]) for r in validated.accepted.collect()] == [(1.0, 2.5)]
+
+
+def test_non_finite_typed_doubles_are_quarantined_too(spark: SparkSession) -> None:
+    # Parquet or Delta deliver doubles, NaN and infinities included, not text.
+    schema = ("event_id string, user_id string, item_id string, event_type string, event_ts string, quantity double, "
+              "price double, source_file string, source_row long")
+    rows = [("a", "u1", "i1", "view", T1, 1.0, float("nan"), "p", 1),
+            ("b", "u1", "i1", "view", T1, float("-inf"), 1.0, "p", 2),
+            ("c", "u1", "i1", "view", T1, 2.0, 3.0, "p", 3)]
+    validated = validate_events(spark.createDataFrame(rows, schema), ["view"], FLOOR, NOW)
+    assert {r[C.SOURCE_ROW]: r[C.REASON] for r in validated.checked.collect()} == {
+        1: "non-finite price", 2: "non-finite quantity", 3: None}
+
+
+def test_non_finite_item_price_and_stock_are_quarantined(spark: SparkSession) -> None:
+    # (price, stock) -> reason. Before, a NaN stock failed the whole job in the cast to long.
+    cases = [(("2.5", "3"), None), (("NaN", "3"), "non-finite price"), (("2.5", "NaN"), "non-finite stock"),
+             (("2.5", "-inf"), "non-finite stock"), (("2.5", "1e30"), "stock out of range"),
+             (("2.5", "-2"), "negative stock")]
+    rows = [(f"i{n}", price, stock, "items.csv", n + 1) for n, ((price, stock), _) in enumerate(cases)]
+    df = spark.createDataFrame(rows, "item_id string, price string, stock string, source_file string, source_row long")
+    validated = validate_items(df)
+    assert {r[C.SOURCE_ROW]: r[C.REASON] for r in validated.checked.collect()} == {
+        n + 1: reason for n, (_, reason) in enumerate(cases)}
+    assert [(r[C.PRICE], r[C.STOCK]) for r in validated.accepted.collect()] == [(2.5, 3)]
+
+
+# --- A file none of whose rows is accepted ------------------------------------------------------------
+
+def test_a_file_without_one_accepted_row_stops_ingest_before_anything_is_written(
+        spark: SparkSession, tmp_path: Path) -> None:
+    config = load_config(None, [f"paths.lakehouse={tmp_path}"])
+    events = spark.createDataFrame([
+        ("g1", "u1", "i1", "view", T1, "1", "2.5", None, "good.csv", 1),
+        ("b1", "u1", "i1", "view", None, "1", "2.5", None, "export.csv", 1),      # missing event_ts
+        ("b2", "u2", "i2", "view", None, "1", "2.5", None, "export.csv", 2),      # missing event_ts
+        ("b3", "u2", "i2", "view", "soon", "1", "2.5", None, "export.csv", 3),    # unparsable event_ts
+    ], EVENT_COLUMNS)
+    with pytest.raises(RejectedFileError) as caught:
+        ingest(spark, RawSources(events, None, None), config, "run-1")
+    message = str(caught.value)
+    assert message.startswith("events file export.csv: none of its 3 rows was accepted "
+                              "(missing event_ts (2); unparsable event_ts (1))")
+    assert "good.csv" not in message and "dataset.columns.events" in message
+    assert list(tmp_path.iterdir()) == []  # no table of any layer was written
+
+
+def test_a_file_the_reader_could_not_read_does_not_stop_ingest(spark: SparkSession, tmp_path: Path) -> None:
+    # Its one row has no row number: a fault of the file, quarantined, while the other files load.
+    config = load_config(None, [f"paths.lakehouse={tmp_path}"])
+    schema = EVENT_COLUMNS + ", read_error string, raw_record string"
+    events = spark.createDataFrame([
+        ("g1", "u1", "i1", "view", T1, "1", "2.5", None, "good.csv", 1, None, None),
+        (None, None, None, None, None, None, None, None, "broken.parquet", None, "unreadable file: no footer", None),
+    ], schema)
+    log = ingest(spark, RawSources(events, None, None), config, "run-1")
+    assert sorted((r[C.SOURCE_FILE], r["rows_accepted"], r["rows_quarantined"]) for r in log) == [
+        ("broken.parquet", 0, 1), ("good.csv", 1, 0)]
 
 
 # --- Crash safety -------------------------------------------------------------------------------

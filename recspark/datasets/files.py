@@ -7,14 +7,22 @@ One path holds one format: a mix, an unknown extension or nothing at all is a ``
 the path, a missing path a ``FileNotFoundError``.
 
 Output: the canonical columns the files have (names matched case-insensitively for CSV headers,
-Parquet and Delta; JSON keys exactly), typed as read (CSV and JSON: strings; ingest casts), plus
+Parquet and Delta; JSON keys exactly; ``dataset.columns`` maps a canonical name to the files' own,
+e.g. ``{events: {event_ts: timestamp}}``), typed as read (CSV and JSON: strings; ingest casts), plus
 ``source_file`` (the file's path; local files without ``file:``) and ``source_row`` (CSV: the data-row
 number, header excluded; JSON lines: the 1-based line number; Parquet: the 1-based row in the file;
 Delta: the 1-based row in its data file). For items and users, every other column goes into
 ``attributes`` (map<string,string>, null values left out), merged with an ``attributes`` column or key
 of its own if there is one (a JSON object or map); for events, other columns are ignored.
 
-Faults never stop the read and are never dropped: the row gets ``read_error`` (which ingest uses as
+A file that lacks a required column (events: user_id, item_id, event_type, event_ts; items: item_id;
+users: user_id), under its canonical or its mapped name, stops the read with a ``MissingColumnError``
+naming the file, the column and the columns it has, as does a file with both a mapped column and one
+of the canonical name (which one to read would be a guess): no row of such a file could be accepted,
+and quarantining every row would hide a naming mismatch behind row faults. (A JSON-lines file
+without one JSON object is left to its rows' ``malformed JSON``.)
+
+Row faults never stop the read and are never dropped: the row gets ``read_error`` (which ingest uses as
 the quarantine reason) and ``raw_record`` (the line as it was, bad bytes shown as U+FFFD):
 
 - CSV row with too few or too many fields: ``expected N columns, found M``;
@@ -33,6 +41,7 @@ but corrupt pages fails the read rather than losing rows silently).
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import re
@@ -40,7 +49,7 @@ import urllib.parse
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from functools import reduce
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -52,9 +61,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recspark import constants as C
-from recspark.config import DatasetConfig
+from recspark.config import ConfigError, DatasetConfig
 from recspark.datasets import RawSources
-from recspark.pipeline.ingest import EVENT_SCHEMA, ITEM_SCHEMA, READ_ERROR, USER_SCHEMA
+from recspark.pipeline.ingest import EVENT_SCHEMA, ITEM_SCHEMA, READ_ERROR, REQUIRED_COLUMNS, USER_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -86,29 +95,135 @@ _GLOB = re.compile(r"[*?\[\]{}]")
 _GLOB_CHARS = re.compile(r"([\\*?\[\]{}])")
 
 
+class MissingColumnError(ValueError):
+    """A file without a column that every row of its entity needs (or with two candidates for one)."""
+
+
 def read_sources(spark: SparkSession, dataset: DatasetConfig) -> RawSources:
-    """Events (required), items and users (None when their path is unset) from the user's files."""
+    """Events (required), items and users (None when their path is unset) from the user's files,
+    with ``dataset.columns`` (checked first) mapping the files' column names to canonical ones."""
+    columns = column_mapping(dataset.columns)
     if not dataset.events_path:
         raise ValueError("dataset.events_path: required when dataset.name is 'files'")
     return RawSources(
-        events=read_path(spark, dataset.events_path, C.EVENTS),
-        items=read_path(spark, dataset.items_path, C.ITEMS) if dataset.items_path else None,
-        users=read_path(spark, dataset.users_path, C.USERS) if dataset.users_path else None,
+        events=read_path(spark, dataset.events_path, C.EVENTS, columns.get(C.EVENTS)),
+        items=read_path(spark, dataset.items_path, C.ITEMS, columns.get(C.ITEMS)) if dataset.items_path else None,
+        users=read_path(spark, dataset.users_path, C.USERS, columns.get(C.USERS)) if dataset.users_path else None,
     )
 
 
-def read_path(spark: SparkSession, path: str, entity: str) -> DataFrame:
-    """One entity's file, directory, glob or Delta table in the canonical raw schema (see module doc)."""
+def read_path(spark: SparkSession, path: str, entity: str, columns: Optional[Mapping[str, str]] = None) -> DataFrame:
+    """One entity's file, directory, glob or Delta table in the canonical raw schema (see module doc);
+    ``columns``: canonical name -> the files' name, for the columns named otherwise."""
     if entity not in COLUMNS:
         raise ValueError(f"unknown entity {entity!r}: expected one of {', '.join(COLUMNS)}")
+    mapping = entity_mapping(entity, columns)
     fmt, files = resolve(spark, path)
     if fmt == DELTA:
-        df = _read_delta(spark, path, entity)
+        df = _read_delta(spark, path, entity, mapping)
     elif fmt == PARQUET:
-        df = _read_parquet(spark, files, entity)
+        df = _read_parquet(spark, files, entity, mapping)
     else:
-        df = _read_text(spark, files, fmt, entity)
+        df = _read_text(spark, files, fmt, entity, mapping)
     return _finish(df, entity)
+
+
+# --- Column names: the configured mapping and the required columns ----------------------------------
+
+def column_mapping(columns: object) -> dict[str, dict[str, str]]:
+    """``dataset.columns`` checked: entity -> {canonical column: the files' column}. A ``ConfigError``
+    names the key of an unknown entity or canonical column, a value that is no column name, or two
+    canonical columns read from one column."""
+    if not columns:
+        return {}
+    if not isinstance(columns, Mapping):
+        raise ConfigError(f"dataset.columns: expected a mapping like {{events: {{event_ts: timestamp}}}}, "
+                          f"got {columns!r}")
+    mapping = {}
+    for entity, names in columns.items():
+        if entity not in COLUMNS:
+            raise ConfigError(f"dataset.columns.{entity}: unknown entity (known: {', '.join(COLUMNS)})")
+        mapping[entity] = entity_mapping(entity, names)
+    return mapping
+
+
+def entity_mapping(entity: str, names: object) -> dict[str, str]:
+    """One entity's part of ``dataset.columns`` checked (see ``column_mapping``)."""
+    where = f"dataset.columns.{entity}"
+    if not names:
+        return {}
+    canonical = COLUMNS[entity]
+    if not isinstance(names, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of canonical column -> your column, e.g. "
+                          f"{{{canonical[-1]}: my_name}}, got {names!r}")
+    mapping: dict[str, str] = {}
+    for target, source in names.items():
+        if target not in canonical:
+            swapped = f"; did you mean {where}.{source}: {target}?" if source in canonical else ""
+            raise ConfigError(f"{where}.{target}: not a canonical {entity} column (known: {', '.join(canonical)}); "
+                              f"the key is the canonical name, the value your files' name{swapped}")
+        if not isinstance(source, str) or not source.strip():
+            raise ConfigError(f"{where}.{target}: expected the name of a column in your files, got {source!r}")
+        mapping[target] = source.strip()
+    readers: dict[str, str] = {}
+    for target, source in mapping.items():
+        if source.lower() in readers:
+            raise ConfigError(f"{where}: {readers[source.lower()]} and {target} both read the column {source!r}")
+        readers[source.lower()] = target
+        # A column with another canonical name would then be read twice (as itself and as this one).
+        other = next((c for c in canonical if c.lower() == source.lower() and c != target), None)
+        if other is not None and other not in mapping:
+            raise ConfigError(f"{where}.{target}: {source!r} is the canonical column {other} itself; "
+                              f"map {other} to another column too, or leave {target} unmapped")
+    return mapping
+
+
+def _source_names(entity: str, mapping: Mapping[str, str]) -> dict[str, str]:
+    """Canonical column -> the name to read it from."""
+    return {column: mapping.get(column, column) for column in COLUMNS[entity]}
+
+
+def _display(uri: str) -> str:
+    """A listed file's URI as the path a user knows (as ``_display_path`` does for the column)."""
+    return re.sub(r"^file:(//)?(?=/)", "", urllib.parse.unquote(uri))
+
+
+def _column_problems(entity: str, file: str, present: Iterable[str], mapping: Mapping[str, str], *,
+                     exact: bool, shown: Optional[Sequence[str]] = None) -> list[str]:
+    """Why no row of ``file`` could be read right: a required column missing under the name it is read
+    by, or a mapped column present beside one of the canonical name. ``present``: the file's column
+    names (``exact``: compared case-sensitively, as JSON keys are); ``shown``: the names to list as
+    found (default: ``present``). An optional mapped column that is absent is only logged."""
+    norm = (lambda name: name) if exact else str.lower
+    present = list(present)
+    have = {norm(name) for name in present}
+    found = ", ".join(shown if shown is not None else present) or "no columns"
+    where, path = f"dataset.columns.{entity}", _display(file)
+    problems = []
+    for column in REQUIRED_COLUMNS[entity]:
+        source = mapping.get(column, column)
+        if norm(source) in have:
+            continue
+        if column in mapping:
+            problems.append(f"{entity} file {path} has no column {source!r}, which {where}.{column} names as its "
+                            f"{column} (found: {found})")
+        else:
+            problems.append(f"{entity} file {path} has no column {column!r} (found: {found}); "
+                            f"map it with {where}.{column}")
+    for column, source in mapping.items():
+        if norm(source) in have and norm(column) in have and norm(column) != norm(source):
+            problems.append(f"{entity} file {path} has both {source!r}, which {where}.{column} reads as {column}, "
+                            f"and a column {column!r} itself: drop or rename one")
+        elif norm(source) not in have and column not in REQUIRED_COLUMNS[entity]:
+            log.warning("%s file %s has no column %r (%s.%s): its %s is left empty", entity, path, source, where,
+                        column, column)
+    return problems
+
+
+def _raise_column_problems(problems: Sequence[str]) -> None:
+    if problems:
+        more = f"\n... and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise MissingColumnError("\n".join(problems[:5]) + more)
 
 
 # --- Finding the files and their format -----------------------------------------------------------
@@ -232,12 +347,14 @@ def _text_error(line: Column) -> Column:
         line.contains("\u0000"), F.lit("NUL byte in line"))
 
 
-def _read_text(spark: SparkSession, files: Sequence[str], fmt: str, entity: str) -> DataFrame:
+def _read_text(spark: SparkSession, files: Sequence[str], fmt: str, entity: str,
+               mapping: Mapping[str, str]) -> DataFrame:
     """CSV with a header, or JSON lines, read as lines so that every line keeps its number and every
     fault its text (Spark's CSV and JSON readers report neither)."""
     tagged = _tag(spark.read.text([_literal_path(f) for f in files]), F.col("value").alias(_LINE))
     line = F.col(_LINE)
-    known = (*COLUMNS[entity], C.ATTRIBUTES)
+    # The keys looked for: the names columns are read by, and the canonical names (to spot a clash).
+    known = tuple(dict.fromkeys([*_source_names(entity, mapping).values(), *COLUMNS[entity], C.ATTRIBUTES]))
     survey = [
         F.min(_ID).alias(_FIRST),
         F.count(F.lit(1)).alias("n"),
@@ -251,6 +368,7 @@ def _read_text(spark: SparkSession, files: Sequence[str], fmt: str, entity: str)
         # (json_object_keys lists the top-level keys without building the values).
         keys = F.array_sort(F.array_intersect(F.json_object_keys(line), F.array(*map(F.lit, known))))
         survey.append(F.array_distinct(F.flatten(F.collect_set(keys))).alias("keys"))
+        survey.append(F.count(F.json_object_keys(line)).alias("objects"))  # lines that are JSON objects
     # The one survey job: one row per input split, and it computes the local checkpoint.
     splits = tagged.groupBy(_FILE, _BLOCK).agg(*survey).collect()
     offsets = _split_offsets(splits)
@@ -258,21 +376,26 @@ def _read_text(spark: SparkSession, files: Sequence[str], fmt: str, entity: str)
     for split in splits:
         by_file[split[_FILE]].append(split)
     if fmt == CSV:
-        return _parse_csv(spark, tagged, offsets, by_file, entity)
-    return _parse_json(spark, tagged, offsets, by_file, entity)
+        return _parse_csv(spark, tagged, offsets, by_file, entity, mapping)
+    return _parse_json(spark, tagged, offsets, by_file, entity, mapping)
 
 
 def _parse_csv(spark: SparkSession, tagged: DataFrame, offsets: dict, by_file: dict[str, list[Row]],
-               entity: str) -> DataFrame:
+               entity: str, mapping: Mapping[str, str]) -> DataFrame:
     headers: dict[str, tuple] = {}
     problems: dict[str, str] = {}
-    for file, splits in by_file.items():
+    column_problems: list[str] = []
+    # Header names matching these case-insensitively are spelt like them (the names values are read by).
+    spelling = (*_source_names(entity, mapping).values(), C.ATTRIBUTES)
+    for file, splits in sorted(by_file.items()):
         head = min(splits, key=lambda s: s[_BLOCK])["head"]
-        names, problem = _csv_header(head["text"], head["ok"], (*COLUMNS[entity], C.ATTRIBUTES))
+        names, problem = _csv_header(head["text"], head["ok"], spelling)
         if problem:
             problems[file] = problem
         else:
             headers[file] = (names, len(names))
+            column_problems += _column_problems(entity, file, names, mapping, exact=False)
+    _raise_column_problems(column_problems)
     if not headers:
         return _union(_unreadable(spark, problems), _no_rows(spark))
     lines = _numbered(spark, tagged, offsets, headers, f", {_NAMES} array<string>, {_WIDTH} int")
@@ -303,7 +426,7 @@ def _parse_csv(spark: SparkSession, tagged: DataFrame, offsets: dict, by_file: d
         read_error.alias(READ_ERROR),
         F.when(read_error.isNotNull(), F.make_valid_utf8(line)).alias(C.RAW_RECORD),
     )
-    return _union(_from_values(rows, entity, present), _unreadable(spark, problems))
+    return _union(_from_values(rows, entity, present, mapping), _unreadable(spark, problems))
 
 
 def _csv_schema(width: int) -> str:
@@ -311,7 +434,8 @@ def _csv_schema(width: int) -> str:
 
 
 def _csv_header(text: Optional[str], is_text: bool, canonical: Sequence[str]) -> tuple[list[str], Optional[str]]:
-    """A header's column names (canonical ones lower-cased), or the reason the file cannot be read."""
+    """A header's column names (those matching one of ``canonical`` case-insensitively spelt like it),
+    or the reason the file cannot be read."""
     if text is None or not is_text:
         return [], "the header is not UTF-8 text (another encoding, or not a text file)"
     text = text.removeprefix("\ufeff")  # the byte-order mark that Excel writes
@@ -331,11 +455,21 @@ def _csv_header(text: Optional[str], is_text: bool, canonical: Sequence[str]) ->
 
 
 def _parse_json(spark: SparkSession, tagged: DataFrame, offsets: dict, by_file: dict[str, list[Row]],
-                entity: str) -> DataFrame:
+                entity: str, mapping: Mapping[str, str]) -> DataFrame:
     readable = {file: () for file, splits in by_file.items() if sum(s["n_text"] for s in splits) > 0}
     # A file without one line of UTF-8 text (UTF-16, binary) is one fault, not one per line.
     problems = {file: "no line is UTF-8 text (another encoding, or not a text file)"
                 for file in by_file if file not in readable}
+    column_problems: list[str] = []
+    for file in sorted(readable):
+        splits = by_file[file]
+        if sum(s["objects"] for s in splits) == 0:
+            continue  # not one JSON object: every line is quarantined as malformed JSON
+        keys = {key for split in splits for key in split["keys"]}
+        head = min(splits, key=lambda s: s[_BLOCK])["head"]
+        column_problems += _column_problems(entity, file, keys, mapping, exact=True,
+                                            shown=_first_keys(head["text"], keys))
+    _raise_column_problems(column_problems)
     if not readable:
         return _union(_unreadable(spark, problems), _no_rows(spark))
     lines = _numbered(spark, tagged, offsets, readable)
@@ -359,16 +493,25 @@ def _parse_json(spark: SparkSession, tagged: DataFrame, offsets: dict, by_file: 
         F.when(read_error.isNotNull(), F.make_valid_utf8(line)).alias(C.RAW_RECORD),
     )
     present = {key for splits in by_file.values() for split in splits for key in split["keys"]}
-    return _union(_from_values(rows, entity, present), _unreadable(spark, problems))
+    return _union(_from_values(rows, entity, present, mapping), _unreadable(spark, problems))
 
 
-def _from_values(rows: DataFrame, entity: str, present: set[str]) -> DataFrame:
+def _first_keys(text: Optional[str], keys: set[str]) -> list[str]:
+    """The keys of a JSON-lines file's first line, to show what the file has (else the known ones found)."""
+    try:
+        record = json.loads((text or "").removeprefix("\ufeff"))
+    except ValueError:
+        record = None
+    return list(record) if isinstance(record, dict) else sorted(keys)
+
+
+def _from_values(rows: DataFrame, entity: str, present: set[str], mapping: Mapping[str, str]) -> DataFrame:
     """Canonical columns and attributes from each row's name -> text map (``_VALUES``)."""
     values = F.col(_VALUES)
-    canonical = COLUMNS[entity]
-    columns = [values[name].alias(name) for name in canonical if name in present]
+    sources = _source_names(entity, mapping)
+    columns = [values[source].alias(name) for name, source in sources.items() if source in present]
     if entity in WITH_ATTRIBUTES:
-        known = [*canonical, C.ATTRIBUTES]
+        known = [*sources.values(), C.ATTRIBUTES]
         extras = F.map_filter(values, lambda k, v: ~k.isin(*known))
         nested = values[C.ATTRIBUTES] if C.ATTRIBUTES in present else None
         # A faulty row's map may repeat keys, which map_concat refuses: its fields mean nothing anyway.
@@ -378,7 +521,7 @@ def _from_values(rows: DataFrame, entity: str, present: set[str]) -> DataFrame:
 
 # --- Parquet and Delta -------------------------------------------------------------------------------
 
-def _read_parquet(spark: SparkSession, files: Sequence[str], entity: str) -> DataFrame:
+def _read_parquet(spark: SparkSession, files: Sequence[str], entity: str, mapping: Mapping[str, str]) -> DataFrame:
     """Parquet files; a file whose footer cannot be read becomes one unreadable-file row.
 
     Footers are read on the driver (a few KB each) before Spark plans the read, because one bad file
@@ -392,11 +535,14 @@ def _read_parquet(spark: SparkSession, files: Sequence[str], entity: str) -> Dat
             problems[file] = schema_or_problem
         else:
             groups[schema_or_problem].append(file)
-    frames = []
+    frames, column_problems = [], []
     for group in groups.values():
         df = spark.read.parquet(*[_literal_path(f) for f in group])
+        column_problems += [problem for file in sorted(group)
+                            for problem in _column_problems(entity, file, df.columns, mapping, exact=False)]
         lineage = [F.col("_metadata.file_path").alias(_FILE), (F.col("_metadata.row_index") + 1).alias(C.SOURCE_ROW)]
-        frames.append(_from_columns(df.select("*", *lineage), df.columns, entity))
+        frames.append(_from_columns(df.select("*", *lineage), df.columns, entity, mapping))
+    _raise_column_problems(column_problems)
     return _union(*_align_types(frames), _unreadable(spark, problems))
 
 
@@ -421,20 +567,21 @@ def _parquet_footers(files: Sequence[str]) -> dict[str, object]:
         return dict(zip(files, pool.map(footer, files)))
 
 
-def _read_delta(spark: SparkSession, path: str, entity: str) -> DataFrame:
+def _read_delta(spark: SparkSession, path: str, entity: str, mapping: Mapping[str, str]) -> DataFrame:
     """A Delta table's current version; ``source_row`` is the row's 1-based index in its data file
     (Delta exposes no ``_metadata.row_index``, so rows are numbered like text lines)."""
     df = spark.read.format("delta").load(path)
     names = df.columns
+    _raise_column_problems(_column_problems(entity, path, names, mapping, exact=False))
     tagged = _tag(df, *[_column(name) for name in names])
     splits = tagged.groupBy(_FILE, _BLOCK).agg(F.min(_ID).alias(_FIRST), F.count(F.lit(1)).alias("n")).collect()
     rows = _numbered(spark, tagged, _split_offsets(splits)).withColumn(C.SOURCE_ROW, F.col(_POS) + 1)
-    return _from_columns(rows, names, entity)
+    return _from_columns(rows, names, entity, mapping)
 
 
-def _from_columns(df: DataFrame, names: Sequence[str], entity: str) -> DataFrame:
+def _from_columns(df: DataFrame, names: Sequence[str], entity: str, mapping: Mapping[str, str]) -> DataFrame:
     """Canonical columns (matched case-insensitively, types kept) and attributes from typed columns."""
-    canonical = {c.lower(): c for c in COLUMNS[entity]}
+    canonical = {source.lower(): column for column, source in _source_names(entity, mapping).items()}
     chosen: dict[str, str] = {}
     for name in names:
         target = canonical.get(name.strip().lower())

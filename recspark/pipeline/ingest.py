@@ -51,6 +51,12 @@ USER_SCHEMA: dict[str, str] = {
     C.REGION: "string",
     C.ATTRIBUTES: "map<string,string>",
 }
+# The columns without which no row of an entity can be accepted.
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    C.EVENTS: (C.USER_ID, C.ITEM_ID, C.EVENT_TYPE, C.EVENT_TS),
+    C.ITEMS: (C.ITEM_ID,),
+    C.USERS: (C.USER_ID,),
+}
 LINEAGE = (C.SOURCE_FILE, C.SOURCE_ROW)
 # A reader may flag rows it could not parse (wrong column count, bad encoding, unreadable file)
 # in this column; such rows are quarantined with that reason before any other check.
@@ -58,6 +64,11 @@ READ_ERROR = "read_error"
 DUPLICATE_EVENT = "duplicate event_id with different content"
 UNKNOWN_ITEM = "item_id not in catalogue"
 QUARANTINE_COLUMNS = ("entity", C.SOURCE_FILE, C.SOURCE_ROW, C.RAW_RECORD, C.REASON)
+
+
+class RejectedFileError(ValueError):
+    """A source file none of whose rows passed validation: ingest stops before writing anything,
+    since such a file is almost always a mismatch (a renamed column, another format), not bad rows."""
 
 
 @dataclass(frozen=True)
@@ -132,11 +143,22 @@ def _split(df: DataFrame, entity: str, raw_columns: Sequence[str], typed: dict[s
     return Validated(entity, checked)
 
 
+def _number(column: str) -> Column:
+    """The field as a double (null when it is no number); NaN and infinities stay as they are."""
+    return F.col(column).cast("string").try_cast("double")
+
+
+def _finite(value: Column) -> Column:
+    return ~F.isnan(value) & (F.abs(value) != F.lit(float("inf")))
+
+
 def _numeric_checks(df: DataFrame, column: str) -> list[tuple[Column, str]]:
-    value = F.col(column).cast("string").try_cast("double")
+    """Not a number; NaN or +-infinity (which would poison every sum they enter); negative."""
+    value = _number(column)
     return [
         (F.col(column).isNotNull() & value.isNull(), f"non-numeric {column}"),
-        (value < 0, f"negative {column}"),
+        (value.isNotNull() & ~_finite(value), f"non-finite {column}"),
+        (_finite(value) & (value < 0), f"negative {column}"),
     ]
 
 
@@ -152,8 +174,8 @@ def validate_events(df: DataFrame, event_types: Sequence[str], floor: dt.datetim
         C.ITEM_ID: F.trim(F.col(C.ITEM_ID).cast("string")),
         C.EVENT_TYPE: event_type,
         C.EVENT_TS: ts,
-        C.QUANTITY: F.col(C.QUANTITY).cast("string").try_cast("double"),
-        C.PRICE: F.col(C.PRICE).cast("string").try_cast("double"),
+        C.QUANTITY: _number(C.QUANTITY),
+        C.PRICE: _number(C.PRICE),
         C.SESSION_ID: F.nullif(F.trim(F.col(C.SESSION_ID).cast("string")), F.lit("")),
     }
     checks = [
@@ -178,11 +200,14 @@ def validate_items(df: DataFrame) -> Validated:
         C.ITEM_ID: F.trim(F.col(C.ITEM_ID).cast("string")),
         C.CATEGORY: F.col(C.CATEGORY).cast("string"),
         C.BRAND: F.col(C.BRAND).cast("string"),
-        C.PRICE: F.col(C.PRICE).cast("string").try_cast("double"),
-        C.STOCK: F.col(C.STOCK).cast("string").try_cast("double").cast("long"),
+        C.PRICE: _number(C.PRICE),
+        # try_cast: a NaN or out-of-range stock (quarantined below) must not fail the cast of the whole job.
+        C.STOCK: _number(C.STOCK).try_cast("long"),
         C.ATTRIBUTES: F.col(C.ATTRIBUTES).cast("map<string,string>"),
     }
-    checks = [(_blank(C.ITEM_ID), "missing item_id"), *_numeric_checks(df, C.PRICE), *_numeric_checks(df, C.STOCK)]
+    stock = _number(C.STOCK)
+    checks = [(_blank(C.ITEM_ID), "missing item_id"), *_numeric_checks(df, C.PRICE), *_numeric_checks(df, C.STOCK),
+              (_finite(stock) & stock.try_cast("long").isNull(), "stock out of range")]
     return _split(df, C.ITEMS, [c for c in ITEM_SCHEMA if c != C.ATTRIBUTES], typed, checks)
 
 
@@ -281,22 +306,53 @@ def with_quarantine_key(quarantined: DataFrame) -> DataFrame:
     return quarantined.withColumn("quarantine_id", key)
 
 
+NUMBERED_ROWS = "_numbered_rows"
+
+
 def reconcile(validated: Validated) -> DataFrame:
-    """Rows read, accepted and quarantined per source file, from one aggregation."""
+    """Rows read, accepted and quarantined per source file, from one aggregation; ``NUMBERED_ROWS``
+    counts the rows with a row number (all but a reader's one row for a file it could not read)."""
     bad = F.col(C.REASON).isNotNull().cast("long")
     return (
         validated.checked.groupBy(C.SOURCE_FILE)
         .agg(F.count(F.lit(1)).alias("rows_read"), F.sum(1 - bad).alias("rows_accepted"),
-             F.sum(bad).alias("rows_quarantined"))
+             F.sum(bad).alias("rows_quarantined"), F.count(C.SOURCE_ROW).alias(NUMBERED_ROWS))
         .withColumn("entity", F.lit(validated.entity))
     )
+
+
+def check_some_rows_accepted(validated: Validated, counts: Sequence[dict]) -> None:
+    """Raises ``RejectedFileError`` for the source files (of ``reconcile``'s ``counts``) with rows of
+    which not one was accepted, naming each file and its most frequent reasons.
+
+    A file the reader could not read at all (one row without a row number, ``unreadable file: ...``)
+    is not such a file: it stays one quarantine row and the other files load."""
+    rejected = sorted(row[C.SOURCE_FILE] for row in counts
+                      if row["rows_accepted"] == 0 and row[NUMBERED_ROWS] > 0)
+    if not rejected:
+        return
+    # Only on the way to the error: the reasons of the rejected files' rows (a few groups).
+    reasons = (validated.checked.where(F.col(C.SOURCE_FILE).isin(*rejected))
+               .groupBy(C.SOURCE_FILE, C.REASON).agg(F.count(F.lit(1)).alias("n")).collect())
+    read = {row[C.SOURCE_FILE]: row["rows_read"] for row in counts}
+    lines = []
+    for file in rejected:
+        mine = sorted(((-r["n"], r[C.REASON]) for r in reasons if r[C.SOURCE_FILE] == file))  # most frequent first
+        shown = "; ".join(f"{reason} ({-n:,})" for n, reason in mine[:3]) + ("; ..." if len(mine) > 3 else "")
+        lines.append(f"{validated.entity} file {file}: none of its {read[file]:,} rows was accepted ({shown})")
+    raise RejectedFileError(
+        "\n".join(lines) + "\ningest stopped before writing anything: when every row fails, the file usually "
+        "does not match the expected columns or format (with dataset.name=files, a column named otherwise "
+        f"can be mapped with dataset.columns.{validated.entity}.<canonical name>: <your name>)")
 
 
 def ingest(spark: SparkSession, sources: RawSources, config: Config, run_id: str) -> list[dict]:
     """Validates every source and MERGEs it into bronze.
 
     Returns one reconciliation row per (entity, source file); the same rows are appended to the
-    ``run_log`` table. The only actions are the MERGEs and one small aggregation per entity.
+    ``run_log`` table. The only actions are the MERGEs and one small aggregation per entity. Every
+    source is validated and counted before the first MERGE, so a file none of whose rows is accepted
+    stops ingest (``RejectedFileError``) with nothing written.
     """
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     floor = dt.datetime.fromisoformat(config.ingest.min_event_ts)
@@ -315,11 +371,22 @@ def ingest(spark: SparkSession, sources: RawSources, config: Config, run_id: str
         (C.ITEMS, sources.items, lambda df: validated_items, C.ITEM_ID),
         (C.USERS, sources.users, lambda df: validate_users(df).persist(), C.USER_ID),
     ]
-    log_rows: list[dict] = []
+    checked = []
     for entity, raw, validate, key in plan:
         if raw is None:
             continue
         validated = validate(raw)
+        counts = [row.asDict() for row in reconcile(validated).collect()]  # one row per source file
+        try:
+            check_some_rows_accepted(validated, counts)
+        except RejectedFileError:
+            for earlier, *_ in checked:
+                earlier.unpersist()
+            validated.unpersist()
+            raise
+        checked.append((validated, entity, key, counts))
+    log_rows: list[dict] = []
+    for validated, entity, key, counts in checked:
         accepted = validated.accepted
         if entity == C.EVENTS:
             # Conflicting copies are quarantined by now; the rest of one id are identical: keep one.
@@ -330,8 +397,9 @@ def ingest(spark: SparkSession, sources: RawSources, config: Config, run_id: str
         merge_into(spark, with_quarantine_key(validated.quarantined),
                    config.table_path(C.BRONZE, C.QUARANTINE), ["quarantine_id"])
         # One row per source file; MERGE reports its inserts per table, not per file.
-        for row in reconcile(validated).collect():
-            log_rows.append({**row.asDict(), "table_rows_inserted": metrics["numTargetRowsInserted"]})
+        for row in counts:
+            row = {name: value for name, value in row.items() if name != NUMBERED_ROWS}
+            log_rows.append({**row, "table_rows_inserted": metrics["numTargetRowsInserted"]})
         validated.unpersist()
     if log_rows:
         stamp = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
