@@ -3,12 +3,14 @@ PY := .venv/bin/python
 DATASET ?= completejourney
 DATASET_CONF := $(wildcard conf/datasets/$(DATASET).yaml)
 # A data-set layer names its own data set (and variant); without one, DATASET is the data set's name.
-CONF := --conf-file conf/local.yaml $(if $(DATASET_CONF),--conf-file $(DATASET_CONF),--set dataset.name=$(DATASET)) $(foreach s,$(SET),--set $(s))
+# LAYERS: more configuration files after the data set's (make compare adds conf/compare.yaml).
+LAYERS ?=
+CONF := --conf-file conf/local.yaml $(if $(DATASET_CONF),--conf-file $(DATASET_CONF),--set dataset.name=$(DATASET)) $(foreach f,$(LAYERS),--conf-file $(f)) $(foreach s,$(SET),--set $(s))
 STAGES := ingest prepare features train evaluate score
 export TF_USE_LEGACY_KERAS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test run $(STAGES) summary bench clean
+.PHONY: setup test run compare $(STAGES) summary bench clean
 
 setup:
 	bash tools/setup.sh
@@ -17,6 +19,10 @@ test:
 	$(PY) -m pytest tests
 
 run: $(STAGES) summary
+
+# The full comparison behind the README's tables: the ablations and the other models beside the served one.
+compare:
+	$(MAKE) run LAYERS="conf/compare.yaml $(LAYERS)"
 
 $(STAGES):
 	$(PY) jobs/$@.py $(CONF)

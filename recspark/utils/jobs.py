@@ -14,7 +14,7 @@ from recspark.session import get_spark
 
 
 def new_run_id(config: Config) -> str:
-    return f"{config.dataset.name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+    return f"{config.run_name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
 
 
 def run_job(stage: str, body: Callable[[SparkSession, Config], dict], argv: list[str] | None = None) -> dict:
@@ -25,7 +25,7 @@ def run_job(stage: str, body: Callable[[SparkSession, Config], dict], argv: list
     spark = get_spark(config.spark)
     summary = body(spark, config)
     seconds = time.perf_counter() - started
-    print(f"\n== recspark {stage} ({config.dataset.name}) done in {seconds:.1f} s on {spark.sparkContext.master}")
+    print(f"\n== recspark {stage} ({config.run_name}) done in {seconds:.1f} s on {spark.sparkContext.master}")
     width = max((len(str(key)) for key in summary), default=0)
     for key, value in summary.items():
         print(f"   {str(key) + ':':<{width + 1}} {value}")
