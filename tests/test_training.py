@@ -132,3 +132,39 @@ def test_two_rank_sasrec_training_agrees_and_exports(spark, tmp_path):
     gaps = np.array([[0] * (MAX_SEQ_LEN - 2) + [2, 1]], dtype=np.int32)
     logits = model.predict({HISTORY: history, HISTORY_TYPES: types, HISTORY_GAPS: gaps}, verbose=0)
     assert logits.shape == (1, NUM_ITEMS) and np.isfinite(logits).all()
+
+
+def test_two_rank_repeatnet_training_with_basket_targets_agrees_and_exports(spark, tmp_path):
+    """repeatnet through Petastorm and Horovod: array targets (next baskets), float repeat features
+    and int repeat candidates reach the ranks, whose weights end identical; the export scores."""
+    from pyspark.sql import functions as F
+
+    from recspark.constants import REPEAT_FEATURE_COUNT, REPEAT_FEATURES, REPEAT_ITEMS, TARGET
+
+    candidates = 3
+    spec = ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, num_event_types=EVENT_TYPES + 2,
+                     num_gap_buckets=GAP_BUCKETS, repeat_candidates=candidates)
+    # Each row's basket: its next item and the item after (a 2-item basket, padded to 3); its repeat
+    # profile: the history's last item with made-up features, then padding.
+    examples = (_examples(spark)
+                .withColumn(TARGET, F.array(F.col(TARGET), F.lit(FIRST_ITEM_IDX) + (F.col(TARGET) + 1) % REAL_ITEMS,
+                                            F.lit(PAD_IDX)))
+                .withColumn(REPEAT_ITEMS, F.array(F.element_at(HISTORY, -1), F.lit(PAD_IDX), F.lit(PAD_IDX)))
+                .withColumn(REPEAT_FEATURES, F.array_repeat(F.lit(0.5).cast("float"), candidates * REPEAT_FEATURE_COUNT)))
+    config = TrainConfig(models=["repeatnet"], num_proc=2, epochs=2, batch_size=32, learning_rate=0.005,
+                         embedding_dim=8, num_layers=1, num_heads=2, dropout=0.1, seed=17)
+    model_dir = tmp_path / "repeatnet"
+    result = train_distributed(spark, examples, model="repeatnet", spec=spec, train_config=config,
+                               model_dir=model_dir, cache_url=(tmp_path / "petastorm").as_uri())
+    rank0, rank1 = result.rank_results
+    assert rank0.initial_digests == rank1.initial_digests
+    for w0, w1 in zip(rank0.weights, rank1.weights):
+        np.testing.assert_allclose(w0, w1, rtol=0, atol=1e-6)
+    assert len(result.history) == 2 and result.history[-1] < result.history[0], result.history
+    model, meta = load_model(model_dir)
+    assert meta["inputs"] == [HISTORY, HISTORY_TYPES, HISTORY_GAPS, REPEAT_ITEMS, REPEAT_FEATURES]
+    row = examples.select(*meta["inputs"]).first()
+    inputs = {name: np.array([row[name]], dtype=np.float32 if name == REPEAT_FEATURES else np.int32)
+              for name in meta["inputs"]}
+    logits = model.predict(inputs, verbose=0)
+    assert logits.shape == (1, NUM_ITEMS) and np.isfinite(logits[:, FIRST_ITEM_IDX:]).all()
