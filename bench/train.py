@@ -239,7 +239,7 @@ def oov_buckets_of_gold(spark, config) -> Optional[int]:
     first = read_table(spark, config.table_path(C.GOLD, C.ITEM_VOCAB)).agg(F.min(C.ITEM_IDX)).collect()[0][0]
     if first == C.first_vocab_index(config.features.oov_buckets):
         return None
-    buckets = 1 if first == C.FIRST_ITEM_IDX else first - C.FIRST_BUCKET_IDX
+    buckets = 1 if first == C.ItemLayout(oov_buckets=1).first_item else first - C.FIRST_BUCKET_IDX
     if buckets < 1 or C.first_vocab_index(buckets) != first:
         raise ValueError(f"gold item_vocab starts at item_idx {first}: no features.oov_buckets gives that")
     return buckets

@@ -16,6 +16,8 @@ from typing import Any, Optional
 
 import yaml
 
+from recspark.constants import ItemLayout
+
 DATASETS = ("completejourney", "ml-1m", "synthetic", "files")
 # The models train.models may name (recspark.models registers exactly these; checked there).
 MODEL_NAMES = ("mean_pool", "sasrec", "towers", "dnn", "repeatnet", "repeatnet_explore", "repeatnet_next_item")
@@ -142,12 +144,20 @@ class FeaturesConfig:
     category_oov_buckets: int = 8
 
     @property
-    def first_item_idx(self) -> int:
-        """The first vocabulary item_idx: below it PAD, unknown and the hashed buckets (never a
-        target, never recommended)."""
-        from recspark.constants import first_vocab_index
+    def item_layout(self) -> ItemLayout:
+        """Where PAD, the unknown, the hashed buckets and the items sit in item_idx."""
+        return ItemLayout(self.oov_buckets)
 
-        return first_vocab_index(self.oov_buckets)
+    @property
+    def category_layout(self) -> ItemLayout:
+        """The same layout for category_idx, with ``category_oov_buckets``."""
+        return ItemLayout(self.category_oov_buckets)
+
+    @property
+    def first_item_idx(self) -> int:
+        """The first vocabulary item_idx (``item_layout.first_item``): below it PAD, unknown and the
+        hashed buckets (never a target, never recommended)."""
+        return self.item_layout.first_item
 
 
 @dataclasses.dataclass

@@ -1,4 +1,5 @@
 """Column and table names shared by every stage, so that a rename happens in one place."""
+import dataclasses
 
 # Canonical event columns (bronze and after).
 EVENT_ID = "event_id"
@@ -50,24 +51,55 @@ EVENT_TYPES_DEFAULT = ("view", "cart", "purchase")
 #   1                      OOV_IDX: the generic unknown (the scorer's stand-in for an empty history);
 #   2 .. 2 + buckets - 1   hashed buckets: an id outside the vocabulary goes to bucket
 #                          pmod(xxhash64(id), buckets), so unknown ids stay apart from each other;
-#   first_vocab_index(buckets) ..  the vocabulary, most frequent first.
+#   ItemLayout(buckets).first_item ..  the vocabulary, most frequent first.
 # With buckets = 1 there is no bucket row: every unknown id shares OOV_IDX and the vocabulary starts
-# at 2 (the layout before hashed buckets existed). Indices below first_vocab_index are "reserved":
-# never a training target, never recommended.
+# at 2 (the layout before hashed buckets existed). Indices below first_item are "reserved": never a
+# training target, never recommended. Only the configuration knows `buckets`, so there is no
+# module-level "first item" constant: build an ItemLayout from the configuration and pass it.
 PAD_IDX = 0
 OOV_IDX = 1
 FIRST_BUCKET_IDX = 2
-# The first vocabulary index of the single-unknown layout (buckets = 1); in general use
-# first_vocab_index(buckets).
-FIRST_ITEM_IDX = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemLayout:
+    """Where PAD, the unknown, the hashed out-of-vocabulary buckets and the vocabulary sit in an index
+    range (items or categories), built from the configured number of buckets."""
+
+    oov_buckets: int
+    pad: int = dataclasses.field(default=PAD_IDX, init=False)
+    unknown: int = dataclasses.field(default=OOV_IDX, init=False)
+    first_bucket: int = dataclasses.field(default=FIRST_BUCKET_IDX, init=False)
+
+    def __post_init__(self) -> None:
+        if self.oov_buckets < 1:
+            raise ValueError(f"out-of-vocabulary buckets must be >= 1, got {self.oov_buckets}")
+
+    @property
+    def first_item(self) -> int:
+        """The first vocabulary index, which is also the number of reserved indices (one bucket is
+        the generic unknown itself, so it adds no row)."""
+        return self.first_bucket if self.oov_buckets == 1 else self.first_bucket + self.oov_buckets
+
+    @property
+    def buckets(self) -> range:
+        """The indices an id outside the vocabulary can get (just ``unknown`` with one bucket)."""
+        return range(self.unknown, self.unknown + 1) if self.oov_buckets == 1 else range(self.first_bucket, self.first_item)
+
+    def reserved(self, index: int) -> bool:
+        """True for PAD, the unknown and the buckets: never a training target, never recommended."""
+        return index < self.first_item
 
 
 def first_vocab_index(buckets: int) -> int:
-    """The first vocabulary index with ``buckets`` hashed out-of-vocabulary buckets: also the number
-    of reserved indices (PAD, OOV and the buckets) that ranking must never return."""
-    if buckets < 1:
-        raise ValueError(f"out-of-vocabulary buckets must be >= 1, got {buckets}")
-    return FIRST_ITEM_IDX if buckets == 1 else FIRST_BUCKET_IDX + buckets
+    """``ItemLayout(buckets).first_item``: the first vocabulary index with ``buckets`` hashed
+    out-of-vocabulary buckets (kept for the category vocabulary's callers)."""
+    return ItemLayout(buckets).first_item
+
+
+# The layout of a saved model whose model_meta.json predates `first_item_idx`: such models were
+# trained before hashed buckets existed, i.e. with the single shared unknown (first item 2).
+LEGACY_LAYOUT = ItemLayout(oov_buckets=1)
 
 # Layers and tables.
 BRONZE, SILVER, GOLD = "bronze", "silver", "gold"

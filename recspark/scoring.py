@@ -35,8 +35,8 @@ def _load(model_dir: str):
     return _MODELS[model_dir]
 
 
-def top_k_from_logits(logits: np.ndarray, k: int, excluded: list[np.ndarray] | None = None,
-                      first_item: int = C.FIRST_ITEM_IDX) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def top_k_from_logits(logits: np.ndarray, k: int, excluded: list[np.ndarray] | None = None, *,
+                      first_item: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-k item indices, their logits and softmax probabilities, for a batch of logit rows.
 
     No reserved index (below ``first_item``: PAD, OOV and the hashed out-of-vocabulary buckets, the

@@ -29,10 +29,11 @@ def spark():
     session.stop()
 
 
-def next_item_examples(spark, rows: int, max_seq_len: int, real_items: int, *, event_types: int = 0,
-                       gap_buckets: int = 0, seed: int = 5):
+def next_item_examples(spark, rows: int, max_seq_len: int, real_items: int, *, first_item: int,
+                       event_types: int = 0, gap_buckets: int = 0, seed: int = 5):
     """Distinct (history, target) rows for the Horovod training tests: mostly one item repeated behind
     some padding, the target is the next item, so a model that learns at all gets the loss down.
+    Item i is index ``first_item + i`` (the caller's layout).
 
     The rows must be distinct. Spark's round-robin repartition sorts rows first, so copies of a
     row alternate between files: with few distinct rows both shards hold the same rows in the
@@ -43,7 +44,7 @@ def next_item_examples(spark, rows: int, max_seq_len: int, real_items: int, *, e
     """
     import numpy as np
 
-    from recspark.constants import FIRST_ITEM_IDX, HISTORY, HISTORY_GAPS, HISTORY_TYPES, PAD_IDX, TARGET
+    from recspark.constants import HISTORY, HISTORY_GAPS, HISTORY_TYPES, PAD_IDX, TARGET
 
     rng = np.random.default_rng(seed)
     distinct: set[tuple[tuple[int, ...], int]] = set()
@@ -51,8 +52,8 @@ def next_item_examples(spark, rows: int, max_seq_len: int, real_items: int, *, e
         item = int(rng.integers(real_items))
         length = int(rng.integers(2, max_seq_len + 1))
         items = [int(rng.integers(real_items)) if rng.random() < 0.3 else item for _ in range(length)]
-        history = [PAD_IDX] * (max_seq_len - length) + [i + FIRST_ITEM_IDX for i in items]
-        distinct.add((tuple(history), (item + 1) % real_items + FIRST_ITEM_IDX))
+        history = [PAD_IDX] * (max_seq_len - length) + [i + first_item for i in items]
+        distinct.add((tuple(history), (item + 1) % real_items + first_item))
     if not event_types:
         return spark.createDataFrame([(list(h), t) for h, t in sorted(distinct)], f"{HISTORY} array<int>, {TARGET} int")
     data = []

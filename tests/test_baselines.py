@@ -4,14 +4,21 @@ from __future__ import annotations
 from pyspark.sql import SparkSession
 
 from recspark import constants as C
+from recspark.config import FeaturesConfig
 from recspark.evaluation.baselines import als
+
+# The default layout: PAD 0, unknown 1, 64 hashed out-of-vocabulary buckets 2..65, items from 66
+# (written out, not taken from the layout code under test).
+assert FeaturesConfig().oov_buckets == 64
+FIRST = 66
 
 
 def test_als_recommends_the_users_own_group_and_skips_seen(spark: SparkSession, tmp_path) -> None:
-    # Items 2..7 are group 0's, 8..13 group 1's; every user has seen 4 of their group's 6 items.
-    sequences, queries, vocab = [], [], [(f"item-{i}", i) for i in range(2, 14)]
+    # Items FIRST.. +5 are group 0's, +6.. +11 group 1's; every user has seen 4 of their group's 6 items.
+    group_0, group_1 = range(FIRST, FIRST + 6), range(FIRST + 6, FIRST + 12)
+    sequences, queries, vocab = [], [], [(f"item-{i}", i) for i in range(FIRST, FIRST + 12)]
     for user in range(20):
-        group = range(2, 8) if user % 2 == 0 else range(8, 14)
+        group = group_0 if user % 2 == 0 else group_1
         seen = [i for n, i in enumerate(group) if (n + user) % 6 < 4]
         sequences.append((f"u{user}", seen, ["train"] * len(seen)))
         queries.append((f"u{user}", [f"item-{i}" for i in seen], seen))
@@ -19,7 +26,7 @@ def test_als_recommends_the_users_own_group_and_skips_seen(spark: SparkSession, 
         spark.createDataFrame(sequences, "user_id string, item_idx array<int>, split array<string>"),
         spark.createDataFrame(vocab, "item_id string, item_idx int"),
         spark.createDataFrame(queries, "user_id string, seen array<string>, seen_idx array<int>"),
-        k=2, exclude_seen=True, rank=4, reg_param=0.01, max_iter=15, alpha=20.0, seed=1, first_item_idx=2,
+        k=2, exclude_seen=True, rank=4, reg_param=0.01, max_iter=15, alpha=20.0, seed=1, first_item_idx=FIRST,
         checkpoint_dir=str(tmp_path / "spark-checkpoints"),
     ).collect()
     by_user: dict[str, list] = {}
@@ -32,7 +39,7 @@ def test_als_recommends_the_users_own_group_and_skips_seen(spark: SparkSession, 
         assert sorted(r[C.RANK] for r in rows) == [1, 2]
         assert not seen & {r[C.ITEM_ID] for r in rows}
         # The two unseen items of the user's own group are the right answer.
-        own = {f"item-{i}" for i in (range(2, 8) if number % 2 == 0 else range(8, 14))}
+        own = {f"item-{i}" for i in (group_0 if number % 2 == 0 else group_1)}
         assert {r[C.ITEM_ID] for r in rows} == own - seen
 
 
@@ -51,7 +58,8 @@ SEQ_SCHEMA = ("user_id string, item_id array<string>, item_idx array<int>, event
               "split array<string>")
 QUERY_SCHEMA = "user_id string, history array<int>, seen array<string>, seen_idx array<int>"
 VOCAB_SCHEMA = "item_id string, item_idx int, train_count long"
-IDX = {"a": 2, "b": 3, "c": 4, "d": 5, "e": 6, "z": 1}  # z is out of vocabulary
+IDX = {"a": FIRST, "b": FIRST + 1, "c": FIRST + 2, "d": FIRST + 3, "e": FIRST + 4,
+       "z": 2 + 17}  # z is out of vocabulary: one of the hashed buckets
 
 
 def sequences_of(spark, users: dict[str, list[tuple[str, float, str]]]):
@@ -69,8 +77,9 @@ def test_recent_popular_counts_only_the_last_days_of_training(spark: SparkSessio
         "u2": [("a", 2, "train"), ("b", 3, "train"), ("c", 9.5, "train")],
         "u3": [("d", 8, "train"), ("z", 9, "train"), ("a", 10, "train")],
     })
-    vocab = spark.createDataFrame([("a", 2, 3), ("b", 3, 2), ("c", 4, 2), ("d", 5, 1)], VOCAB_SCHEMA)
-    queries = spark.createDataFrame([("q1", [0], [], []), ("q2", [0], ["c"], [4])], QUERY_SCHEMA)
+    vocab = spark.createDataFrame([("a", IDX["a"], 3), ("b", IDX["b"], 2), ("c", IDX["c"], 2), ("d", IDX["d"], 1)],
+                                  VOCAB_SCHEMA)
+    queries = spark.createDataFrame([("q1", [0], [], []), ("q2", [0], ["c"], [IDX["c"]])], QUERY_SCHEMA)
     # Training ends on day 10 (u1's test event on day 12 does not count); the window (8, 10] holds
     # u1 b, c; u2 c; u3 a (d on day 8 is on the boundary, out; z is out of vocabulary). Recent counts
     # c 2, a 1, b 1, d 0; a before b by all-time count (3 > 2).
@@ -79,7 +88,7 @@ def test_recent_popular_counts_only_the_last_days_of_training(spark: SparkSessio
          ("q2", 1, "a", 1.0), ("q2", 2, "b", 1.0), ("q2", 3, "d", 0.0)],
         "user_id string, rank int, item_id string, score float")
     for exclude_seen in (False, True):
-        result = recent_popular(sequences, vocab, queries, 3, exclude_seen, recent_days=2.0, first_item_idx=2)
+        result = recent_popular(sequences, vocab, queries, 3, exclude_seen, recent_days=2.0, first_item_idx=FIRST)
         wanted = expected if exclude_seen else expected.filter(F.col("user_id") == "q1").unionByName(
             expected.filter(F.col("user_id") == "q1").withColumn("user_id", F.lit("q2")))
         assertDataFrameEqual(result.select("user_id", "rank", "item_id", "score"), wanted)
@@ -95,7 +104,7 @@ COOC_USERS = {
 
 
 def test_cooccurrence_neighbours_hand_counted(spark: SparkSession) -> None:
-    result = cooccurrence_neighbours(sequences_of(spark, COOC_USERS), window=2, neighbours=2, first_item_idx=2)
+    result = cooccurrence_neighbours(sequences_of(spark, COOC_USERS), window=2, neighbours=2, first_item_idx=FIRST)
     a, b, c, d = (IDX[i] for i in "abcd")
     # Top 2 per item; ties broken by the smaller index: c has a (1) and d (1) -> a.
     expected = [(a, b, 2), (a, c, 1), (b, a, 2), (b, c, 2), (c, b, 2), (c, a, 1), (d, b, 1), (d, c, 1)]
@@ -104,22 +113,22 @@ def test_cooccurrence_neighbours_hand_counted(spark: SparkSession) -> None:
 
 def test_item_cooccurrence_scores_recent_items_and_fills_with_popular(spark: SparkSession) -> None:
     sequences = sequences_of(spark, COOC_USERS)
-    vocab = spark.createDataFrame([("a", 2, 2), ("b", 3, 4), ("c", 4, 2), ("d", 5, 1), ("e", 6, 9)], VOCAB_SCHEMA)
+    vocab = spark.createDataFrame([(i, IDX[i], count) for i, count in zip("abcde", (2, 4, 2, 1, 9))], VOCAB_SCHEMA)
     a, b, c, d = (IDX[i] for i in "abcd")
     queries = spark.createDataFrame([
         # Recent (last 2 distinct known items) = a, d: a -> b 2, c 1; d -> b 1, c 1: b 3, c 2; then
         # the most popular filler not already listed: e.
-        ("q1", [0, a, 1, d], ["a", "d"], [a, d]),
+        ("q1", [0, a, IDX["z"], d], ["a", "d"], [a, d]),  # z: a hashed bucket, never "recent"
         # Recent = c: c -> b 2, a 1; with seen items excluded b goes, a stays; fillers e, then d.
         ("q2", [0, 0, b, c], ["b", "c"], [b, c]),
     ], QUERY_SCHEMA)
     schema = "user_id string, rank int, item_id string, score float"
-    got = item_cooccurrence(sequences, vocab, queries, 3, False, window=2, neighbours=2, recent_items=2, first_item_idx=2)
+    got = item_cooccurrence(sequences, vocab, queries, 3, False, window=2, neighbours=2, recent_items=2, first_item_idx=FIRST)
     assertDataFrameEqual(got, spark.createDataFrame(
         [("q1", 1, "b", 3.0), ("q1", 2, "c", 2.0), ("q1", 3, "e", 0.0),
          # q2 recent = b, c: b -> a 2, c 2; c -> b 2, a 1: a 3, b 2, c 2 (b before c by index).
          ("q2", 1, "a", 3.0), ("q2", 2, "b", 2.0), ("q2", 3, "c", 2.0)], schema))
-    got = item_cooccurrence(sequences, vocab, queries, 3, True, window=2, neighbours=2, recent_items=2, first_item_idx=2)
+    got = item_cooccurrence(sequences, vocab, queries, 3, True, window=2, neighbours=2, recent_items=2, first_item_idx=FIRST)
     assertDataFrameEqual(got, spark.createDataFrame(
         [("q1", 1, "b", 3.0), ("q1", 2, "c", 2.0), ("q1", 3, "e", 0.0),
          ("q2", 1, "a", 3.0), ("q2", 2, "e", 0.0), ("q2", 3, "d", 0.0)], schema))
@@ -152,7 +161,7 @@ REPEAT_USERS = {
     "u2": [("b", 2, "train"), ("e", 9, "test")],
     "u3": [("e", 1, "train"), ("e", 2, "train")],
 }
-REPEAT_VOCAB = [("a", 2, 2), ("b", 3, 2), ("c", 4, 1), ("d", 5, 1), ("e", 6, 5)]  # popularity: e, a, b, c, d
+REPEAT_VOCAB = [(i, IDX[i], count) for i, count in zip("abcde", (2, 2, 1, 1, 5))]  # popularity: e, a, b, c, d
 REPEAT_SCHEMA = "user_id string, rank int, item_id string, score float"
 
 
@@ -162,26 +171,26 @@ def test_repeat_purchase_ranks_own_items_by_count_then_recency_and_fills_with_po
     queries = spark.createDataFrame([("u1", [0], [], []), ("u2", [0], [], [])], QUERY_SCHEMA)
     # Validation queries: training history only. u1: a (2), then c before b (1 each, c later);
     # z never (reserved index); fillers e, then d (a, b, c already listed). u2: b, then e, a, c.
-    got = repeat_purchase(sequences, vocab, queries, 5, first_item_idx=2)
+    got = repeat_purchase(sequences, vocab, queries, 5, first_item_idx=FIRST)
     assertDataFrameEqual(got, spark.createDataFrame(
         [("u1", 1, "a", 2.0), ("u1", 2, "c", 1.0), ("u1", 3, "b", 1.0), ("u1", 4, "e", 0.0), ("u1", 5, "d", 0.0),
          ("u2", 1, "b", 1.0), ("u2", 2, "e", 0.0), ("u2", 3, "a", 0.0), ("u2", 4, "c", 0.0), ("u2", 5, "d", 0.0)],
         REPEAT_SCHEMA))
     # Test queries: train + validation; d (validation, day 7) is now u1's most recent single item.
     # The test-period e (3 events) is still never an own item: it comes only as the top filler.
-    got = repeat_purchase(sequences, vocab, queries, 4, splits=("train", "validation"), first_item_idx=2)
+    got = repeat_purchase(sequences, vocab, queries, 4, splits=("train", "validation"), first_item_idx=FIRST)
     assertDataFrameEqual(got, spark.createDataFrame(
         [("u1", 1, "a", 2.0), ("u1", 2, "d", 1.0), ("u1", 3, "c", 1.0), ("u1", 4, "b", 1.0),
          ("u2", 1, "b", 1.0), ("u2", 2, "e", 0.0), ("u2", 3, "a", 0.0), ("u2", 4, "c", 0.0)], REPEAT_SCHEMA))
 
 
 def test_repeat_purchase_never_returns_reserved_indices(spark: SparkSession) -> None:
-    # With the vocabulary starting at b, a (index 2) is a hashed bucket: not an own item even though
+    # With the vocabulary starting at b, a (index FIRST) is a hashed bucket: not an own item even though
     # u1 had it most often, and not in the vocabulary the fillers come from.
     sequences = sequences_of(spark, REPEAT_USERS)
-    vocab = spark.createDataFrame([v for v in REPEAT_VOCAB if v[1] >= 3], VOCAB_SCHEMA)
+    vocab = spark.createDataFrame([v for v in REPEAT_VOCAB if v[1] >= IDX["b"]], VOCAB_SCHEMA)
     queries = spark.createDataFrame([("u1", [0], [], [])], QUERY_SCHEMA)
-    got = repeat_purchase(sequences, vocab, queries, 4, first_item_idx=3)
+    got = repeat_purchase(sequences, vocab, queries, 4, first_item_idx=IDX["b"])
     assertDataFrameEqual(got, spark.createDataFrame(
         [("u1", 1, "c", 1.0), ("u1", 2, "b", 1.0), ("u1", 3, "e", 0.0), ("u1", 4, "d", 0.0)], REPEAT_SCHEMA))
 
@@ -190,7 +199,7 @@ def test_repeat_purchase_scores_keep_the_ranking_order(spark: SparkSession) -> N
     # The sampled protocol's single number: count + 1 + dense rank by last time / (items + 1).
     sequences = sequences_of(spark, REPEAT_USERS)
     queries = spark.createDataFrame([("u1", [0], [], [])], QUERY_SCHEMA)
-    got = repeat_purchase_scores(sequences, queries, ("train", "validation"), first_item_idx=2)
+    got = repeat_purchase_scores(sequences, queries, ("train", "validation"), first_item_idx=FIRST)
     a, b, c, d = (IDX[i] for i in "abcd")  # last times: b 3, a 4, c 5, d 7 -> dense ranks 1..4 of 4
     assertDataFrameEqual(got, spark.createDataFrame(
         [("u1", a, 2 + 1 + 2 / 5), ("u1", d, 1 + 1 + 4 / 5), ("u1", c, 1 + 1 + 3 / 5), ("u1", b, 1 + 1 + 1 / 5)],

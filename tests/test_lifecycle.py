@@ -10,10 +10,16 @@ import pytest
 from conftest import next_item_examples
 
 from recspark.config import TrainConfig
-from recspark.constants import FIRST_ITEM_IDX, OOV_IDX, PAD_IDX
+from recspark.constants import OOV_IDX, PAD_IDX, ItemLayout
 from recspark.evaluation.metrics import ndcg_at_k
 from recspark.models.lifecycle import (RunState, find_resumable_state, fingerprint, grow_weights, horovod_launcher,
                                        ndcg_from_top_k, read_state_arrays, top_k_items, write_state)
+
+
+# The single-unknown layout (PAD, unknown, then items from 2): small models, fast tests.
+FIRST_ITEM = ItemLayout(oov_buckets=1).first_item
+# The default configuration's layout (64 hashed buckets), written out: where evaluation ranks.
+DEFAULT_FIRST = 2 + 64
 
 
 def _split_items(array, old_items, new_items):
@@ -30,9 +36,10 @@ def _split_items(array, old_items, new_items):
 def test_ndcg_matches_the_reference_metric():
     """Same number as recspark.evaluation.metrics.ndcg_at_k, items outside the vocabulary included."""
     rng = np.random.default_rng(3)
-    num_items, users = 40, 60
+    num_items, users = DEFAULT_FIRST + 40, 60
     logits = rng.normal(size=(users, num_items))
-    relevant_lists = [list(rng.choice(np.arange(FIRST_ITEM_IDX, num_items), size=rng.integers(1, 5), replace=False))
+    logits[:, :DEFAULT_FIRST] += 10.0  # reserved indices score best: they must still never be ranked
+    relevant_lists = [list(rng.choice(np.arange(DEFAULT_FIRST, num_items), size=rng.integers(1, 5), replace=False))
                       for _ in range(users)]
     # Some relevant items are unknown to the vocabulary (-1): never hit, but counted in the ideal DCG.
     relevant_lists[0] = relevant_lists[0] + [-1]
@@ -43,20 +50,27 @@ def test_ndcg_matches_the_reference_metric():
         relevant[u, :len(items)] = items
     num_relevant = np.array([len(items) for items in relevant_lists])
 
-    top = top_k_items(logits, 10)
+    top = top_k_items(logits, 10, first_item=DEFAULT_FIRST)
     # The reference: the best 10 of all real items, unknown items as distinct never-predicted ids.
-    order = [[int(i) for i in np.argsort(-row, kind="stable") if i >= FIRST_ITEM_IDX][:10] for row in logits]
+    order = [[int(i) for i in np.argsort(-row, kind="stable") if i >= DEFAULT_FIRST][:10] for row in logits]
     assert top.tolist() == order
     reference_relevant = [[i if i >= 0 else f"unknown-{j}" for j, i in enumerate(items)] for items in relevant_lists]
     assert ndcg_from_top_k(top, relevant, num_relevant) == pytest.approx(ndcg_at_k(order, reference_relevant, 10), abs=1e-12)
 
 
-def test_top_k_never_returns_pad_oov_or_seen():
-    logits = np.zeros((1, 8))
-    logits[0] = [9, 8, 7, 6, 5, 4, 3, 2]  # PAD and OOV score best
-    seen = np.array([[FIRST_ITEM_IDX, PAD_IDX]])
-    assert top_k_items(logits, 3).tolist() == [[2, 3, 4]]
-    assert top_k_items(logits, 3, seen).tolist() == [[3, 4, 5]]
+def test_top_k_never_returns_reserved_or_seen():
+    # Default layout: PAD, unknown and 64 buckets score best, the items below them in index order.
+    logits = -np.arange(DEFAULT_FIRST + 6, dtype=np.float64)[None, :]
+    seen = np.array([[DEFAULT_FIRST, PAD_IDX]])
+    first = DEFAULT_FIRST
+    assert top_k_items(logits, 3, first_item=first).tolist() == [[first, first + 1, first + 2]]
+    assert top_k_items(logits, 3, seen, first_item=first).tolist() == [[first + 1, first + 2, first + 3]]
+    # Every reserved index, one at a time, scoring far above the items: never in the top k.
+    for reserved in range(DEFAULT_FIRST):
+        high = np.zeros((1, DEFAULT_FIRST + 6))
+        high[0, reserved] = 1e9
+        # Asking for every index returns every item once and nothing else.
+        assert sorted(top_k_items(high, DEFAULT_FIRST + 6, first_item=first)[0].tolist()) == list(range(first, first + 6))
 
 
 def test_fingerprint_ignores_epochs_but_not_what_changes_an_epoch():
@@ -96,10 +110,10 @@ def test_vocabulary_growth_keeps_old_rows_and_initialises_new_ones():
     from recspark.models import ModelSpec, build_model
 
     train = TrainConfig(embedding_dim=4, seed=3)
-    old_model = build_model("mean_pool", ModelSpec(num_items=7, max_seq_len=5), train)
+    old_model = build_model("mean_pool", ModelSpec(num_items=7, max_seq_len=5, first_item_idx=FIRST_ITEM), train)
     # Stand-in for training: every old weight moves away from its initial value.
     old = [w + 1.5 for w in old_model.get_weights()]
-    new_model = build_model("mean_pool", ModelSpec(num_items=10, max_seq_len=5), train)
+    new_model = build_model("mean_pool", ModelSpec(num_items=10, max_seq_len=5, first_item_idx=FIRST_ITEM), train)
     fresh = new_model.get_weights()
     grown = grow_weights(old, fresh, 7, 10)
     new_model.set_weights(grown)  # the shapes fit the bigger model
@@ -164,12 +178,12 @@ ROWS = 480
 MAX_SEQ_LEN = 6
 REAL_ITEMS = 10
 # One more item than the data uses: the warm-start test grows a model over the others to this size.
-NUM_ITEMS = FIRST_ITEM_IDX + REAL_ITEMS + 1
+NUM_ITEMS = FIRST_ITEM + REAL_ITEMS + 1
 
 
 def _examples(spark):
     """Distinct (history, target) rows: mostly one item repeated, the target is the next item."""
-    return next_item_examples(spark, ROWS, MAX_SEQ_LEN, REAL_ITEMS)
+    return next_item_examples(spark, ROWS, MAX_SEQ_LEN, REAL_ITEMS, first_item=FIRST_ITEM)
 
 
 def _train(spark, tmp_path, config, **kwargs):
@@ -177,7 +191,7 @@ def _train(spark, tmp_path, config, **kwargs):
     from recspark.models.training import train_distributed
 
     return train_distributed(
-        spark, _examples(spark), model="mean_pool", spec=ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN),
+        spark, _examples(spark), model="mean_pool", spec=ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, first_item_idx=FIRST_ITEM),
         train_config=config, model_dir=kwargs.pop("model_dir", tmp_path / "model"),
         cache_url=(tmp_path / "petastorm").as_uri(), **kwargs)
 
@@ -234,9 +248,9 @@ def test_early_stopping_stops_every_rank_at_the_same_epoch_and_exports_the_best(
     # first, 1.0, cannot be beaten), so training must stop `patience` epochs after the best one.
     items = np.arange(REAL_ITEMS)
     histories = np.full((REAL_ITEMS, MAX_SEQ_LEN), PAD_IDX, np.int32)
-    histories[:, -3:] = (items + FIRST_ITEM_IDX)[:, None]
+    histories[:, -3:] = (items + FIRST_ITEM)[:, None]
     validation = ValidationSet(inputs={HISTORY: histories},
-                               relevant=((items + 1) % REAL_ITEMS + FIRST_ITEM_IDX)[:, None].astype(np.int32),
+                               relevant=((items + 1) % REAL_ITEMS + FIRST_ITEM)[:, None].astype(np.int32),
                                num_relevant=np.ones(REAL_ITEMS, np.int32))
     config = TrainConfig(num_proc=2, epochs=10, batch_size=32, learning_rate=0.02, embedding_dim=8, seed=11,
                          early_stopping_patience=2, validation_users=REAL_ITEMS)
@@ -257,7 +271,7 @@ def test_early_stopping_stops_every_rank_at_the_same_epoch_and_exports_the_best(
     exported, _ = load_model(model_dir)
 
     def epoch_weights(epoch):
-        model = build_model("mean_pool", ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN), config)
+        model = build_model("mean_pool", ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, first_item_idx=FIRST_ITEM), config)
         model.load_weights(str(model_dir / CHECKPOINTS_DIR / f"epoch-{epoch:03d}.weights.h5"))
         return model.get_weights()
 
@@ -287,7 +301,7 @@ def test_two_ranks_with_batch_b_match_one_rank_with_batch_2b(spark, tmp_path):
     _assert_ranks_agree(two)
     from recspark.models import ModelSpec, build_model
 
-    initial = build_model("mean_pool", ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN),
+    initial = build_model("mean_pool", ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, first_item_idx=FIRST_ITEM),
                           TrainConfig(embedding_dim=8, seed=11)).get_weights()
     moved = max(float(np.abs(w - i).max()) for w, i in zip(one.rank_results[0].weights, initial))
     assert moved > 1e-2, moved
@@ -310,16 +324,16 @@ def test_warm_start_grows_the_previous_models_vocabulary(spark, tmp_path):
     config = TrainConfig(num_proc=2, epochs=1, batch_size=32, learning_rate=0.01, embedding_dim=8, seed=11,
                          early_stopping_patience=0)
     common = dict(model="mean_pool", model_dir=model_dir, cache_url=(tmp_path / "petastorm").as_uri())
-    first = train_distributed(spark, _examples(spark), spec=ModelSpec(num_items=small, max_seq_len=MAX_SEQ_LEN),
+    first = train_distributed(spark, _examples(spark), spec=ModelSpec(num_items=small, max_seq_len=MAX_SEQ_LEN, first_item_idx=FIRST_ITEM),
                               train_config=config, **common)
     grown_config = dataclasses.replace(config, epochs=0, warm_start=True)
-    second = train_distributed(spark, _examples(spark), spec=ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN),
+    second = train_distributed(spark, _examples(spark), spec=ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, first_item_idx=FIRST_ITEM),
                                train_config=grown_config, **common)
 
     assert (model_dir / PREVIOUS_DIR / META_FILE).is_file()
     assert json.loads((model_dir / META_FILE).read_text())["warm_start_from"] == str(model_dir.resolve() / PREVIOUS_DIR)
     _assert_ranks_agree(second)
-    fresh = build_model("mean_pool", ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN), config).get_weights()
+    fresh = build_model("mean_pool", ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, first_item_idx=FIRST_ITEM), config).get_weights()
     grown_vars = 0
     for before, init, after in zip(first.rank_results[0].weights, fresh, second.rank_results[0].weights):
         if before.shape == after.shape:

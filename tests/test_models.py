@@ -17,11 +17,13 @@ from recspark.models.training import META_FILE, MODEL_FILE, load_model
 
 MAX_SEQ_LEN = 6
 REAL_ITEMS = 20
-NUM_ITEMS = C.FIRST_ITEM_IDX + REAL_ITEMS
+# The single-unknown layout (PAD, unknown, then items from 2): small models, fast tests.
+FIRST_ITEM = C.ItemLayout(oov_buckets=1).first_item
+NUM_ITEMS = FIRST_ITEM + REAL_ITEMS
 EVENT_TYPES = 3  # ingest.event_types of length 3: ids 1..3, 4 unknown, 0 pad
 GAP_BUCKETS = 4
 SPEC = ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, num_event_types=EVENT_TYPES + 2,
-                 num_gap_buckets=GAP_BUCKETS, item_counts=[0, 0] + [100 - i for i in range(REAL_ITEMS)])
+                 num_gap_buckets=GAP_BUCKETS, item_counts=[0] * FIRST_ITEM + [100 - i for i in range(REAL_ITEMS)], first_item_idx=FIRST_ITEM)
 
 
 def _config(**overrides) -> TrainConfig:
@@ -41,10 +43,10 @@ def _successor_task(rows: int, seed: int) -> tuple[dict[str, np.ndarray], np.nda
         length = int(rng.integers(1, MAX_SEQ_LEN + 1))
         start = int(rng.integers(REAL_ITEMS))
         items = [(start + step) % REAL_ITEMS for step in range(length + 1)]
-        history[row, MAX_SEQ_LEN - length:] = [C.FIRST_ITEM_IDX + i for i in items[:-1]]
+        history[row, MAX_SEQ_LEN - length:] = [FIRST_ITEM + i for i in items[:-1]]
         types[row, MAX_SEQ_LEN - length:] = rng.integers(1, EVENT_TYPES + 2, size=length)
         gaps[row, MAX_SEQ_LEN - length:] = np.sort(rng.integers(1, GAP_BUCKETS + 1, size=length))[::-1]
-        target[row] = C.FIRST_ITEM_IDX + items[-1]
+        target[row] = FIRST_ITEM + items[-1]
     return {C.HISTORY: history, C.HISTORY_TYPES: types, C.HISTORY_GAPS: gaps}, target
 
 
@@ -82,19 +84,19 @@ def test_sasrec_is_causal_and_reads_every_real_step() -> None:
     model = build_model("sasrec", SPEC, _config())
     inputs, _ = _successor_task(16, seed=4)
     full = {key: value.copy() for key, value in inputs.items()}
-    full[C.HISTORY][:, :] = np.arange(MAX_SEQ_LEN) + C.FIRST_ITEM_IDX  # no padding: every step real
+    full[C.HISTORY][:, :] = np.arange(MAX_SEQ_LEN) + FIRST_ITEM  # no padding: every step real
     states = model.sequence_states(full).numpy()
 
     # Changing step 3 changes the states of steps 3.. and leaves steps 0..2 exactly as they were.
     changed = {key: value.copy() for key, value in full.items()}
-    changed[C.HISTORY][:, 3] = C.FIRST_ITEM_IDX + REAL_ITEMS - 1
+    changed[C.HISTORY][:, 3] = FIRST_ITEM + REAL_ITEMS - 1
     changed_states = model.sequence_states(changed).numpy()
     np.testing.assert_array_equal(changed_states[:, :3], states[:, :3])
     assert np.abs(changed_states[:, 3:] - states[:, 3:]).max(axis=2).min() > 1e-4
 
     # The last position (the user vector) depends on the earliest step's item, type and gap.
     base = model(full).numpy()
-    for column, value in ((C.HISTORY, C.FIRST_ITEM_IDX + 7), (C.HISTORY_TYPES, 4), (C.HISTORY_GAPS, 1)):
+    for column, value in ((C.HISTORY, FIRST_ITEM + 7), (C.HISTORY_TYPES, 4), (C.HISTORY_GAPS, 1)):
         earlier = {key: value_.copy() for key, value_ in full.items()}
         earlier[column][:, 0] = value
         assert np.abs(model(earlier).numpy() - base).max() > 1e-4, f"the first step's {column} was ignored"
@@ -170,7 +172,7 @@ def test_sasrec_training_loss_is_every_step_predicting_the_next() -> None:
     for row in range(len(target)):
         following = list(history[row, 1:]) + [target[row]]
         for step in range(MAX_SEQ_LEN):
-            if history[row, step] != C.PAD_IDX and following[step] >= C.FIRST_ITEM_IDX:
+            if history[row, step] != C.PAD_IDX and following[step] >= FIRST_ITEM:
                 logits = states[row, step] @ items.T + bias
                 log_norm = np.log(np.sum(np.exp(logits - logits.max()))) + logits.max()
                 losses.append(log_norm - logits[following[step]])

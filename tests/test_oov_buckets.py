@@ -82,7 +82,7 @@ def test_unseen_items_land_in_buckets_deterministically(spark: SparkSession, eve
 def test_one_bucket_keeps_the_single_unknown_index(events: DataFrame) -> None:
     vocab = fit_item_vocab(events.filter("split = 'train'"), min_count=2, buckets=1)
     rows = {r[C.ITEM_ID]: r[C.ITEM_IDX] for r in with_item_idx(events, vocab, 1).select(C.ITEM_ID, C.ITEM_IDX).collect()}
-    assert (rows["a"], rows["b"]) == (C.FIRST_ITEM_IDX, C.FIRST_ITEM_IDX + 1)
+    assert (rows["a"], rows["b"]) == (2, 3)  # PAD 0, the shared unknown 1, then the items
     assert {idx for item, idx in rows.items() if item not in ("a", "b")} == {C.OOV_IDX}
 
 
@@ -140,6 +140,24 @@ def test_model_spec_counts_the_reserved_indices() -> None:
     assert ModelSpec(num_items=C.first_vocab_index(4) + 1, max_seq_len=2, first_item_idx=C.first_vocab_index(4))
     with pytest.raises(ValueError, match="reserved"):
         ModelSpec(num_items=C.first_vocab_index(4), max_seq_len=2, first_item_idx=C.first_vocab_index(4))
+
+
+def test_model_spec_states_its_first_item() -> None:
+    """No default layout: a spec without first_item_idx is an error, except when read from an old
+    model_meta.json (written before the field existed, i.e. with the single unknown: items from 2)."""
+    with pytest.raises(TypeError, match="first_item_idx"):
+        ModelSpec(num_items=70, max_seq_len=2)
+    assert ModelSpec.from_dict({"num_items": 5, "max_seq_len": 2}).first_item_idx == 2
+    assert ModelSpec.from_dict({"num_items": 70, "max_seq_len": 2, "first_item_idx": 66}).first_item_idx == 66
+
+
+def test_layout_follows_the_configuration() -> None:
+    # Written out from the README's item_vocab row: 0 pads, 1 unknown, 2 .. 1 + buckets, then items.
+    for buckets, first in ((1, 2), (4, 6), (64, 66)):
+        layout = load_config(None, [f"features.oov_buckets={buckets}"]).features.item_layout
+        assert (layout.pad, layout.unknown, layout.first_item) == (0, 1, first)
+        assert [i for i in range(first + 3) if layout.reserved(i)] == list(range(first))
+    assert load_config(None, ["features.category_oov_buckets=8"]).features.category_layout.first_item == 10
 
 
 @pytest.mark.parametrize("key", ["oov_buckets", "category_oov_buckets"])

@@ -9,26 +9,54 @@ import pytest
 from pyspark.sql import SparkSession
 
 from recspark import constants as C
+from recspark.config import FeaturesConfig
 from recspark.evaluation.baselines import most_popular
 from recspark.scoring import recommend, top_k_from_logits
 
-NUM_ITEMS, LENGTH = 8, 3
+# The default layout: PAD 0, unknown 1, 64 hashed buckets 2..65, items from 66.
+DEFAULT_BUCKETS = 64
+assert FeaturesConfig().oov_buckets == DEFAULT_BUCKETS, "these tests are about the default layout"
+FIRST = 2 + DEFAULT_BUCKETS  # written out, not taken from the layout under test
+REAL_ITEMS, LENGTH = 6, 3
+NUM_ITEMS = FIRST + REAL_ITEMS
 
 
-def test_top_k_never_returns_pad_oov_or_excluded_items() -> None:
-    logits = np.array([[9.0, 8.0, 1.0, 5.0, 3.0, 4.0], [9.0, 9.0, 7.0, 1.0, 6.0, 2.0]])
-    items, scores, probabilities = top_k_from_logits(logits, 2, [np.array([3]), np.array([], dtype=int)])
-    assert items.tolist() == [[5, 4], [2, 4]]
+def test_default_layout_reserves_pad_unknown_and_64_buckets() -> None:
+    layout = FeaturesConfig().item_layout
+    assert (layout.pad, layout.unknown, layout.first_item) == (0, 1, 66)
+    assert list(layout.buckets) == list(range(2, 66))
+    assert [i for i in range(70) if layout.reserved(i)] == list(range(66))
+
+
+def test_top_k_never_returns_reserved_or_excluded_items() -> None:
+    # Item i sits at FIRST + i; every reserved index (PAD, unknown, each bucket) scores above any item.
+    items_logits = [[1.0, 5.0, 3.0, 4.0], [7.0, 1.0, 6.0, 2.0]]
+    logits = np.concatenate([np.full((2, FIRST), 9.0), np.array(items_logits)], axis=1)
+    items, scores, probabilities = top_k_from_logits(logits, 2, [np.array([FIRST + 1]), np.array([], dtype=int)],
+                                                     first_item=FIRST)
+    assert items.tolist() == [[FIRST + 3, FIRST + 2], [FIRST + 0, FIRST + 2]]
     assert scores.tolist() == [[4.0, 3.0], [7.0, 6.0]]
-    # Softmax over items 2..5 (PAD, OOV and excluded ones removed): e^4 / (e^1 + e^3 + e^4).
+    # Softmax over the items that may be recommended (reserved and excluded ones removed).
     assert probabilities[0, 0] == pytest.approx(np.exp(4) / (np.exp(1) + np.exp(3) + np.exp(4)))
+
+
+@pytest.mark.parametrize("reserved", [C.PAD_IDX, C.OOV_IDX, 2, 33, FIRST - 1])
+def test_top_k_asking_for_every_index_still_returns_only_items(reserved: int) -> None:
+    """k beyond the catalogue: the answer is every item once, never a reserved index, however
+    high that index scores."""
+    logits = np.zeros((1, NUM_ITEMS))
+    logits[0, reserved] = 1e9
+    items, _, probabilities = top_k_from_logits(logits, NUM_ITEMS, first_item=FIRST)
+    assert sorted(items[0].tolist()) == list(range(FIRST, NUM_ITEMS))
+    assert probabilities.sum() == pytest.approx(1.0)
 
 
 def _save(folder: Path, name: str) -> Path:
     from recspark.config import TrainConfig
     from recspark.models import ModelSpec, build_model
 
-    spec = ModelSpec(num_items=NUM_ITEMS, max_seq_len=LENGTH, num_event_types=5, num_gap_buckets=4)
+    spec = ModelSpec(num_items=NUM_ITEMS, max_seq_len=LENGTH, num_event_types=5, num_gap_buckets=4,
+                     first_item_idx=FeaturesConfig().first_item_idx)
     model = build_model(name, spec, TrainConfig(embedding_dim=4, num_layers=1, num_heads=2, seed=3))
     model.save(folder / "model.keras")
     (folder / "model_meta.json").write_text(json.dumps({"num_items": NUM_ITEMS, "max_seq_len": LENGTH,
@@ -47,15 +75,23 @@ def test_udf_scores_every_user_like_the_model_itself(spark: SparkSession, model_
     import recspark.models  # noqa: F401  registers the model classes for tf.keras.models.load_model
 
     # Types and gaps are 0 on padding; u5's differ from u2's only there and in its seen items.
-    histories = [("u1", [0, 2, 3], [0, 1, 2], [0, 2, 1], [2, 3]), ("u2", [4, 5, 6], [1, 1, 3], [3, 2, 1], [4, 5, 6]),
-                 ("u3", [0, 0, 7], [0, 0, 4], [0, 0, 1], [7]), ("u4", [0, 0, 0], [0, 0, 0], [0, 0, 0], []),
-                 ("u5", [0, 5, 6], [0, 1, 3], [0, 2, 1], [])]
+    a, b, c, d, e, f = range(FIRST, NUM_ITEMS)
+    # u6 read an item outside the vocabulary (a hashed bucket): still only items come back.
+    histories = [("u1", [0, a, b], [0, 1, 2], [0, 2, 1], [a, b]), ("u2", [c, d, e], [1, 1, 3], [3, 2, 1], [c, d, e]),
+                 ("u3", [0, 0, f], [0, 0, 4], [0, 0, 1], [f]), ("u4", [0, 0, 0], [0, 0, 0], [0, 0, 0], []),
+                 ("u5", [0, d, e], [0, 1, 3], [0, 2, 1], []), ("u6", [0, 40, a], [0, 1, 1], [0, 1, 1], [a])]
     # The scorer picks its columns from a wider table (here with an unrelated column).
     df = spark.createDataFrame([(*row, "x") for row in histories],
                                "user_id string, history array<int>, history_types array<int>, "
                                "history_gaps array<int>, seen_idx array<int>, other string")
-    vocab = spark.createDataFrame([(f"item-{i}", i) for i in range(2, NUM_ITEMS)], "item_id string, item_idx int")
+    vocab = spark.createDataFrame([(f"item-{i}", i) for i in range(FIRST, NUM_ITEMS)], "item_id string, item_idx int")
     got = recommend(df, vocab, str(model_dir), k=3, exclude_seen=True, batch_size=2).collect()
+    # recommend() joins the vocabulary, which would hide a reserved index: check the raw UDF too.
+    from recspark.scoring import model_input_columns, top_k_udf
+
+    columns = model_input_columns(str(model_dir))
+    raw = df.select(top_k_udf(str(model_dir), columns, NUM_ITEMS, False)(*columns, "seen_idx").alias("t")).collect()
+    assert all(sorted(row["t"]["items"]) == list(range(FIRST, NUM_ITEMS)) for row in raw)
 
     model = tf.keras.models.load_model(model_dir / "model.keras")
     inputs = {name: np.array([row[column] for row in histories], dtype=np.int32)
@@ -64,7 +100,7 @@ def test_udf_scores_every_user_like_the_model_itself(spark: SparkSession, model_
     logits = model(inputs).numpy()
     assert np.abs(logits[4] - logits[1]).max() > 1e-6, "u5's shorter history should change its scores"
     for row, (user, *_, seen) in enumerate(histories):
-        allowed = [i for i in range(2, NUM_ITEMS) if i not in seen]
+        allowed = [i for i in range(FIRST, NUM_ITEMS) if i not in seen]
         expected = sorted(allowed, key=lambda i: -logits[row, i])[:3]
         mine = sorted((r for r in got if r[C.USER_ID] == user), key=lambda r: r[C.RANK])
         assert [r[C.RANK] for r in mine] == [1, 2, 3]
@@ -75,14 +111,14 @@ def test_udf_scores_every_user_like_the_model_itself(spark: SparkSession, model_
 
 def test_scorer_names_the_missing_column(spark: SparkSession, tmp_path: Path) -> None:
     folder = _save(tmp_path, "sasrec")
-    df = spark.createDataFrame([("u1", [0, 2, 3], [2, 3])], "user_id string, history array<int>, seen_idx array<int>")
-    vocab = spark.createDataFrame([("item-2", 2)], "item_id string, item_idx int")
+    df = spark.createDataFrame([("u1", [0, FIRST, FIRST + 1], [FIRST])], "user_id string, history array<int>, seen_idx array<int>")
+    vocab = spark.createDataFrame([(f"item-{FIRST}", FIRST)], "item_id string, item_idx int")
     with pytest.raises(ValueError, match="history_types"):
         recommend(df, vocab, str(folder), k=3, exclude_seen=False)
 
 
 def test_most_popular_skips_seen_items(spark: SparkSession) -> None:
-    vocab = spark.createDataFrame([("a", 2, 50), ("b", 3, 40), ("c", 4, 30), ("d", 5, 20)],
+    vocab = spark.createDataFrame([("a", FIRST, 50), ("b", FIRST + 1, 40), ("c", FIRST + 2, 30), ("d", FIRST + 3, 20)],
                                   "item_id string, item_idx int, train_count long")
     queries = spark.createDataFrame([("u1", ["a", "c"]), ("u2", [])], "user_id string, seen array<string>")
     rows = most_popular(vocab, queries, k=2, exclude_seen=True).collect()

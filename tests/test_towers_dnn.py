@@ -22,9 +22,11 @@ from recspark.models.dnn import DNNModel, build_dnn_model, predict_pairs
 from recspark.models.item_tables import ItemTables, item_tables
 from recspark.models.towers import TowersModel, build_towers_model
 
+# The single-unknown layout (PAD, unknown, then items from 2): small models, fast tests.
+FIRST_ITEM = C.ItemLayout(oov_buckets=1).first_item
 MAX_SEQ_LEN = 4
 USER_DIM = 2
-CAT_A, CAT_B = C.FIRST_ITEM_IDX, C.FIRST_ITEM_IDX + 1
+CAT_A, CAT_B = FIRST_ITEM, FIRST_ITEM + 1
 A_ITEMS = np.arange(2, 12)  # item_idx of category A
 B_ITEMS = np.arange(12, 22)  # item_idx of category B
 COLD_A, COLD_B = 22, 23  # one more item per category: id embedding off, never seen in training
@@ -229,7 +231,7 @@ def test_build_model_by_name_follows_the_model_interface():
     from recspark.models import ModelSpec, build_model, model_inputs
     from recspark.models.item_tables import feature_spec
 
-    spec = ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, features=feature_spec(USER_DIM, _tables()))
+    spec = ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, features=feature_spec(USER_DIM, _tables()), first_item_idx=FIRST_ITEM)
     train = TrainConfig(embedding_dim=8, hidden_units=[16, 8], negatives=3, dropout=0.1, seed=5)
     for name, cls in (("towers", TowersModel), ("dnn", DNNModel)):
         model = build_model(name, spec, train)
@@ -239,7 +241,7 @@ def test_build_model_by_name_follows_the_model_interface():
         np.testing.assert_array_equal(model.item_attributes.use_id_table.numpy(), _tables().use_id)
     assert build_model("dnn", spec, train).settings["negatives"] == 3
     with pytest.raises(ValueError, match="features"):
-        build_model("towers", ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN), train)
+        build_model("towers", ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, first_item_idx=FIRST_ITEM), train)
 
 
 def test_feature_models_leave_the_sequence_models_alone():
@@ -257,7 +259,7 @@ def test_feature_models_leave_the_sequence_models_alone():
     assert towers(_task(2, seed=0)[0], training=False).shape == (2, NUM_ITEMS)
     assert Recommender.__bases__ == (tf.keras.Model,)
     assert not any(base.__name__ == "Functional" for base in SequenceRecommender.__mro__)
-    sequence = build_model("mean_pool", ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN),
+    sequence = build_model("mean_pool", ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, first_item_idx=FIRST_ITEM),
                            TrainConfig(embedding_dim=8, seed=5))
     assert sequence(sequence.dummy_inputs(rows=3), training=False).shape == (3, NUM_ITEMS)
 
@@ -295,7 +297,7 @@ def test_two_rank_training_from_petastorm_then_spark_scoring(spark, tmp_path, na
     examples = spark.createDataFrame(rows, f"{C.USER_ID} string, {C.HISTORY} array<int>, {C.TARGET} int")
     users = spark.createDataFrame([(f"u{u}", [1.0, 0.0] if u % 2 == 0 else [0.0, 1.0]) for u in range(40)],
                                   f"{C.USER_ID} string, {C.USER_VECTOR} array<float>")
-    spec = ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, features=feature_spec(USER_DIM, _tables()))
+    spec = ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, features=feature_spec(USER_DIM, _tables()), first_item_idx=FIRST_ITEM)
     config = TrainConfig(models=[name], num_proc=2, epochs=4, batch_size=16, learning_rate=0.01, embedding_dim=8,
                          hidden_units=[16], negatives=4, dropout=0.0, seed=3, early_stopping_patience=0)
     result = train_distributed(spark, with_user_vector(examples, users, USER_DIM), model=name, spec=spec,

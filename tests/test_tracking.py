@@ -82,7 +82,7 @@ def test_feature_model_spec_logs_sizes_not_item_tables() -> None:
     from recspark.models import ModelSpec
     from recspark.stages import spec_params
 
-    spec = ModelSpec(num_items=4, max_seq_len=3, item_counts=[0, 0, 5, 2],
+    spec = ModelSpec(num_items=4, max_seq_len=3, item_counts=[0, 0, 5, 2], first_item_idx=2,
                      features={"user_vector_dim": 4, "num_categories": 3, "tables": {"category_idx": [0, 1, 2, 2]}})
     params = spec_params(spec)
     assert params["features_user_vector_dim"] == 4 and params["num_items"] == 4

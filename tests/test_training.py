@@ -15,22 +15,24 @@ import numpy as np
 from conftest import next_item_examples
 
 from recspark.config import TrainConfig
-from recspark.constants import FIRST_ITEM_IDX, HISTORY, HISTORY_GAPS, HISTORY_TYPES, PAD_IDX
+from recspark.constants import HISTORY, HISTORY_GAPS, HISTORY_TYPES, PAD_IDX, ItemLayout
 from recspark.models import ModelSpec
 from recspark.models.training import CHECKPOINTS_DIR, META_FILE, MODEL_FILE, load_model, train_distributed
 
 ROWS = 480
 MAX_SEQ_LEN = 6
 REAL_ITEMS = 10
-NUM_ITEMS = FIRST_ITEM_IDX + REAL_ITEMS  # PAD, OOV and the real items
+# The single-unknown layout (PAD, unknown, then items from 2): small models, fast tests.
+FIRST_ITEM = ItemLayout(oov_buckets=1).first_item
+NUM_ITEMS = FIRST_ITEM + REAL_ITEMS  # PAD, OOV and the real items
 EVENT_TYPES, GAP_BUCKETS = 3, 4
 SPEC = ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, num_event_types=EVENT_TYPES + 2,
-                 num_gap_buckets=GAP_BUCKETS)
+                 num_gap_buckets=GAP_BUCKETS, first_item_idx=FIRST_ITEM)
 
 
 def _examples(spark):
     """Distinct rows with event types and time-gap buckets (see `next_item_examples`)."""
-    df = next_item_examples(spark, ROWS, MAX_SEQ_LEN, REAL_ITEMS, event_types=EVENT_TYPES, gap_buckets=GAP_BUCKETS)
+    df = next_item_examples(spark, ROWS, MAX_SEQ_LEN, REAL_ITEMS, first_item=FIRST_ITEM, event_types=EVENT_TYPES, gap_buckets=GAP_BUCKETS)
     assert df.distinct().count() == ROWS
     return df
 
@@ -94,7 +96,7 @@ def test_two_rank_training_agrees_learns_and_exports(spark, tmp_path):
     assert meta["inputs"] == [HISTORY] and meta["spec"] == SPEC.to_dict()
     for exported, trained in zip(model.get_weights(), rank0.weights):
         np.testing.assert_array_equal(exported, trained)
-    histories = np.array([[PAD_IDX] * (MAX_SEQ_LEN - 1) + [FIRST_ITEM_IDX], [FIRST_ITEM_IDX + 3] * MAX_SEQ_LEN],
+    histories = np.array([[PAD_IDX] * (MAX_SEQ_LEN - 1) + [FIRST_ITEM], [FIRST_ITEM + 3] * MAX_SEQ_LEN],
                          dtype=np.int32)
     logits = model.predict({HISTORY: histories}, verbose=0)
     assert logits.shape == (2, NUM_ITEMS) and np.isfinite(logits).all()
@@ -127,7 +129,7 @@ def test_two_rank_sasrec_training_agrees_and_exports(spark, tmp_path):
     assert meta["settings"]["softmax"] == "sampled" and meta["spec"] == SPEC.to_dict()
     for exported, trained in zip(model.get_weights(), rank0.weights):
         np.testing.assert_array_equal(exported, trained)
-    history = np.array([[PAD_IDX] * (MAX_SEQ_LEN - 2) + [FIRST_ITEM_IDX, FIRST_ITEM_IDX + 1]], dtype=np.int32)
+    history = np.array([[PAD_IDX] * (MAX_SEQ_LEN - 2) + [FIRST_ITEM, FIRST_ITEM + 1]], dtype=np.int32)
     types = np.array([[0] * (MAX_SEQ_LEN - 2) + [1, 3]], dtype=np.int32)
     gaps = np.array([[0] * (MAX_SEQ_LEN - 2) + [2, 1]], dtype=np.int32)
     logits = model.predict({HISTORY: history, HISTORY_TYPES: types, HISTORY_GAPS: gaps}, verbose=0)
@@ -143,11 +145,11 @@ def test_two_rank_repeatnet_training_with_basket_targets_agrees_and_exports(spar
 
     candidates = 3
     spec = ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, num_event_types=EVENT_TYPES + 2,
-                     num_gap_buckets=GAP_BUCKETS, repeat_candidates=candidates)
+                     num_gap_buckets=GAP_BUCKETS, repeat_candidates=candidates, first_item_idx=FIRST_ITEM)
     # Each row's basket: its next item and the item after (a 2-item basket, padded to 3); its repeat
     # profile: the history's last item with made-up features, then padding.
     examples = (_examples(spark)
-                .withColumn(TARGET, F.array(F.col(TARGET), F.lit(FIRST_ITEM_IDX) + (F.col(TARGET) + 1) % REAL_ITEMS,
+                .withColumn(TARGET, F.array(F.col(TARGET), F.lit(FIRST_ITEM) + (F.col(TARGET) + 1) % REAL_ITEMS,
                                             F.lit(PAD_IDX)))
                 .withColumn(REPEAT_ITEMS, F.array(F.element_at(HISTORY, -1), F.lit(PAD_IDX), F.lit(PAD_IDX)))
                 .withColumn(REPEAT_FEATURES, F.array_repeat(F.lit(0.5).cast("float"), candidates * REPEAT_FEATURE_COUNT)))
@@ -167,4 +169,4 @@ def test_two_rank_repeatnet_training_with_basket_targets_agrees_and_exports(spar
     inputs = {name: np.array([row[name]], dtype=np.float32 if name == REPEAT_FEATURES else np.int32)
               for name in meta["inputs"]}
     logits = model.predict(inputs, verbose=0)
-    assert logits.shape == (1, NUM_ITEMS) and np.isfinite(logits[:, FIRST_ITEM_IDX:]).all()
+    assert logits.shape == (1, NUM_ITEMS) and np.isfinite(logits[:, FIRST_ITEM:]).all()

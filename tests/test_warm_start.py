@@ -22,14 +22,18 @@ from recspark.models.lifecycle import (CATEGORY_VOCAB_FILE, ITEM_VOCAB_FILE, PRE
                                        plan_warm_start, vocabulary_map)
 
 
-def _item_vocab(spark, item_ids: list[str], first: int = C.FIRST_ITEM_IDX):
+# The single-unknown layout (PAD, unknown, then items from 2): small models, fast tests.
+FIRST_ITEM = C.ItemLayout(oov_buckets=1).first_item
+
+
+def _item_vocab(spark, item_ids: list[str], first: int = FIRST_ITEM):
     """Gold-shaped item_vocab: item_id -> item_idx from ``first``, in the given (popularity) order."""
     rows = [(item, first + i, 100 - i) for i, item in enumerate(item_ids)]
     return spark.createDataFrame(rows, f"{C.ITEM_ID} string, {C.ITEM_IDX} int, {C.TRAIN_COUNT} long")
 
 
 def _category_vocab(spark, categories: list[str]):
-    rows = [(category, C.FIRST_ITEM_IDX + i, 50 - i) for i, category in enumerate(categories)]
+    rows = [(category, FIRST_ITEM + i, 50 - i) for i, category in enumerate(categories)]
     return spark.createDataFrame(rows, f"{C.CATEGORY} string, {C.CATEGORY_IDX} int, {C.TRAIN_COUNT} long")
 
 
@@ -110,19 +114,19 @@ def _spec(items: list[str], categories: list[str]):
     from recspark.models import ModelSpec
     from recspark.models.item_tables import ItemTables, feature_spec
 
-    num_items = C.FIRST_ITEM_IDX + len(items)
+    num_items = FIRST_ITEM + len(items)
     category = np.zeros(num_items, np.int32)
     for i, item in enumerate(items):
-        category[C.FIRST_ITEM_IDX + i] = C.FIRST_ITEM_IDX + categories.index(CATEGORY_OF[item])
-    real = (np.arange(num_items) >= C.FIRST_ITEM_IDX)
+        category[FIRST_ITEM + i] = FIRST_ITEM + categories.index(CATEGORY_OF[item])
+    real = (np.arange(num_items) >= FIRST_ITEM)
     tables = ItemTables(category, real.astype(np.int32), real.astype(np.int32), real.astype(np.float32))
-    return ModelSpec(num_items=num_items, max_seq_len=MAX_SEQ_LEN, features=feature_spec(USER_DIM, tables)), tables
+    return ModelSpec(num_items=num_items, max_seq_len=MAX_SEQ_LEN, features=feature_spec(USER_DIM, tables), first_item_idx=FIRST_ITEM), tables
 
 
 def _examples(spark, num_items: int, rows: int = 64, seed: int = 1):
     rng = np.random.default_rng(seed)
-    data = [(rng.integers(C.FIRST_ITEM_IDX, num_items, MAX_SEQ_LEN).tolist(), rng.random(USER_DIM).tolist(),
-             int(rng.integers(C.FIRST_ITEM_IDX, num_items))) for _ in range(rows)]
+    data = [(rng.integers(FIRST_ITEM, num_items, MAX_SEQ_LEN).tolist(), rng.random(USER_DIM).tolist(),
+             int(rng.integers(FIRST_ITEM, num_items))) for _ in range(rows)]
     return spark.createDataFrame(data, f"{C.HISTORY} array<int>, {C.USER_VECTOR} array<float>, {C.TARGET} int")
 
 
@@ -176,26 +180,26 @@ def test_warm_start_moves_rows_to_the_renumbered_vocabulary(spark, tmp_path):
     new = _embeddings(new_model)
     tf.keras.utils.set_random_seed(config.seed)
     fresh = _embeddings(build_model("towers", spec_2, config))
-    old_idx = {item: C.FIRST_ITEM_IDX + i for i, item in enumerate(ITEMS_1)}
-    new_idx = {item: C.FIRST_ITEM_IDX + i for i, item in enumerate(ITEMS_2)}
+    old_idx = {item: FIRST_ITEM + i for i, item in enumerate(ITEMS_1)}
+    new_idx = {item: FIRST_ITEM + i for i, item in enumerate(ITEMS_2)}
 
     for key in ("item_0", "item_1"):
         before, after, init = old[key], new[key], fresh[key]
-        assert not np.array_equal(before[C.FIRST_ITEM_IDX:], init[C.FIRST_ITEM_IDX:len(before)])  # run 1 trained
+        assert not np.array_equal(before[FIRST_ITEM:], init[FIRST_ITEM:len(before)])  # run 1 trained
         for item in set(ITEMS_1) & set(ITEMS_2):
             np.testing.assert_array_equal(after[new_idx[item]], before[old_idx[item]], err_msg=f"{key} {item}")
         for item in ("new", "g"):
             np.testing.assert_array_equal(after[new_idx[item]], init[new_idx[item]], err_msg=f"{key} {item}")
-        np.testing.assert_array_equal(after[:C.FIRST_ITEM_IDX], before[:C.FIRST_ITEM_IDX])  # PAD, unknown
+        np.testing.assert_array_equal(after[:FIRST_ITEM], before[:FIRST_ITEM])  # PAD, unknown
         assert not any(np.array_equal(row, before[old_idx["d"]]) for row in after)  # the dropped item is gone
 
     key = "category"
-    old_cat = {c: C.FIRST_ITEM_IDX + i for i, c in enumerate(CATEGORIES_1)}
-    new_cat = {c: C.FIRST_ITEM_IDX + i for i, c in enumerate(CATEGORIES_2)}
-    assert new[key].shape[0] == len(CATEGORIES_2) + C.FIRST_ITEM_IDX
+    old_cat = {c: FIRST_ITEM + i for i, c in enumerate(CATEGORIES_1)}
+    new_cat = {c: FIRST_ITEM + i for i, c in enumerate(CATEGORIES_2)}
+    assert new[key].shape[0] == len(CATEGORIES_2) + FIRST_ITEM
     for category in CATEGORIES_1:
         np.testing.assert_array_equal(new[key][new_cat[category]], old[key][old_cat[category]])
     np.testing.assert_array_equal(new[key][new_cat["z"]], fresh[key][new_cat["z"]])
-    np.testing.assert_array_equal(new[key][:C.FIRST_ITEM_IDX], old[key][:C.FIRST_ITEM_IDX])
+    np.testing.assert_array_equal(new[key][:FIRST_ITEM], old[key][:FIRST_ITEM])
     # The attribute tables describe the current data (category "z" = 2 for the new item), not run 1's.
     np.testing.assert_array_equal(new_model.item_attributes.category_table.numpy(), tables_2.category)

@@ -12,6 +12,8 @@ import dataclasses
 import os
 from typing import TYPE_CHECKING, Any, Optional
 
+from recspark import constants as C
+
 # tf.keras must be tf-keras (Keras 2), which Horovod hooks into: decided when TensorFlow is first imported.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -58,8 +60,9 @@ class ModelSpec:
     # attribute tables (recspark.models.item_tables.feature_spec).
     features: Optional[dict[str, Any]] = None
     # The first vocabulary item_idx = the count of reserved indices (PAD, OOV, hashed OOV buckets:
-    # recspark.constants.first_vocab_index(features.oov_buckets)); ranking never returns one below it.
-    first_item_idx: int = 2
+    # config.features.item_layout.first_item); ranking never returns one below it. No default: it
+    # depends on features.oov_buckets, so whoever builds a spec states it (keyword-only).
+    first_item_idx: int = dataclasses.field(kw_only=True)
     # Items in a row's repeat profile (features.repeat_candidates; repeatnet's repeat head).
     repeat_candidates: int = 0
 
@@ -79,7 +82,8 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelSpec":
-        return cls(**values)
+        # A model_meta.json written before first_item_idx existed comes from the single-unknown layout.
+        return cls(**{"first_item_idx": C.LEGACY_LAYOUT.first_item, **values})
 
 
 def _models() -> dict[str, type]:

@@ -56,7 +56,8 @@ class ItemTables:
 
     @property
     def num_categories(self) -> int:
-        return max(int(self.category.max(initial=0)) + 1, C.FIRST_ITEM_IDX)
+        # At least the PAD and unknown rows, whatever the buckets.
+        return max(int(self.category.max(initial=0)) + 1, C.OOV_IDX + 1)
 
     @property
     def num_prices(self) -> int:

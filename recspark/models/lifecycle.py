@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 import numpy as np
 
 from recspark import constants as C
-from recspark.constants import FIRST_ITEM_IDX, OOV_IDX, PAD_IDX
+from recspark.constants import OOV_IDX, PAD_IDX
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -177,8 +177,8 @@ class ValidationSet:
         return len(self.relevant)
 
 
-def top_k_items(logits: np.ndarray, k: int, seen: Optional[np.ndarray] = None,
-                first_item: int = FIRST_ITEM_IDX) -> np.ndarray:
+def top_k_items(logits: np.ndarray, k: int, seen: Optional[np.ndarray] = None, *,
+                first_item: int) -> np.ndarray:
     """Indices of the k best logits per row, never a reserved index (below ``first_item``), nor ``seen``
     items when given."""
     scores = np.array(logits, dtype=np.float64, copy=True)
@@ -186,7 +186,7 @@ def top_k_items(logits: np.ndarray, k: int, seen: Optional[np.ndarray] = None,
     if seen is not None:
         rows = np.repeat(np.arange(len(scores)), seen.shape[1])
         scores[rows, seen.reshape(-1)] = -np.inf  # PAD padding is already -inf
-    k = min(k, scores.shape[1])
+    k = min(k, scores.shape[1] - first_item)  # beyond the items only reserved (-inf) indices are left
     top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
     return np.take_along_axis(top, order, axis=1)
@@ -206,7 +206,7 @@ def ndcg_at_10(model: "tf.keras.Model", validation: ValidationSet, batch_size: i
     """The model's mean NDCG@10 on ``validation`` (full ranking over the catalogue)."""
     logits = model.predict(validation.inputs, batch_size=batch_size, verbose=0)
     seen = validation.seen if validation.exclude_seen else None
-    return ndcg_from_top_k(top_k_items(logits, NDCG_K, seen, model.spec.first_item_idx), validation.relevant,
+    return ndcg_from_top_k(top_k_items(logits, NDCG_K, seen, first_item=model.spec.first_item_idx), validation.relevant,
                            validation.num_relevant)
 
 
@@ -402,8 +402,9 @@ def vocabulary_map(old_vocab: "DataFrame", new_vocab: "DataFrame", key: str, ind
     old_first = old.agg(F.min("_old")).first()[0]
     new_first = new.agg(F.min("_new")).first()[0]
     mapping = np.full(old_size, -1, dtype=np.int64)
-    old_reserved = min(old_size, C.FIRST_ITEM_IDX if old_first is None else int(old_first))
-    new_reserved = C.FIRST_ITEM_IDX if new_first is None else int(new_first)
+    # An empty vocabulary has no item rows: every row of its model is reserved.
+    old_reserved = min(old_size, old_size if old_first is None else int(old_first))
+    new_reserved = new_size if new_first is None else int(new_first)
     if old_reserved == new_reserved:
         mapping[:old_reserved] = np.arange(old_reserved)
     else:
