@@ -1,5 +1,9 @@
 """Column and table names shared by every stage, so that a rename happens in one place."""
 import dataclasses
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column
 
 # Canonical event columns (bronze and after).
 EVENT_ID = "event_id"
@@ -90,6 +94,19 @@ class ItemLayout:
         """True for PAD, the unknown and the buckets: never a training target, never recommended."""
         return index < self.first_item
 
+    def unknown_index(self, key: "Column") -> "Column":
+        """Spark expression: the reserved index of an id outside the vocabulary, first_bucket +
+        pmod(xxhash64(id), oov_buckets), or ``unknown`` with one bucket.
+
+        xxhash64 is a Spark built-in with a fixed seed, so an id gets the same bucket in every run and
+        on every executor (Python's hash() is salted per process); pmod keeps the bucket non-negative.
+        """
+        from pyspark.sql import functions as F  # this module stays importable without Spark
+
+        if self.oov_buckets == 1:
+            return F.lit(self.unknown)
+        return (F.lit(self.first_bucket) + F.pmod(F.xxhash64(key), F.lit(self.oov_buckets))).cast("int")
+
 
 def first_vocab_index(buckets: int) -> int:
     """``ItemLayout(buckets).first_item``: the first vocabulary index with ``buckets`` hashed
@@ -113,7 +130,8 @@ TRAIN_BASKETS = "train_baskets"
 EVAL_QUERIES = "eval_queries"
 SERVING_HISTORIES = "serving_histories"
 
-VALIDATION, TEST = "validation", "test"
+# The splits of gold sequences (the `split` of every step).
+TRAIN, VALIDATION, TEST = "train", "validation", "test"
 
 # Behaviour sequences beside `history`, aligned with it and left-padded with 0: the event type of
 # each step (1 + its position in ingest.event_types; 0 pads) and the log2-bucketed time gap from the
@@ -129,6 +147,10 @@ REPEAT_FEATURES = "repeat_features"
 REPEAT_FEATURE_COUNT = 5
 # Model inputs that are numbers, not indices.
 FLOAT_INPUTS = ("user_vector", REPEAT_FEATURES)
+
+# The item_idx of everything a query or serving row's user has interacted with (excluded from
+# their recommendations when evaluate.exclude_seen is on).
+SEEN_IDX = "seen_idx"
 
 # Feature tables: category vocabulary, normalised numeric user features, stored statistics.
 CATEGORY_IDX = "category_idx"

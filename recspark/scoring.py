@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 
 from recspark import constants as C
 
-SEEN_IDX = "seen_idx"
+SEEN_IDX = C.SEEN_IDX  # named here too: the scorer's input column beside the model's
 TOP_K_SCHEMA = "items array<int>, scores array<float>, confidences array<float>"
 
 # One loaded model per model directory per Python worker (Spark reuses workers between tasks).
@@ -134,6 +134,26 @@ def recommend(histories: DataFrame, vocab: DataFrame, model_dir: str, k: int, ex
         F.col("_hit.s").alias(C.SCORE),
         F.col("_hit.c").alias(C.CONFIDENCE),
     ).join(index_to_item, C.ITEM_IDX).drop(C.ITEM_IDX)
+
+
+PROBABILITY = "probability"  # the column recspark.evaluation.classification reads
+
+
+def with_pair_probability(pairs: DataFrame, model_dir: str, batch_size: int = 1024) -> DataFrame:
+    """Adds ``probability`` (:func:`recspark.models.dnn.predict_pairs`) to ``pairs`` (columns ``history``,
+    ``user_vector``, ``item_idx``; e.g. the evaluation's labelled pairs) with the saved model in
+    ``model_dir``: a pandas UDF of the Iterator form, so each Python worker loads the model once."""
+
+    @F.pandas_udf("float")
+    def probability(batches: Iterator[tuple[pd.Series, pd.Series, pd.Series]]) -> Iterator[pd.Series]:
+        from recspark.models.dnn import predict_pairs  # loads TensorFlow: on the workers only
+
+        model = _load(model_dir)
+        for history, user_vector, item_idx in batches:
+            users = pd.DataFrame({C.HISTORY: history, C.USER_VECTOR: user_vector})
+            yield pd.Series(predict_pairs(model, users, item_idx.to_numpy(), batch_size).astype(np.float32))
+
+    return pairs.withColumn(PROBABILITY, probability(C.HISTORY, C.USER_VECTOR, C.ITEM_IDX))
 
 
 def ranked_list(value: str = C.ITEM_ID) -> Column:

@@ -326,7 +326,7 @@ def test_two_rank_training_from_petastorm_then_spark_scoring(spark, tmp_path, na
 
 def test_with_pair_probability_in_spark_matches_predict_pairs(spark, trained_dnn, tmp_path):
     """The Spark UDF loads the exported model and gives the same probabilities as predict_pairs."""
-    from recspark.models.dnn import PROBABILITY, with_pair_probability
+    from recspark.scoring import PROBABILITY, with_pair_probability
 
     model_dir = tmp_path / "dnn"
     model_dir.mkdir()

@@ -4,41 +4,17 @@ Every reader returns :class:`RawSources`: three DataFrames with the canonical co
 still be raw strings: ingest casts and quarantines), each with ``source_file`` and ``source_row`` so
 that a bad row can be traced to where it came from.
 
-Canonical raw columns (optional ones may be absent; ingest adds them as nulls):
-
-- events: ``event_id``? ``user_id`` ``item_id`` ``event_type`` ``event_ts`` (timestamp, ISO string or
-  epoch seconds) ``quantity``? ``price``? ``session_id``?
-- items: ``item_id`` ``category``? (a path like ``"GROCERY/FRZN ICE/ICE - CRUSHED"``) ``brand``?
-  ``price``? ``stock``? ``attributes``? (map<string,string>)
-- users: ``user_id`` ``age``? (a number or a range like ``"45-54"``) ``gender``? ``region``?
-  ``attributes``? (map<string,string>)
+The canonical raw columns and :class:`RawSources` are in :mod:`recspark.schemas`; helpers the
+readers share are in :mod:`recspark.datasets.packaged`.
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from typing import NamedTuple, Optional
-
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 
 from recspark.config import Config
+from recspark.schemas import RawSources
 
-
-class RawSources(NamedTuple):
-    events: DataFrame
-    items: Optional[DataFrame]
-    users: Optional[DataFrame]
-
-
-def package_data_dir(package: str, *parts: str) -> Path:
-    """The folder of data files shipped inside an installed package, found without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {package!r} is not installed; run `make setup`")
-    folder = Path(list(spec.submodule_search_locations)[0], *parts)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} does not exist in the installed {package!r}")
-    return folder
+__all__ = ["RawSources", "load_sources"]
 
 
 def load_sources(spark: SparkSession, config: Config) -> RawSources:

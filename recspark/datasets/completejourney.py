@@ -10,7 +10,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recspark import constants as C
-from recspark.datasets import RawSources, package_data_dir
+from recspark.datasets.packaged import package_data_dir
+from recspark.schemas import RawSources
 
 
 def _with_lineage(df: DataFrame) -> DataFrame:

@@ -62,8 +62,7 @@ from pyspark.sql import types as T
 
 from recspark import constants as C
 from recspark.config import ConfigError, DatasetConfig
-from recspark.datasets import RawSources
-from recspark.pipeline.ingest import EVENT_SCHEMA, ITEM_SCHEMA, READ_ERROR, REQUIRED_COLUMNS, USER_SCHEMA
+from recspark.schemas import EVENT_SCHEMA, ITEM_SCHEMA, READ_ERROR, REQUIRED_COLUMNS, USER_SCHEMA, RawSources
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ from recspark.constants import (
     AGE, ATTRIBUTES, BRAND, CATEGORY, EVENT_ID, EVENT_TS, EVENT_TYPE, GENDER, ITEM_ID, PRICE,
     QUANTITY, REGION, SESSION_ID, SOURCE_FILE, SOURCE_ROW, STOCK, USER_ID,
 )
-from recspark.datasets import RawSources, package_data_dir
+from recspark.datasets.packaged import package_data_dir
+from recspark.schemas import RawSources
 
 RATE = "rate"
 INTER_FILE, ITEM_FILE, USER_FILE = "ml-1m.inter", "ml-1m.item", "ml-1m.user"

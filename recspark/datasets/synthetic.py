@@ -48,7 +48,7 @@ from recspark.constants import (
     AGE, BRAND, CATEGORY, EVENT_ID, EVENT_TS, EVENT_TYPE, GENDER, ITEM_ID, PRICE, QUANTITY, REGION,
     SESSION_ID, SOURCE_FILE, SOURCE_ROW, STOCK, USER_ID,
 )
-from recspark.datasets import RawSources
+from recspark.schemas import RawSources
 
 PREFIX = "syn-"
 VIEW, CART, PURCHASE = "view", "cart", "purchase"

@@ -100,7 +100,7 @@ def probability_report(spark: SparkSession, config: Config, queries: DataFrame, 
     """``{"protocol", "negatives", "models": {model: classification_report}}`` for every trained model
     that outputs probabilities; None if there is none. ``queries``: gold eval_queries (both splits);
     ``negatives`` defaults to ``train.negatives``, the ratio the DNN's probability is defined for."""
-    from recspark.models.dnn import with_pair_probability
+    from recspark.scoring import with_pair_probability
 
     models = [m for m in config.train.models if outputs_probabilities(config, m)]
     if not models:

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Optional
 import tensorflow as tf
 
 from recspark import constants as C
-from recspark.models import ModelSpec
+from recspark.models.spec import ModelSpec
 
 # The TrainConfig fields a sequence model's config keeps (everything else is irrelevant to the network).
 SETTINGS = ("embedding_dim", "num_layers", "num_heads", "dropout", "softmax", "num_sampled", "sampler", "seed")

@@ -16,20 +16,18 @@ trainer's validation, the evaluator and the scorer use the DNN unchanged. That i
 n * num_items MLP evaluations: the first layer is split into a user part and an item part (the
 same affine map of the concatenation), the item part computed once per call, and the rest runs in
 chunks of ``SCORE_CHUNK`` items to bound memory. :func:`predict_pairs` gives the probability of
-given (user, item) pairs, for AUC, log loss and F1; :func:`with_pair_probability` does it in Spark.
+given (user, item) pairs, for AUC, log loss and F1; :func:`recspark.scoring.with_pair_probability` does it in Spark.
 
 The probability is P(positive | the pair is a positive or one of the sampled negatives): it depends
 on ``negatives`` and on the uniform sampler, so a decision threshold is chosen on validation pairs.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from recspark import constants as C
 from recspark.models.item_tables import ItemTables
@@ -182,23 +180,3 @@ def predict_pairs(model: tf.keras.Model, users: pd.DataFrame, item_idx: np.ndarr
             probabilities = tf.nn.softmax(model(batch, training=False), axis=-1).numpy()
             out.append(probabilities[np.arange(len(items)), items])
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
-
-
-PROBABILITY = "probability"  # the column recspark.evaluation.classification reads
-
-
-def with_pair_probability(pairs: DataFrame, model_dir: str, batch_size: int = 1024) -> DataFrame:
-    """Adds ``probability`` (:func:`predict_pairs`) to ``pairs`` (columns ``history``,
-    ``user_vector``, ``item_idx``; e.g. the evaluation's labelled pairs) with the saved model in
-    ``model_dir``: a pandas UDF of the Iterator form, so each Python worker loads the model once."""
-
-    @F.pandas_udf("float")
-    def probability(batches: Iterator[tuple[pd.Series, pd.Series, pd.Series]]) -> Iterator[pd.Series]:
-        from recspark.scoring import _load  # the scorer's per-worker model cache
-
-        model = _load(model_dir)
-        for history, user_vector, item_idx in batches:
-            users = pd.DataFrame({C.HISTORY: history, C.USER_VECTOR: user_vector})
-            yield pd.Series(predict_pairs(model, users, item_idx.to_numpy(), batch_size).astype(np.float32))
-
-    return pairs.withColumn(PROBABILITY, probability(C.HISTORY, C.USER_VECTOR, C.ITEM_IDX))

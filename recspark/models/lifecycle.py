@@ -536,7 +536,6 @@ def collect_validation_set(
     from pyspark.sql import functions as F
 
     from recspark import constants as C
-    from recspark.scoring import SEEN_IDX
 
     missing = [name for name in inputs if name not in eval_queries.columns]
     if max_users <= 0 or missing:
@@ -552,7 +551,7 @@ def collect_validation_set(
     # This collect is bounded: at most max_users rows (train.validation_users), each a few
     # max_seq_len-long int arrays plus the user's held-out and seen item indices, no user id.
     rows = (sample.join(relevant, C.USER_ID)
-            .select(*inputs, F.col("_relevant._idx").alias("_relevant"), SEEN_IDX)
+            .select(*inputs, F.col("_relevant._idx").alias("_relevant"), C.SEEN_IDX)
             .collect())
     if not rows:
         return None
@@ -569,7 +568,7 @@ def collect_validation_set(
                 for name in inputs},
         relevant=padded(relevant_lists, -1),
         num_relevant=np.array([len(x) for x in relevant_lists], dtype=np.int32),
-        seen=padded([list(row[SEEN_IDX]) for row in rows], PAD_IDX),
+        seen=padded([list(row[C.SEEN_IDX]) for row in rows], PAD_IDX),
         exclude_seen=exclude_seen,
     )
 

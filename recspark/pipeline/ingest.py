@@ -23,44 +23,9 @@ from pyspark.sql import types as T
 
 from recspark import constants as C
 from recspark.config import Config
-from recspark.datasets import RawSources
+from recspark.schemas import EVENT_SCHEMA, ITEM_SCHEMA, LINEAGE, READ_ERROR, REQUIRED_COLUMNS, USER_SCHEMA, RawSources
 from recspark.utils.delta import merge_into, table_exists
 
-EVENT_SCHEMA: dict[str, str] = {
-    C.EVENT_ID: "string",
-    C.USER_ID: "string",
-    C.ITEM_ID: "string",
-    C.EVENT_TYPE: "string",
-    C.EVENT_TS: "timestamp",
-    C.QUANTITY: "double",
-    C.PRICE: "double",
-    C.SESSION_ID: "string",
-}
-ITEM_SCHEMA: dict[str, str] = {
-    C.ITEM_ID: "string",
-    C.CATEGORY: "string",
-    C.BRAND: "string",
-    C.PRICE: "double",
-    C.STOCK: "long",
-    C.ATTRIBUTES: "map<string,string>",
-}
-USER_SCHEMA: dict[str, str] = {
-    C.USER_ID: "string",
-    C.AGE: "string",
-    C.GENDER: "string",
-    C.REGION: "string",
-    C.ATTRIBUTES: "map<string,string>",
-}
-# The columns without which no row of an entity can be accepted.
-REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
-    C.EVENTS: (C.USER_ID, C.ITEM_ID, C.EVENT_TYPE, C.EVENT_TS),
-    C.ITEMS: (C.ITEM_ID,),
-    C.USERS: (C.USER_ID,),
-}
-LINEAGE = (C.SOURCE_FILE, C.SOURCE_ROW)
-# A reader may flag rows it could not parse (wrong column count, bad encoding, unreadable file)
-# in this column; such rows are quarantined with that reason before any other check.
-READ_ERROR = "read_error"
 DUPLICATE_EVENT = "duplicate event_id with different content"
 UNKNOWN_ITEM = "item_id not in catalogue"
 QUARANTINE_COLUMNS = ("entity", C.SOURCE_FILE, C.SOURCE_ROW, C.RAW_RECORD, C.REASON)

@@ -30,7 +30,6 @@ from pyspark.sql import functions as F
 
 from recspark import constants as C
 from recspark.config import FeaturesConfig
-from recspark.pipeline.features import unknown_index
 from recspark.pipeline.prepare import UNKNOWN
 from recspark.pipeline.quantiles import PERCENTILES, exact_percentiles
 from recspark.pipeline.user_features import age_days, filter_train, with_training_end
@@ -45,7 +44,7 @@ def fit_category_vocab(train_events: DataFrame, items: DataFrame,
     first, ties by name) for the categories of the training period's events; "unknown" (missing) is
     left out and maps to PAD_IDX = 0, every other category to its hashed bucket (see
     ``with_category_idx``)."""
-    first = C.first_vocab_index(buckets)
+    first = C.ItemLayout(buckets).first_item
     counts = (train_events.join(items.select(C.ITEM_ID, C.CATEGORY), C.ITEM_ID, "left")
               .filter(F.col(C.CATEGORY).isNotNull() & (F.col(C.CATEGORY) != UNKNOWN))
               .groupBy(C.CATEGORY).agg(F.count(F.lit(1)).alias(C.TRAIN_COUNT)))
@@ -62,7 +61,7 @@ def with_category_idx(df: DataFrame, category_vocab: DataFrame,
     return (df.join(F.broadcast(category_vocab.select(C.CATEGORY, F.col(C.CATEGORY_IDX).alias("_cidx"))),
                     C.CATEGORY, "left")
             .withColumn(C.CATEGORY_IDX, F.when(missing, F.lit(C.PAD_IDX))
-                        .otherwise(F.coalesce(F.col("_cidx"), unknown_index(F.col(C.CATEGORY), buckets))).cast("int"))
+                        .otherwise(F.coalesce(F.col("_cidx"), C.ItemLayout(buckets).unknown_index(F.col(C.CATEGORY)))).cast("int"))
             .drop("_cidx"))
 
 
@@ -109,7 +108,7 @@ def build_item_features(split_events: DataFrame, items: DataFrame, vocab: DataFr
             .withColumn(C.CATEGORY, F.coalesce(F.col(C.CATEGORY), F.lit(UNKNOWN)))
             .transform(lambda df: with_category_idx(df, category_vocab, category_buckets))
             .select(C.ITEM_ID,
-                    F.coalesce(F.col(C.ITEM_IDX), unknown_index(F.col(C.ITEM_ID), item_buckets)).cast("int")
+                    F.coalesce(F.col(C.ITEM_IDX), C.ItemLayout(item_buckets).unknown_index(F.col(C.ITEM_ID))).cast("int")
                     .alias(C.ITEM_IDX),
                     C.CATEGORY, C.CATEGORY_IDX,
                     F.coalesce(F.col(C.BRAND), F.lit(UNKNOWN)).alias(C.BRAND),

@@ -23,7 +23,6 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from recspark import constants as C
-from recspark.pipeline.features import TRAIN
 from recspark.pipeline.prepare import UNKNOWN
 
 USER_FEATURES = "user_features"
@@ -34,7 +33,7 @@ SECONDS_PER_DAY = 86_400.0
 
 def filter_train(events: DataFrame) -> DataFrame:
     """The training period's events: the only ones features may see."""
-    return events.filter(F.col(C.SPLIT) == TRAIN)
+    return events.filter(F.col(C.SPLIT) == C.TRAIN)
 
 
 def with_training_end(train: DataFrame) -> DataFrame:
