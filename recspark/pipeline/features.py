@@ -28,9 +28,9 @@ from recspark import constants as C
 from recspark.config import Config, FeaturesConfig
 from recspark.utils.delta import overwrite_table, read_table, table_exists
 
-TRAIN = "train"
+TRAIN = C.TRAIN
 SEQUENCES = "sequences"
-SEEN_IDX = "seen_idx"
+SEEN_IDX = C.SEEN_IDX
 SPLIT_INFO = "split_info"
 VALIDATION_START, TEST_START, CUTS_FROM = "validation_start", "test_start", "cuts_from"
 # Without configured cuts, the time split puts the latest 20% of events in validation and test.
@@ -145,24 +145,12 @@ def split_events(events: DataFrame, config: FeaturesConfig) -> tuple[DataFrame, 
     return split, info
 
 
-def unknown_index(key: Column, buckets: int) -> Column:
-    """The reserved index of an id outside its vocabulary: FIRST_BUCKET_IDX + pmod(xxhash64(id),
-    buckets), or OOV_IDX when ``buckets`` is 1 (see the layout in recspark.constants).
-
-    xxhash64 is a Spark built-in with a fixed seed, so an id gets the same bucket in every run and on
-    every executor (Python's hash() is salted per process); pmod keeps the bucket non-negative.
-    """
-    if buckets == 1:
-        return F.lit(C.OOV_IDX)
-    return (F.lit(C.FIRST_BUCKET_IDX) + F.pmod(F.xxhash64(key), F.lit(buckets))).cast("int")
-
-
 def fit_item_vocab(train_events: DataFrame, min_count: int,
                    buckets: int = FeaturesConfig.oov_buckets) -> DataFrame:
     """item_id -> contiguous item_idx (from first_vocab_index(buckets), most frequent first) for
     items seen at least ``min_count`` times in the training period; every other item maps to a
     hashed bucket (see ``with_item_idx``)."""
-    first = C.first_vocab_index(buckets)
+    first = C.ItemLayout(buckets).first_item
     counts = train_events.groupBy(C.ITEM_ID).agg(F.count(F.lit(1)).alias(C.TRAIN_COUNT))
     # A global order needs one partition; the vocabulary is one row per item, small next to events.
     order = Window.orderBy(F.col(C.TRAIN_COUNT).desc(), F.col(C.ITEM_ID))
@@ -174,7 +162,7 @@ def with_item_idx(events: DataFrame, vocab: DataFrame, buckets: int = FeaturesCo
     """Adds ``item_idx``: the vocabulary's index, or for an item outside the vocabulary its hashed
     bucket (``buckets`` must be the one ``vocab`` was fitted with)."""
     return (events.join(F.broadcast(vocab.select(C.ITEM_ID, C.ITEM_IDX)), C.ITEM_ID, "left")
-            .withColumn(C.ITEM_IDX, F.coalesce(F.col(C.ITEM_IDX), unknown_index(F.col(C.ITEM_ID), buckets))
+            .withColumn(C.ITEM_IDX, F.coalesce(F.col(C.ITEM_IDX), C.ItemLayout(buckets).unknown_index(F.col(C.ITEM_ID)))
                         .cast("int")))
 
 
