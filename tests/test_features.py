@@ -162,7 +162,7 @@ def test_each_model_names_the_table_it_trains_on() -> None:
     tables = {name: model_examples_table(name) for name in MODEL_NAMES}
     assert tables == {"mean_pool": C.TRAIN_EXAMPLES, "sasrec": C.TRAIN_WINDOWS, "towers": C.TRAIN_EXAMPLES,
                       "dnn": C.TRAIN_EXAMPLES, "repeatnet": C.TRAIN_BASKETS, "repeatnet_explore": C.TRAIN_BASKETS,
-                      "repeatnet_next_item": C.TRAIN_EXAMPLES}
+                      "repeatnet_next_item": C.TRAIN_BASKETS}
 
 
 def test_basket_targets_are_every_item_of_the_next_basket_and_none_of_the_current(spark: SparkSession) -> None:

@@ -82,7 +82,9 @@ def test_serving_histories_span_every_period(spark: SparkSession, sequences: Dat
         ("u1", [4, 3, 2], [4, 1, 3], [4, 4, 1], [2, 3, 4]),
         ("u2", [2, 3, 2], [1, 1, 2], [2, 2, 1], [2, 3]),
     ], f"user_id string, {HISTORIES}, seen_idx array<int>")
-    assertDataFrameEqual(serving_histories(sequences, CONFIG, TYPES), expected)
+    # The repeat profile columns are checked in tests/test_features.py.
+    got = serving_histories(sequences, CONFIG, TYPES).select(*expected.columns)
+    assertDataFrameEqual(got, expected, checkRowOrder=False, ignoreNullable=True)
 
 
 def test_embedding_table_sizes_follow_the_config() -> None:

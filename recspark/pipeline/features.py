@@ -169,7 +169,8 @@ def with_item_idx(events: DataFrame, vocab: DataFrame, buckets: int = FeaturesCo
 def build_sequences(events: DataFrame) -> DataFrame:
     """One row per user: the chronological sequence of (item, index, time, event type, split,
     session). The session is the basket (``session_id``; an event without one is its own)."""
-    basket = F.coalesce(F.col(C.SESSION_ID), F.col(C.EVENT_ID)).alias(C.SESSION_ID)
+    own = F.col(C.EVENT_ID)  # events without a session column: each event is its own basket
+    basket = (F.coalesce(F.col(C.SESSION_ID), own) if C.SESSION_ID in events.columns else own).alias(C.SESSION_ID)
     step = F.struct(C.EVENT_TS, C.SOURCE_FILE, C.SOURCE_ROW, C.ITEM_ID, C.ITEM_IDX, C.EVENT_TYPE, C.SPLIT, basket)
     ordered = F.array_sort(F.collect_list(step))
     return events.groupBy(C.USER_ID).agg(ordered.alias("_steps")).select(
