@@ -117,6 +117,11 @@ class FeaturesConfig:
     # max_baskets_per_user baskets, each with at most max_basket_items distinct target items.
     max_baskets_per_user: int = 50
     max_basket_items: int = 32
+    # The target of a train_baskets row: null, the next basket's items; a number of days, every
+    # distinct item the user buys from that basket on for that many days (still within the training
+    # period). A shop that recommends for the next weeks, and a time split that evaluates weeks,
+    # reward predicting the horizon, not the very next basket.
+    target_horizon_days: Optional[float] = None
     # Repeat profiles (repeatnet's repeat head): the repeat_candidates items a user bought in the most
     # baskets before each example, query or serving row, with their counts and recency.
     repeat_candidates: int = 64
@@ -283,6 +288,14 @@ class EvaluateConfig:
     cooc_window: int = 10
     cooc_neighbours: int = 50
     cooc_recent_items: int = 10
+    # TIFU-KNN (re-buy baseline beside "buy again"): the grid chosen on validation. A vector setting is
+    # [group_count, within-group decay, group decay]; the two defaults are the published Complete
+    # Journey settings. tifu_similarity_items: null, the whole user vector enters the cosine
+    # similarity; n, each user's n heaviest items (bounds the pair join for very active users).
+    tifu_vector_settings: list = dataclasses.field(default_factory=lambda: [[7, 0.9, 0.9], [3, 1.0, 0.1]])
+    tifu_neighbours: list = dataclasses.field(default_factory=lambda: [100])
+    tifu_alphas: list = dataclasses.field(default_factory=lambda: [0.1, 0.5, 0.8])
+    tifu_similarity_items: Optional[int] = None
     # Cross-validation for hyper-parameter choice: cv_folds folds over "users" or rolling "time" windows.
     # Off by default (cv_folds x the grid's ALS fits); when on, it chooses the ALS parameters.
     cross_validate: bool = False
@@ -345,6 +358,8 @@ class Config:
             "score.batch_size": self.score.batch_size,
             "dataset.synthetic_events": self.dataset.synthetic_events,
         }
+        if self.features.target_horizon_days is not None:
+            positive["features.target_horizon_days"] = self.features.target_horizon_days
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {value!r}")
@@ -372,6 +387,20 @@ class Config:
                 raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
         if self.evaluate.cross_validate and self.evaluate.cv_folds < 2:
             raise ConfigError(f"evaluate.cv_folds: cross-validation needs at least 2 folds, got {self.evaluate.cv_folds}")
+        ev = self.evaluate
+        if not ev.tifu_vector_settings or not ev.tifu_neighbours or not ev.tifu_alphas:
+            raise ConfigError("evaluate.tifu_vector_settings, evaluate.tifu_neighbours, evaluate.tifu_alphas: "
+                              "give at least one value each")
+        for setting in ev.tifu_vector_settings:
+            if (not isinstance(setting, (list, tuple)) or len(setting) != 3 or int(setting[0]) < 1
+                    or not all(0 < float(d) <= 1 for d in setting[1:])):
+                raise ConfigError("evaluate.tifu_vector_settings: each must be [group_count >= 1, within decay in "
+                                  f"(0, 1], group decay in (0, 1]], got {setting!r}")
+        if any(int(n) < 1 for n in ev.tifu_neighbours) or any(not 0 <= float(a) <= 1 for a in ev.tifu_alphas):
+            raise ConfigError(f"evaluate.tifu_neighbours must be >= 1 and evaluate.tifu_alphas in [0, 1], got "
+                              f"{ev.tifu_neighbours!r} / {ev.tifu_alphas!r}")
+        if ev.tifu_similarity_items is not None and ev.tifu_similarity_items < 1:
+            raise ConfigError(f"evaluate.tifu_similarity_items: null or >= 1, got {ev.tifu_similarity_items!r}")
         if not self.evaluate.als_ranks or not self.evaluate.als_reg_params:
             raise ConfigError("evaluate.als_ranks, evaluate.als_reg_params: give at least one value each")
         if self.evaluate.sampled_negatives is not None and self.evaluate.sampled_negatives <= 0:

@@ -39,6 +39,12 @@ def test_int_is_accepted_for_float() -> None:
         ("dataset.name=imdb", "dataset.name: 'imdb' is not one of"),
         ("ingest.min_event_ts=yesterday", "ingest.min_event_ts: not an ISO date"),
         ("train", "expected section.key=value"),
+        ("features.target_horizon_days=0", "features.target_horizon_days: must be > 0"),
+        ("evaluate.tifu_alphas=[]", "evaluate.tifu_vector_settings, evaluate.tifu_neighbours, evaluate.tifu_alphas"),
+        ("evaluate.tifu_alphas=[1.5]", "evaluate.tifu_neighbours must be >= 1 and evaluate.tifu_alphas in"),
+        ("evaluate.tifu_vector_settings=[[7, 0.9]]", "evaluate.tifu_vector_settings: each must be"),
+        ("evaluate.tifu_vector_settings=[[7, 0.9, 0]]", "evaluate.tifu_vector_settings: each must be"),
+        ("evaluate.tifu_similarity_items=0", "evaluate.tifu_similarity_items: null or >= 1"),
     ],
 )
 def test_bad_values_name_the_key(override: str, message: str) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from recspark.config import load_config
 from recspark.evaluation.evaluate import (
-    plot_accuracy_vs_coverage, plot_training_curves, write_report_md,
+    plot_accuracy_vs_coverage, plot_repeat_explore, plot_training_curves, write_report_md,
 )
 from recspark.evaluation.mlflow_log import evaluation_metrics, log_evaluation
 
@@ -34,6 +34,17 @@ def make_report(sampled: int | None = None) -> dict:
                        "cross_validation": {"selection": "mean ndcg@10 over 3 users folds", "seconds": 9.0,
                                             "grid": [{"rank": 16, "reg_param": 0.1, "mean": metrics,
                                                       "std": {n: 0.01 for n in metrics}}]}},
+        "repeat_explore": {m: {"recall_rep": 0.4 + 0.01 * i, "recall_expl": 0.02 + 0.001 * i, "repeat_share": 0.9,
+                               "users_rep": 6, "users_expl": 5} for i, m in enumerate(models)},
+        "repeat_explore_protocol": "top 10 of the full-ranking lists",
+        "tifu_knn_tuning": {"selection": "ndcg@10 on validation", "chosen_by": "validation", "refit": "refit",
+                            "similarity_items": None, "seconds": 3.0,
+                            "chosen": {"group_count": 7, "within_decay": 0.9, "group_decay": 0.9, "neighbours": 100,
+                                       "alpha": 0.1},
+                            "grid": [{"group_count": 7, "within_decay": 0.9, "group_decay": 0.9, "neighbours": 100,
+                                      "alpha": 0.1, "seconds": 1.0,
+                                      "validation": {"ndcg_at_k": 0.31, "hit_rate_at_k": 0.7}}],
+                            "build_seconds": [{"group_count": 7, "within_decay": 0.9, "group_decay": 0.9, "seconds": 2.0}]},
         "training": {"mean_pool": {"loss_history": [3.0, 2.5, 2.2], "val_ndcg_history": [0.1, 0.12, 0.13]}},
         "plots": {"training_curves": "training_curves.png"}, "predictions_table": "/x/predictions",
         "evaluation_seconds": 12.0, "mlflow": "not logged",
@@ -54,6 +65,18 @@ def test_report_md_has_one_table_of_every_model_and_metric_at_5_10_20(tmp_path: 
     assert "SAMPLED" not in text
     assert "16 | 0.1 | 0.2000 +- 0.0100" in text  # the cross-validation mean +- std
     assert "![training_curves](training_curves.png)" in text
+    # The repeat / explore table, one row per model, and TIFU-KNN's grid with its choice.
+    assert "| model | recall_rep@10 | recall_expl@10 | repeat share@10 | users (rep) | users (expl) |" in text
+    assert "| als | 0.4100 | 0.0210 | 0.9000 | 6 | 5 |" in text
+    assert "| 7 | 0.9 | 0.9 | 100 | 0.1 | 0.3100 | 0.7000 | 1.0 |" in text
+    assert "chosen by validation: 7 groups, within-group decay 0.9, group decay 0.9, 100 neighbours, alpha 0.1" in text
+
+
+def test_report_without_tifu_or_repeat_explore_has_neither_section(tmp_path: Path) -> None:
+    report = {**make_report(), "tifu_knn_tuning": None, "repeat_explore": {}}
+    text = write_report_md(report, tmp_path / "report.md").read_text()
+    assert "TIFU-KNN tuning" not in text and "Repeat / explore" not in text
+    assert plot_repeat_explore(report, tmp_path / "re.png") is None
 
 
 def test_sampled_report_is_labelled(tmp_path: Path) -> None:
@@ -65,6 +88,7 @@ def test_sampled_report_is_labelled(tmp_path: Path) -> None:
 def test_plots_are_written_and_curves_need_a_history(tmp_path: Path) -> None:
     report = make_report()
     assert plot_accuracy_vs_coverage(report, tmp_path / "a.png").stat().st_size > 0
+    assert plot_repeat_explore(report, tmp_path / "re.png").stat().st_size > 0
     assert plot_training_curves(report, tmp_path / "t.png").stat().st_size > 0
     assert plot_training_curves({**report, "training": {}}, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
@@ -82,7 +106,10 @@ def test_mlflow_gets_every_metric(tmp_path: Path) -> None:
     expected = evaluation_metrics(report)
     assert run.data.metrics == pytest.approx(expected)
     assert expected["als.ndcg_20"] == report["at_k"]["20"]["als"]["ndcg_at_k"]
+    assert expected["als.recall_rep"] == report["repeat_explore"]["als"]["recall_rep"]
+    assert expected["mean_pool.users_expl"] == 5
     assert run.data.tags["recspark_run_id"] == "r1" and run.data.params["als.rank"] == "16"
+    assert run.data.params["tifu.alpha"] == "0.1" and run.data.params["tifu.group_count"] == "7"
     assert [a.path for a in MlflowClient(uri).list_artifacts(run_id, "evaluation")] == ["evaluation/report.md"]
     # NaN metrics (no queries) are not sent: MLflow would store them as NaN silently.
     nan_report = copy.deepcopy(report)

@@ -180,6 +180,14 @@ def test_basket_targets_are_every_item_of_the_next_basket_and_none_of_the_curren
     assert got == [([0, 0, 2, 3], [4, 2, 0]), ([4, 2, 4, 1], [5, 0, 0])]
     latest_only = FeaturesConfig(max_seq_len=4, max_baskets_per_user=1, max_basket_items=1, oov_buckets=1)
     assert [r[C.TARGET] for r in train_baskets(sequences, latest_only).collect()] == [[5]]
+    # A 1.5-day horizon: b2 (day 1) targets b2 and b3 (day 2); b3's horizon would reach b4 (day 3)
+    # but b4 is validation, never a training target.
+    horizon = FeaturesConfig(max_seq_len=4, max_baskets_per_user=10, max_basket_items=3, oov_buckets=1,
+                             target_horizon_days=1.5)
+    assert sorted(r[C.TARGET] for r in train_baskets(sequences, horizon).collect()) == [[4, 2, 5], [5, 0, 0]]
+    one_day = FeaturesConfig(max_seq_len=4, max_baskets_per_user=10, max_basket_items=3, oov_buckets=1,
+                             target_horizon_days=1.0)  # the next day's basket starts exactly at the horizon
+    assert sorted(r[C.TARGET] for r in train_baskets(sequences, one_day).collect()) == [[4, 2, 0], [5, 0, 0]]
 
     # Repeat profiles, point in time: b3's example sees b1 and b2 only. Item 2 is in 2 of 2 baskets
     # (latest b2, bought on days 1 and 2), 4 in b2, 3 in b1 (fewer baskets, then the latest basket

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import random
 from pathlib import Path
 
@@ -91,17 +92,25 @@ def test_every_user_gets_k_recommendations_with_their_own_id(spark: SparkSession
 def test_metrics_report_has_model_and_baseline(config: Config, ran: dict) -> None:
     report = json.loads((config.reports_dir / "metrics.json").read_text())
     assert set(report["models"]) == {*config.train.models, "most_popular", "most_popular_recent", "item_cooccurrence", "als",
-                                     "repeat_purchase"}
+                                     "repeat_purchase", "tifu_knn"}
     assert report["sampled_negatives"] is None and report["protocol"].startswith("full ranking")
     tuning = report["als_tuning"]
     assert len(tuning["grid"]) == len(config.evaluate.als_ranks) * len(config.evaluate.als_reg_params)
     best = max(tuning["grid"], key=lambda point: point["validation"]["ndcg_at_k"])
     assert tuning["chosen"] == {"rank": best["rank"], "reg_param": best["reg_param"]}
+    tifu = report["tifu_knn_tuning"]
+    best = max(tifu["grid"], key=lambda point: point["validation"]["ndcg_at_k"])
+    assert tifu["chosen_by"] == "validation" and tifu["chosen"] == {name: best[name] for name in tifu["chosen"]}
+    # Both published Complete Journey settings are in the grid.
+    points = {(p["group_count"], p["within_decay"], p["group_decay"], p["neighbours"], p["alpha"]) for p in tifu["grid"]}
+    assert {(7, 0.9, 0.9, 100, 0.1), (3, 1.0, 0.1, 100, 0.8)} <= points
+    assert set(report["repeat_explore"]) == set(report["models"])
     assert report["users"] == USERS
     for metrics in report["models"].values():
         assert 0.0 <= metrics["ndcg_at_k"] <= 1.0 and 0.0 <= metrics["hit_rate_at_k"] <= 1.0
     run_dir = config.reports_dir / report[C.RUN_ID]
-    for artefact in ("metrics.png", "metrics_by_k.png", "accuracy_coverage.png", "training_curves.png", "report.md"):
+    for artefact in ("metrics.png", "metrics_by_k.png", "accuracy_coverage.png", "training_curves.png",
+                     "repeat_explore.png", "report.md"):
         assert (run_dir / artefact).stat().st_size > 0
     assert "| mean_pool |" in (run_dir / "report.md").read_text()
     for model in report["models"]:
@@ -124,10 +133,12 @@ def test_metrics_can_be_recomputed_from_the_predictions_table(spark: SparkSessio
         key = row[C.USER_ID]
         if key not in last_basket or row[C.EVENT_TS] > last_basket[key][0]:
             last_basket[key] = (row[C.EVENT_TS], row[C.SESSION_ID])
-    relevant = {}
+    relevant, before = {}, {}
     for row in events:
         if row[C.SESSION_ID] == last_basket[row[C.USER_ID]][1]:
             relevant.setdefault(row[C.USER_ID], set()).add(row[C.ITEM_ID])
+        else:  # every earlier basket (train and validation): what the user had before the test period
+            before.setdefault(row[C.USER_ID], set()).add(row[C.ITEM_ID])
     for model in report["models"]:
         rows = predictions.filter(F.col(C.MODEL_NAME) == model).collect()
         ranked = {user: [r[C.ITEM_ID] for r in sorted((r for r in rows if r[C.USER_ID] == user), key=lambda r: r[C.RANK])]
@@ -136,6 +147,16 @@ def test_metrics_can_be_recomputed_from_the_predictions_table(spark: SparkSessio
         predicted, held_out = [ranked[u] for u in users], [sorted(relevant[u]) for u in users]
         assert report["models"][model]["hit_rate_at_k"] == pytest.approx(hit_rate_at_k(predicted, held_out, K), abs=1e-9)
         assert report["models"][model]["ndcg_at_k"] == pytest.approx(ndcg_at_k(predicted, held_out, K), abs=1e-9)
+        # Repeat / explore by hand: recall on held-out items had before, on new ones, re-buy share.
+        rep = [(set(ranked[u][:K]), relevant[u] & before[u]) for u in users if relevant[u] & before[u]]
+        expl = [(set(ranked[u][:K]), relevant[u] - before[u]) for u in users if relevant[u] - before[u]]
+        shares = [len(set(ranked[u][:K]) & before[u]) / len(set(ranked[u][:K])) for u in users if ranked[u]]
+        got = report["repeat_explore"][model]
+        assert (got["users_rep"], got["users_expl"]) == (len(rep), len(expl))
+        for name, pairs in (("recall_rep", rep), ("recall_expl", expl)):
+            want = sum(len(top & r) / len(r) for top, r in pairs) / len(pairs) if pairs else math.nan
+            assert got[name] == pytest.approx(want, abs=1e-9, nan_ok=True)
+        assert got["repeat_share"] == pytest.approx(sum(shares) / len(shares), abs=1e-9)
 
 
 def test_training_learned_the_two_groups(spark: SparkSession, config: Config, ran: dict) -> None:
@@ -188,7 +209,7 @@ def test_sampled_protocol_and_cross_validation_are_labelled(spark: SparkSession,
     report = evaluate(spark, options.validate())
     assert report["sampled_negatives"] == 5 and report["protocol"].startswith("SAMPLED")
     assert set(report["models"]) == {*config.train.models, "most_popular", "most_popular_recent", "item_cooccurrence", "als",
-                                     "repeat_purchase"}
+                                     "repeat_purchase", "tifu_knn"}
     for metrics in report["models"].values():
         assert set(metrics) == {"hit_rate_at_k", "ndcg_at_k", "mrr_at_k"} and 0.0 <= metrics["hit_rate_at_k"] <= 1.0
     text = (options.reports_dir / report[C.RUN_ID] / "report.md").read_text()

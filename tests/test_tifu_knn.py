@@ -12,8 +12,8 @@ from pyspark.testing import assertDataFrameEqual
 
 from recspark import constants as C
 from recspark.evaluation.tifu_knn import (
-    BASKET_END, BASKET_ID, WEIGHT, history_baskets, tifu_knn, tifu_scores, user_neighbours, user_vectors,
-    with_basket_weights,
+    BASKET_END, BASKET_ID, WEIGHT, history_baskets, own_and_neighbour_weights, tifu_knn, tifu_scores, top_candidates,
+    user_neighbours, user_vectors, with_basket_weights,
 )
 
 ITEMS = "abcdefghij"  # vocabulary indices 2 .. 11; "z" is outside the vocabulary
@@ -169,8 +169,12 @@ def test_basket_weights_by_hand(spark: SparkSession) -> None:
     }
     assert got == pytest.approx(expected, rel=1e-12)
     # u sums a basket's weight over its items: item 2 is in every basket of "two".
-    vectors = user_vectors(baskets, 3, 0.5, 0.25).filter(F.col(C.USER_ID) == "two")
-    assertDataFrameEqual(vectors, spark.createDataFrame([("two", 2, 0.625)], "user_id string, item_idx int, weight double"))
+    vectors = user_vectors(baskets, 3, 0.5, 0.25)
+    assertDataFrameEqual(vectors.filter(F.col(C.USER_ID) == "two").select(C.USER_ID, C.ITEM_IDX, WEIGHT),
+                         spark.createDataFrame([("two", 2, 0.625)], "user_id string, item_idx int, weight double"))
+    # The dense user index follows the user id order (the neighbours' tie-break).
+    assert sorted((r[C.USER_ID], r["user_idx"]) for r in vectors.select(C.USER_ID, "user_idx").distinct().collect()) \
+        == [("five", 1), ("six", 2), ("two", 3)]
 
 
 SETTINGS = [
@@ -188,8 +192,9 @@ def test_tifu_knn_equals_the_numpy_reference(shop, setting: dict) -> None:
     k = 4
     exclude_seen = setting["exclude_seen"]
 
-    vectors = user_vectors(history, params["group_count"], params["within_decay"], params["group_decay"])
-    near = user_neighbours(vectors, queries, params["neighbours"])
+    # Persisted as the evaluation does: each is read several times below.
+    vectors = user_vectors(history, params["group_count"], params["within_decay"], params["group_decay"]).persist()
+    near = user_neighbours(vectors, queries, params["neighbours"]).persist()
     scores = tifu_scores(vectors, near, queries, neighbours=params["neighbours"], alpha=params["alpha"],
                          exclude_seen=exclude_seen).collect()
     got = {(r[C.USER_ID], r[C.ITEM_IDX]): r[C.SCORE] for r in scores}
@@ -199,7 +204,21 @@ def test_tifu_knn_equals_the_numpy_reference(shop, setting: dict) -> None:
     assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
     assert IDX["j"] not in {i for _, i in got}  # bought only in the test period
 
-    lists = tifu_knn(history, vocab, queries, k, exclude_seen, **params).collect()
+    # The floor cut keeps every item of the reference top k, and does cut (users with >= k own items).
+    weights = own_and_neighbour_weights(vectors, near, queries, params["neighbours"])
+    candidates = {(r[C.USER_ID], r[C.ITEM_IDX])
+                  for r in top_candidates(weights, queries, params["alpha"], exclude_seen, k).collect()}
+    for user in query_users:
+        best = sorted((-round(float(p), 12), i) for i, p in enumerate(expected[user])
+                      if p > 0 and not (exclude_seen and i in seen[user]))[:k]
+        assert {(user, i) for _, i in best} <= candidates, user
+    assert exclude_seen or len(candidates) < len(got)
+    vectors.unpersist()
+    near.unpersist()
+
+    persisted = tifu_knn(history, vocab, queries, k, exclude_seen, **params)
+    lists = persisted.collect()
+    persisted.unpersist()
     by_user: dict[str, list] = {}
     for r in sorted(lists, key=lambda r: (r[C.USER_ID], r[C.RANK])):
         by_user.setdefault(r[C.USER_ID], []).append(r)
@@ -220,3 +239,10 @@ def test_the_reference_shop_has_the_cases_that_matter(shop) -> None:
     counts = {u: len(b) for u, b in baskets.items()}
     assert min(counts.values()) < 3 and any(n % 3 and n > 3 for n in counts.values()) and max(counts.values()) > 7
     assert any(len(seen[u]) < 4 for u in query_users)
+
+
+def test_tifu_knn_is_reported_beside_buy_again_only_when_seen_items_are_allowed() -> None:
+    from recspark.evaluation.evaluate import TIFU, baseline_names
+
+    assert TIFU == "tifu_knn"
+    assert TIFU in baseline_names(exclude_seen=False) and TIFU not in baseline_names(exclude_seen=True)

@@ -8,9 +8,15 @@ model's top-K lists are kept in the Delta table ``evaluation/predictions`` keyed
 user id, so anyone can recompute the (full-ranking) metrics.
 
 Baselines: most popular (all time, and over the last ``recent_days`` of training), item-item
-co-occurrence, "buy again" (the user's own most frequent items; only when seen items may be
-recommended, i.e. without ``exclude_seen``), and ALS with rank and regularisation chosen on the validation split (or by
-cross-validation with ``evaluate.cross_validate``), then refitted on train + validation.
+co-occurrence, "buy again" (the user's own most frequent items) and TIFU-KNN (decayed basket
+frequencies mixed with similar users', :mod:`recspark.evaluation.tifu_knn`), both only when seen
+items may be recommended, i.e. without ``exclude_seen``, and ALS with rank and regularisation
+chosen on the validation split (or by cross-validation with ``evaluate.cross_validate``), then
+refitted on train + validation. TIFU-KNN's settings are chosen on validation as ALS's are; its test
+lists use the baskets of train + validation.
+
+Every model's top-K is also split into repeat and explore (:mod:`recspark.evaluation.repeat_explore`):
+recall on the held-out items the user had before, recall on the new ones, and the share of re-buys.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from pyspark.sql import functions as F
 from recspark import constants as C
 from recspark.config import Config
 from recspark.evaluation import sampled as S
+from recspark.evaluation import tifu_knn as T
 from recspark.evaluation.baselines import (
     als_top_k, cooccurrence_scores, fit_als, item_cooccurrence, most_popular, recent_popular, recent_popularity,
     repeat_purchase, repeat_purchase_scores, train_interactions,
@@ -32,7 +39,8 @@ from recspark.evaluation.baselines import (
 from recspark.evaluation.beyond import beyond_accuracy
 from recspark.evaluation.probability import classification_lines, probability_report
 from recspark.evaluation.ranking import ranking_metrics_at_ks
-from recspark.evaluation.tuning import cross_validate_als, tune_als_on_validation
+from recspark.evaluation.repeat_explore import repeat_explore_metrics
+from recspark.evaluation.tuning import cross_validate_als, tune_als_on_validation, tune_tifu_on_validation
 from recspark.pipeline.features import SEQUENCES
 from recspark.pipeline.item_features import ITEM_FEATURES
 from recspark.pipeline.prepare import IDENTITY_MAP, RAW_USER_ID
@@ -47,15 +55,54 @@ RECENT_POPULAR = "most_popular_recent"
 COOCCURRENCE = "item_cooccurrence"
 ALS_NAME = "als"
 REPEAT = "repeat_purchase"
-BASELINES = (POPULAR, RECENT_POPULAR, COOCCURRENCE, ALS_NAME, REPEAT)
+TIFU = "tifu_knn"
+BASELINES = (POPULAR, RECENT_POPULAR, COOCCURRENCE, ALS_NAME, REPEAT, TIFU)
+# Baselines built on the user's own items: reported only when seen items may be recommended.
+REPEAT_BASELINES = (REPEAT, TIFU)
 # The history test queries condition on: everything before the test period (as ALS's refit).
 TEST_HISTORY_SPLITS = ("train", C.VALIDATION)
 
 
 def baseline_names(exclude_seen: bool) -> tuple[str, ...]:
     """The baselines reported under ``exclude_seen``: "buy again" recommends only seen items (then
-    fills with popular ones), so with seen items excluded it would be most_popular under another name."""
-    return tuple(name for name in BASELINES if not (exclude_seen and name == REPEAT))
+    fills with popular ones), so with seen items excluded it would be most_popular under another
+    name; TIFU-KNN is a re-buy baseline of the same kind (its strength is the user's own decayed
+    frequencies), reported beside it."""
+    return tuple(name for name in BASELINES if not (exclude_seen and name in REPEAT_BASELINES))
+
+
+def tifu_settings(config: Config) -> dict:
+    """TIFU-KNN's grid and similarity pruning, from the ``evaluate.tifu_*`` keys."""
+    ev = config.evaluate
+    return {"vector_settings": [tuple(s) for s in ev.tifu_vector_settings], "neighbours": list(ev.tifu_neighbours),
+            "alphas": list(ev.tifu_alphas), "similarity_items": ev.tifu_similarity_items}
+
+
+def choose_tifu(sequences: DataFrame, vocab: DataFrame, eval_queries: DataFrame, config: Config) -> dict:
+    """TIFU-KNN's group count, decays, neighbours and alpha: best validation NDCG@k over the grid."""
+    ev = config.evaluate
+    settings = tifu_settings(config)
+    validation = eval_queries.filter(F.col(C.SPLIT) == C.VALIDATION)
+    started = time.perf_counter()
+    tuning = tune_tifu_on_validation(sequences, vocab, validation, ev.k, ev.exclude_seen, **settings,
+                                     first_item_idx=config.features.first_item_idx)
+    tuning.update({"chosen_by": "validation", "similarity_items": settings["similarity_items"],
+                   "seconds": round(time.perf_counter() - started, 1),
+                   "refit": "chosen parameters; user vectors and neighbours from the train + validation baskets, "
+                            "scored on test"})
+    return tuning
+
+
+def tifu_test_weights(sequences: DataFrame, queries: DataFrame, tuning: dict, config: Config) -> list[DataFrame]:
+    """[own and neighbour weights, user vectors, neighbours] of the chosen TIFU-KNN for the test
+    queries (the sampled protocol scores every candidate with them), from the baskets before the
+    test period (train + validation, as ALS's refit); all persisted, since each is read several
+    times (the caller unpersists them)."""
+    chosen = tuning["chosen"]
+    baskets = T.history_baskets(sequences, TEST_HISTORY_SPLITS, first_item_idx=config.features.first_item_idx)
+    vectors = T.user_vectors(baskets, chosen["group_count"], chosen["within_decay"], chosen["group_decay"]).persist()
+    near = T.user_neighbours(vectors, queries, chosen["neighbours"], tuning["similarity_items"]).persist()
+    return [T.own_and_neighbour_weights(vectors, near, queries, chosen["neighbours"]).persist(), vectors, near]
 
 
 def model_run(config: Config, model: str) -> dict:
@@ -137,41 +184,52 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
     if REPEAT in baseline_names(ev.exclude_seen):
         rankings[REPEAT] = repeat_purchase(sequences, vocab, queries, kept, splits=TEST_HISTORY_SPLITS,
                                            first_item_idx=first_item_idx)
+    tifu_tuning = None
+    if TIFU in baseline_names(ev.exclude_seen):
+        tifu_tuning = choose_tifu(sequences, vocab, eval_queries, config)
+        # Vectors and neighbours from the baskets before the test period (train + validation, as ALS's refit).
+        rankings[TIFU] = T.tifu_knn(
+            T.history_baskets(sequences, TEST_HISTORY_SPLITS, first_item_idx=first_item_idx), vocab, queries, kept,
+            ev.exclude_seen, **tifu_tuning["chosen"], similarity_items=tifu_tuning["similarity_items"])
     predictions = None
     for name, ranking in rankings.items():
         rows = ranking.select(F.lit(run[C.RUN_ID]).alias(C.RUN_ID), F.lit(name).alias(C.MODEL_NAME), C.USER_ID,
                               C.RANK, C.ITEM_ID, F.col(C.SCORE).cast("float").alias(C.SCORE))
         predictions = rows if predictions is None else predictions.unionByName(rows)
-    predictions_path = str(Path(config.paths.lakehouse) / config.dataset.name / "evaluation" / "predictions")
+    predictions_path = str(config.outputs_dir / "evaluation" / "predictions")
     identity = read_table(spark, config.table_path(C.BRONZE, IDENTITY_MAP))
     # Re-running the evaluation of one run replaces that run's rows and nothing else.
     (with_original_user_id(predictions, identity).write.format("delta").mode("overwrite")
      .option("replaceWhere", f"{C.RUN_ID} = '{run[C.RUN_ID]}'").save(predictions_path))
+    if TIFU in rankings:
+        rankings[TIFU].unpersist()  # tifu_knn returns its lists persisted
 
     stored = read_table(spark, predictions_path).filter(F.col(C.RUN_ID) == run[C.RUN_ID])
-    relevant = with_original_user_id(queries.select(C.USER_ID, C.RELEVANT), identity)
+    # With the items each user had before the test period: the repeat / explore split needs them.
+    relevant = with_original_user_id(queries.select(C.USER_ID, C.RELEVANT, C.SEEN), identity)
     ks = sorted({*REPORT_KS, k})
     at_k: dict[int, dict[str, dict[str, float]]] = {kk: {} for kk in ks}
     if ev.sampled_negatives:
-        at_k = sampled_evaluation(queries, vocab, sequences, config, ks, als_model, als_users)
-    beyond = {}
+        at_k = sampled_evaluation(queries, vocab, sequences, config, ks, als_model, als_users, tifu_tuning)
+    beyond, repeat_explore = {}, {}
     categories = item_categories(spark, config)
     for name in rankings:
         ranked = stored.filter(F.col(C.MODEL_NAME) == name)
+        lists = ranked.groupBy(C.USER_ID).agg(ranked_list().alias(C.PREDICTION))
+        # Users the model returned nothing for still count, with an empty list.
+        scored = relevant.join(lists, C.USER_ID, "left").withColumn(
+            C.PREDICTION, F.coalesce(C.PREDICTION, F.array().cast("array<string>")))
         if not ev.sampled_negatives:
-            lists = ranked.groupBy(C.USER_ID).agg(ranked_list().alias(C.PREDICTION))
-            # Users the model returned nothing for still count, with an empty list.
-            scored = relevant.join(lists, C.USER_ID, "left").withColumn(
-                C.PREDICTION, F.coalesce(C.PREDICTION, F.array().cast("array<string>")))
             for kk, metrics in ranking_metrics_at_ks(scored, ks).items():
                 at_k[kk][name] = metrics
+        repeat_explore[name] = repeat_explore_metrics(scored, k)
         beyond[name] = beyond_accuracy(ranked.filter(F.col(C.RANK) <= k), vocab, categories)
 
     full = "full ranking over all items" + ("; items seen before the test period excluded"
                                             if ev.exclude_seen else "; seen items allowed")
     report = {
         C.RUN_ID: run[C.RUN_ID],
-        "dataset": config.dataset.name,
+        "dataset": config.run_name,
         "split": C.TEST,
         "k": k,
         "protocol": S.protocol_label(ev.sampled_negatives, config.train.seed, ev.exclude_seen)
@@ -183,7 +241,12 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
         "at_k": {str(kk): value for kk, value in at_k.items()},
         "beyond_accuracy": beyond,
         "beyond_accuracy_protocol": f"top {k} of the full-ranking lists in the predictions table",
+        "repeat_explore": repeat_explore,
+        "repeat_explore_protocol": (f"top {k} of the full-ranking lists; repeat = held-out items the user had "
+                                    "before the test period (train + validation), explore = the others "
+                                    "(Li et al., ACM TOIS 2023)"),
         "als_tuning": als_tuning,
+        "tifu_knn_tuning": tifu_tuning,
         "training": training_histories(config),
         # Probability models (the DNN): sampled (user, item) pairs, threshold from validation; None without one.
         "classification": probability_report(spark, config, eval_queries, vocab),
@@ -193,6 +256,7 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
     plots = {"metrics": plot_metrics(report, run_dir / "metrics.png"),
              "metrics_by_k": plot_metrics_by_k(report, run_dir / "metrics_by_k.png"),
              "accuracy_vs_coverage": plot_accuracy_vs_coverage(report, run_dir / "accuracy_coverage.png"),
+             "repeat_explore": plot_repeat_explore(report, run_dir / "repeat_explore.png"),
              "training_curves": plot_training_curves(report, run_dir / "training_curves.png")}
     report["plots"] = {name: path.name for name, path in plots.items() if path is not None}
     report["evaluation_seconds"] = round(time.perf_counter() - started, 1)
@@ -208,8 +272,10 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
 
 
 def sampled_evaluation(queries: DataFrame, vocab: DataFrame, sequences: DataFrame, config: Config, ks: list[int],
-                       als_model: object, als_users: DataFrame) -> dict[int, dict[str, dict[str, float]]]:
-    """``{k: {model: metrics}}`` under the sampled-negatives protocol (see :mod:`recspark.evaluation.sampled`)."""
+                       als_model: object, als_users: DataFrame,
+                       tifu_tuning: dict | None = None) -> dict[int, dict[str, dict[str, float]]]:
+    """``{k: {model: metrics}}`` under the sampled-negatives protocol (see :mod:`recspark.evaluation.sampled`);
+    TIFU-KNN with the chosen settings when ``tifu_tuning`` is given."""
     ev = config.evaluate
     candidates = S.sampled_candidates(queries, vocab, ev.sampled_negatives, ev.exclude_seen, config.train.seed).persist()
     ids = vocab.select(C.ITEM_ID, C.ITEM_IDX, C.TRAIN_COUNT)
@@ -241,11 +307,25 @@ def sampled_evaluation(queries: DataFrame, vocab: DataFrame, sequences: DataFram
                           .join(own.withColumnRenamed(C.SCORE, "_own"), [C.USER_ID, C.ITEM_IDX], "left")
                           .select(C.USER_ID, C.ITEM_IDX,
                                   F.coalesce("_own", F.col(C.TRAIN_COUNT) / total).alias(C.SCORE)))
+    tifu_cached: list[DataFrame] = []
+    if tifu_tuning is not None:
+        # Scored items p + 1 (> 1), the rest count / (total + 1) (< 1): the full-ranking order of
+        # TIFU-KNN's items first, then popular fillers.
+        tifu_cached = tifu_test_weights(sequences, queries, tifu_tuning, config)
+        p = T.predicted_scores(tifu_cached[0], queries, tifu_tuning["chosen"]["alpha"], ev.exclude_seen).withColumnRenamed(
+            C.SCORE, "_p")
+        scores[TIFU] = (candidates.select(C.USER_ID, F.explode(S.CANDIDATES).alias(C.ITEM_IDX))
+                        .join(F.broadcast(ids), C.ITEM_IDX)
+                        .join(p, [C.USER_ID, C.ITEM_IDX], "left")
+                        .select(C.USER_ID, C.ITEM_IDX,
+                                F.coalesce(F.col("_p") + 1.0, F.col(C.TRAIN_COUNT) / total).alias(C.SCORE)))
     at_k: dict[int, dict[str, dict[str, float]]] = {kk: {} for kk in ks}
     for name, model_scores in scores.items():
         for kk, metrics in S.sampled_metrics(candidates, model_scores, ks).items():
             at_k[kk][name] = metrics
     candidates.unpersist()
+    for cached in tifu_cached:
+        cached.unpersist()
     return at_k
 
 
@@ -305,7 +385,9 @@ def write_report_md(report: dict, path: Path) -> Path:
     for model, values in report["beyond_accuracy"].items():
         lines.append(f"| {model} | {values['catalogue_coverage']:.4f} | {values['relative_popularity']:.2f} | "
                      f"{values['novelty']:.2f} | {values['intra_list_diversity']:.4f} |")
+    lines += repeat_explore_lines(report)
     lines += als_tuning_lines(report)
+    lines += tifu_tuning_lines(report)
     lines += classification_lines(report.get("classification"))
     lines += [""] + [f"![{name}]({file})" for name, file in report.get("plots", {}).items()] + [""]
     if "training_curves" not in report.get("plots", {}):
@@ -341,6 +423,72 @@ def als_tuning_lines(report: dict) -> list[str]:
         lines += ["", "Cross-validation not run (`--set evaluate.cross_validate=true` runs it, "
                   "cv_folds x the grid's ALS fits)."]
     return lines
+
+
+def repeat_explore_lines(report: dict) -> list[str]:
+    """The repeat / explore table: per model, recall on re-bought and on new held-out items, the
+    re-buy share of the lists, and how many users each recall averages over."""
+    values = report.get("repeat_explore")
+    if not values:
+        return []
+    k = report["k"]
+    lines = ["", f"Repeat / explore ({report.get('repeat_explore_protocol', f'top {k}')}): recall on the held-out "
+             "items the user had before (users with at least one), on the new ones (users with at least one), "
+             "and the share of each list made of items the user had before:", "",
+             f"| model | recall_rep@{k} | recall_expl@{k} | repeat share@{k} | users (rep) | users (expl) |",
+             "|---|---|---|---|---|---|"]
+    for model, v in values.items():
+        lines.append(f"| {model} | {v['recall_rep']:.4f} | {v['recall_expl']:.4f} | {v['repeat_share']:.4f} | "
+                     f"{v['users_rep']:,} | {v['users_expl']:,} |")
+    return lines
+
+
+def tifu_tuning_lines(report: dict) -> list[str]:
+    """TIFU-KNN's validation grid and its choice (nothing when TIFU-KNN was not run)."""
+    tuning = report.get("tifu_knn_tuning")
+    if not tuning:
+        return []
+    c = tuning["chosen"]
+    pruning = ("whole vectors" if tuning.get("similarity_items") is None
+               else f"each user's {tuning['similarity_items']} heaviest items")
+    lines = ["", f"TIFU-KNN tuning ({tuning['selection']}; chosen by {tuning['chosen_by']}: {c['group_count']} groups, "
+             f"within-group decay {c['within_decay']}, group decay {c['group_decay']}, {c['neighbours']} neighbours, "
+             f"alpha {c['alpha']}; similarity on {pruning}; {tuning['refit']}; {tuning.get('seconds', 'n/a')} s):", "",
+             "| groups | within decay | group decay | neighbours | alpha | validation NDCG@k | validation HR@k | "
+             "rank + score (s) |", "|---|---|---|---|---|---|---|---|"]
+    for p in tuning["grid"]:
+        lines.append(f"| {p['group_count']} | {p['within_decay']} | {p['group_decay']} | {p['neighbours']} | "
+                     f"{p['alpha']} | {p['validation']['ndcg_at_k']:.4f} | {p['validation']['hit_rate_at_k']:.4f} | "
+                     f"{p['seconds']} |")
+    builds = ", ".join(f"{b['group_count']} / {b['within_decay']} / {b['group_decay']}: {b['seconds']} s"
+                       for b in tuning.get("build_seconds", []))
+    if builds:
+        lines += ["", f"Vectors and neighbours per setting (groups / within / group decay): {builds}."]
+    return lines
+
+
+def plot_repeat_explore(report: dict, path: Path) -> Path | None:
+    """Recall on re-bought items beside recall on new items, per model: where each model's hits come from."""
+    values = report.get("repeat_explore")
+    if not values:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(values)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(models) + 2), 4))
+    width = 0.4
+    for offset, (metric, label) in enumerate((("recall_rep", "recall on re-bought items (rep)"),
+                                              ("recall_expl", "recall on new items (expl)"))):
+        ax.bar([x + offset * width for x in range(len(models))], [values[m][metric] for m in models], width, label=label)
+    ax.set_xticks([x + width / 2 for x in range(len(models))])
+    ax.set_xticklabels(models, rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel(f"recall@{report['k']}")
+    ax.set_title(f"{report['dataset']}: repeat vs explore, top {report['k']}", fontsize=10)
+    ax.legend(fontsize=8)
+    return _save_figure(fig, path)
 
 
 def plot_accuracy_vs_coverage(report: dict, path: Path) -> Path:

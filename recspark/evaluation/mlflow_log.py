@@ -2,8 +2,9 @@
 
 Uses the project's tracking set-up (:mod:`recspark.tracking`: the same URI, SQLite by default, and
 experiment). Logged: every model's metrics at every K (``<model>.<metric>_<K>``, since MLflow
-names cannot hold ``@``), the beyond-accuracy numbers, the ALS choice, the protocol as a tag, and
-the report's files (metrics.json, report.md, the PNG plots) as artifacts.
+names cannot hold ``@``), the beyond-accuracy and repeat / explore numbers, the ALS and TIFU-KNN
+choices, the protocol as a tag, and the report's files (metrics.json, report.md, the PNG plots) as
+artifacts.
 """
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ def evaluation_metrics(report: dict) -> dict[str, float]:
         for model, values in per_model.items():
             for name, value in values.items():
                 metrics[f"{model}.{name.replace('_at_k', '')}_{k}"] = value
-    for model, values in report["beyond_accuracy"].items():
-        for name, value in values.items():
-            metrics[f"{model}.{name}"] = value
+    for section in ("beyond_accuracy", "repeat_explore"):
+        for model, values in (report.get(section) or {}).items():
+            for name, value in values.items():
+                metrics[f"{model}.{name}"] = value
     return {name: float(value) for name, value in metrics.items() if value == value}
 
 
@@ -46,6 +48,8 @@ def log_evaluation(config: Config, report: dict, run_dir: Path, files: list[Path
         params = {"k": report["k"], "sampled_negatives": sampled, "exclude_seen": config.evaluate.exclude_seen,
                   "als.rank": chosen["rank"], "als.reg_param": chosen["reg_param"],
                   "als.chosen_by": report["als_tuning"]["chosen_by"]}
+        if report.get("tifu_knn_tuning"):
+            params.update({f"tifu.{name}": value for name, value in report["tifu_knn_tuning"]["chosen"].items()})
         client.log_batch(run_id, params=[Param(name, str(value)) for name, value in sorted(params.items())])
         series = [Metric(name, value, 0, 0) for name, value in sorted(evaluation_metrics(report).items())]
         for start in range(0, len(series), 1000):  # MLflow's batch limit

@@ -27,8 +27,10 @@ from the user's last basket over the whole history, its later groups are the lar
 neighbours are Euclidean; the formulas above are the paper's.
 
 Scale: the user-user similarity is a join of the unit-normalised (user, item, weight) rows on item
-and a sum per user pair: the work is sum over items of (query users with it) x (users with it),
-bounded per task by Spark's shuffle, never one user x user matrix in one place. ``similarity_items``
+and a sum per user pair, each unordered pair once: the work is sum over items of n_i (n_i - 1) / 2
+for n_i users with item i, bounded per task by Spark's shuffle, never one user x user matrix in one
+place; the neighbours' mean is query users x neighbours x their items. The top k needs only the
+items that can beat the floor of :func:`top_candidates` (exact). ``similarity_items``
 optionally keeps only each user's heaviest items for the similarity (the prediction always uses the
 whole u), which bounds that work when very popular items make it too large.
 """
@@ -40,12 +42,8 @@ from pyspark.sql import functions as F
 from recspark import constants as C
 from recspark.evaluation.baselines import most_popular
 
-# Defaults (the EvaluateConfig keys evaluate.tifu_* override them once they exist). The grid is
-# VECTOR_SETTINGS x NEIGHBOURS x ALPHAS; it holds both published Complete Journey settings:
-# (7 groups, r_b 0.9, r_g 0.9, k 100, alpha 0.1) and (3 groups, r_b 1.0, r_g 0.1, k 100, alpha 0.8).
-VECTOR_SETTINGS: tuple[tuple[int, float, float], ...] = ((7, 0.9, 0.9), (3, 1.0, 0.1))  # (group_count, within_decay, group_decay)
-NEIGHBOURS: tuple[int, ...] = (100, 300)
-ALPHAS: tuple[float, ...] = (0.1, 0.5, 0.8)
+# The grid and the similarity pruning are configuration (evaluate.tifu_*, recspark.config); here
+# only the default of the functions' similarity_items argument.
 SIMILARITY_ITEMS: int | None = None  # None: the whole u enters the similarity
 # Similarities and scores are ordered at this many decimals: sums of the same weights in another
 # order (Spark's partitioning) may differ in the last bit, which must not reorder exact ties.
@@ -55,6 +53,8 @@ BASKET_ID = "basket_id"
 BASKET_END = "basket_end"
 WEIGHT = "weight"
 NEIGHBOUR_ID = "neighbour_id"
+USER_IDX = "user_idx"
+NEIGHBOUR_IDX = "neighbour_idx"
 SIMILARITY = "similarity"
 NEIGHBOUR_RANK = "neighbour_rank"
 
@@ -74,9 +74,11 @@ def history_baskets(sequences: DataFrame, splits: tuple[str, ...], *, first_item
     steps = (sequences.select(C.USER_ID, step).filter(F.col("_s")[C.SPLIT].isin(*splits))
              .select(C.USER_ID, F.col("_s")[C.SESSION_ID].alias(BASKET_ID), F.col("_s")[C.ITEM_IDX].alias(C.ITEM_IDX),
                      "_pos"))
-    ends = steps.groupBy(C.USER_ID, BASKET_ID).agg(F.max("_pos").alias(BASKET_END))
-    items = steps.filter(F.col(C.ITEM_IDX) >= first_item_idx).select(C.USER_ID, BASKET_ID, C.ITEM_IDX).distinct()
-    return items.join(ends, [C.USER_ID, BASKET_ID])
+    # A window, not an aggregate joined back: every reuse of a DataFrame repeats its plan, and these
+    # functions are chained (baskets -> weights -> vectors -> neighbours), so each keeps one lineage.
+    end = F.max("_pos").over(Window.partitionBy(C.USER_ID, BASKET_ID))
+    return (steps.withColumn(BASKET_END, end).filter(F.col(C.ITEM_IDX) >= first_item_idx)
+            .select(C.USER_ID, BASKET_ID, BASKET_END, C.ITEM_IDX).distinct())
 
 
 def with_basket_weights(baskets: DataFrame, group_count: int, within_decay: float, group_decay: float) -> DataFrame:
@@ -85,9 +87,9 @@ def with_basket_weights(baskets: DataFrame, group_count: int, within_decay: floa
     if group_count < 1:
         raise ValueError(f"group_count must be >= 1, got {group_count}")
     per_user = Window.partitionBy(C.USER_ID)
-    order = (baskets.select(C.USER_ID, BASKET_ID, BASKET_END).distinct()
-             .withColumn("_b", F.row_number().over(per_user.orderBy(BASKET_END, BASKET_ID)))  # 1 = oldest
-             .withColumn("_n", F.count(F.lit(1)).over(per_user)))
+    # Rows are (basket, item): the basket's dense rank is its position, 1 = oldest; the largest is n.
+    order = (baskets.withColumn("_b", F.dense_rank().over(per_user.orderBy(BASKET_END, BASKET_ID)))
+             .withColumn("_n", F.max("_b").over(per_user)))
     groups = F.least(F.col("_n"), F.lit(group_count))  # m'
     size = F.floor(F.col("_n") / F.col("_m"))  # s: the size of every group but the earliest
     first = F.col("_n") - (F.col("_m") - 1) * F.col("_s")  # the earliest group's size
@@ -100,39 +102,72 @@ def with_basket_weights(baskets: DataFrame, group_count: int, within_decay: floa
               .withColumn("_size", F.when(F.col("_g") == 1, F.col("_first")).otherwise(F.col("_s"))))
     weight = (F.pow(F.lit(float(within_decay)), F.col("_size") - F.col("_j")) / F.col("_size")
               * F.pow(F.lit(float(group_decay)), F.col("_m") - F.col("_g")) / F.col("_m"))
-    weights = placed.select(C.USER_ID, BASKET_ID, weight.alias(WEIGHT))
-    return baskets.join(weights, [C.USER_ID, BASKET_ID])
+    return placed.withColumn(WEIGHT, weight).drop("_b", "_n", "_m", "_s", "_first", "_g", "_j", "_size")
 
 
 def user_vectors(baskets: DataFrame, group_count: int, within_decay: float, group_decay: float) -> DataFrame:
-    """(user_id, item_idx, weight): every user's TIFU vector u as sparse rows (weight > 0)."""
-    return (baskets.transform(with_basket_weights, group_count, within_decay, group_decay)
-            .groupBy(C.USER_ID, C.ITEM_IDX).agg(F.sum(WEIGHT).alias(WEIGHT))
-            .filter(F.col(WEIGHT) > 0))
+    """(user_id, user_idx, item_idx, weight): every user's TIFU vector u as sparse rows (weight > 0).
+
+    ``user_idx`` numbers the users densely in user id order: the pair keys of the similarity and the
+    neighbour sums are then two ints (one long), far cheaper to hash and shuffle than two 26-character
+    pseudonyms, and "smaller user id" and "smaller index" are the same tie-break.
+    """
+    summed = (baskets.transform(with_basket_weights, group_count, within_decay, group_decay)
+              .groupBy(C.USER_ID, C.ITEM_IDX).agg(F.sum(WEIGHT).alias(WEIGHT))
+              .filter(F.col(WEIGHT) > 0))
+    # One row per user: the global order is small (a few thousand rows here, one partition).
+    index = summed.select(C.USER_ID).distinct().withColumn(
+        USER_IDX, F.row_number().over(Window.orderBy(C.USER_ID)).cast("int"))
+    return summed.join(index, C.USER_ID).select(C.USER_ID, USER_IDX, C.ITEM_IDX, WEIGHT)
+
+
+def _pair_key(a: str, b: str):
+    """Two non-negative int columns as one long (a in the high 32 bits): one hash key instead of two."""
+    return F.shiftleft(F.col(a).cast("long"), 32).bitwiseOR(F.col(b).cast("long"))
+
+
+def _high(key: str):
+    return F.shiftright(F.col(key), 32).cast("int")
+
+
+def _low(key: str):
+    return F.col(key).bitwiseAND(F.lit(0xFFFFFFFF)).cast("int")
 
 
 def user_neighbours(vectors: DataFrame, query_users: DataFrame, neighbours: int,
                     similarity_items: int | None = SIMILARITY_ITEMS) -> DataFrame:
-    """(user_id, neighbour_id, similarity, neighbour_rank): for every user of ``query_users``
-    (user_id), the ``neighbours`` other users most cosine-similar to it, rank 1 the most similar
-    (ties at ``ORDER_DECIMALS`` decimals: smaller neighbour id). Users sharing no item are never neighbours (similarity 0).
+    """(user_id, neighbour_id, user_idx, neighbour_idx, similarity, neighbour_rank): for every user of
+    ``query_users`` (user_id), the ``neighbours`` other users most cosine-similar to it, rank 1 the
+    most similar (ties at ``ORDER_DECIMALS`` decimals: smaller neighbour id). Users sharing no item are
+    never neighbours (similarity 0).
 
-    The similarity is a join on item of the unit-normalised weights and a sum per user pair: sparse
-    rows in, one row per pair sharing an item out; nothing is collected.
+    The similarity is a join on item of the unit-normalised weights and a sum per user pair, each
+    unordered pair computed once (user_idx < neighbour_idx) and then mirrored: sum over items of
+    n_i (n_i - 1) / 2 products for n_i users with item i, 40 million on Complete Journey. Sparse rows
+    in, one row per pair sharing an item out; nothing is collected.
     """
     rows = vectors
     if similarity_items is not None:
-        heaviest = Window.partitionBy(C.USER_ID).orderBy(F.col(WEIGHT).desc(), C.ITEM_IDX)
+        heaviest = Window.partitionBy(USER_IDX).orderBy(F.col(WEIGHT).desc(), C.ITEM_IDX)
         rows = rows.withColumn("_r", F.row_number().over(heaviest)).filter(F.col("_r") <= similarity_items).drop("_r")
-    norms = rows.groupBy(C.USER_ID).agg(F.sqrt(F.sum(F.col(WEIGHT) * F.col(WEIGHT))).alias("_norm"))
-    unit = rows.join(norms, C.USER_ID).select(C.USER_ID, C.ITEM_IDX, (F.col(WEIGHT) / F.col("_norm")).alias("_w"))
-    left = unit.join(query_users.select(C.USER_ID).distinct(), C.USER_ID, "left_semi")
-    right = unit.select(F.col(C.USER_ID).alias(NEIGHBOUR_ID), C.ITEM_IDX, F.col("_w").alias("_wn"))
-    pairs = (left.join(right, C.ITEM_IDX).filter(F.col(C.USER_ID) != F.col(NEIGHBOUR_ID))
-             .groupBy(C.USER_ID, NEIGHBOUR_ID).agg(F.sum(F.col("_w") * F.col("_wn")).alias(SIMILARITY)))
-    best = Window.partitionBy(C.USER_ID).orderBy(F.round(SIMILARITY, ORDER_DECIMALS).desc(), NEIGHBOUR_ID)
-    return (pairs.withColumn(NEIGHBOUR_RANK, F.row_number().over(best))
-            .filter(F.col(NEIGHBOUR_RANK) <= neighbours))
+    norms = rows.groupBy(USER_IDX).agg(F.sqrt(F.sum(F.col(WEIGHT) * F.col(WEIGHT))).alias("_norm"))
+    unit = rows.join(norms, USER_IDX).select(USER_IDX, C.ITEM_IDX, (F.col(WEIGHT) / F.col("_norm")).alias("_w"))
+    right = unit.select(F.col(USER_IDX).alias(NEIGHBOUR_IDX), C.ITEM_IDX, F.col("_w").alias("_wn"))
+    parts = _partitions(vectors)
+    half = (unit.repartition(parts, C.ITEM_IDX).join(right.repartition(parts, C.ITEM_IDX), C.ITEM_IDX)
+            .filter(F.col(USER_IDX) < F.col(NEIGHBOUR_IDX))
+            .groupBy(_pair_key(USER_IDX, NEIGHBOUR_IDX).alias("_key"))
+            .agg(F.sum(F.col("_w") * F.col("_wn")).alias(SIMILARITY)))
+    pairs = half.select(_high("_key").alias(USER_IDX), _low("_key").alias(NEIGHBOUR_IDX), SIMILARITY).unionByName(
+        half.select(_low("_key").alias(USER_IDX), _high("_key").alias(NEIGHBOUR_IDX), SIMILARITY))
+    index = vectors.select(C.USER_ID, USER_IDX).distinct()
+    queried = index.join(query_users.select(C.USER_ID).distinct(), C.USER_ID, "left_semi")
+    best = Window.partitionBy(USER_IDX).orderBy(F.round(SIMILARITY, ORDER_DECIMALS).desc(), NEIGHBOUR_IDX)
+    return (pairs.join(F.broadcast(queried), USER_IDX)  # one row per user
+            .withColumn(NEIGHBOUR_RANK, F.row_number().over(best)).filter(F.col(NEIGHBOUR_RANK) <= neighbours)
+            .join(F.broadcast(index.select(F.col(USER_IDX).alias(NEIGHBOUR_IDX), F.col(C.USER_ID).alias(NEIGHBOUR_ID))),
+                  NEIGHBOUR_IDX)
+            .select(C.USER_ID, NEIGHBOUR_ID, USER_IDX, NEIGHBOUR_IDX, SIMILARITY, NEIGHBOUR_RANK))
 
 
 def own_and_neighbour_weights(vectors: DataFrame, near: DataFrame, query_users: DataFrame,
@@ -140,16 +175,36 @@ def own_and_neighbour_weights(vectors: DataFrame, near: DataFrame, query_users: 
     """(user_id, item_idx, _own, _nbr) for every query user and every item in its u or in a
     neighbour's: the user's own weight and the mean of its (at most ``neighbours``) nearest
     neighbours' weights (0 where absent). ``near`` (:func:`user_neighbours`) may hold more
-    neighbours per user (for a larger grid point): only ranks <= ``neighbours`` are used."""
-    kept = near.filter(F.col(NEIGHBOUR_RANK) <= neighbours).select(C.USER_ID, NEIGHBOUR_ID)
-    found = kept.groupBy(C.USER_ID).agg(F.count(F.lit(1)).alias("_found"))
-    theirs = vectors.select(F.col(C.USER_ID).alias(NEIGHBOUR_ID), C.ITEM_IDX, F.col(WEIGHT).alias("_wn"))
-    mean = (kept.join(theirs, NEIGHBOUR_ID).groupBy(C.USER_ID, C.ITEM_IDX).agg(F.sum("_wn").alias("_sum"))
-            .join(found, C.USER_ID).select(C.USER_ID, C.ITEM_IDX, (F.col("_sum") / F.col("_found")).alias("_nbr")))
-    own = vectors.join(query_users.select(C.USER_ID).distinct(), C.USER_ID, "left_semi").select(
-        C.USER_ID, C.ITEM_IDX, F.col(WEIGHT).alias("_own"))
-    return own.join(mean, [C.USER_ID, C.ITEM_IDX], "full").select(
-        C.USER_ID, C.ITEM_IDX, F.coalesce("_own", F.lit(0.0)).alias("_own"), F.coalesce("_nbr", F.lit(0.0)).alias("_nbr"))
+    neighbours per user (for a larger grid point): only ranks <= ``neighbours`` are used.
+
+    One join and one aggregation: the user counts as its own neighbour with a flag, so that its
+    weights and its neighbours' are summed in the same pass (a full outer join of the two would
+    shuffle every row again). The work is query users x (neighbours + 1) x their items, 50 million
+    rows on Complete Journey at 100 neighbours (about 24 million (user, item) pairs out), keyed by
+    one long per (user, item); only one-row-per-user tables are broadcast, never vectors."""
+    index = vectors.select(C.USER_ID, USER_IDX).distinct().join(
+        query_users.select(C.USER_ID).distinct(), C.USER_ID, "left_semi")
+    kept = near.filter(F.col(NEIGHBOUR_RANK) <= neighbours).select(USER_IDX, NEIGHBOUR_IDX)
+    found = kept.groupBy(USER_IDX).agg(F.count(F.lit(1)).alias("_found"))
+    pairs = kept.withColumn("_self", F.lit(False)).unionByName(
+        index.select(USER_IDX, F.col(USER_IDX).alias(NEIGHBOUR_IDX), F.lit(True).alias("_self")))
+    theirs = vectors.select(F.col(USER_IDX).alias(NEIGHBOUR_IDX), C.ITEM_IDX, F.col(WEIGHT).alias("_w"))
+    parts = _partitions(vectors)
+    summed = (pairs.repartition(parts, NEIGHBOUR_IDX).join(theirs.repartition(parts, NEIGHBOUR_IDX), NEIGHBOUR_IDX)
+              .groupBy(_pair_key(USER_IDX, C.ITEM_IDX).alias("_key"))
+              .agg(F.sum(F.when(F.col("_self"), F.col("_w"))).alias("_own"),
+                   F.sum(F.when(~F.col("_self"), F.col("_w"))).alias("_sum")))
+    return (summed.select(_high("_key").alias(USER_IDX), _low("_key").alias(C.ITEM_IDX), "_own", "_sum")
+            .join(F.broadcast(found), USER_IDX, "left").join(F.broadcast(index), USER_IDX)
+            .select(C.USER_ID, C.ITEM_IDX, F.coalesce("_own", F.lit(0.0)).alias("_own"),
+                    F.coalesce(F.col("_sum") / F.col("_found"), F.lit(0.0)).alias("_nbr")))
+
+
+def _partitions(df: DataFrame) -> int:
+    """The session's shuffle partitions, set explicitly on the two large joins: their inputs are
+    small (thousands of users, a few MB) and their outputs tens of millions of rows, so adaptive
+    execution would otherwise coalesce them into fewer tasks than there are cores."""
+    return int(df.sparkSession.conf.get("spark.sql.shuffle.partitions"))
 
 
 def with_prediction(weights: DataFrame, alpha: float) -> DataFrame:
@@ -157,22 +212,51 @@ def with_prediction(weights: DataFrame, alpha: float) -> DataFrame:
     return weights.withColumn(C.SCORE, F.lit(float(alpha)) * F.col("_own") + F.lit(1.0 - float(alpha)) * F.col("_nbr"))
 
 
-def tifu_scores(vectors: DataFrame, near: DataFrame, queries: DataFrame, *, neighbours: int, alpha: float,
-                exclude_seen: bool) -> DataFrame:
-    """(user_id, item_idx, score): p for every query user and item with p > 0, minus the user's
-    seen items (queries' ``seen_idx``) when ``exclude_seen``."""
-    scored = (own_and_neighbour_weights(vectors, near, queries, neighbours).transform(with_prediction, alpha)
-              .filter(F.col(C.SCORE) > 0).select(C.USER_ID, C.ITEM_IDX, C.SCORE))
+def predicted_scores(weights: DataFrame, queries: DataFrame, alpha: float, exclude_seen: bool) -> DataFrame:
+    """(user_id, item_idx, score): p from :func:`own_and_neighbour_weights` rows, p > 0 only, minus
+    the user's seen items (queries' ``seen_idx``) when ``exclude_seen``. Tuning reuses one set of
+    weights for every alpha."""
+    scored = weights.transform(with_prediction, alpha).filter(F.col(C.SCORE) > 0).select(C.USER_ID, C.ITEM_IDX, C.SCORE)
     if exclude_seen:
         seen = queries.select(C.USER_ID, F.explode("seen_idx").alias(C.ITEM_IDX))
         scored = scored.join(seen, [C.USER_ID, C.ITEM_IDX], "left_anti")
     return scored
 
 
+def top_candidates(weights: DataFrame, queries: DataFrame, alpha: float, exclude_seen: bool, k: int) -> DataFrame:
+    """:func:`predicted_scores` cut to the rows that can be in a user's top k, exactly.
+
+    A user's k heaviest own items have p >= their smallest p (the floor), so the k-th best p overall
+    is at least the floor and nothing below it can be in the top k. The floor needs only the user's
+    own items (hundreds), while p has an entry for every item of every neighbour (thousands): the
+    ranking then sorts the few rows above the floor. Users with fewer than k own items (and every
+    user with ``exclude_seen``, whose own items are all seen) get no floor.
+    """
+    scored = predicted_scores(weights, queries, alpha, exclude_seen)
+    if exclude_seen:
+        return scored
+    heaviest = Window.partitionBy(C.USER_ID).orderBy(F.col("_own").desc(), C.ITEM_IDX)
+    floors = (weights.filter(F.col("_own") > 0).withColumn("_r", F.row_number().over(heaviest))
+              .filter(F.col("_r") <= k).transform(with_prediction, alpha)
+              .groupBy(C.USER_ID).agg(F.min(C.SCORE).alias("_floor"), F.count(F.lit(1)).alias("_n"))
+              .filter(F.col("_n") >= k))
+    # The margin keeps scores equal to the floor at ORDER_DECIMALS (ties) whatever the summation order.
+    return (scored.join(F.broadcast(floors), C.USER_ID, "left")  # one row per user
+            .filter(F.col("_floor").isNull() | (F.col(C.SCORE) >= F.col("_floor") - F.lit(10.0 ** -ORDER_DECIMALS)))
+            .select(C.USER_ID, C.ITEM_IDX, C.SCORE))
+
+
+def tifu_scores(vectors: DataFrame, near: DataFrame, queries: DataFrame, *, neighbours: int, alpha: float,
+                exclude_seen: bool) -> DataFrame:
+    """(user_id, item_idx, score): p for every query user and item with p > 0 (see
+    :func:`predicted_scores`), from the user vectors and :func:`user_neighbours`."""
+    return predicted_scores(own_and_neighbour_weights(vectors, near, queries, neighbours), queries, alpha, exclude_seen)
+
+
 def top_k_with_fillers(scores: DataFrame, vocab: DataFrame, queries: DataFrame, k: int, exclude_seen: bool) -> DataFrame:
     """(user_id, rank, item_id, score): each query user's k best (user_id, item_idx, score) rows,
-    best first (ties at ``ORDER_DECIMALS`` decimals: smaller item index), then the most popular items not already listed; fillers
-    score 0."""
+    best first (ties at ``ORDER_DECIMALS`` decimals: smaller item index), then the most popular
+    items not already listed; fillers score 0."""
     best = Window.partitionBy(C.USER_ID).orderBy(F.round(C.SCORE, ORDER_DECIMALS).desc(), C.ITEM_IDX)
     top = (scores.withColumn("_r", F.row_number().over(best)).filter(F.col("_r") <= k)
            .join(F.broadcast(vocab.select(C.ITEM_ID, C.ITEM_IDX)), C.ITEM_IDX)
@@ -192,13 +276,23 @@ def top_k_with_fillers(scores: DataFrame, vocab: DataFrame, queries: DataFrame, 
 def tifu_knn(baskets: DataFrame, vocab: DataFrame, queries: DataFrame, k: int, exclude_seen: bool, *,
              neighbours: int, within_decay: float, group_decay: float, alpha: float, group_count: int,
              similarity_items: int | None = SIMILARITY_ITEMS) -> DataFrame:
-    """TIFU-KNN's top k for every query user (user_id, seen_idx), one row per (user, rank).
+    """TIFU-KNN's top k for every query user (user_id, seen_idx), one row per (user, rank),
+    computed here and returned persisted (the caller unpersists it).
 
     ``baskets``: :func:`history_baskets` of the period before the evaluated one (train for
     validation queries, train + validation for test queries), for every user: neighbours come from
     all users, predictions only for the query users.
+
+    Eager, unlike the transforms above: the vectors, neighbours and weights are each read several
+    times downstream, so they are persisted while the lists are computed (without that every read
+    repeats the whole plan: hundreds of shuffles) and released before returning.
     """
-    vectors = user_vectors(baskets, group_count, within_decay, group_decay)
-    near = user_neighbours(vectors, queries, neighbours, similarity_items)
-    scores = tifu_scores(vectors, near, queries, neighbours=neighbours, alpha=alpha, exclude_seen=exclude_seen)
-    return top_k_with_fillers(scores, vocab, queries, k, exclude_seen)
+    vectors = user_vectors(baskets, group_count, within_decay, group_decay).persist()
+    near = user_neighbours(vectors, queries, neighbours, similarity_items).persist()
+    weights = own_and_neighbour_weights(vectors, near, queries, neighbours).persist()
+    lists = top_k_with_fillers(top_candidates(weights, queries, alpha, exclude_seen, k), vocab, queries, k,
+                               exclude_seen).persist()
+    lists.count()  # materialised before its inputs are released
+    for df in (weights, near, vectors):
+        df.unpersist()
+    return lists

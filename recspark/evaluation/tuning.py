@@ -18,6 +18,11 @@
 
 Every fit costs one ALS training (about 30 s on Complete Journey on 2 cores), so the cost is
 ``len(ranks) x len(reg_params)`` fits on validation and ``folds`` times that for cross-validation.
+
+* :func:`tune_tifu_on_validation`: TIFU-KNN's grid (vector settings x neighbours x alphas), user
+  vectors and neighbours from the training baskets, scored on the validation queries; the best
+  NDCG@k wins. The costly parts are shared: one set of vectors and neighbours per vector setting,
+  one neighbour mean per neighbour count, and each alpha only mixes and ranks.
 """
 from __future__ import annotations
 
@@ -31,6 +36,9 @@ from pyspark.sql import functions as F
 from recspark import constants as C
 from recspark.evaluation.baselines import als_top_k, fit_als, interactions_of, train_steps
 from recspark.evaluation.ranking import NDCG_AT_K, ranking_metrics
+from recspark.evaluation.tifu_knn import (
+    history_baskets, own_and_neighbour_weights, top_candidates, top_k_with_fillers, user_neighbours, user_vectors,
+)
 from recspark.scoring import ranked_list
 
 SELECTION_METRIC = NDCG_AT_K
@@ -146,3 +154,53 @@ def cross_validate_als(sequences: DataFrame, vocab: DataFrame, eval_queries: Dat
             "selection": f"mean {SELECTION_METRIC.replace('_at_k', '')}@{k} over {folds} {scheme} folds",
             "grid": grid, "chosen": {"rank": best["rank"], "reg_param": best["reg_param"]},
             "seconds": round(time.perf_counter() - started, 1)}
+
+
+def tifu_grid(vector_settings, neighbours, alphas) -> list[dict]:
+    """Every TIFU-KNN grid point as a dict, in the order tried (ties keep the first)."""
+    return [{"group_count": int(m), "within_decay": float(rb), "group_decay": float(rg), "neighbours": int(n),
+             "alpha": float(a)} for m, rb, rg in vector_settings for n in neighbours for a in alphas]
+
+
+def tune_tifu_on_validation(sequences: DataFrame, vocab: DataFrame, validation_queries: DataFrame, k: int,
+                            exclude_seen: bool, *, vector_settings, neighbours, alphas,
+                            similarity_items: int | None, first_item_idx: int) -> dict:
+    """TIFU-KNN on every grid point (see :func:`tifu_grid`), vectors and neighbours from the training
+    baskets, scored on the validation queries (user_id, relevant, seen, seen_idx).
+
+    Returns ``{"selection", "grid": [{group_count, within_decay, group_decay, neighbours, alpha,
+    seconds, validation: {metric: value}}], "build_seconds": [...], "chosen": {...}}``; a point's
+    seconds are its own mixing, ranking and scoring, ``build_seconds`` the vectors and neighbours
+    of each vector setting.
+    """
+    if not vector_settings or not neighbours or not alphas:
+        raise ValueError("the TIFU-KNN grid needs at least one vector setting, neighbour count and alpha")
+    queries = validation_queries.persist()
+    baskets = history_baskets(sequences, ("train",), first_item_idx=first_item_idx).persist()
+    results, builds = [], []
+    for group_count, within_decay, group_decay in vector_settings:
+        started = time.perf_counter()
+        vectors = user_vectors(baskets, int(group_count), float(within_decay), float(group_decay)).persist()
+        near = user_neighbours(vectors, queries, max(int(n) for n in neighbours), similarity_items).persist()
+        near.count()  # materialised here, so that the build is timed apart from the first point
+        builds.append({"group_count": int(group_count), "within_decay": float(within_decay),
+                       "group_decay": float(group_decay), "seconds": round(time.perf_counter() - started, 1)})
+        for n in neighbours:
+            weights = own_and_neighbour_weights(vectors, near, queries, int(n)).persist()
+            for alpha in alphas:
+                started = time.perf_counter()
+                lists = top_k_with_fillers(top_candidates(weights, queries, float(alpha), exclude_seen, k), vocab,
+                                           queries, k, exclude_seen)
+                metrics = score_lists(lists, queries, k)
+                results.append({**tifu_grid([(group_count, within_decay, group_decay)], [n], [alpha])[0],
+                                "seconds": round(time.perf_counter() - started, 1), "validation": metrics})
+            weights.unpersist()
+        near.unpersist()
+        vectors.unpersist()
+    baskets.unpersist()
+    queries.unpersist()
+    best = _best(results, lambda r: r["validation"][SELECTION_METRIC])
+    chosen = {name: best[name] for name in ("group_count", "within_decay", "group_decay", "neighbours", "alpha")}
+    return {"selection": f"{SELECTION_METRIC.replace('_at_k', '')}@{k} on the validation queries, user vectors "
+                         "and neighbours from the training baskets",
+            "grid": results, "build_seconds": builds, "chosen": chosen}

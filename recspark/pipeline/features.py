@@ -370,7 +370,8 @@ def train_baskets(sequences: DataFrame, config: FeaturesConfig,
     """Next-basket examples from the training period, one per basket: the ``max_seq_len`` steps
     before the basket (history, types, gaps), the user's repeat profile before it (see
     :func:`with_repeat_profile`) and every vocabulary item of the basket as ``target`` (distinct, in
-    basket order, the first ``max_basket_items``, right-padded with PAD to exactly that length); each
+    basket order, the first ``max_basket_items``, right-padded with PAD to exactly that length), or
+    with ``target_horizon_days`` every item bought from the basket's start for that many days; each
     user's latest ``max_baskets_per_user`` baskets that have a history and a vocabulary item. What a
     next-basket model learns from (repeatnet): grocery baskets are bought together, so every item of
     the next basket is a right answer, not only the first one.
@@ -387,7 +388,12 @@ def train_baskets(sequences: DataFrame, config: FeaturesConfig,
     starts = exploded.filter((F.col("_pos") >= 1)
                              & (F.element_at("_steps", F.col("_pos"))["b"] != F.col("_start")["b"]))
     rest = F.slice("_steps", F.col("_pos") + 1, F.size("_steps") - F.col("_pos"))
-    items = F.transform(F.filter(rest, lambda step: step["b"] == F.col("_start")["b"]), lambda step: step["i"])
+    if config.target_horizon_days is None:  # the next basket: the steps after the start with its basket
+        in_target = lambda step: step["b"] == F.col("_start")["b"]
+    else:  # every step from the start for the horizon (all training steps: never a later period)
+        horizon = F.lit(int(config.target_horizon_days * 86_400_000_000))
+        in_target = lambda step: step["us"] < F.col("_start")["us"] + horizon
+    items = F.transform(F.filter(rest, in_target), lambda step: step["i"])
     history = F.slice("_steps", F.greatest(F.lit(1), F.col("_pos") - config.max_seq_len + 1),
                       F.least(F.col("_pos"), F.lit(config.max_seq_len)))
     # The basket's ordinal among the user's baskets: its repeat profile looks at the ones before it.
