@@ -298,7 +298,15 @@ class ScoreConfig:
     # The model that scores everyone; null: the first of train.models.
     model: Optional[str] = None
     k: int = 10
+    # Users scored together on a Python worker (its memory: batch_size x item_block scores).
     batch_size: int = 512
+    # Items per block of the blocked top-K (recspark.scoring.ITEM_BLOCK).
+    item_block: int = 4096
+    # The run the recommendations are written as (the table's partition; a re-run replaces it);
+    # null: the scoring model's training run id.
+    run_id: Optional[str] = None
+    # Runs kept in the recommendations table (the latest by generated_at); 0 keeps every run.
+    keep_runs: int = 10
 
 
 @dataclasses.dataclass
@@ -343,11 +351,14 @@ class Config:
             "evaluate.cv_folds": self.evaluate.cv_folds,
             "score.k": self.score.k,
             "score.batch_size": self.score.batch_size,
+            "score.item_block": self.score.item_block,
             "dataset.synthetic_events": self.dataset.synthetic_events,
         }
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {value!r}")
+        if self.score.keep_runs < 0:
+            raise ConfigError(f"score.keep_runs: must be >= 0 (0 keeps every run), got {self.score.keep_runs!r}")
         try:
             dt.datetime.fromisoformat(self.ingest.min_event_ts)
         except ValueError as error:
