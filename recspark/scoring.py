@@ -134,8 +134,10 @@ def _row_logsumexp(scores: np.ndarray) -> np.ndarray:
     """float64 log-sum-exp of each row; -inf for a row without a finite value."""
     peak = scores.max(axis=1)
     shift = np.where(np.isfinite(peak), peak, 0.0).astype(np.float32)
+    buffer = np.subtract(scores, shift[:, None])  # one temporary, exponentiated in place
     with np.errstate(divide="ignore", under="ignore"):
-        return np.log(np.exp(scores - shift[:, None]).sum(axis=1, dtype=np.float64)) + shift
+        np.exp(buffer, out=buffer)
+        return np.log(buffer.sum(axis=1, dtype=np.float64)) + shift
 
 
 @dataclasses.dataclass
@@ -168,7 +170,9 @@ def blocked_top_k(score_block: Callable[[int, int], np.ndarray], n: int, num_ite
     rest = np.zeros(n, np.int64)
     for lo in range(first_item, num_items, block):
         hi = min(lo + block, num_items)
-        scores = np.array(score_block(lo, hi), dtype=np.float32)  # a writeable copy: masked in place
+        scores = score_block(lo, hi)
+        if scores.dtype != np.float32 or scores.base is not None or not scores.flags.writeable:
+            scores = np.array(scores, dtype=np.float32)  # a copy of its own: it is masked in place
         if need_lse_all:
             lse_all = np.logaddexp(lse_all, _row_logsumexp(scores))
         if blocked is not None:
@@ -178,20 +182,34 @@ def blocked_top_k(score_block: Callable[[int, int], np.ndarray], n: int, num_ite
             scores[rows[start:stop], items[start:stop] - lo] = -np.inf
         lse_rest = np.logaddexp(lse_rest, _row_logsumexp(scores))
         rest += np.isfinite(scores).sum(axis=1)
-        # Only a value above its row's current k-th best can enter that row's top-k: after the first
-        # blocks few do, so the merge touches few values instead of the whole block.
-        rows, cols = np.nonzero(scores > threshold[:, None])
-        if not len(rows):
-            continue
-        touched, starts, counts = np.unique(rows, return_index=True, return_counts=True)
-        width = k + int(counts.max())
-        merged_scores = np.full((len(touched), width), -np.inf, np.float32)
-        merged_items = np.full((len(touched), width), -1, np.int64)
-        merged_scores[:, :k], merged_items[:, :k] = top_scores[touched], top_items[touched]
-        local = np.repeat(np.arange(len(touched)), counts)
-        slot = k + np.arange(len(rows)) - np.repeat(starts, counts)  # nonzero lists each row's values together
-        merged_scores[local, slot], merged_items[local, slot] = scores[rows, cols], cols + lo
-        keep = np.argpartition(-merged_scores, k - 1, axis=1)[:, :k] if width > k else np.arange(k)[None, :]
+        # Only a value above its row's current k-th best can enter that row's top-k.
+        above = scores > threshold[:, None]
+        if np.count_nonzero(above) > n * k:
+            # Many (the first block): each row's block top-k by argpartition, then merged with the running top-k.
+            width = hi - lo
+            if width > k:
+                part = np.argpartition(scores, width - k, axis=1)[:, width - k:]
+                block_scores, block_items = np.take_along_axis(scores, part, axis=1), part + lo
+            else:
+                block_scores, block_items = scores, np.broadcast_to(np.arange(lo, hi), scores.shape)
+            touched = np.arange(n)
+            merged_scores = np.concatenate([top_scores, block_scores], axis=1)
+            merged_items = np.concatenate([top_items, block_items], axis=1)
+        else:
+            # Few (later blocks): only they are gathered, row by row, beside the running top-k.
+            rows, cols = np.nonzero(above)
+            if not len(rows):
+                continue
+            touched, starts, counts = np.unique(rows, return_index=True, return_counts=True)
+            width = k + int(counts.max())
+            merged_scores = np.full((len(touched), width), -np.inf, np.float32)
+            merged_items = np.full((len(touched), width), -1, np.int64)
+            merged_scores[:, :k], merged_items[:, :k] = top_scores[touched], top_items[touched]
+            local = np.repeat(np.arange(len(touched)), counts)
+            slot = k + np.arange(len(rows)) - np.repeat(starts, counts)  # nonzero lists each row's values together
+            merged_scores[local, slot], merged_items[local, slot] = scores[rows, cols], cols + lo
+        width = merged_scores.shape[1]
+        keep = np.argpartition(merged_scores, width - k, axis=1)[:, width - k:]
         top_scores[touched] = np.take_along_axis(merged_scores, keep, axis=1)
         top_items[touched] = np.take_along_axis(merged_items, keep, axis=1)
         threshold[touched] = top_scores[touched].min(axis=1)
@@ -258,7 +276,9 @@ class FactoredPlan(ScoringPlan):
 
     def scores(self, users: np.ndarray, lo: int, hi: int) -> np.ndarray:
         block = users @ self.item_vectors[lo:hi].T
-        return block if self.item_bias is None else block + self.item_bias[lo:hi]
+        if self.item_bias is not None:
+            block += self.item_bias[lo:hi]
+        return block
 
 
 class RepeatPlan(FactoredPlan):
