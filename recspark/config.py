@@ -307,6 +307,13 @@ class ScoreConfig:
     run_id: Optional[str] = None
     # Runs kept in the recommendations table (the latest by generated_at); 0 keeps every run.
     keep_runs: int = 10
+    # Confidence = P(bought in the next period), an isotonic map fitted on the validation queries
+    # (recspark.calibration) and stored with the model; false: the raw softmax share.
+    calibrate: bool = True
+    # Validation (and test, for the ECE) users the calibration is fitted (measured) on.
+    calibration_users: int = 20_000
+    # Recommendations whose confidence is below this are dropped (a list may then be shorter than k).
+    min_confidence: float = 0.0
 
 
 @dataclasses.dataclass
@@ -352,11 +359,14 @@ class Config:
             "score.k": self.score.k,
             "score.batch_size": self.score.batch_size,
             "score.item_block": self.score.item_block,
+            "score.calibration_users": self.score.calibration_users,
             "dataset.synthetic_events": self.dataset.synthetic_events,
         }
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {value!r}")
+        if not 0.0 <= self.score.min_confidence <= 1.0:
+            raise ConfigError(f"score.min_confidence: a probability in [0, 1], got {self.score.min_confidence!r}")
         if self.score.keep_runs < 0:
             raise ConfigError(f"score.keep_runs: must be >= 0 (0 keeps every run), got {self.score.keep_runs!r}")
         try:

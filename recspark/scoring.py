@@ -410,12 +410,15 @@ def item_mask(indices: Sequence[int], num_items: int) -> bytes:
 
 
 def top_k_udf(model_dir: str, columns: list[str], k: int, exclude_seen: bool, *, batch_size: int = 512,
-              item_block: int = ITEM_BLOCK, blocked_items: bytes | None = None):
+              item_block: int = ITEM_BLOCK, blocked_items: bytes | None = None, calibration=None,
+              min_confidence: float = 0.0):
     """A pandas UDF (*columns, seen_idx) -> struct(items, scores, confidences) for a saved model.
 
     Each Arrow batch is scored ``batch_size`` rows at a time, so the worker's memory is bounded by
     this UDF's own setting whatever the session's Arrow batch size. ``blocked_items``
-    (:func:`item_mask`) are never recommended to anyone."""
+    (:func:`item_mask`) are never recommended to anyone. ``calibration``
+    (:class:`recspark.calibration.Calibration`) maps the softmax share to a probability; items whose
+    confidence is below ``min_confidence`` are dropped (monotone in the score, so a list loses its tail)."""
 
     @F.pandas_udf(TOP_K_SCHEMA)
     def top_k(batches: Iterator[tuple[pd.Series, ...]]) -> Iterator[pd.DataFrame]:
@@ -429,8 +432,13 @@ def top_k_udf(model_dir: str, columns: list[str], k: int, exclude_seen: bool, *,
                 part = slice(start, start + batch_size)
                 inputs = model_batch(columns, [values.iloc[part] for values in sequences])
                 rows = plan.top_k(inputs, k, list(seen.iloc[part]) if exclude_seen else None, blocked)
-                for out, values in zip((items, scores, confidences), rows):
-                    out.extend(values)
+                for row_items, row_scores, row_confidences in zip(*rows):
+                    if calibration is not None:
+                        row_confidences = calibration.apply(row_confidences)
+                    kept = row_confidences >= min_confidence
+                    items.append(row_items[kept])
+                    scores.append(row_scores[kept])
+                    confidences.append(row_confidences[kept])
             yield pd.DataFrame({"items": items, "scores": scores, "confidences": confidences})
 
     return top_k
@@ -438,9 +446,10 @@ def top_k_udf(model_dir: str, columns: list[str], k: int, exclude_seen: bool, *,
 
 def recommend_indices(histories: DataFrame, model_dir: str, k: int, exclude_seen: bool, batch_size: int = 512, *,
                       out_of_stock: Sequence[int] = (), item_block: int = ITEM_BLOCK,
-                      keep: Sequence[str] = ()) -> DataFrame:
+                      keep: Sequence[str] = (), calibration=None, min_confidence: float = 0.0) -> DataFrame:
     """One row per (user, rank) with ``item_idx``, score and confidence (see :func:`recommend`), and
-    the ``keep`` columns of ``histories``; ``out_of_stock`` item indices are never recommended."""
+    the ``keep`` columns of ``histories``; ``out_of_stock`` item indices are never recommended;
+    ``calibration`` and ``min_confidence`` as in :func:`top_k_udf`."""
     columns = model_input_columns(model_dir)
     missing = [name for name in (C.USER_ID, *columns, SEEN_IDX, *keep) if name not in histories.columns]
     if missing:
@@ -450,7 +459,7 @@ def recommend_indices(histories: DataFrame, model_dir: str, k: int, exclude_seen
         num_items = json.loads((Path(model_dir) / "model_meta.json").read_text())["num_items"]
         blocked = item_mask([i for i in out_of_stock if 0 <= i < num_items], num_items)
     udf = top_k_udf(model_dir, columns, k, exclude_seen, batch_size=batch_size, item_block=item_block,
-                    blocked_items=blocked)
+                    blocked_items=blocked, calibration=calibration, min_confidence=min_confidence)
     scored = histories.select(C.USER_ID, *keep, udf(*columns, SEEN_IDX).alias("_top"))
     exploded = scored.select(
         C.USER_ID, *keep,

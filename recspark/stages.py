@@ -140,11 +140,16 @@ def evaluate_stage(spark: SparkSession, config: Config) -> dict:
     return summary
 
 
+def _four(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.4f}"
+
+
 def score_stage(spark: SparkSession, config: Config) -> dict:
     """Every user's top-K with score, confidence and reason, written as this run's partition of the
     `recommendations` table (a re-run replaces it; the latest ``score.keep_runs`` runs are kept)."""
     import datetime as dt
 
+    from recspark.calibration import ensure_calibration
     from recspark.pipeline.item_features import ITEM_FEATURES
     from recspark.recommendations import (out_of_stock_items, popular_items, recommendation_rows, with_reasons,
                                           write_run)
@@ -161,10 +166,12 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
     features_path = config.table_path(C.GOLD, ITEM_FEATURES)
     item_features = read_table(spark, features_path) if table_exists(spark, features_path) else None
     out_of_stock = out_of_stock_items(item_features, first_item) if item_features is not None else []
+    calibration = ensure_calibration(spark, config, model, run.get(C.RUN_ID)) if config.score.calibrate else None
     # The user's own repeat profile rides along for the reasons (every model's serving row has it).
     top = recommend_indices(histories, model_dir, config.score.k, config.evaluate.exclude_seen, config.score.batch_size,
                             out_of_stock=out_of_stock, item_block=config.score.item_block,
-                            keep=[c for c in (C.REPEAT_ITEMS, C.REPEAT_FEATURES) if c in histories.columns])
+                            keep=[c for c in (C.REPEAT_ITEMS, C.REPEAT_FEATURES) if c in histories.columns],
+                            calibration=calibration, min_confidence=config.score.min_confidence)
     popular = popular_items(item_features, first_item) if item_features is not None else None
     rows = recommendation_rows(with_reasons(top, popular), vocab, run_id=run_id, model_name=model,
                                model_version=(run.get("mlflow") or {}).get("version"),
@@ -176,6 +183,11 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
     return {"recommendations": f"{this_run:,} rows (top {config.score.k} per user) of run {run_id} -> {path}",
             "out of stock": f"{len(out_of_stock):,} items never recommended",
             "runs deleted": ", ".join(written["deleted_runs"]) or "none",
+            "confidence": (f"isotonic calibration on {calibration.pairs:,} validation pairs (bought rate "
+                           f"{calibration.positive_rate:.4f}), ECE validation {_four(calibration.ece_validation)}, "
+                           f"test {_four(calibration.ece_test)}; min_confidence {config.score.min_confidence}"
+                           if calibration is not None else
+                           f"softmax share (not calibrated); min_confidence {config.score.min_confidence}"),
             C.RUN_ID: run_id}
 
 

@@ -139,7 +139,26 @@ def test_score_stage_writes_every_user_once_and_its_rerun_replaces_its_run(spark
     save(spark.createDataFrame([(f"p{u}", f"shop-{u}") for u in range(9)], "user_id string, raw_user_id string"),
          C.BRONZE, "identity_map")
 
+    # Validation and test queries: the calibration is fitted on them and stored with the model.
+    queries = []
+    for u in range(9):
+        for split in (C.VALIDATION, C.TEST):
+            history = rows[u][1]
+            bought = [f"item-{i}" for i in rng.integers(FIRST, num_items, 8)]
+            queries.append((f"p{u}", split, history, [1] * length, list(range(length, 0, -1)), history, rows[u][5],
+                            rows[u][6], bought))
+    save(spark.createDataFrame(queries, f"user_id string, split string, {C.HISTORY} array<int>, "
+                                        f"{C.HISTORY_TYPES} array<int>, {C.HISTORY_GAPS} array<int>, "
+                                        f"{C.SEEN_IDX} array<int>, {C.REPEAT_ITEMS} array<int>, "
+                                        f"{C.REPEAT_FEATURES} array<float>, {C.RELEVANT} array<string>"),
+         C.GOLD, C.EVAL_QUERIES)
+
     first = score_stage(spark, config)
+    from recspark.calibration import Calibration
+
+    calibration = Calibration.load(folder)
+    assert calibration is not None and calibration.model_run_id == "train-1" and calibration.pairs == 9 * 4
+    assert calibration.ece_validation is not None and calibration.ece_test is not None
     table = spark.read.format("delta").load(config.recommendations_path)
     got = table.collect()
     assert first[C.RUN_ID] == "train-1" and {r[C.RUN_ID] for r in got} == {"train-1"}
@@ -153,6 +172,9 @@ def test_score_stage_writes_every_user_once_and_its_rerun_replaces_its_run(spark
     assert {r[MODEL_VERSION] for r in got} == {"7"} and all(r[GENERATED_AT] is not None for r in got)
     assert any(r[C.REASON] == "bought 3 times, last 4 days before your latest visit" for r in got)
     assert all(r[C.REASON] for r in got)
+    # Calibrated: values of the fitted map, within its range.
+    assert all(min(calibration.predictions) - 1e-6 <= r[C.CONFIDENCE] <= max(calibration.predictions) + 1e-6
+               for r in got)
     before = sorted((r[C.USER_ID], r[C.RANK], r[C.ITEM_ID]) for r in got)
     score_stage(spark, config)
     again = spark.read.format("delta").load(config.recommendations_path).collect()

@@ -161,3 +161,27 @@ def test_udf_top_k_equals_the_models_full_logits(spark: SparkSession, tmp_path: 
     assert len(by_user["u1"]) == 2 - int(blocked[NUM_ITEMS - 2:].sum())  # only two unseen items left
     if name == "repeatnet":  # the repeat head must have put some own (unseen) item into a list
         assert any(r[C.ITEM_IDX] in rows[int(r[C.USER_ID][1:])][C.REPEAT_ITEMS] for r in got)
+
+
+def test_calibrated_confidence_and_threshold(spark: SparkSession, tmp_path: Path) -> None:
+    """A calibration maps each raw confidence; min_confidence drops the tail of a list, never a middle."""
+    from recspark.calibration import Calibration
+
+    folder = _save(tmp_path, "mean_pool")
+    rows = _histories(12)
+    df = spark.createDataFrame([(r[C.USER_ID], r[C.HISTORY], r[C.SEEN_IDX]) for r in rows],
+                               f"{C.USER_ID} string, {C.HISTORY} array<int>, {C.SEEN_IDX} array<int>")
+    k = 6
+    raw = {(r[C.USER_ID], r[C.RANK]): r for r in recommend_indices(df, str(folder), k, exclude_seen=True).collect()}
+    confidences = sorted(r[C.CONFIDENCE] for r in raw.values())
+    # A steep map over the observed range, and a threshold in the middle of the mapped values.
+    calibration = Calibration(boundaries=(confidences[0], confidences[-1]), predictions=(0.05, 0.95))
+    mapped = {key: float(calibration.apply(np.array([r[C.CONFIDENCE]]))[0]) for key, r in raw.items()}
+    threshold = float(np.median(list(mapped.values())))
+    got = recommend_indices(df, str(folder), k, exclude_seen=True, calibration=calibration,
+                            min_confidence=threshold).collect()
+    expected = {key for key, value in mapped.items() if value >= threshold}
+    assert {(r[C.USER_ID], r[C.RANK]) for r in got} == expected and 0 < len(expected) < len(raw)
+    for r in got:
+        assert r[C.CONFIDENCE] == pytest.approx(mapped[(r[C.USER_ID], r[C.RANK])], abs=1e-6)
+        assert r[C.ITEM_IDX] == raw[(r[C.USER_ID], r[C.RANK])][C.ITEM_IDX]
