@@ -148,7 +148,7 @@ class TopK:
     scores: np.ndarray  # [n, k] float32, -inf there; in no particular order
     lse_all: np.ndarray  # [n] log-sum-exp of the block scores over every non-reserved item (when asked)
     lse_rest: np.ndarray  # [n] log-sum-exp over the items that stayed candidates (not excluded, not held out)
-    rest: np.ndarray  # [n] how many items those are
+    rest: np.ndarray  # [n] how many items those are (counted only with need_lse_all)
 
 
 def blocked_top_k(score_block: Callable[[int, int], np.ndarray], n: int, num_items: int, first_item: int, k: int,
@@ -181,7 +181,8 @@ def blocked_top_k(score_block: Callable[[int, int], np.ndarray], n: int, num_ite
             start, stop = np.searchsorted(items, (lo, hi))
             scores[rows[start:stop], items[start:stop] - lo] = -np.inf
         lse_rest = np.logaddexp(lse_rest, _row_logsumexp(scores))
-        rest += np.isfinite(scores).sum(axis=1)
+        if need_lse_all:  # only the repeat plan's confidences count the rest (one more pass otherwise)
+            rest += np.isfinite(scores).sum(axis=1)
         # Only a value above its row's current k-th best can enter that row's top-k.
         above = scores > threshold[:, None]
         if np.count_nonzero(above) > n * k:

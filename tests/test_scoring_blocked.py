@@ -172,7 +172,11 @@ def test_calibrated_confidence_and_threshold(spark: SparkSession, tmp_path: Path
     df = spark.createDataFrame([(r[C.USER_ID], r[C.HISTORY], r[C.SEEN_IDX]) for r in rows],
                                f"{C.USER_ID} string, {C.HISTORY} array<int>, {C.SEEN_IDX} array<int>")
     k = 6
-    raw = {(r[C.USER_ID], r[C.RANK]): r for r in recommend_indices(df, str(folder), k, exclude_seen=True).collect()}
+    arrow_batch = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
+    raw = {(r[C.USER_ID], r[C.RANK]): r for r in recommend_indices(df, str(folder), k, exclude_seen=True,
+                                                                   batch_size=5).collect()}
+    # The scorer's batch size is its own: the session's Arrow batch size is left as it was.
+    assert spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch") == arrow_batch
     confidences = sorted(r[C.CONFIDENCE] for r in raw.values())
     # A steep map over the observed range, and a threshold in the middle of the mapped values.
     calibration = Calibration(boundaries=(confidences[0], confidences[-1]), predictions=(0.05, 0.95))
