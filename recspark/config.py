@@ -314,6 +314,10 @@ class ScoreConfig:
     calibration_users: int = 20_000
     # Recommendations whose confidence is below this are dropped (a list may then be shorter than k).
     min_confidence: float = 0.0
+    # Business rules (gold item_features category): never recommend these categories; when not
+    # empty, recommend only these. Items with stock = 0 are never recommended either way.
+    exclude_categories: list = dataclasses.field(default_factory=list)
+    include_categories: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass

@@ -1,4 +1,5 @@
-"""The `recommendations` table: one partition per scoring run, a reason per row, bounded retention.
+"""The `recommendations` table: one partition per scoring run, a reason per row, bounded retention,
+and the items nobody is recommended (out of stock, the configured category rules).
 
 Every scoring run writes its rows under its own ``run_id`` (the table is partitioned by it): a
 re-run of the same run replaces only that partition (Delta ``replaceWhere``, one atomic commit), and
@@ -14,6 +15,7 @@ the most bought of its category in training (an aggregate over all users), else 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Sequence
 
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -83,14 +85,31 @@ def with_reasons(top: DataFrame, popular: DataFrame | None = None) -> DataFrame:
     return top.withColumn(C.REASON, reason).drop(C.REPEAT_ITEMS, C.REPEAT_FEATURES, "_popular_in")
 
 
-def out_of_stock_items(item_features: DataFrame, first_item: int) -> list[int]:
-    """item_idx of the vocabulary items whose stock is known to be 0 (null stock: unknown, allowed).
-    One int per such item to the driver, shipped with the scorer as a bit mask."""
-    if C.STOCK not in item_features.columns:
-        return []
-    rows = (item_features.filter((F.col(C.STOCK) == 0) & (F.col(C.ITEM_IDX) >= first_item))
-            .select(C.ITEM_IDX).distinct().collect())
-    return sorted(int(row[C.ITEM_IDX]) for row in rows)
+def blocked_items(item_features: DataFrame, first_item: int, exclude_categories: Sequence[str] = (),
+                  include_categories: Sequence[str] = ()) -> dict[str, list[int]]:
+    """item_idx of the vocabulary items nobody is recommended, by rule: ``out of stock`` (stock known
+    to be 0; a null stock is unknown and allowed) and ``category rules`` (in ``exclude_categories``,
+    or, when ``include_categories`` is given, outside it). One int per such item to the driver,
+    shipped with the scorer as a bit mask."""
+    rules: dict[str, Column] = {}
+    if C.STOCK in item_features.columns:
+        rules["out of stock"] = F.col(C.STOCK) == 0
+    category = F.coalesce(F.col(C.CATEGORY), F.lit(""))
+    category_rule = F.lit(False)
+    if exclude_categories:
+        category_rule = category_rule | category.isin(list(exclude_categories))
+    if include_categories:
+        category_rule = category_rule | ~category.isin(list(include_categories))
+    if exclude_categories or include_categories:
+        rules["category rules"] = category_rule
+    if not rules:
+        return {}
+    vocabulary = item_features.filter(F.col(C.ITEM_IDX) >= first_item)
+    flags = vocabulary.select(C.ITEM_IDX, *[F.coalesce(rule, F.lit(False)).alias(f"_r{i}")
+                                            for i, rule in enumerate(rules.values())])
+    hit = flags.filter(F.greatest(*[F.col(f"_r{i}") for i in range(len(rules))]) if len(rules) > 1
+                       else F.col("_r0")).collect()
+    return {name: sorted({int(row[C.ITEM_IDX]) for row in hit if row[f"_r{i}"]}) for i, name in enumerate(rules)}
 
 
 def _sql_string(value: str) -> str:

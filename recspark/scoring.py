@@ -446,19 +446,19 @@ def top_k_udf(model_dir: str, columns: list[str], k: int, exclude_seen: bool, *,
 
 
 def recommend_indices(histories: DataFrame, model_dir: str, k: int, exclude_seen: bool, batch_size: int = 512, *,
-                      out_of_stock: Sequence[int] = (), item_block: int = ITEM_BLOCK,
+                      never_recommend: Sequence[int] = (), item_block: int = ITEM_BLOCK,
                       keep: Sequence[str] = (), calibration=None, min_confidence: float = 0.0) -> DataFrame:
     """One row per (user, rank) with ``item_idx``, score and confidence (see :func:`recommend`), and
-    the ``keep`` columns of ``histories``; ``out_of_stock`` item indices are never recommended;
-    ``calibration`` and ``min_confidence`` as in :func:`top_k_udf`."""
+    the ``keep`` columns of ``histories``; ``never_recommend`` item indices (out of stock, business
+    rules) go to nobody; ``calibration`` and ``min_confidence`` as in :func:`top_k_udf`."""
     columns = model_input_columns(model_dir)
     missing = [name for name in (C.USER_ID, *columns, SEEN_IDX, *keep) if name not in histories.columns]
     if missing:
         raise ValueError(f"{model_dir} needs columns {missing}, not in {histories.columns}")
     blocked = None
-    if len(out_of_stock):
+    if len(never_recommend):
         num_items = json.loads((Path(model_dir) / "model_meta.json").read_text())["num_items"]
-        blocked = item_mask([i for i in out_of_stock if 0 <= i < num_items], num_items)
+        blocked = item_mask([i for i in never_recommend if 0 <= i < num_items], num_items)
     udf = top_k_udf(model_dir, columns, k, exclude_seen, batch_size=batch_size, item_block=item_block,
                     blocked_items=blocked, calibration=calibration, min_confidence=min_confidence)
     scored = histories.select(C.USER_ID, *keep, udf(*columns, SEEN_IDX).alias("_top"))
@@ -478,12 +478,12 @@ def recommend_indices(histories: DataFrame, model_dir: str, k: int, exclude_seen
 
 
 def recommend(histories: DataFrame, vocab: DataFrame, model_dir: str, k: int, exclude_seen: bool,
-              batch_size: int = 512, *, out_of_stock: Sequence[int] = (), item_block: int = ITEM_BLOCK) -> DataFrame:
+              batch_size: int = 512, *, never_recommend: Sequence[int] = (), item_block: int = ITEM_BLOCK) -> DataFrame:
     """One row per (user, rank): the model's top-k items with score (logit) and confidence
     (probability among the items that may be recommended), for every row of ``histories``: user_id,
     seen_idx and the sequence columns the model reads (model_meta.json ``inputs``); other columns
     are ignored. A user with fewer than k items left to recommend gets fewer rows."""
-    top = recommend_indices(histories, model_dir, k, exclude_seen, batch_size, out_of_stock=out_of_stock,
+    top = recommend_indices(histories, model_dir, k, exclude_seen, batch_size, never_recommend=never_recommend,
                             item_block=item_block)
     index_to_item = F.broadcast(vocab.select(C.ITEM_ID, C.ITEM_IDX))
     return top.join(index_to_item, C.ITEM_IDX).drop(C.ITEM_IDX)

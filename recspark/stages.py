@@ -151,8 +151,7 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
 
     from recspark.calibration import ensure_calibration
     from recspark.pipeline.item_features import ITEM_FEATURES
-    from recspark.recommendations import (out_of_stock_items, popular_items, recommendation_rows, with_reasons,
-                                          write_run)
+    from recspark.recommendations import blocked_items, popular_items, recommendation_rows, with_reasons, write_run
 
     model = config.scoring_model
     model_dir = str(config.model_dir(model))
@@ -165,11 +164,13 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
     identity = read_table(spark, config.table_path(C.BRONZE, IDENTITY_MAP))
     features_path = config.table_path(C.GOLD, ITEM_FEATURES)
     item_features = read_table(spark, features_path) if table_exists(spark, features_path) else None
-    out_of_stock = out_of_stock_items(item_features, first_item) if item_features is not None else []
+    blocked = (blocked_items(item_features, first_item, config.score.exclude_categories,
+                             config.score.include_categories) if item_features is not None else {})
+    never = sorted(set().union(*blocked.values())) if blocked else []
     calibration = ensure_calibration(spark, config, model, run.get(C.RUN_ID)) if config.score.calibrate else None
     # The user's own repeat profile rides along for the reasons (every model's serving row has it).
     top = recommend_indices(histories, model_dir, config.score.k, config.evaluate.exclude_seen, config.score.batch_size,
-                            out_of_stock=out_of_stock, item_block=config.score.item_block,
+                            never_recommend=never, item_block=config.score.item_block,
                             keep=[c for c in (C.REPEAT_ITEMS, C.REPEAT_FEATURES) if c in histories.columns],
                             calibration=calibration, min_confidence=config.score.min_confidence)
     popular = popular_items(item_features, first_item) if item_features is not None else None
@@ -181,7 +182,7 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
     path = config.recommendations_path
     this_run = read_table(spark, path).filter(F.col(C.RUN_ID) == run_id).count()
     return {"recommendations": f"{this_run:,} rows (top {config.score.k} per user) of run {run_id} -> {path}",
-            "out of stock": f"{len(out_of_stock):,} items never recommended",
+            "never recommended": ", ".join(f"{name} {len(items):,} items" for name, items in blocked.items()) or "none",
             "runs deleted": ", ".join(written["deleted_runs"]) or "none",
             "confidence": (f"isotonic calibration on {calibration.pairs:,} validation pairs (bought rate "
                            f"{calibration.positive_rate:.4f}), ECE validation {_four(calibration.ece_validation)}, "

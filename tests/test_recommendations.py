@@ -10,8 +10,8 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
 from recspark import constants as C
-from recspark.recommendations import (COLUMNS, GENERATED_AT, MODEL_VERSION, PLAIN_REASON, popular_items,
-                                      with_reasons, write_run)
+from recspark.recommendations import (COLUMNS, GENERATED_AT, MODEL_VERSION, PLAIN_REASON, blocked_items,
+                                      popular_items, with_reasons, write_run)
 
 FIRST = 66  # the default layout's first item
 
@@ -179,3 +179,16 @@ def test_score_stage_writes_every_user_once_and_its_rerun_replaces_its_run(spark
     score_stage(spark, config)
     again = spark.read.format("delta").load(config.recommendations_path).collect()
     assert sorted((r[C.USER_ID], r[C.RANK], r[C.ITEM_ID]) for r in again) == before
+
+
+def test_blocked_items_by_stock_and_category_rules(spark: SparkSession) -> None:
+    items = spark.createDataFrame(
+        [(FIRST, "dairy", 0), (FIRST + 1, "dairy", 3), (FIRST + 2, "alcohol", 5), (FIRST + 3, None, None),
+         (FIRST + 4, "bakery", 1), (5, "alcohol", 0)],  # 5: a reserved bucket row, never in the answer
+        "item_idx int, category string, stock long")
+    assert blocked_items(items, FIRST) == {"out of stock": [FIRST]}
+    assert blocked_items(items, FIRST, exclude_categories=["alcohol"]) == {"out of stock": [FIRST],
+                                                                            "category rules": [FIRST + 2]}
+    # Only dairy and bakery allowed: alcohol and the item without a category are out.
+    assert blocked_items(items, FIRST, include_categories=["dairy", "bakery"])["category rules"] == [FIRST + 2, FIRST + 3]
+    assert blocked_items(items.drop("stock"), FIRST) == {}

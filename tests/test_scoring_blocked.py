@@ -132,7 +132,7 @@ def test_udf_top_k_equals_the_models_full_logits(spark: SparkSession, tmp_path: 
     df = spark.createDataFrame([tuple(r.values()) for r in rows], schema)
     out_of_stock = list(range(FIRST + 3, NUM_ITEMS, 9))
     k = 7
-    got = recommend_indices(df, str(folder), k, exclude_seen=True, batch_size=3, out_of_stock=out_of_stock,
+    got = recommend_indices(df, str(folder), k, exclude_seen=True, batch_size=3, never_recommend=out_of_stock,
                             item_block=32).collect()
 
     model, meta = load_model(folder)
