@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before anything imports TensorFlow
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up notices (also in Spark's workers)
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
