@@ -19,7 +19,7 @@ from recspark.pipeline.features import SEQUENCES, build_features
 from recspark.pipeline.ingest import ingest
 from recspark.pipeline.prepare import IDENTITY_MAP, prepare
 from recspark.scoring import recommend_indices, with_model_inputs
-from recspark.utils.delta import overwrite_table, read_table, row_count, table_exists, table_version
+from recspark.utils.delta import read_table, row_count, table_exists, table_version
 from recspark.utils.jobs import new_run_id, write_json
 
 
