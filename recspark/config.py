@@ -311,7 +311,26 @@ class ScoreConfig:
     # The model that scores everyone; null: the first of train.models.
     model: Optional[str] = None
     k: int = 10
+    # Users scored together on a Python worker (its memory: batch_size x item_block scores).
     batch_size: int = 512
+    # Items per block of the blocked top-K (recspark.scoring.ITEM_BLOCK).
+    item_block: int = 4096
+    # The run the recommendations are written as (the table's partition; a re-run replaces it);
+    # null: the scoring model's training run id.
+    run_id: Optional[str] = None
+    # Runs kept in the recommendations table (the latest by generated_at); 0 keeps every run.
+    keep_runs: int = 10
+    # Confidence = P(bought in the next period), an isotonic map fitted on the validation queries
+    # (recspark.calibration) and stored with the model; false: the raw softmax share.
+    calibrate: bool = True
+    # Validation (and test, for the ECE) users the calibration is fitted (measured) on.
+    calibration_users: int = 20_000
+    # Recommendations whose confidence is below this are dropped (a list may then be shorter than k).
+    min_confidence: float = 0.0
+    # Business rules (gold item_features category): never recommend these categories; when not
+    # empty, recommend only these. Items with stock = 0 are never recommended either way.
+    exclude_categories: list = dataclasses.field(default_factory=list)
+    include_categories: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -356,6 +375,8 @@ class Config:
             "evaluate.cv_folds": self.evaluate.cv_folds,
             "score.k": self.score.k,
             "score.batch_size": self.score.batch_size,
+            "score.item_block": self.score.item_block,
+            "score.calibration_users": self.score.calibration_users,
             "dataset.synthetic_events": self.dataset.synthetic_events,
         }
         if self.features.target_horizon_days is not None:
@@ -363,6 +384,10 @@ class Config:
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {value!r}")
+        if not 0.0 <= self.score.min_confidence <= 1.0:
+            raise ConfigError(f"score.min_confidence: a probability in [0, 1], got {self.score.min_confidence!r}")
+        if self.score.keep_runs < 0:
+            raise ConfigError(f"score.keep_runs: must be >= 0 (0 keeps every run), got {self.score.keep_runs!r}")
         try:
             dt.datetime.fromisoformat(self.ingest.min_event_ts)
         except ValueError as error:

@@ -1,16 +1,31 @@
-"""Scoring: a trained model ranks the whole catalogue for every user, inside Spark.
+"""Scoring: a trained model ranks the whole catalogue for every user, inside Spark, in bounded memory.
 
 The model runs in a pandas UDF of the Iterator form, so each Python worker loads it once and then
 streams Arrow batches through it; the top-K is taken on the worker, and only K (item, score,
 confidence) triples per user come back to the JVM. The UDF receives exactly the gold columns the
 model reads (``inputs`` in its ``model_meta.json``), in that order, followed by ``seen_idx``.
+
+Memory does not grow with the catalogue beyond the item matrix itself: a :class:`ScoringPlan`
+(built once per Python worker and model, like the model) holds the item side, and
+:func:`blocked_top_k` scores ``batch_size`` users against ``item_block`` items at a time, keeping a
+running top-K, so a worker holds batch x block + batch x K values. Exclusions (reserved indices,
+seen items, items out of stock) are applied inside each block. Per model:
+
+- factored models (mean_pool, sasrec, towers): user vectors x the cached item matrix (+ bias);
+- repeatnet: the explore head is factored; its repeat head only moves the user's own repeat
+  candidates, and any other item's mixture score is a monotone function of its explore logit, so the
+  top-K is the blocked top-K of the other items merged with the exactly scored candidates;
+- dnn: no factoring (an MLP over user + item), so each block's logits are computed densely from the
+  cached item half of the first layer: exact, batch x block x hidden memory;
+- any other model: its full logits per batch (correct, not bounded).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -91,49 +106,387 @@ def model_batch(columns: list[str], series: list[pd.Series]) -> dict[str, np.nda
     return inputs
 
 
-def top_k_udf(model_dir: str, columns: list[str], k: int, exclude_seen: bool):
-    """A pandas UDF (*columns, seen_idx) -> struct(items, scores, confidences) for a saved model."""
+# Items per block of the blocked top-K: a block holds batch x ITEM_BLOCK float32 scores (512 x 4096 x
+# 4 bytes = 8 MiB) and a few same-sized temporaries; large enough that NumPy's per-call overhead vanishes.
+ITEM_BLOCK = 4096
+# The dnn's block is batch x block x hidden first-layer values: at most this many (64 MiB of float32).
+DNN_BLOCK_VALUES = 16 * 2**20
+# Items per chunk when an item tower is evaluated once per worker (its attribute features are 4 x dim wide).
+ITEM_TOWER_CHUNK = 65_536
+_NO_PAIRS = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+
+def excluded_pairs(per_row: Sequence | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, items) of per-row item lists (e.g. each user's seen items), sorted by item so that each
+    item block finds its own pairs by bisection."""
+    if per_row is None:
+        return _NO_PAIRS
+    arrays = [np.asarray(items if items is not None else (), dtype=np.int64) for items in per_row]
+    lengths = np.fromiter((len(a) for a in arrays), np.int64, count=n)
+    if not lengths.sum():
+        return _NO_PAIRS
+    rows, items = np.repeat(np.arange(n), lengths), np.concatenate(arrays)
+    order = np.argsort(items, kind="stable")
+    return rows[order], items[order]
+
+
+def _row_logsumexp(scores: np.ndarray) -> np.ndarray:
+    """float64 log-sum-exp of each row; -inf for a row without a finite value."""
+    peak = scores.max(axis=1)
+    shift = np.where(np.isfinite(peak), peak, 0.0).astype(np.float32)
+    buffer = np.subtract(scores, shift[:, None])  # one temporary, exponentiated in place
+    with np.errstate(divide="ignore", under="ignore"):
+        np.exp(buffer, out=buffer)
+        return np.log(buffer.sum(axis=1, dtype=np.float64)) + shift
+
+
+@dataclasses.dataclass
+class TopK:
+    """A batch's running top-K over the item blocks, and the per-row sums its confidences need."""
+
+    items: np.ndarray  # [n, k] int64 item_idx, -1 where fewer than k items could be recommended
+    scores: np.ndarray  # [n, k] float32, -inf there; in no particular order
+    lse_all: np.ndarray  # [n] log-sum-exp of the block scores over every non-reserved item (when asked)
+    lse_rest: np.ndarray  # [n] log-sum-exp over the items that stayed candidates (not excluded, not held out)
+    rest: np.ndarray  # [n] how many items those are (counted only with need_lse_all)
+
+
+def blocked_top_k(score_block: Callable[[int, int], np.ndarray], n: int, num_items: int, first_item: int, k: int,
+                  block: int, excluded: tuple[np.ndarray, np.ndarray] = _NO_PAIRS,
+                  blocked: np.ndarray | None = None, held_out: tuple[np.ndarray, np.ndarray] = _NO_PAIRS,
+                  need_lse_all: bool = False) -> TopK:
+    """Top-``k`` items of ``n`` rows, scoring the items ``block`` at a time (``score_block(lo, hi)``
+    -> float32 [n, hi - lo]) and merging each block into a running top-``k``: memory is n x block +
+    n x k whatever ``num_items``. Reserved indices (below ``first_item``) are never scored; the
+    ``excluded`` (rows, items) pairs (seen items), the ``blocked`` item mask (out of stock, for every
+    row) and the ``held_out`` pairs (items the caller scores itself) never enter the top-k."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    top_scores = np.full((n, k), -np.inf, np.float32)
+    top_items = np.full((n, k), -1, np.int64)
+    threshold = np.full(n, -np.inf, np.float32)  # each row's k-th best so far
+    lse_all = np.full(n, -np.inf)
+    lse_rest = np.full(n, -np.inf)
+    rest = np.zeros(n, np.int64)
+    for lo in range(first_item, num_items, block):
+        hi = min(lo + block, num_items)
+        scores = score_block(lo, hi)
+        if scores.dtype != np.float32 or scores.base is not None or not scores.flags.writeable:
+            scores = np.array(scores, dtype=np.float32)  # a copy of its own: it is masked in place
+        if need_lse_all:
+            lse_all = np.logaddexp(lse_all, _row_logsumexp(scores))
+        if blocked is not None:
+            scores[:, blocked[lo:hi]] = -np.inf
+        for rows, items in (excluded, held_out):
+            start, stop = np.searchsorted(items, (lo, hi))
+            scores[rows[start:stop], items[start:stop] - lo] = -np.inf
+        lse_rest = np.logaddexp(lse_rest, _row_logsumexp(scores))
+        if need_lse_all:  # only the repeat plan's confidences count the rest (one more pass otherwise)
+            rest += np.isfinite(scores).sum(axis=1)
+        # Only a value above its row's current k-th best can enter that row's top-k.
+        above = scores > threshold[:, None]
+        if np.count_nonzero(above) > n * k:
+            # Many (the first block): each row's block top-k by argpartition, then merged with the running top-k.
+            width = hi - lo
+            if width > k:
+                part = np.argpartition(scores, width - k, axis=1)[:, width - k:]
+                block_scores, block_items = np.take_along_axis(scores, part, axis=1), part + lo
+            else:
+                block_scores, block_items = scores, np.broadcast_to(np.arange(lo, hi), scores.shape)
+            touched = np.arange(n)
+            merged_scores = np.concatenate([top_scores, block_scores], axis=1)
+            merged_items = np.concatenate([top_items, block_items], axis=1)
+        else:
+            # Few (later blocks): only they are gathered, row by row, beside the running top-k.
+            rows, cols = np.nonzero(above)
+            if not len(rows):
+                continue
+            touched, starts, counts = np.unique(rows, return_index=True, return_counts=True)
+            width = k + int(counts.max())
+            merged_scores = np.full((len(touched), width), -np.inf, np.float32)
+            merged_items = np.full((len(touched), width), -1, np.int64)
+            merged_scores[:, :k], merged_items[:, :k] = top_scores[touched], top_items[touched]
+            local = np.repeat(np.arange(len(touched)), counts)
+            slot = k + np.arange(len(rows)) - np.repeat(starts, counts)  # nonzero lists each row's values together
+            merged_scores[local, slot], merged_items[local, slot] = scores[rows, cols], cols + lo
+        width = merged_scores.shape[1]
+        keep = np.argpartition(merged_scores, width - k, axis=1)[:, width - k:]
+        top_scores[touched] = np.take_along_axis(merged_scores, keep, axis=1)
+        top_items[touched] = np.take_along_axis(merged_items, keep, axis=1)
+        threshold[touched] = top_scores[touched].min(axis=1)
+    return TopK(top_items, top_scores, lse_all, lse_rest, rest)
+
+
+def ranked_rows(items: np.ndarray, scores: np.ndarray, confidences: np.ndarray
+                ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Per row: items, scores and confidences best first (ties: lower item_idx first), without the
+    -inf places of a row that had fewer than k items to recommend."""
+    order = np.lexsort((items, -scores), axis=1)
+    items, scores = np.take_along_axis(items, order, axis=1), np.take_along_axis(scores, order, axis=1)
+    confidences = np.take_along_axis(confidences, order, axis=1)
+    lengths = np.isfinite(scores).sum(axis=1)
+    return ([row[:m].astype(np.int32) for row, m in zip(items, lengths)],
+            [row[:m].astype(np.float32) for row, m in zip(scores, lengths)],
+            [row[:m].astype(np.float32) for row, m in zip(confidences, lengths)])
+
+
+class ScoringPlan:
+    """How a model ranks the catalogue in blocks: the item side computed once (per Python worker,
+    cached like the model) and each batch's user side once. The base scores the model's full logits
+    per batch: correct for any model, but not bounded (subclasses are)."""
+
+    def __init__(self, model, item_block: int = ITEM_BLOCK) -> None:
+        self.model, self.item_block = model, item_block
+        self.num_items, self.first_item = model.spec.num_items, model.spec.first_item_idx
+
+    def users(self, inputs: dict[str, np.ndarray]):
+        return self.model(inputs, training=False).numpy()
+
+    def scores(self, users, lo: int, hi: int) -> np.ndarray:
+        return users[:, lo:hi]
+
+    def block_size(self, n: int) -> int:
+        return self.item_block
+
+    def top_k(self, inputs: dict[str, np.ndarray], k: int, seen: Sequence | None = None,
+              blocked: np.ndarray | None = None) -> tuple[list, list, list]:
+        """Per row: the top-k items, their scores (the model's logits) and confidences (softmax share
+        among the items that may be recommended)."""
+        users = self.users(inputs)
+        n = len(next(iter(inputs.values())))
+        top = blocked_top_k(lambda lo, hi: self.scores(users, lo, hi), n, self.num_items, self.first_item, k,
+                            self.block_size(n), excluded_pairs(seen, n), blocked)
+        with np.errstate(under="ignore", invalid="ignore"):  # -inf - -inf: a place left empty, dropped
+            confidences = np.exp(top.scores - top.lse_rest[:, None])
+        return ranked_rows(top.items, top.scores, confidences)
+
+
+class FactoredPlan(ScoringPlan):
+    """Scores that factor as user vector . item vector (+ item bias): one float32 matrix product per
+    block against the cached item matrix."""
+
+    def __init__(self, model, user_vectors: Callable[[dict], np.ndarray], item_vectors: np.ndarray,
+                 item_bias: np.ndarray | None, item_block: int = ITEM_BLOCK) -> None:
+        super().__init__(model, item_block)
+        self.user_vectors = user_vectors
+        self.item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
+        self.item_bias = None if item_bias is None else np.asarray(item_bias, dtype=np.float32)
+
+    def users(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self.user_vectors(inputs), dtype=np.float32)
+
+    def scores(self, users: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        block = users @ self.item_vectors[lo:hi].T
+        if self.item_bias is not None:
+            block += self.item_bias[lo:hi]
+        return block
+
+
+class RepeatPlan(FactoredPlan):
+    """RepeatNet: p(i) = g p_repeat(i) + (1 - g) p_explore(i), scored as log(p + eps). The explore
+    logits factor; p_repeat is non-zero only on the user's own repeat candidates, so every other
+    item's score is increasing in its explore logit: the blocked top-k of the non-candidates, merged
+    with the candidates scored exactly, is the model's top-k. The explore softmax needs the
+    log-sum-exp over the whole catalogue, which the blocks accumulate."""
+
+    def top_k(self, inputs: dict[str, np.ndarray], k: int, seen: Sequence | None = None,
+              blocked: np.ndarray | None = None) -> tuple[list, list, list]:
+        from recspark.models.repeatnet import _EPS
+
+        model = self.model
+        tensors = model._cast_inputs(inputs)
+        state = model.user_vectors(tensors, training=False)
+        users = state.numpy().astype(np.float32)
+        n = len(users)
+        excluded = excluded_pairs(seen, n)
+        if model.REPEAT_HEAD:
+            p_positions, gate = (t.numpy().astype(np.float64) for t in model.repeat_head(tensors, state))
+            candidates = np.asarray(inputs[C.REPEAT_ITEMS], dtype=np.int64)
+            real = (candidates >= self.first_item) & (candidates < self.num_items)
+            held_out = excluded_pairs([row[mask] for row, mask in zip(candidates, real)], n)
+        else:
+            gate, held_out = np.zeros(n), _NO_PAIRS
+        top = blocked_top_k(lambda lo, hi: self.scores(users, lo, hi), n, self.num_items, self.first_item, k,
+                            self.block_size(n), excluded, blocked, held_out, need_lse_all=True)
+        lse_all = top.lse_all[:, None]
+        if not model.REPEAT_HEAD:  # the model's scores are the explore log-softmax
+            with np.errstate(under="ignore", invalid="ignore"):
+                confidences = np.exp(top.scores - top.lse_rest[:, None])
+            return ranked_rows(top.items, (top.scores - lse_all).astype(np.float32), confidences)
+        keep = 1.0 - gate[:, None]
+        with np.errstate(under="ignore", invalid="ignore"):
+            p_top = keep * np.exp(top.scores - lse_all)
+            safe = np.where(real, candidates, 0)
+            explore = np.einsum("nd,nrd->nr", users, self.item_vectors[safe]) + self.item_bias[safe]
+            p_candidates = gate[:, None] * p_positions + keep * np.exp(explore - lse_all)
+        allowed = real.copy()
+        if blocked is not None:
+            allowed &= ~blocked[safe]
+        rows, items = excluded
+        if len(rows):
+            pair = np.arange(n)[:, None] * self.num_items + candidates
+            allowed &= ~np.isin(pair, rows * self.num_items + items)
+        # Softmax of the model's scores log(p + eps) over the items that may be recommended.
+        total = (keep[:, 0] * np.exp(top.lse_rest - top.lse_all) + _EPS * top.rest
+                 + np.where(allowed, p_candidates + _EPS, 0.0).sum(axis=1))
+        p = np.concatenate([np.where(np.isfinite(top.scores), p_top, np.nan),
+                            np.where(allowed, p_candidates, np.nan)], axis=1)
+        items = np.concatenate([top.items, np.where(allowed, candidates, -1)], axis=1)
+        scores = np.where(np.isnan(p), -np.inf, np.log(np.nan_to_num(p) + _EPS)).astype(np.float32)
+        confidences = np.nan_to_num(p + _EPS) / np.maximum(total, 1e-300)[:, None]
+        best = np.argpartition(-scores, k - 1, axis=1)[:, :k] if scores.shape[1] > k else np.arange(scores.shape[1])[None]
+        return ranked_rows(*(np.take_along_axis(a, best, axis=1) for a in (items, scores, confidences)))
+
+
+class DNNPlan(ScoringPlan):
+    """The dnn: an MLP over [user, item] does not factor, so each block's logits are computed densely.
+    Its first layer does split (user part + item part): the item part is cached for the catalogue,
+    the user part computed once per batch, and a block costs the MLP's remaining layers on
+    batch x block pairs (the block shrinks with the batch so that stays under DNN_BLOCK_VALUES)."""
+
+    def __init__(self, model, item_block: int = ITEM_BLOCK) -> None:
+        import tensorflow as tf
+
+        super().__init__(model, item_block)
+        scorer = self.scorer = model.scorer
+        self.item_first = np.concatenate([
+            scorer.item_part(scorer.attributes(tf.range(lo, min(lo + ITEM_TOWER_CHUNK, self.num_items)))).numpy()
+            for lo in range(0, self.num_items, ITEM_TOWER_CHUNK)]).astype(np.float32)
+
+    def users(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.scorer.user_part(self.model.user_features(inputs, training=False)).numpy()
+
+    def block_size(self, n: int) -> int:
+        return max(16, min(self.item_block, DNN_BLOCK_VALUES // max(1, n * self.item_first.shape[1])))
+
+    def scores(self, users: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        first = users[:, None, :] + self.item_first[None, lo:hi, :]
+        return self.scorer._rest(first, training=False).numpy()
+
+
+def build_plan(model, item_block: int = ITEM_BLOCK) -> ScoringPlan:
+    """The cheapest exact way to rank the catalogue with ``model`` (see the module docstring)."""
+    import tensorflow as tf
+
+    from recspark.models.base import SequenceRecommender
+    from recspark.models.dnn import DNNModel
+    from recspark.models.repeatnet import RepeatNet
+    from recspark.models.towers import TowersModel
+
+    if isinstance(model, RepeatNet):
+        return RepeatPlan(model, lambda inputs: None, model.output_embeddings().numpy(), model.output_bias.numpy(),
+                          item_block)
+    if isinstance(model, SequenceRecommender):
+        return FactoredPlan(model, lambda inputs: model.user_vectors(model._cast_inputs(inputs), training=False).numpy(),
+                            model.output_embeddings().numpy(), model.output_bias.numpy(), item_block)
+    if isinstance(model, TowersModel):
+        tower = model.get_layer("item_tower")
+        # The user tower ends where the item tower's layer takes its input.
+        user_tower = tf.keras.Model(model.input, tower.input)
+        items = np.concatenate([
+            tower.item_vectors(tower.attributes(tf.range(lo, min(lo + ITEM_TOWER_CHUNK, model.spec.num_items))),
+                               training=False).numpy()
+            for lo in range(0, model.spec.num_items, ITEM_TOWER_CHUNK)])
+        return FactoredPlan(model, lambda inputs: user_tower(inputs, training=False).numpy(), items, None, item_block)
+    if isinstance(model, DNNModel):
+        return DNNPlan(model, item_block)
+    return ScoringPlan(model, item_block)
+
+
+# One plan (the item side) per model directory and block size per Python worker, beside the model.
+_PLANS: dict[tuple[str, int], ScoringPlan] = {}
+
+
+def _plan(model_dir: str, item_block: int) -> ScoringPlan:
+    if (model_dir, item_block) not in _PLANS:
+        _PLANS[(model_dir, item_block)] = build_plan(_load(model_dir), item_block)
+    return _PLANS[(model_dir, item_block)]
+
+
+def item_mask(indices: Sequence[int], num_items: int) -> bytes:
+    """A bit per item_idx, set for ``indices`` (e.g. out of stock): 125 KB at 1M items, shipped with the UDF."""
+    mask = np.zeros(num_items, dtype=bool)
+    mask[np.asarray(list(indices), dtype=np.int64)] = True
+    return np.packbits(mask).tobytes()
+
+
+def top_k_udf(model_dir: str, columns: list[str], k: int, exclude_seen: bool, *, batch_size: int = 512,
+              item_block: int = ITEM_BLOCK, blocked_items: bytes | None = None, calibration=None,
+              min_confidence: float = 0.0):
+    """A pandas UDF (*columns, seen_idx) -> struct(items, scores, confidences) for a saved model.
+
+    Each Arrow batch is scored ``batch_size`` rows at a time, so the worker's memory is bounded by
+    this UDF's own setting whatever the session's Arrow batch size. ``blocked_items``
+    (:func:`item_mask`) are never recommended to anyone. ``calibration``
+    (:class:`recspark.calibration.Calibration`) maps the softmax share to a probability; items whose
+    confidence is below ``min_confidence`` are dropped (monotone in the score, so a list loses its tail)."""
 
     @F.pandas_udf(TOP_K_SCHEMA)
     def top_k(batches: Iterator[tuple[pd.Series, ...]]) -> Iterator[pd.DataFrame]:
-        model = _load(model_dir)
+        plan = _plan(model_dir, item_block)
+        blocked = None
+        if blocked_items is not None:
+            blocked = np.unpackbits(np.frombuffer(blocked_items, np.uint8), count=plan.num_items).astype(bool)
         for *sequences, seen in batches:
-            logits = model(model_batch(columns, sequences), training=False).numpy()
-            items, scores, confidences = top_k_from_logits(logits, k, list(seen) if exclude_seen else None,
-                                                           first_item=model.spec.first_item_idx)
-            yield pd.DataFrame({
-                "items": list(items.astype(np.int32)),
-                "scores": list(scores.astype(np.float32)),
-                "confidences": list(confidences.astype(np.float32)),
-            })
+            items, scores, confidences = [], [], []
+            for start in range(0, len(seen), batch_size):
+                part = slice(start, start + batch_size)
+                inputs = model_batch(columns, [values.iloc[part] for values in sequences])
+                rows = plan.top_k(inputs, k, list(seen.iloc[part]) if exclude_seen else None, blocked)
+                for row_items, row_scores, row_confidences in zip(*rows):
+                    if calibration is not None:
+                        row_confidences = calibration.apply(row_confidences)
+                    kept = row_confidences >= min_confidence
+                    items.append(row_items[kept])
+                    scores.append(row_scores[kept])
+                    confidences.append(row_confidences[kept])
+            yield pd.DataFrame({"items": items, "scores": scores, "confidences": confidences})
 
     return top_k
 
 
-def recommend(histories: DataFrame, vocab: DataFrame, model_dir: str, k: int, exclude_seen: bool,
-              batch_size: int = 512) -> DataFrame:
-    """One row per (user, rank): the model's top-k items with score (logit) and confidence
-    (probability), for every row of ``histories``: user_id, seen_idx and the sequence columns the
-    model reads (model_meta.json ``inputs``); other columns are ignored."""
+def recommend_indices(histories: DataFrame, model_dir: str, k: int, exclude_seen: bool, batch_size: int = 512, *,
+                      never_recommend: Sequence[int] = (), item_block: int = ITEM_BLOCK,
+                      keep: Sequence[str] = (), calibration=None, min_confidence: float = 0.0) -> DataFrame:
+    """One row per (user, rank) with ``item_idx``, score and confidence (see :func:`recommend`), and
+    the ``keep`` columns of ``histories``; ``never_recommend`` item indices (out of stock, business
+    rules) go to nobody; ``calibration`` and ``min_confidence`` as in :func:`top_k_udf`."""
     columns = model_input_columns(model_dir)
-    missing = [name for name in (C.USER_ID, *columns, SEEN_IDX) if name not in histories.columns]
+    missing = [name for name in (C.USER_ID, *columns, SEEN_IDX, *keep) if name not in histories.columns]
     if missing:
         raise ValueError(f"{model_dir} needs columns {missing}, not in {histories.columns}")
-    histories.sparkSession.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
-    scored = histories.select(C.USER_ID, top_k_udf(model_dir, columns, k, exclude_seen)(*columns, SEEN_IDX).alias("_top"))
+    blocked = None
+    if len(never_recommend):
+        num_items = json.loads((Path(model_dir) / "model_meta.json").read_text())["num_items"]
+        blocked = item_mask([i for i in never_recommend if 0 <= i < num_items], num_items)
+    udf = top_k_udf(model_dir, columns, k, exclude_seen, batch_size=batch_size, item_block=item_block,
+                    blocked_items=blocked, calibration=calibration, min_confidence=min_confidence)
+    scored = histories.select(C.USER_ID, *keep, udf(*columns, SEEN_IDX).alias("_top"))
     exploded = scored.select(
-        C.USER_ID,
+        C.USER_ID, *keep,
         F.posexplode(F.arrays_zip(F.col("_top.items").alias("i"), F.col("_top.scores").alias("s"),
                                   F.col("_top.confidences").alias("c"))).alias("_pos", "_hit"),
     )
-    index_to_item = F.broadcast(vocab.select(C.ITEM_ID, C.ITEM_IDX))
     return exploded.select(
         C.USER_ID,
         (F.col("_pos") + 1).alias(C.RANK),
         F.col("_hit.i").alias(C.ITEM_IDX),
         F.col("_hit.s").alias(C.SCORE),
         F.col("_hit.c").alias(C.CONFIDENCE),
-    ).join(index_to_item, C.ITEM_IDX).drop(C.ITEM_IDX)
+        *keep,
+    )
+
+
+def recommend(histories: DataFrame, vocab: DataFrame, model_dir: str, k: int, exclude_seen: bool,
+              batch_size: int = 512, *, never_recommend: Sequence[int] = (), item_block: int = ITEM_BLOCK) -> DataFrame:
+    """One row per (user, rank): the model's top-k items with score (logit) and confidence
+    (probability among the items that may be recommended), for every row of ``histories``: user_id,
+    seen_idx and the sequence columns the model reads (model_meta.json ``inputs``); other columns
+    are ignored. A user with fewer than k items left to recommend gets fewer rows."""
+    top = recommend_indices(histories, model_dir, k, exclude_seen, batch_size, never_recommend=never_recommend,
+                            item_block=item_block)
+    index_to_item = F.broadcast(vocab.select(C.ITEM_ID, C.ITEM_IDX))
+    return top.join(index_to_item, C.ITEM_IDX).drop(C.ITEM_IDX)
 
 
 PROBABILITY = "probability"  # the column recspark.evaluation.classification reads

@@ -18,8 +18,8 @@ from recspark.evaluation.evaluate import evaluate, model_run, with_original_user
 from recspark.pipeline.features import SEQUENCES, build_features
 from recspark.pipeline.ingest import ingest
 from recspark.pipeline.prepare import IDENTITY_MAP, prepare
-from recspark.scoring import recommend, with_model_inputs
-from recspark.utils.delta import overwrite_table, read_table, row_count, table_exists, table_version
+from recspark.scoring import recommend_indices, with_model_inputs
+from recspark.utils.delta import read_table, row_count, table_exists, table_version
 from recspark.utils.jobs import new_run_id, write_json
 
 
@@ -140,22 +140,56 @@ def evaluate_stage(spark: SparkSession, config: Config) -> dict:
     return summary
 
 
+def _four(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.4f}"
+
+
 def score_stage(spark: SparkSession, config: Config) -> dict:
+    """Every user's top-K with score, confidence and reason, written as this run's partition of the
+    `recommendations` table (a re-run replaces it; the latest ``score.keep_runs`` runs are kept)."""
+    import datetime as dt
+
+    from recspark.calibration import ensure_calibration
+    from recspark.pipeline.item_features import ITEM_FEATURES
+    from recspark.recommendations import blocked_items, popular_items, recommendation_rows, with_reasons, write_run
+
     model = config.scoring_model
+    model_dir = str(config.model_dir(model))
     run = model_run(config, model)
+    run_id = config.score.run_id or run[C.RUN_ID]
+    first_item = config.features.first_item_idx
     histories = read_table(spark, config.table_path(C.GOLD, C.SERVING_HISTORIES))
-    histories = with_model_inputs(spark, config, histories, str(config.model_dir(model)))
+    histories = with_model_inputs(spark, config, histories, model_dir)
     vocab = read_table(spark, config.table_path(C.GOLD, C.ITEM_VOCAB))
     identity = read_table(spark, config.table_path(C.BRONZE, IDENTITY_MAP))
-    recommendations = recommend(histories, vocab, str(config.model_dir(model)),
-                                config.score.k, config.evaluate.exclude_seen, config.score.batch_size)
-    table = (with_original_user_id(recommendations, identity)
-             .select(C.USER_ID, C.RANK, C.ITEM_ID, C.SCORE, C.CONFIDENCE,
-                     F.lit(run[C.RUN_ID]).alias(C.RUN_ID), F.lit(model).alias(C.MODEL_NAME)))
-    overwrite_table(table, config.recommendations_path)
-    rows = row_count(spark, config.recommendations_path)
-    return {"recommendations": f"{rows:,} rows (top {config.score.k} per user) -> {config.recommendations_path}",
-            C.RUN_ID: run[C.RUN_ID]}
+    features_path = config.table_path(C.GOLD, ITEM_FEATURES)
+    item_features = read_table(spark, features_path) if table_exists(spark, features_path) else None
+    blocked = (blocked_items(item_features, first_item, config.score.exclude_categories,
+                             config.score.include_categories) if item_features is not None else {})
+    never = sorted(set().union(*blocked.values())) if blocked else []
+    calibration = ensure_calibration(spark, config, model, run.get(C.RUN_ID)) if config.score.calibrate else None
+    # The user's own repeat profile rides along for the reasons (every model's serving row has it).
+    top = recommend_indices(histories, model_dir, config.score.k, config.evaluate.exclude_seen, config.score.batch_size,
+                            never_recommend=never, item_block=config.score.item_block,
+                            keep=[c for c in (C.REPEAT_ITEMS, C.REPEAT_FEATURES) if c in histories.columns],
+                            calibration=calibration, min_confidence=config.score.min_confidence)
+    popular = popular_items(item_features, first_item) if item_features is not None else None
+    rows = recommendation_rows(with_reasons(top, popular), vocab, run_id=run_id, model_name=model,
+                               model_version=(run.get("mlflow") or {}).get("version"),
+                               generated_at=dt.datetime.now(dt.timezone.utc).replace(microsecond=0))
+    written = write_run(with_original_user_id(rows, identity), config.recommendations_path, run_id,
+                        config.score.keep_runs)
+    path = config.recommendations_path
+    this_run = read_table(spark, path).filter(F.col(C.RUN_ID) == run_id).count()
+    return {"recommendations": f"{this_run:,} rows (top {config.score.k} per user) of run {run_id} -> {path}",
+            "never recommended": ", ".join(f"{name} {len(items):,} items" for name, items in blocked.items()) or "none",
+            "runs deleted": ", ".join(written["deleted_runs"]) or "none",
+            "confidence": (f"isotonic calibration on {calibration.pairs:,} validation pairs (bought rate "
+                           f"{calibration.positive_rate:.4f}), ECE validation {_four(calibration.ece_validation)}, "
+                           f"test {_four(calibration.ece_test)}; min_confidence {config.score.min_confidence}"
+                           if calibration is not None else
+                           f"softmax share (not calibrated); min_confidence {config.score.min_confidence}"),
+            C.RUN_ID: run_id}
 
 
 LAYERS = {

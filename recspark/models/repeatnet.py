@@ -125,18 +125,25 @@ class RepeatNet(SASRec):
         log_explore = tf.nn.log_softmax(explore)
         if not self.REPEAT_HEAD:
             return tf.zeros_like(explore), log_explore, tf.zeros(tf.shape(state)[:1])
+        p_positions, gate = self.repeat_head(inputs, state)
+        # Candidates -> items: the profile lists each item once.
+        rows = tf.broadcast_to(tf.range(tf.shape(p_positions)[0])[:, None], tf.shape(p_positions))
+        index = tf.stack([rows, inputs[C.REPEAT_ITEMS]], axis=2)
+        p_repeat = tf.scatter_nd(index, p_positions, tf.shape(explore))
+        return p_repeat, log_explore, gate
+
+    def repeat_head(self, inputs: dict[str, tf.Tensor], state: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """([n, R] p_repeat of each repeat-profile candidate, 0 off the real ones; [n] gate, 0 for a
+        row without a candidate): the head per candidate, so the scorer need not spread it over the
+        catalogue (:class:`recspark.scoring.RepeatPlan`)."""
         scores, real = self.repeat_scores(inputs, state)
         has_repeat = tf.reduce_any(real, axis=1)
         p_positions = tf.nn.softmax(tf.where(real, scores, tf.fill(tf.shape(scores), -1e9)), axis=1)
         p_positions = p_positions * tf.cast(real, tf.float32)
-        # Candidates -> items: the profile lists each item once.
-        rows = tf.broadcast_to(tf.range(tf.shape(scores)[0])[:, None], tf.shape(scores))
-        index = tf.stack([rows, inputs[C.REPEAT_ITEMS]], axis=2)
-        p_repeat = tf.scatter_nd(index, p_positions, tf.shape(explore))
         n_items = tf.reduce_sum(tf.cast(real, tf.float32), axis=1, keepdims=True)
         gate = tf.sigmoid(self.gate(tf.concat([state, tf.math.log1p(n_items)], axis=1)))
         gate = tf.squeeze(gate, 1) * tf.cast(has_repeat, tf.float32)
-        return p_repeat, log_explore, gate
+        return p_positions, gate
 
     def mixture(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         """[n, num_items] log p(item) of the gated mixture (the explore log-softmax without the head)."""

@@ -1,0 +1,162 @@
+"""Calibrated confidence: P(the user buys the item in the next period | it is in their top-K).
+
+The scorer's raw confidence is a softmax share among the recommendable items: it shrinks as the
+catalogue grows and is no probability of anything a shop observes. Here it is mapped to one: on the
+validation queries (gold ``eval_queries``, split ``validation``: each user's history before the
+validation period and the items of that period), every top-``score.k`` recommendation is a pair
+(raw confidence, bought in the period or not), and an **isotonic regression** (Spark ML, pool
+adjacent violators) is fitted from the first to the second.
+
+Why isotonic and not Platt: the raw share comes from models trained for a next-item or next-basket
+softmax, not for this event, and how it relates to the purchase probability varies by model and
+data set (repeat-heavy grocery lists against long-tail catalogues); isotonic assumes only that a
+higher share never means a lower probability, which keeps every list's order, where Platt forces a
+sigmoid in the log-share. It needs more pairs than Platt's two parameters, and validation gives
+users x K of them (thousands at least). Between the fitted boundaries it interpolates linearly,
+outside it is clamped (as Spark's own model predicts).
+
+The map is stored with the model (``calibration.json`` in its folder, with the training run it was
+fitted for, so a retrained model is refitted) together with the expected calibration error (ECE,
+10 equal-width bins of the calibrated value) on validation and on the test queries. Caveat: queries
+exist only for users active in the period, so this is the probability given the user shops then.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+CALIBRATION_FILE = "calibration.json"
+RAW, LABEL = "raw_confidence", "label"
+ECE_BINS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """A monotone map raw confidence -> probability (isotonic boundaries and their values)."""
+
+    boundaries: tuple[float, ...]
+    predictions: tuple[float, ...]
+    method: str = "isotonic"
+    model_run_id: Optional[str] = None  # the training run of the model it was fitted for
+    pairs: int = 0
+    positive_rate: Optional[float] = None
+    ece_validation: Optional[float] = None  # None: not measured (no pairs)
+    ece_test: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if not self.boundaries or len(self.boundaries) != len(self.predictions):
+            raise ValueError("a calibration needs as many predictions as boundaries, at least one")
+        if np.any(np.diff(self.boundaries) < 0) or np.any(np.diff(self.predictions) < 0):
+            raise ValueError("isotonic boundaries and predictions must be non-decreasing")
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities of ``raw`` confidences (linear between boundaries, clamped outside)."""
+        return np.interp(np.asarray(raw, dtype=np.float64), self.boundaries, self.predictions).astype(np.float32)
+
+    def save(self, model_dir: str | Path) -> Path:
+        path = Path(model_dir) / CALIBRATION_FILE
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> Optional["Calibration"]:
+        path = Path(model_dir) / CALIBRATION_FILE
+        if not path.exists():
+            return None
+        values = json.loads(path.read_text())
+        return cls(**{**values, "boundaries": tuple(values["boundaries"]), "predictions": tuple(values["predictions"])})
+
+
+def fit_isotonic(pairs: DataFrame) -> Calibration:
+    """Isotonic regression of ``label`` (0/1) on ``raw_confidence`` over the pairs, in Spark (only
+    the fitted boundaries come back to the driver)."""
+    from pyspark.ml.regression import IsotonicRegression
+
+    data = pairs.select(F.col(RAW).cast("double").alias(RAW), F.col(LABEL).cast("double").alias(LABEL))
+    stats = data.agg(F.count(F.lit(1)).alias("n"), F.avg(LABEL).alias("rate")).collect()[0]
+    if not stats["n"]:
+        raise ValueError("no pairs to fit a calibration on")
+    model = IsotonicRegression(featuresCol=RAW, labelCol=LABEL, isotonic=True).fit(data)
+    return Calibration(tuple(float(b) for b in model.boundaries.toArray()),
+                       tuple(float(p) for p in model.predictions.toArray()),
+                       pairs=int(stats["n"]), positive_rate=float(stats["rate"]))
+
+
+def expected_calibration_error(pairs: DataFrame, calibration: Calibration, bins: int = ECE_BINS) -> Optional[float]:
+    """ECE = sum over equal-width bins of the calibrated value of |mean label - mean calibrated| x
+    the bin's share of pairs (one small aggregate: a row per bin); None without pairs."""
+    boundaries, predictions = list(calibration.boundaries), list(calibration.predictions)
+
+    @F.pandas_udf("double")
+    def calibrated(raw):
+        import pandas as pd
+
+        return pd.Series(np.interp(raw.to_numpy(dtype=np.float64), boundaries, predictions))
+
+    scored = pairs.select(calibrated(F.col(RAW).cast("double")).alias("_p"), F.col(LABEL).cast("double").alias("_y"))
+    per_bin = (scored.groupBy(F.least(F.floor(F.col("_p") * bins), F.lit(bins - 1)).alias("_bin"))
+               .agg(F.count(F.lit(1)).alias("n"), F.avg("_p").alias("p"), F.avg("_y").alias("y")).collect())
+    total = sum(row["n"] for row in per_bin)
+    if not total:
+        return None
+    return float(sum(row["n"] * abs(row["y"] - row["p"]) for row in per_bin) / total)
+
+
+def calibration_pairs(queries: DataFrame, vocab: DataFrame, model_dir: str, k: int, exclude_seen: bool, *,
+                      batch_size: int = 512, item_block: int = 4096) -> DataFrame:
+    """(raw_confidence, label): every top-``k`` recommendation of each query (history before the
+    period) and whether the user bought it in the period (``relevant`` holds its item_ids)."""
+    from recspark import constants as C
+    from recspark.scoring import recommend_indices  # loads the scorer only where a fit happens
+
+    top = recommend_indices(queries, model_dir, k, exclude_seen, batch_size, item_block=item_block,
+                            keep=[C.RELEVANT])
+    return (top.join(F.broadcast(vocab.select(C.ITEM_ID, C.ITEM_IDX)), C.ITEM_IDX)
+            .select(F.col(C.CONFIDENCE).alias(RAW),
+                    F.array_contains(C.RELEVANT, F.col(C.ITEM_ID)).cast("double").alias(LABEL)))
+
+
+def ensure_calibration(spark, config, model: str, model_run_id: Optional[str]) -> Optional[Calibration]:
+    """The model's stored calibration if it was fitted for this training run, else one fitted now on
+    the validation queries (at most ``score.calibration_users`` users) and saved beside the model,
+    with its ECE on validation and test. None without validation queries."""
+    from recspark import constants as C
+    from recspark.scoring import with_model_inputs
+    from recspark.utils.delta import read_table, table_exists
+
+    model_dir = str(config.model_dir(model))
+    stored = Calibration.load(model_dir)
+    if stored is not None and stored.model_run_id == model_run_id:
+        return stored
+    queries_path = config.table_path(C.GOLD, C.EVAL_QUERIES)
+    if not table_exists(spark, queries_path):
+        return None
+    queries = with_model_inputs(spark, config, read_table(spark, queries_path), model_dir)
+    vocab = read_table(spark, config.table_path(C.GOLD, C.ITEM_VOCAB))
+    score = config.score
+
+    def pairs(split: str) -> DataFrame:
+        # The same users every time (a hash order, not the file order).
+        rows = (queries.filter(F.col(C.SPLIT) == split).orderBy(F.xxhash64(C.USER_ID), C.USER_ID)
+                .limit(score.calibration_users))
+        return calibration_pairs(rows, vocab, model_dir, score.k, config.evaluate.exclude_seen,
+                                 batch_size=score.batch_size, item_block=score.item_block)
+
+    validation = pairs(C.VALIDATION).persist()
+    try:
+        if validation.isEmpty():
+            return None
+        fitted = fit_isotonic(validation)
+        calibration = dataclasses.replace(fitted, model_run_id=model_run_id,
+                                          ece_validation=expected_calibration_error(validation, fitted),
+                                          ece_test=expected_calibration_error(pairs(C.TEST), fitted))
+    finally:
+        validation.unpersist()
+    calibration.save(model_dir)
+    return calibration

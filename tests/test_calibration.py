@@ -1,0 +1,48 @@
+"""Calibration: the isotonic fit on hand-built pairs (pooling a violation), interpolation and
+clamping, the expected calibration error by hand, and the round trip through calibration.json."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyspark.sql import SparkSession
+
+from recspark.calibration import Calibration, expected_calibration_error, fit_isotonic
+
+
+def _pairs(spark: SparkSession, groups: list[tuple[float, int, int]]):
+    """(raw, positives, count) groups -> a DataFrame of (raw_confidence, label) pairs."""
+    rows = [(raw, float(i < positives)) for raw, positives, count in groups for i in range(count)]
+    return spark.createDataFrame(rows, "raw_confidence double, label double")
+
+
+def test_isotonic_fit_follows_the_rates_and_pools_a_violation(spark: SparkSession) -> None:
+    # 0.2 -> 6/10 bought but 0.4 -> 2/10: a violation, pooled to 8/20 = 0.4 for both.
+    pairs = _pairs(spark, [(0.1, 1, 10), (0.2, 6, 10), (0.4, 2, 10), (0.9, 9, 10)])
+    fitted = fit_isotonic(pairs)
+    values = dict(zip(fitted.boundaries, fitted.predictions))
+    assert values[0.1] == pytest.approx(0.1) and values[0.9] == pytest.approx(0.9)
+    assert values[0.2] == pytest.approx(0.4) and values[0.4] == pytest.approx(0.4)
+    assert fitted.pairs == 40 and fitted.positive_rate == pytest.approx(18 / 40)
+    got = fitted.apply(np.array([0.0, 0.1, 0.3, 0.65, 1.0]))
+    # Clamped outside the boundaries, linear between them.
+    np.testing.assert_allclose(got, [0.1, 0.1, 0.4, 0.65, 0.9], atol=1e-6)
+
+
+def test_expected_calibration_error_by_hand(spark: SparkSession) -> None:
+    identity = Calibration(boundaries=(0.0, 1.0), predictions=(0.0, 1.0))
+    # Bin of 0.15 (10 pairs, 3 bought): |0.3 - 0.15| = 0.15; bin of 0.85 (30 pairs, 24 bought): |0.8 - 0.85| = 0.05.
+    pairs = _pairs(spark, [(0.15, 3, 10), (0.85, 24, 30)])
+    assert expected_calibration_error(pairs, identity) == pytest.approx((10 * 0.15 + 30 * 0.05) / 40)
+    # A calibration fitted on the same pairs has no error on them.
+    assert expected_calibration_error(pairs, fit_isotonic(pairs)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_calibration_round_trips_and_rejects_a_decreasing_map(tmp_path: Path) -> None:
+    calibration = Calibration(boundaries=(0.1, 0.5), predictions=(0.2, 0.3), model_run_id="r1", pairs=7)
+    calibration.save(tmp_path)
+    assert Calibration.load(tmp_path) == calibration
+    assert Calibration.load(tmp_path / "missing") is None
+    with pytest.raises(ValueError, match="non-decreasing"):
+        Calibration(boundaries=(0.1, 0.5), predictions=(0.3, 0.2))
