@@ -18,6 +18,7 @@ from recspark.evaluation.evaluate import evaluate, model_run, with_original_user
 from recspark.pipeline.features import SEQUENCES, build_features
 from recspark.pipeline.ingest import ingest
 from recspark.pipeline.prepare import IDENTITY_MAP, prepare
+from recspark.pipeline.privacy import identity_map_key
 from recspark.scoring import recommend, with_model_inputs
 from recspark.utils.delta import overwrite_table, read_table, row_count, table_exists, table_version
 from recspark.utils.jobs import new_run_id, write_json
@@ -149,7 +150,7 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
     identity = read_table(spark, config.table_path(C.BRONZE, IDENTITY_MAP))
     recommendations = recommend(histories, vocab, str(config.model_dir(model)),
                                 config.score.k, config.evaluate.exclude_seen, config.score.batch_size)
-    table = (with_original_user_id(recommendations, identity)
+    table = (with_original_user_id(recommendations, identity, identity_map_key(config.privacy.secret_scope))
              .select(C.USER_ID, C.RANK, C.ITEM_ID, C.SCORE, C.CONFIDENCE,
                      F.lit(run[C.RUN_ID]).alias(C.RUN_ID), F.lit(model).alias(C.MODEL_NAME)))
     overwrite_table(table, config.recommendations_path)
