@@ -76,7 +76,8 @@ def _delta_tables(spark: SparkSession, root: str) -> list[str]:
     while pending:
         directory = pending.pop()
         if fs.exists(jvm.org.apache.hadoop.fs.Path(directory, "_delta_log")):
-            found.append(directory.toString())
+            # The path alone: the lakehouse is configured as one ("/Volumes/..."), listed as a URI.
+            found.append(directory.toUri().getPath())
             continue
         for status in fs.listStatus(directory):
             name = status.getPath().getName()
@@ -108,11 +109,10 @@ def erasure_targets(spark: SparkSession, config: Config) -> list[Target]:
         columns = set(spark.read.format("delta").load(path).columns)
         needed = C.RAW_RECORD if condition == BY_RAW_RECORD else C.USER_ID
         if needed in columns:
-            local = Path(path.removeprefix("file:"))
-            targets.append(Target(str(local.relative_to(lakehouse)), str(local), condition))
+            targets.append(Target(str(Path(path).relative_to(lakehouse)), path, condition))
 
     for path in _delta_tables(spark, str(data)):
-        layer, *rest = Path(path.removeprefix("file:")).relative_to(data).parts
+        layer, *rest = Path(path).relative_to(data).parts
         if layer == C.BRONZE:
             table = rest[0] if rest else ""
             add(path, BY_PSEUDONYM if table == IDENTITY_MAP else BY_RAW_RECORD if table == C.QUARANTINE else BY_RAW_ID)
@@ -124,7 +124,7 @@ def erasure_targets(spark: SparkSession, config: Config) -> list[Target]:
         if run == data:
             continue
         for path in _delta_tables(spark, str(run)):
-            layer = Path(path.removeprefix("file:")).relative_to(run).parts[0]
+            layer = Path(path).relative_to(run).parts[0]
             add(path, BY_PSEUDONYM if layer in (C.SILVER, C.GOLD) else BY_RAW_ID)
     return targets
 

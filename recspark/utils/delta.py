@@ -1,4 +1,5 @@
-"""Delta Lake writes that make every job re-runnable: MERGE on a key, or overwrite whole tables."""
+"""Delta Lake writes that make every job re-runnable: MERGE on a key, or overwrite whole tables; and
+purging a table's history (VACUUM, log truncation) so that deleted rows are gone for good."""
 from __future__ import annotations
 
 import json
@@ -57,8 +58,6 @@ def row_count(spark: SparkSession, path: str) -> int:
 
 
 RETENTION_CHECK = "spark.databricks.delta.retentionDurationCheck.enabled"
-
-
 LISTING_PARALLELISM = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
 
 
@@ -69,7 +68,7 @@ def vacuum(spark: SparkSession, path: str, retention_hours: float) -> None:
     VACUUM lists files in as many tasks as the listing parallelism, 10,000 unless set: on a small
     cluster that is a minute of empty tasks per table (50-80 s per tiny table on 2 local cores, 6-12 s
     with 4). Unless the session sets it, it is the cluster's default parallelism for this call."""
-    saved = {RETENTION_CHECK: spark.conf.get(RETENTION_CHECK, None), LISTING_PARALLELISM: spark.conf.get(LISTING_PARALLELISM, None)}
+    saved = {name: spark.conf.get(name, None) for name in (RETENTION_CHECK, LISTING_PARALLELISM)}
     spark.conf.set(RETENTION_CHECK, "false")
     if saved[LISTING_PARALLELISM] is None:
         spark.conf.set(LISTING_PARALLELISM, str(max(1, spark.sparkContext.defaultParallelism)))
