@@ -10,7 +10,7 @@ STAGES := ingest prepare features train evaluate score
 export TF_USE_LEGACY_KERAS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test run compare $(STAGES) summary bench clean
+.PHONY: setup test run compare $(STAGES) summary forget bench clean
 
 setup:
 	bash tools/setup.sh
@@ -29,6 +29,10 @@ $(STAGES):
 
 summary:
 	$(PY) jobs/summary.py $(CONF)
+
+# Erase people from every table of DATASET (README "Erasure"): make forget IDS="1001 1002" or IDS_FILE=ids.txt
+forget:
+	$(PY) jobs/forget.py $(CONF) $(foreach id,$(IDS),--user-id $(id)) $(if $(IDS_FILE),--ids-file $(IDS_FILE))
 
 bench:
 	$(PY) bench/etl.py

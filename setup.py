@@ -16,6 +16,8 @@ setup(
         "pyarrow>=14,<15",
         "pandas>=2.2,<2.3",
         "pyyaml>=6",
+        # AES-GCM and HKDF for the identity map (recspark/pipeline/privacy.py).
+        "cryptography>=42",
     ],
     extras_require={
         "train": ["tensorflow==2.21.0", "tf-keras==2.21.0", "tensorboard", "petastorm==0.13.1"],

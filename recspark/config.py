@@ -79,6 +79,10 @@ class PrivacyConfig:
     # On Databricks: the secret scope holding the pseudonymisation key (secret "pseudonym-key").
     # Elsewhere the key comes from RECSPARK_PSEUDONYM_KEY; never from a file in the repository.
     secret_scope: Optional[str] = None
+    # jobs/forget.py: VACUUM retention after an erasure. 0 removes the erased rows' old files and
+    # truncates the log now (time travel to older versions is lost); more keeps a window of history
+    # in which the erased rows can still be read.
+    erasure_retention_hours: float = 0.0
 
 
 @dataclasses.dataclass

@@ -18,6 +18,7 @@ from recspark.evaluation.evaluate import evaluate, model_run, with_original_user
 from recspark.pipeline.features import SEQUENCES, build_features
 from recspark.pipeline.ingest import ingest
 from recspark.pipeline.prepare import IDENTITY_MAP, prepare
+from recspark.pipeline.privacy import identity_map_key
 from recspark.scoring import recommend_indices, with_model_inputs
 from recspark.utils.delta import read_table, row_count, table_exists, table_version
 from recspark.utils.jobs import new_run_id, write_json
@@ -177,7 +178,8 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
     rows = recommendation_rows(with_reasons(top, popular), vocab, run_id=run_id, model_name=model,
                                model_version=(run.get("mlflow") or {}).get("version"),
                                generated_at=dt.datetime.now(dt.timezone.utc).replace(microsecond=0))
-    written = write_run(with_original_user_id(rows, identity), config.recommendations_path, run_id,
+    written = write_run(with_original_user_id(rows, identity, identity_map_key(config.privacy.secret_scope)),
+                        config.recommendations_path, run_id,
                         config.score.keep_runs)
     path = config.recommendations_path
     this_run = read_table(spark, path).filter(F.col(C.RUN_ID) == run_id).count()

@@ -2,7 +2,9 @@
 
 Pseudonyms are compared with Python's ``hmac`` module (the definition, not the code under test), and
 "the key" covers every form of it a plan could show: its text, hex and base64, the padded key and
-the two XOR pads of RFC 2104 (which the key follows from).
+the two XOR pads of RFC 2104 (which the key follows from). The identity map's AES key, derived from
+it by HKDF (RFC 5869, recomputed here with ``hmac``), is held to the same standard: its forms are
+part of every check.
 """
 from __future__ import annotations
 
@@ -21,7 +23,10 @@ from pyspark.serializers import CloudPickleSerializer
 from pyspark.sql import SparkSession
 
 from recspark.pipeline import privacy
-from recspark.pipeline.privacy import broadcast_key, hmac_sha256, hmac_udf, pseudonymise
+from recspark.pipeline.privacy import (
+    IDENTITY_KEY_INFO, broadcast_key, decrypt_id, decrypt_udf, encrypt_id, encrypt_udf, hmac_sha256, hmac_udf,
+    pseudonymise,
+)
 
 KEY = b"plan-test-key-7f4c1d9e2b6a0c83"
 LONG_KEY = bytes(range(32, 127))  # longer than a SHA-256 block: RFC 2104 hashes it first
@@ -33,13 +38,29 @@ def expected_pseudonym(key: bytes, raw: str | None) -> str | None:
     return None if raw is None else "u_" + hmac.new(key, raw.encode("utf-8"), hashlib.sha256).hexdigest()[:24]
 
 
+def hkdf_sha256(secret: bytes, info: bytes, length: int = 32) -> bytes:
+    """RFC 5869 with no salt (a block of zeros), by its definition."""
+    prk = hmac.new(b"\0" * 32, secret, hashlib.sha256).digest()
+    blocks, block = b"", b""
+    for counter in range(1, -(-length // 32) + 1):
+        block = hmac.new(prk, block + info + bytes([counter]), hashlib.sha256).digest()
+        blocks += block
+    return blocks[:length]
+
+
+def identity_key(key: bytes) -> bytes:
+    return hkdf_sha256(key, IDENTITY_KEY_INFO)
+
+
 def key_forms(key: bytes) -> dict[str, str]:
-    """Every text a plan, log or pickle could hold the key as, lower-cased (haystacks are lowered too)."""
+    """Every text a plan, log or pickle could hold the key as, lower-cased (haystacks are lowered too);
+    with the identity map's key derived from it, as bytes, hex and base64."""
     block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
     inner, outer = bytes(b ^ 0x36 for b in block), bytes(b ^ 0x5C for b in block)
     forms = {"key": key, "padded key": block, "inner pad": inner, "outer pad": outer,
              # the part of each pad that depends on the key (the rest is the constant)
              "inner pad (key part)": inner[:len(key)], "outer pad (key part)": outer[:len(key)]}
+    forms["identity map key"] = identity_key(key)
     texts = {}
     for name, value in forms.items():
         texts[f"{name} hex"] = value.hex()
@@ -58,6 +79,14 @@ def test_the_leak_check_finds_a_key_where_there_is_one() -> None:
     pad = bytes(b ^ 0x36 for b in KEY.ljust(64, b"\0"))
     assert leaks(f"x {KEY.decode()} y") and leaks(KEY.hex().upper()) and leaks("X'" + pad.hex().upper() + "'")
     assert not leaks("u_0123456789abcdef01234567")
+    assert leaks(base64.b64encode(identity_key(KEY))) == ["identity map key base64"]
+
+
+def test_hkdf_by_definition_matches_rfc_5869_test_case_3() -> None:
+    # RFC 5869 appendix A.3 (SHA-256, no salt, no info): the reference implementation above is right.
+    okm = hkdf_sha256(bytes([0x0B] * 22), b"", 42)
+    assert okm.hex() == ("8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d"
+                         "9d201395faa4b61a96c8")
 
 
 def test_pseudonyms_are_todays_hmac_for_unicode_empty_and_null_ids(spark: SparkSession) -> None:
@@ -87,12 +116,29 @@ def test_the_key_is_in_no_query_plan(spark: SparkSession, capsys: pytest.Capture
     assert leaks(df._jdf.queryExecution().toString()) == []
 
 
+def test_the_identity_key_is_in_no_query_plan(spark: SparkSession, capsys: pytest.CaptureFixture) -> None:
+    secret = identity_key(KEY)
+    sealed = spark.createDataFrame([("alice", "u_1")], "u string, p string").select(
+        encrypt_id("u", "p", secret).alias("c"), "p")
+    opened = sealed.select(decrypt_id("c", "p", secret).alias("u"))
+    capsys.readouterr()
+    for mode in ("extended", "formatted", "cost", "codegen"):
+        opened.explain(mode)
+    plans = capsys.readouterr().out
+    assert "aes_gcm_encrypt" in plans and "aes_gcm_decrypt" in plans
+    assert leaks(plans) == [] and leaks(opened._jdf.queryExecution().toString()) == []
+    assert opened.first()["u"] == "alice"
+
+
 def test_the_pickled_udf_holds_the_broadcast_not_the_key(spark: SparkSession) -> None:
     shared = broadcast_key(KEY)
     udf = hmac_udf(shared)
     # What PySpark ships with the plan: the pickled (function, return type).
     command = CloudPickleSerializer().dumps((udf.func, udf.returnType))
     assert leaks(command) == []
+    for make in (encrypt_udf, decrypt_udf):
+        sealing = make(broadcast_key(identity_key(KEY)))
+        assert leaks(CloudPickleSerializer().dumps((sealing.func, sealing.returnType))) == []
     # The same check catches a UDF that captures the key itself.
     captured = KEY
     assert "key as text" in leaks(CloudPickleSerializer().dumps(lambda s: captured))
@@ -139,7 +185,8 @@ SCRIPT = textwrap.dedent('''
     prepare_stage(spark, config)
     read = lambda layer, table: spark.read.format("delta").load(config.table_path(layer, table))
     result = {
-        "identity_map": sorted([r[RAW_USER_ID], r[C.USER_ID]] for r in read(C.BRONZE, IDENTITY_MAP).collect()),
+        "identity_map": sorted([bytes(r[RAW_USER_ID]).hex(), r[C.USER_ID]]
+                               for r in read(C.BRONZE, IDENTITY_MAP).collect()),
         "silver_users": sorted(r[C.USER_ID] for r in read(C.SILVER, C.USERS).collect()),
         "silver_events": sorted(set(r[C.USER_ID] for r in read(C.SILVER, C.EVENTS).collect())),
     }
@@ -167,7 +214,17 @@ def test_the_key_is_in_no_spark_event_log_of_a_prepare_run(tmp_path: Path) -> No
 
     result = json.loads((tmp_path / "out.json").read_text())
     expected = sorted(expected_pseudonym(KEY, raw) for raw in ids)
-    assert result["identity_map"] == sorted([raw, expected_pseudonym(KEY, raw)] for raw in ids)
+    # The identity map: pseudonyms, and raw ids that open with the derived key (AES-GCM, the pseudonym
+    # as associated data) and are not in the table as text.
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    cipher = AESGCM(identity_key(KEY))
+    opened = {}
+    for sealed_hex, pseudonym in result["identity_map"]:
+        sealed = bytes.fromhex(sealed_hex)
+        opened[pseudonym] = cipher.decrypt(sealed[:12], sealed[12:], pseudonym.encode()).decode()
+        assert all(raw.encode() not in sealed for raw in ids if raw)
+    assert opened == {expected_pseudonym(KEY, raw): raw for raw in ids}
     assert result["silver_users"] == expected and result["silver_events"] == expected
 
     logs = [path for path in event_log.rglob("*") if path.is_file()]
@@ -175,7 +232,7 @@ def test_the_key_is_in_no_spark_event_log_of_a_prepare_run(tmp_path: Path) -> No
     text = "".join(path.read_bytes().decode("latin-1") for path in logs)
     assert leaks(text) == []
     # ... though it holds the plans, so the check looked where the key would be.
-    assert "SparkListenerSQLExecutionStart" in text and "hmac_sha256_hex" in text
+    assert "SparkListenerSQLExecutionStart" in text and "hmac_sha256_hex" in text and "aes_gcm_encrypt" in text
 
 
 # --- MLflow -------------------------------------------------------------------------------------------

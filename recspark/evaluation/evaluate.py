@@ -25,6 +25,7 @@ import json
 import time
 from pathlib import Path
 
+from pyspark import Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -44,6 +45,7 @@ from recspark.evaluation.tuning import cross_validate_als, tune_als_on_validatio
 from recspark.pipeline.features import SEQUENCES
 from recspark.pipeline.item_features import ITEM_FEATURES
 from recspark.pipeline.prepare import IDENTITY_MAP, RAW_USER_ID
+from recspark.pipeline.privacy import broadcast_key, decrypt_id, identity_map_key
 from recspark.scoring import ranked_list, recommend, with_model_inputs
 from recspark.utils.delta import read_table, table_exists
 from recspark.utils.jobs import write_json
@@ -113,10 +115,15 @@ def model_run(config: Config, model: str) -> dict:
     return json.loads(path.read_text())
 
 
-def with_original_user_id(df: DataFrame, identity: DataFrame) -> DataFrame:
-    """Pseudonym -> the shop's own user id; only final outputs (predictions, recommendations) do this."""
-    return (df.join(identity.select(C.USER_ID, RAW_USER_ID), C.USER_ID)
-            .drop(C.USER_ID).withColumnRenamed(RAW_USER_ID, C.USER_ID))
+def with_original_user_id(df: DataFrame, identity: DataFrame, key: bytes | Broadcast) -> DataFrame:
+    """Pseudonym -> the shop's own user id; only final outputs (predictions, recommendations) do this.
+
+    The identity map holds the raw ids encrypted (``prepare.identity_map``): only the rows of the
+    users in ``df`` are decrypted, with ``key`` (``privacy.identity_map_key``), a broadcast of it."""
+    users = df.select(C.USER_ID).distinct()
+    raw = (identity.join(users, C.USER_ID, "left_semi")
+           .select(C.USER_ID, decrypt_id(RAW_USER_ID, C.USER_ID, key).alias(RAW_USER_ID)))
+    return df.join(raw, C.USER_ID).drop(C.USER_ID).withColumnRenamed(RAW_USER_ID, C.USER_ID)
 
 
 def item_categories(spark: SparkSession, config: Config) -> DataFrame | None:
@@ -198,15 +205,16 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
         predictions = rows if predictions is None else predictions.unionByName(rows)
     predictions_path = str(config.outputs_dir / "evaluation" / "predictions")
     identity = read_table(spark, config.table_path(C.BRONZE, IDENTITY_MAP))
+    identity_key = broadcast_key(identity_map_key(config.privacy.secret_scope))
     # Re-running the evaluation of one run replaces that run's rows and nothing else.
-    (with_original_user_id(predictions, identity).write.format("delta").mode("overwrite")
+    (with_original_user_id(predictions, identity, identity_key).write.format("delta").mode("overwrite")
      .option("replaceWhere", f"{C.RUN_ID} = '{run[C.RUN_ID]}'").save(predictions_path))
     if TIFU in rankings:
         rankings[TIFU].unpersist()  # tifu_knn returns its lists persisted
 
     stored = read_table(spark, predictions_path).filter(F.col(C.RUN_ID) == run[C.RUN_ID])
     # With the items each user had before the test period: the repeat / explore split needs them.
-    relevant = with_original_user_id(queries.select(C.USER_ID, C.RELEVANT, C.SEEN), identity)
+    relevant = with_original_user_id(queries.select(C.USER_ID, C.RELEVANT, C.SEEN), identity, identity_key)
     ks = sorted({*REPORT_KS, k})
     at_k: dict[int, dict[str, dict[str, float]]] = {kk: {} for kk in ks}
     if ev.sampled_negatives:

@@ -11,14 +11,17 @@ in ``recspark.pipeline.sessions``); the bots found are kept in the silver table 
 """
 from __future__ import annotations
 
+from pyspark import Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recspark import constants as C
 from recspark.config import Config
-from recspark.pipeline.privacy import pseudonym_key, pseudonymise
+from recspark.pipeline.privacy import (
+    IDENTITY_KEY_INFO, broadcast_key, derive_key, encrypt_id, pseudonym_key, pseudonymise,
+)
 from recspark.pipeline.sessions import filter_bots, find_bots, with_gap_sessions
-from recspark.utils.delta import merge_into, overwrite_table, read_table, table_exists
+from recspark.utils.delta import merge_into, overwrite_table, purge_history, read_table, table_exists
 
 UNKNOWN = "unknown"
 IDENTITY_MAP = "identity_map"
@@ -48,7 +51,7 @@ def with_catalogue_price(events: DataFrame, items: DataFrame) -> DataFrame:
             .withColumn(C.PRICE, F.coalesce(C.PRICE, "_catalogue_price")).drop("_catalogue_price"))
 
 
-def with_pseudonymous_users(df: DataFrame, key: bytes) -> DataFrame:
+def with_pseudonymous_users(df: DataFrame, key: bytes | Broadcast) -> DataFrame:
     return df.withColumn(C.USER_ID, pseudonymise(C.USER_ID, key))
 
 
@@ -66,7 +69,7 @@ def coarsen_age(age: str) -> F.Column:
     return F.when(years.isNotNull(), F.concat(decade.cast("string"), F.lit("-"), (decade + 9).cast("string"))).otherwise(F.col(age))
 
 
-def prepare_users(users: DataFrame, key: bytes) -> DataFrame:
+def prepare_users(users: DataFrame, key: bytes | Broadcast) -> DataFrame:
     """Quasi-identifiers coarsened: ages to ranges, regions (zip codes) to a 3-character prefix."""
     return (users.transform(lambda df: with_pseudonymous_users(df, key))
             .withColumn(C.AGE, coarsen_age(C.AGE))
@@ -75,17 +78,42 @@ def prepare_users(users: DataFrame, key: bytes) -> DataFrame:
             .drop(C.SOURCE_FILE, C.SOURCE_ROW))
 
 
-def identity_map(events: DataFrame, users: DataFrame | None, key: bytes) -> DataFrame:
-    """raw user id <-> pseudonym, for every user seen; the only link back, kept in bronze."""
+def identity_map(events: DataFrame, users: DataFrame | None, key: bytes | Broadcast,
+                 identity_key: bytes | Broadcast) -> DataFrame:
+    """pseudonym <-> raw user id, for every user seen; the only link back, kept in bronze.
+
+    ``raw_user_id`` is AES-GCM ciphertext under ``identity_key`` with the pseudonym as associated
+    data (``privacy.encrypt_id``): without the key the table holds pseudonyms and random bytes."""
     raw = events.select(C.USER_ID)
     if users is not None:
         raw = raw.unionByName(users.select(C.USER_ID))
-    raw = raw.distinct()
-    return raw.select(F.col(C.USER_ID).alias(RAW_USER_ID), pseudonymise(C.USER_ID, key).alias(C.USER_ID))
+    raw = raw.distinct().withColumn("_pseudonym", pseudonymise(C.USER_ID, key))
+    return raw.select(encrypt_id(C.USER_ID, "_pseudonym", identity_key).alias(RAW_USER_ID),
+                      F.col("_pseudonym").alias(C.USER_ID))
+
+
+def encrypt_plain_identity_map(spark: SparkSession, path: str, identity_key: bytes | Broadcast) -> bool:
+    """An identity map written before encryption (``raw_user_id`` as text) is encrypted in place,
+    and its history purged: the plain-text files and the log's column statistics, which hold raw ids,
+    would otherwise stay. True if it did so."""
+    if not table_exists(spark, path):
+        return False
+    plain = read_table(spark, path)
+    if dict(plain.dtypes)[RAW_USER_ID] != "string":
+        return False
+    print(f"prepare: WARNING: {path} holds raw user ids in plain text; encrypting it and purging its "
+          f"history (time travel to its older versions is lost)")
+    # Materialised first: the overwrite replaces the files this reads.
+    rows = plain.select(encrypt_id(RAW_USER_ID, C.USER_ID, identity_key).alias(RAW_USER_ID), C.USER_ID).localCheckpoint()
+    overwrite_table(rows, path)
+    purge_history(spark, path, retention_hours=0.0)
+    return True
 
 
 def prepare(spark: SparkSession, config: Config) -> dict:
-    key = pseudonym_key(config.privacy.secret_scope)
+    secret = pseudonym_key(config.privacy.secret_scope)
+    # One broadcast per key for the whole stage (every UDF of it ships the same two ids).
+    key, identity_key = broadcast_key(secret), broadcast_key(derive_key(secret, IDENTITY_KEY_INFO))
     events = read_table(spark, config.table_path(C.BRONZE, C.EVENTS))
     items = read_table(spark, config.table_path(C.BRONZE, C.ITEMS))
     users_path = config.table_path(C.BRONZE, C.USERS)
@@ -98,8 +126,11 @@ def prepare(spark: SparkSession, config: Config) -> dict:
                      .transform(lambda df: with_gap_sessions(df, config.prepare.session_gap_minutes)))
     # Read twice (bot detection, then the write): computed once from bronze.
     silver_events = silver_events.persist()
-    identity = identity_map(events, users, key)
-    merge_into(spark, identity, config.table_path(C.BRONZE, IDENTITY_MAP), [RAW_USER_ID])
+    identity_path = config.table_path(C.BRONZE, IDENTITY_MAP)
+    encrypt_plain_identity_map(spark, identity_path, identity_key)
+    # Keyed on the pseudonym: the ciphertext differs on every run (a fresh nonce), the pseudonym of a
+    # raw id does not, so a re-run inserts nothing.
+    merge_into(spark, identity_map(events, users, key, identity_key), identity_path, [C.USER_ID])
     bots_path = config.table_path(C.SILVER, BOTS)
     overwrite_table(find_bots(silver_events, config.prepare.bot_rate_multiple, config.prepare.bot_percentile,
                               config.prepare.bot_max_events_per_day), bots_path)

@@ -1,4 +1,6 @@
-"""Pseudonymisation: user ids become a keyed hash (HMAC-SHA256) in silver and everything after it.
+"""Pseudonymisation: user ids become a keyed hash (HMAC-SHA256) in silver and everything after it;
+the identity map (pseudonym -> raw id) keeps the raw id encrypted (AES-256-GCM, key derived from the
+same secret).
 
 The key never lives in the repository: it comes from the environment variable
 ``RECSPARK_PSEUDONYM_KEY``, or on Databricks from a secret scope, or (for a laptop try-out only) from
@@ -13,7 +15,8 @@ from either pad. So the HMAC is a pandas UDF (vectorised over Arrow batches) tha
 ``hmac``, and the key reaches the executors only through a Spark broadcast variable: the plan holds
 the UDF's name, the pickled function holds the broadcast's id, and neither the key nor anything
 derived from it is in a plan or an event log (tests/test_privacy_key.py checks both). Broadcasts
-need a SparkContext, so this does not run on Spark Connect.
+need a SparkContext, so this does not run on Spark Connect. The identity map's encryption below
+follows the same pattern for the same reason.
 """
 from __future__ import annotations
 
@@ -96,3 +99,91 @@ def hmac_sha256(column: Column | str, key: bytes | Broadcast) -> Column:
 def pseudonymise(column: Column | str, key: bytes | Broadcast) -> Column:
     """The pseudonym of a user id: a short prefix marks it as such, 24 hex chars keep it unique."""
     return F.concat(F.lit(PSEUDONYM_PREFIX), F.substring(hmac_sha256(column, key), 1, PSEUDONYM_HEX_CHARS))
+
+
+# --- The identity map's encryption ---------------------------------------------------------------------
+#
+# raw_user_id is stored as AES-256-GCM ciphertext in exactly the layout of Spark's
+# ``aes_encrypt(raw, key, 'GCM', 'DEFAULT', aad)``: a random 12-byte nonce, the ciphertext, the 16-byte
+# tag; so ``aes_decrypt`` with the key opens it (tests/test_identity_map.py checks this). Spark's
+# function itself is not used because its key would be a literal of the plan (see above); the same
+# pandas-UDF-with-a-broadcast pattern as the HMAC does the work, with the ``cryptography`` package.
+# The additional authenticated data is the row's pseudonym, so a ciphertext moved to another row
+# (someone with write access redirecting one person's recommendations to another) fails to decrypt.
+# Random nonces are safe for up to 2**32 encryptions under one key (NIST SP 800-38D), far beyond the
+# number of users; one key per pseudonym secret.
+
+IDENTITY_KEY_INFO = b"recspark/identity_map/raw_user_id/aes-256-gcm/v1"
+NONCE_BYTES = 12
+
+
+def derive_key(secret: bytes, info: bytes, length: int = 32) -> bytes:
+    """HKDF-SHA256 (RFC 5869, no salt) of the secret for one purpose (``info``): keys for different
+    purposes are independent, and none reveals the secret."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(secret)
+
+
+def identity_map_key(secret_scope: str | None = None) -> bytes:
+    """The identity map's AES-256 key: derived from the pseudonym key (same sources, one secret to
+    manage), under its own label so that it is not the HMAC key."""
+    return derive_key(pseudonym_key(secret_scope), IDENTITY_KEY_INFO)
+
+
+def encrypt_udf(key: Broadcast):
+    """A pandas UDF: (plain text, associated data) -> nonce || AES-GCM ciphertext || tag (null stays null).
+
+    Non-deterministic (a fresh random nonce per row), so Spark never re-evaluates it expecting the
+    same value, and Delta's MERGE materialises a source that holds it."""
+    def aes_gcm_encrypt(plain: pd.Series, associated: pd.Series) -> pd.Series:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        cipher = AESGCM(key.value)
+
+        def one(text: str | None, aad: str | None) -> bytes | None:
+            if text is None:
+                return None
+            nonce = os.urandom(NONCE_BYTES)
+            return nonce + cipher.encrypt(nonce, text.encode("utf-8"), None if aad is None else aad.encode("utf-8"))
+
+        return pd.Series([one(t, a) for t, a in zip(plain, associated)], index=plain.index, dtype=object)
+
+    return F.pandas_udf(aes_gcm_encrypt, "binary").asNondeterministic()
+
+
+def decrypt_udf(key: Broadcast):
+    """A pandas UDF: (nonce || ciphertext || tag, associated data) -> plain text. A wrong key, a
+    changed byte or another row's associated data raises (AES-GCM authenticates), never a wrong id."""
+    def aes_gcm_decrypt(sealed: pd.Series, associated: pd.Series) -> pd.Series:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        cipher = AESGCM(key.value)
+
+        def one(blob: bytes | None, aad: str | None) -> str | None:
+            if blob is None:
+                return None
+            blob = bytes(blob)
+            return cipher.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:],
+                                  None if aad is None else aad.encode("utf-8")).decode("utf-8")
+
+        return pd.Series([one(b, a) for b, a in zip(sealed, associated)], index=sealed.index, dtype=object)
+
+    return F.pandas_udf(aes_gcm_decrypt, "string")
+
+
+def _column(column: Column | str) -> Column:
+    return F.col(column) if isinstance(column, str) else column
+
+
+def encrypt_id(column: Column | str, associated: Column | str, key: bytes | Broadcast) -> Column:
+    """AES-256-GCM of a string column (UTF-8) bound to ``associated`` (e.g. the row's pseudonym)."""
+    shared = key if isinstance(key, Broadcast) else broadcast_key(key)
+    return encrypt_udf(shared)(_column(column), _column(associated))
+
+
+def decrypt_id(column: Column | str, associated: Column | str, key: bytes | Broadcast) -> Column:
+    """The plain text of an ``encrypt_id`` column; fails on a wrong key or associated data."""
+    shared = key if isinstance(key, Broadcast) else broadcast_key(key)
+    return decrypt_udf(shared)(_column(column), _column(associated))
