@@ -27,8 +27,12 @@ JARS_DIR = Path(os.environ.get("RECSPARK_JARS_DIR", Path(__file__).resolve().par
 
 # A job without --verbose: Spark's own log lines from ERROR up only, from the JVM's first line on
 # (setLogLevel comes too late for the start-up warnings), in Spark's format, stack traces in full.
+# The PySpark gateway's own logger set to the root's level keeps Spark from switching a Python
+# driver to WARN at start ("Setting default log level to WARN").
 QUIET_LOG4J2 = """\
 rootLogger.level = error
+logger.pygateway.name = org.apache.spark.api.python.PythonGatewayServer
+logger.pygateway.level = error
 rootLogger.appenderRef.stderr.ref = console
 appender.console.type = Console
 appender.console.name = console
