@@ -53,9 +53,25 @@ def quiet_log4j2_file() -> Path:
 
 
 def set_log_level(spark: SparkSession, verbose: bool) -> None:
-    """Spark's (and py4j's) own logging: WARN with ``verbose``, else ERROR. Errors always show in full."""
+    """Spark's (and py4j's) own logging: WARN with ``verbose``, else ERROR; quiet also keeps
+    TensorFlow's C++ start-up lines out (unless TF_CPP_MIN_LOG_LEVEL is set) and Horovod's launch
+    commands (:func:`logs_warnings`). Errors always show in full."""
     spark.sparkContext.setLogLevel("WARN" if verbose else "ERROR")
     logging.getLogger("py4j").setLevel(logging.WARNING if verbose else logging.ERROR)
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def logs_warnings(spark: SparkSession | None = None) -> bool:
+    """Whether Spark's log level lets warnings through (a job run with ``--verbose``); libraries that
+    print on their own (Horovod's launcher) follow it. Without a session: True."""
+    from pyspark import SparkContext
+
+    context = spark.sparkContext if spark is not None else SparkContext._active_spark_context
+    if context is None:
+        return True
+    level = context._jvm.org.apache.logging.log4j.LogManager.getRootLogger().getLevel()
+    return level.isLessSpecificThan(context._jvm.org.apache.logging.log4j.Level.WARN)
 
 
 def delta_jars(jars_dir: Path = JARS_DIR) -> list[str]:

@@ -10,6 +10,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from recspark.config import Config, load_config
+from recspark.session import logs_warnings
 from recspark.stages import STAGES, select_stages
 from recspark.utils.jobs import job_parser, last_stage_seconds, release_cached, run_job
 
@@ -101,13 +102,14 @@ def test_a_job_logs_spark_errors_only_unless_verbose(spark: SparkSession, tmp_pa
     try:
         assert run_job("summary", body, argv) == {"rows": "none"}
         assert seen[-1] == (spark, "ERROR")  # the job reuses the session, quiet from before its body runs
+        assert not logs_warnings(spark)  # Horovod's launcher follows: no launch commands printed
         out = capsys.readouterr().out
         assert out.startswith("== summary (completejourney) ...\n")
         assert "== recspark summary (completejourney) done in" in out and "rows: none" in out
         # The next run's start line says how long this one took.
         assert set(last_stage_seconds(load_config(None, overrides))) == {"summary"}
         run_job("summary", body, argv + ["--verbose"])
-        assert seen[-1][1] == "WARN"
+        assert seen[-1][1] == "WARN" and logs_warnings(spark)
         assert "== summary (completejourney), last run " in capsys.readouterr().out
     finally:
         spark.sparkContext.setLogLevel("ERROR")
