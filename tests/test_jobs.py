@@ -124,3 +124,14 @@ def test_release_cached_drops_cached_dataframes_and_persisted_rdds(spark: SparkS
     assert not cache_manager.isEmpty() and len(spark.sparkContext._jsc.getPersistentRDDs()) > 0
     release_cached(spark)
     assert cache_manager.isEmpty() and len(spark.sparkContext._jsc.getPersistentRDDs()) == 0
+
+
+def test_a_failing_stage_says_so_and_raises_its_error(spark: SparkSession, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    def body(session: SparkSession, config: Config) -> dict:
+        raise ValueError("no events at all")
+
+    with pytest.raises(ValueError, match="no events at all"):
+        run_job("prepare", body, CONF + ["--set", f"paths.reports={tmp_path}/reports"])
+    assert "== recspark prepare (completejourney) FAILED after" in capsys.readouterr().out
+    spark.sparkContext.setLogLevel("ERROR")

@@ -154,11 +154,16 @@ def run_stage(spark: SparkSession, config: Config, stage: str, body: StageFn, *,
     if started is None:
         stage_started(config, stage)
         started = time.perf_counter()
-    if heartbeat:
-        with Heartbeat(spark, stage, expected):
+    try:
+        if heartbeat:
+            with Heartbeat(spark, stage, expected):
+                summary = body(spark, config)
+        else:
             summary = body(spark, config)
-    else:
-        summary = body(spark, config)
+    except BaseException:
+        print(f"\n== recspark {stage} ({config.run_name}) FAILED after {time.perf_counter() - started:.1f} s "
+              "(the error follows)", flush=True)
+        raise
     seconds = time.perf_counter() - started
     _record_stage_seconds(config, stage, seconds)
     print_summary(stage, config, summary, seconds, spark.sparkContext.master)
