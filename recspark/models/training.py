@@ -357,8 +357,15 @@ def _task_slots(spark: SparkSession) -> int:
 
 
 def _worker_env() -> dict[str, str]:
-    """Environment added to every Horovod process on top of its Spark worker's."""
+    """Environment added to every Horovod process on top of its Spark worker's. Unless Spark logs
+    warnings (a --verbose run), the libraries' FutureWarnings and DeprecationWarnings (Petastorm on
+    pyarrow: a dozen lines per rank) stay out of the output."""
+    from recspark.session import logs_warnings
+
+    quiet = {} if logs_warnings() or "PYTHONWARNINGS" in os.environ else {
+        "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning"}
     return {
+        **quiet,
         "TF_USE_LEGACY_KERAS": "1",
         "PYTHONUNBUFFERED": "1",  # progress lines arrive as they happen, not at exit
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1"),
