@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -53,13 +54,16 @@ def quiet_log4j2_file() -> Path:
 
 
 def set_log_level(spark: SparkSession, verbose: bool) -> None:
-    """Spark's (and py4j's) own logging: WARN with ``verbose``, else ERROR; quiet also keeps
-    TensorFlow's C++ start-up lines out (unless TF_CPP_MIN_LOG_LEVEL is set) and Horovod's launch
-    commands (:func:`logs_warnings`). Errors always show in full."""
+    """Spark's (and py4j's) own logging: WARN with ``verbose``, else ERROR; quiet also keeps out
+    TensorFlow's C++ info lines (unless TF_CPP_MIN_LOG_LEVEL is set), the driver's FutureWarnings and
+    DeprecationWarnings and Horovod's launch commands (:func:`logs_warnings`). Errors always show in full."""
     spark.sparkContext.setLogLevel("WARN" if verbose else "ERROR")
     logging.getLogger("py4j").setLevel(logging.WARNING if verbose else logging.ERROR)
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # The libraries' notices about their own future (Petastorm on pyarrow, pandas): not ours to act on.
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category)
 
 
 def logs_warnings(spark: SparkSession | None = None) -> bool:
