@@ -135,3 +135,30 @@ def test_a_failing_stage_says_so_and_raises_its_error(spark: SparkSession, tmp_p
         run_job("prepare", body, CONF + ["--set", f"paths.reports={tmp_path}/reports"])
     assert "== recspark prepare (completejourney) FAILED after" in capsys.readouterr().out
     spark.sparkContext.setLogLevel("ERROR")
+
+
+def test_run_pipeline_runs_the_selected_stages_in_order_with_replaced_bodies(spark: SparkSession, tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture) -> None:
+    """What tests/test_pipeline.py relies on: the selected stages run in order on the one session,
+    a stage's function can be replaced (the shop's own ingest), and the closing line times each."""
+    from recspark.stages import run_pipeline
+
+    config = load_config([str(ROOT / "conf" / "local.yaml")], [f"paths.reports={tmp_path}/reports"])
+    ran = []
+
+    def fake(name: str):
+        def body(session: SparkSession, conf: Config) -> dict:
+            assert session is spark and conf is config
+            spark.range(3).persist().count()  # left cached on purpose: released after the stage
+            ran.append(name)
+            return {"stage": name}
+        return body
+
+    summaries = run_pipeline(spark, config, select_stages(stop="prepare"),
+                             bodies={"ingest": fake("ingest"), "prepare": fake("prepare")})
+    assert ran == ["ingest", "prepare"] and summaries == {"ingest": {"stage": "ingest"}, "prepare": {"stage": "prepare"}}
+    assert spark._jsparkSession.sharedState().cacheManager().isEmpty()
+    out = capsys.readouterr().out
+    assert out.index("== ingest (completejourney) ...") < out.index("== prepare (completejourney) ...")
+    assert "== recspark pipeline (completejourney) done in" in out.splitlines()[-1]
+    assert "ingest" in out.splitlines()[-1] and "prepare" in out.splitlines()[-1]

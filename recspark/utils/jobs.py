@@ -97,7 +97,7 @@ class Heartbeat:
     def line(self) -> str:
         elapsed = time.perf_counter() - self.started
         text = f"   {self.stage}: {short_duration(elapsed)} elapsed"
-        if self.expected:
+        if self.expected is not None:
             left = self.expected - elapsed
             text += f", ~{short_duration(left)} left (last run {short_duration(self.expected)})" if left > 0 else \
                 f", longer than the last run ({short_duration(self.expected)})"
@@ -140,7 +140,7 @@ def print_summary(stage: str, config: Config, summary: dict, seconds: float, mas
 def stage_started(config: Config, stage: str) -> None:
     """The stage's start line, with its time in the last run when there was one."""
     expected = last_stage_seconds(config).get(stage)
-    print(f"== {stage} ({config.run_name})" + (f", last run {short_duration(expected)}" if expected else "") + " ...",
+    print(f"== {stage} ({config.run_name})" + (f", last run {short_duration(expected)}" if expected is not None else "") + " ...",
           flush=True)
 
 
