@@ -7,6 +7,9 @@ DATASET_CONF := $(wildcard conf/datasets/$(DATASET).yaml)
 LAYERS ?=
 CONF := --conf-file conf/local.yaml $(if $(DATASET_CONF),--conf-file $(DATASET_CONF),--set dataset.name=$(DATASET)) $(foreach f,$(LAYERS),--conf-file $(f)) $(foreach s,$(SET),--set $(s))
 STAGES := ingest prepare features train evaluate score
+# VERBOSE=1: Spark's warnings and progress bars; FROM=<stage> / ONLY="<stage> ...": part of `make run`.
+JOB_FLAGS := $(if $(VERBOSE),--verbose)
+PIPELINE_FLAGS := $(JOB_FLAGS) $(if $(FROM),--from $(FROM)) $(if $(ONLY),--stages "$(ONLY)")
 export TF_USE_LEGACY_KERAS := 1
 export PYTHONUNBUFFERED := 1
 
@@ -18,17 +21,19 @@ setup:
 test:
 	$(PY) -m pytest tests
 
-run: $(STAGES) summary
+# Every stage in one Spark application (jobs/pipeline.py); `make <stage>` runs one on its own.
+run:
+	$(PY) jobs/pipeline.py $(CONF) $(PIPELINE_FLAGS)
 
 # The full comparison behind the README's tables: the ablations and the other models beside the served one.
 compare:
 	$(MAKE) run LAYERS="conf/compare.yaml $(LAYERS)"
 
 $(STAGES):
-	$(PY) jobs/$@.py $(CONF)
+	$(PY) jobs/$@.py $(CONF) $(JOB_FLAGS)
 
 summary:
-	$(PY) jobs/summary.py $(CONF)
+	$(PY) jobs/summary.py $(CONF) $(JOB_FLAGS)
 
 # Erase people from every table of DATASET (README "Erasure"): make forget IDS="1001 1002" or IDS_FILE=ids.txt
 forget:

@@ -7,7 +7,7 @@ from recspark.utils.jobs import run_job
 
 
 def main() -> None:
-    run_job("train", train_stage)
+    run_job("train", train_stage, heartbeat=False)  # rank 0 prints every epoch
 
 
 if __name__ == "__main__":

@@ -37,17 +37,20 @@ from recspark import constants as C
 SEEN_IDX = C.SEEN_IDX  # named here too: the scorer's input column beside the model's
 TOP_K_SCHEMA = "items array<int>, scores array<float>, confidences array<float>"
 
-# One loaded model per model directory per Python worker (Spark reuses workers between tasks).
-_MODELS: dict[str, object] = {}
+# One loaded model per model directory per Python worker (Spark reuses workers between tasks, and
+# between stages of one application: jobs/pipeline.py), with the export's modification time, so a
+# model trained again in the same application is loaded again rather than served from the cache.
+_MODELS: dict[str, tuple[int, object]] = {}
 
 
 def _load(model_dir: str):
-    if model_dir not in _MODELS:
-        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-        from recspark.models.training import load_model
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    from recspark.models.training import MODEL_FILE, load_model
 
-        _MODELS[model_dir] = load_model(model_dir)[0]
-    return _MODELS[model_dir]
+    written = os.stat(os.path.join(model_dir, MODEL_FILE)).st_mtime_ns
+    if model_dir not in _MODELS or _MODELS[model_dir][0] != written:
+        _MODELS[model_dir] = (written, load_model(model_dir)[0])
+    return _MODELS[model_dir][1]
 
 
 def top_k_from_logits(logits: np.ndarray, k: int, excluded: list[np.ndarray] | None = None, *,
@@ -393,14 +396,17 @@ def build_plan(model, item_block: int = ITEM_BLOCK) -> ScoringPlan:
     return ScoringPlan(model, item_block)
 
 
-# One plan (the item side) per model directory and block size per Python worker, beside the model.
-_PLANS: dict[tuple[str, int], ScoringPlan] = {}
+# One plan (the item side) per model directory and block size per Python worker, beside the model,
+# rebuilt when the cached model is (a model trained again in the same application).
+_PLANS: dict[tuple[str, int], tuple[object, ScoringPlan]] = {}
 
 
 def _plan(model_dir: str, item_block: int) -> ScoringPlan:
-    if (model_dir, item_block) not in _PLANS:
-        _PLANS[(model_dir, item_block)] = build_plan(_load(model_dir), item_block)
-    return _PLANS[(model_dir, item_block)]
+    model = _load(model_dir)
+    key = (model_dir, item_block)
+    if key not in _PLANS or _PLANS[key][0] is not model:
+        _PLANS[key] = (model, build_plan(model, item_block))
+    return _PLANS[key][1]
 
 
 def item_mask(indices: Sequence[int], num_items: int) -> bytes:

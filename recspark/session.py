@@ -11,6 +11,8 @@ import importlib.metadata
 import logging
 import os
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -24,15 +26,71 @@ log = logging.getLogger(__name__)
 DELTA_PACKAGE = f"io.delta:delta-spark_4.0_2.13:{importlib.metadata.version('delta-spark')}"
 JARS_DIR = Path(os.environ.get("RECSPARK_JARS_DIR", Path(__file__).resolve().parent.parent / ".jars"))
 
+# A job without --verbose: Spark's own log lines from ERROR up only, from the JVM's first line on
+# (setLogLevel comes too late for the start-up warnings), in Spark's format, stack traces in full.
+# The PySpark gateway's own logger set to the root's level keeps Spark from switching a Python
+# driver to WARN at start ("Setting default log level to WARN").
+QUIET_LOG4J2 = """\
+rootLogger.level = error
+logger.pygateway.name = org.apache.spark.api.python.PythonGatewayServer
+logger.pygateway.level = error
+rootLogger.appenderRef.stderr.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
+"""
+
+
+def quiet_log4j2_file() -> Path:
+    """The quiet log4j2 configuration as a file the driver JVM can read at start."""
+    path = Path(tempfile.gettempdir()) / "recspark-log4j2-quiet.properties"
+    if not path.is_file() or path.read_text() != QUIET_LOG4J2:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(QUIET_LOG4J2)
+        os.replace(tmp, path)
+    return path
+
+
+def set_log_level(spark: SparkSession, verbose: bool) -> None:
+    """Spark's (and py4j's) own logging: WARN with ``verbose``, else ERROR; quiet also keeps out
+    TensorFlow's C++ info lines (unless TF_CPP_MIN_LOG_LEVEL is set), the driver's FutureWarnings and
+    DeprecationWarnings and Horovod's launch commands (:func:`logs_warnings`). Errors always show in full."""
+    spark.sparkContext.setLogLevel("WARN" if verbose else "ERROR")
+    logging.getLogger("py4j").setLevel(logging.WARNING if verbose else logging.ERROR)
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # The libraries' notices about their own future (Petastorm on pyarrow, pandas): not ours to act on.
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category)
+
+
+def logs_warnings(spark: SparkSession | None = None) -> bool:
+    """Whether Spark's log level lets warnings through (a job run with ``--verbose``); libraries that
+    print on their own (Horovod's launcher) follow it. Without a session: True."""
+    from pyspark import SparkContext
+
+    context = spark.sparkContext if spark is not None else SparkContext._active_spark_context
+    if context is None:
+        return True
+    level = context._jvm.org.apache.logging.log4j.LogManager.getRootLogger().getLevel()
+    return level.isLessSpecificThan(context._jvm.org.apache.logging.log4j.Level.WARN)
+
 
 def delta_jars(jars_dir: Path = JARS_DIR) -> list[str]:
     return sorted(glob.glob(str(jars_dir / "*.jar")))
 
 
-def get_spark(config: SparkConfig | None = None) -> SparkSession:
-    """Returns the active SparkSession, or builds a local one with Delta Lake configured."""
+def get_spark(config: SparkConfig | None = None, *, verbose: bool = False) -> SparkSession:
+    """Returns the active SparkSession, or builds a local one with Delta Lake configured.
+
+    Without ``verbose`` Spark logs errors only and shows no console progress bars (the jobs print
+    their own lines); an existing session keeps its settings except the log level.
+    """
     active = SparkSession.getActiveSession()
     if active is not None:
+        set_log_level(active, verbose)
         return active
     config = config or SparkConfig()
     # Spark's Python workers must run the same interpreter as the driver (the project's venv).
@@ -49,7 +107,7 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.databricks.delta.snapshotPartitions", "2")
-        .config("spark.ui.showConsoleProgress", "true")
+        .config("spark.ui.showConsoleProgress", "true" if verbose else "false")
     )
     if not submitted:
         builder = builder.master(config.master).config("spark.driver.memory", config.driver_memory)
@@ -59,10 +117,15 @@ def get_spark(config: SparkConfig | None = None) -> SparkSession:
         else:
             log.warning("no Delta jars in %s (run `make setup`); resolving %s from Maven", JARS_DIR, DELTA_PACKAGE)
             builder = builder.config("spark.jars.packages", DELTA_PACKAGE)
-    for key, value in config.extra.items():
+    extra = dict(config.extra)
+    if not verbose and not submitted:  # under spark-submit the driver JVM has started already
+        java_options = [f"-Dlog4j2.configurationFile={quiet_log4j2_file().as_uri()}",
+                        str(extra.pop("spark.driver.extraJavaOptions", ""))]
+        builder = builder.config("spark.driver.extraJavaOptions", " ".join(filter(None, java_options)))
+    for key, value in extra.items():
         builder = builder.config(key, str(value))
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    set_log_level(spark, verbose)
     return spark
 
 

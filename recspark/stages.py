@@ -5,8 +5,8 @@ The summary is what a person wants at the end of a stage: what was written, how 
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
+from typing import Mapping, Sequence
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -21,7 +21,7 @@ from recspark.pipeline.prepare import IDENTITY_MAP, prepare
 from recspark.pipeline.privacy import identity_map_key
 from recspark.scoring import recommend_indices, with_model_inputs
 from recspark.utils.delta import read_table, row_count, table_exists, table_version
-from recspark.utils.jobs import new_run_id, write_json
+from recspark.utils.jobs import StageFn, new_run_id, release_cached, run_stage, write_json
 
 
 def ingest_stage(spark: SparkSession, config: Config, sources: RawSources | None = None) -> dict:
@@ -220,3 +220,53 @@ def summary_stage(spark: SparkSession, config: Config) -> dict:
     for model in config.train.models:
         summary[f"model {model}"] = str(config.model_dir(model))
     return summary
+
+
+# The stages in pipeline order (``make run`` and jobs/pipeline.py run them all in one application).
+STAGES: dict[str, StageFn] = {
+    "ingest": ingest_stage,
+    "prepare": prepare_stage,
+    "features": features_stage,
+    "train": train_stage,
+    "evaluate": evaluate_stage,
+    "score": score_stage,
+    "summary": summary_stage,
+}
+# Stages that print their own progress (training: rank 0's epoch lines) get no heartbeat.
+OWN_PROGRESS = ("train",)
+
+
+def select_stages(stages: Sequence[str] | None = None, *, start: str | None = None, stop: str | None = None) -> list[str]:
+    """The stages to run, in pipeline order: ``stages`` (names, in any order), or every stage from
+    ``start`` through ``stop`` (both optional: all by default). Unknown names raise ValueError."""
+    names = list(STAGES)
+    for name in [*(stages or []), *(n for n in (start, stop) if n)]:
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r} (stages: {', '.join(names)})")
+    if stages:
+        if start or stop:
+            raise ValueError("give either the stages or a range (start / stop), not both")
+        return [name for name in names if name in stages]
+    first = names.index(start) if start else 0
+    last = names.index(stop) if stop else len(names) - 1
+    if first > last:
+        raise ValueError(f"stage {start!r} comes after {stop!r} (order: {', '.join(names)})")
+    return names[first:last + 1]
+
+
+def run_pipeline(spark: SparkSession, config: Config, stages: Sequence[str] | None = None,
+                 bodies: Mapping[str, StageFn] | None = None) -> dict[str, dict]:
+    """Runs ``stages`` (default: all, in pipeline order) one after another on the same session, each
+    with its start line, heartbeat and summary, releasing cached data between stages; closes with
+    each stage's time. ``bodies`` replaces stage functions by name (a test's own ingest sources).
+    Returns each stage's summary."""
+    bodies = {**STAGES, **(bodies or {})}
+    summaries: dict[str, dict] = {}
+    seconds: dict[str, float] = {}
+    for stage in select_stages(stages):
+        summaries[stage], seconds[stage] = run_stage(spark, config, stage, bodies[stage],
+                                                     heartbeat=stage not in OWN_PROGRESS)
+        release_cached(spark)
+    print(f"== recspark pipeline ({config.run_name}) done in {sum(seconds.values()):.1f} s: "
+          + ", ".join(f"{stage} {value:.1f} s" for stage, value in seconds.items()), flush=True)
+    return summaries

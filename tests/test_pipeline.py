@@ -19,9 +19,7 @@ from pyspark.sql import functions as F
 from recspark import constants as C
 from recspark.config import Config, load_config
 from recspark.datasets import RawSources
-from recspark.stages import (
-    evaluate_stage, features_stage, ingest_stage, prepare_stage, score_stage, summary_stage, train_stage,
-)
+from recspark.stages import STAGES, features_stage, ingest_stage, prepare_stage, run_pipeline, select_stages
 
 USERS, ITEMS, K = 24, 12, 3
 
@@ -71,13 +69,13 @@ def snapshot(spark: SparkSession, config: Config) -> dict[str, list]:
 
 @pytest.fixture(scope="module")
 def ran(spark: SparkSession, config: Config) -> dict:
-    summaries = {"ingest": ingest_stage(spark, config, shop(spark))}
-    for name, stage in [("prepare", prepare_stage), ("features", features_stage)]:
-        summaries[name] = stage(spark, config)
+    """The stages as `make run` runs them (jobs/pipeline.py's run_pipeline, one session), with the
+    shop's own sources for ingest; the tables are snapshotted after features."""
+    shop_ingest = {"ingest": lambda session, conf: ingest_stage(session, conf, shop(session))}
+    summaries = run_pipeline(spark, config, select_stages(stop="features"), bodies=shop_ingest)
     summaries["tables"] = snapshot(spark, config)
-    for name, stage in [("train", train_stage), ("evaluate", evaluate_stage), ("score", score_stage),
-                        ("summary", summary_stage)]:
-        summaries[name] = stage(spark, config)
+    summaries.update(run_pipeline(spark, config, select_stages(start="train")))
+    assert list(summaries) == [*STAGES][:3] + ["tables"] + [*STAGES][3:]
     return summaries
 
 

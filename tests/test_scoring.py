@@ -126,3 +126,19 @@ def test_most_popular_skips_seen_items(spark: SparkSession) -> None:
     assert got == {("u1", 1): ("b", 40.0), ("u1", 2): ("d", 20.0), ("u2", 1): ("a", 50.0), ("u2", 2): ("b", 40.0)}
     with_seen = most_popular(vocab, queries, k=2, exclude_seen=False).collect()
     assert sorted((r[C.USER_ID], r[C.ITEM_ID]) for r in with_seen) == [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b")]
+
+
+def test_the_model_cache_reloads_a_model_trained_again(tmp_path: Path) -> None:
+    """Python workers live as long as the Spark application (jobs/pipeline.py runs every stage in one):
+    a model exported again under the same directory must not be served from the cache."""
+    import os
+
+    from recspark.scoring import _load
+
+    folder = _save(tmp_path, "mean_pool")
+    first = _load(str(folder))
+    assert _load(str(folder)) is first
+    stat = (folder / "model.keras").stat()
+    _save(tmp_path, "mean_pool")
+    os.utime(folder / "model.keras", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # a later export
+    assert _load(str(folder)) is not first

@@ -480,8 +480,12 @@ def horovod_launcher() -> tuple[str, Callable[..., list]]:
 
         import horovod.spark
 
+        from recspark.session import logs_warnings
+
+        # verbose=1 prints every rank's launch command (a long pickled blob) and Horovod's info
+        # lines: only with --verbose. A failed rank is reported either way.
         return horovod.spark.run(fn, kwargs=kwargs, num_proc=num_proc, env=env, stdout=sys.stdout,
-                                 stderr=sys.stderr, verbose=1)
+                                 stderr=sys.stderr, verbose=1 if logs_warnings() else 0)
     return "horovod.spark.run", run_spark
 
 

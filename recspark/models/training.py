@@ -47,6 +47,7 @@ from recspark.constants import TARGET
 from recspark.feed import make_converter, training_batches
 from recspark.models import lifecycle
 from recspark.models import ModelSpec, build_model, model_inputs, require_legacy_keras
+from recspark.utils.jobs import short_duration
 
 if TYPE_CHECKING:
     import numpy as np
@@ -62,6 +63,8 @@ RETURN_WEIGHTS_MAX_PARAMS = 2_000_000
 # Petastorm reader threads per training process: two processes share a 2-core machine here.
 READER_WORKERS = 2
 SHUFFLE_CAPACITY = 1024
+# Rank 0 prints a progress line inside an epoch at most this often (seconds).
+PROGRESS_SECONDS = 60.0
 
 # The training processes inherit the Spark Python worker's environment, which was fixed when the
 # driver's JVM started. Set it here too for a driver that has not imported `recspark` first; and
@@ -145,31 +148,45 @@ def _pin_devices(hvd: Any) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
-def _progress_callback(epochs: int, batch_end_times: Optional[list[float]] = None) -> "tf.keras.callbacks.Callback":
-    """Rank 0's epoch lines; with ``batch_end_times``, also appends the time at every batch end to it."""
+def _progress_callback(epochs: int, batch_end_times: Optional[list[float]] = None, *, steps: Optional[int] = None,
+                       interval: float = PROGRESS_SECONDS) -> "tf.keras.callbacks.Callback":
+    """Rank 0's progress: one line per epoch with the time left (at most: early stopping may end
+    sooner) and, with ``steps`` (per epoch), a line every ``interval`` seconds inside a long epoch;
+    with ``batch_end_times``, also appends the time at every batch end to it."""
     import tensorflow as tf
 
     class Progress(tf.keras.callbacks.Callback):
-        """Prints one line per epoch (rank 0 only; placed after MetricAverageCallback: rank-averaged loss)."""
+        """Placed after MetricAverageCallback: the loss shown is averaged over the ranks. Horovod's
+        broadcast callback already hooks every batch, so the batch hook here costs one clock read."""
+
+        def on_train_begin(self, logs: Optional[dict] = None) -> None:
+            self.epoch_seconds: list[float] = []
 
         def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
-            self.started = time.time()
+            self.epoch, self.started, self.shown = epoch, time.time(), time.time()
+
+        def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
+            now = time.time()
+            if batch_end_times is not None:
+                batch_end_times.append(now)
+            if steps and now - self.shown >= interval and batch + 1 < steps:
+                self.shown = now
+                rate = (now - self.started) / (batch + 1)
+                print(f"   epoch {self.epoch + 1}/{epochs}: "
+                      f"{batch + 1}/{steps} steps, ~{short_duration(rate * (steps - batch - 1))} left in the epoch", flush=True)
 
         def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+            seconds = time.time() - self.started
+            self.epoch_seconds.append(seconds)
             loss = (logs or {}).get("loss", float("nan"))
             ndcg = (logs or {}).get(lifecycle.VAL_METRIC)  # set by the early-stopping callback, placed before
             shown = "" if ndcg is None else f" val_ndcg@10={ndcg:.4f}"
-            print(f"epoch {epoch + 1}/{epochs} loss={loss:.4f}{shown} seconds={time.time() - self.started:.1f}", flush=True)
+            remaining = epochs - epoch - 1
+            left = (f", at most ~{short_duration(remaining * sum(self.epoch_seconds) / len(self.epoch_seconds))} left"
+                    if remaining > 0 else "")
+            print(f"epoch {epoch + 1}/{epochs} loss={loss:.4f}{shown} seconds={seconds:.1f}{left}", flush=True)
 
-    if batch_end_times is None:
-        # No batch hook at all: Keras skips per-batch callback work when no callback overrides it.
-        return Progress()
-
-    class TimedProgress(Progress):
-        def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
-            batch_end_times.append(time.time())
-
-    return TimedProgress()
+    return Progress()
 
 
 def _export(model: "tf.keras.Model", model_dir: Path, meta: dict, model_name: str, spec: ModelSpec,
@@ -251,8 +268,10 @@ def _train_fn(
         early_stopping.best_weights = best_restored
         callbacks.append(early_stopping)
     batch_end_times: list[float] = []
+    steps = _steps_per_epoch(num_rows, train_config.batch_size, size)
     if rank == 0:
-        callbacks.append(_progress_callback(train_config.epochs, batch_end_times if record_batch_times else None))
+        callbacks.append(_progress_callback(train_config.epochs, batch_end_times if record_batch_times else None,
+                                            steps=steps))
         callbacks.append(tf.keras.callbacks.ModelCheckpoint(
             str(out / CHECKPOINTS_DIR / "epoch-{epoch:03d}.weights.h5"), save_weights_only=True))
     callbacks.append(lifecycle.checkpoint_callback(str(out), state, rank=rank, early_stopping=early_stopping))
@@ -264,7 +283,6 @@ def _train_fn(
                and state.wait >= train_config.early_stopping_patience)
     epochs = initial_epoch if stopped else max(train_config.epochs, initial_epoch)
 
-    steps = _steps_per_epoch(num_rows, train_config.batch_size, size)
     started = time.time()
     with training_batches(
         converter, rank=rank, size=size, batch_size=train_config.batch_size, max_seq_len=spec.max_seq_len,
@@ -339,8 +357,15 @@ def _task_slots(spark: SparkSession) -> int:
 
 
 def _worker_env() -> dict[str, str]:
-    """Environment added to every Horovod process on top of its Spark worker's."""
+    """Environment added to every Horovod process on top of its Spark worker's. Unless Spark logs
+    warnings (a --verbose run), the libraries' FutureWarnings and DeprecationWarnings (Petastorm on
+    pyarrow: a dozen lines per rank) stay out of the output."""
+    from recspark.session import logs_warnings
+
+    quiet = {} if logs_warnings() or "PYTHONWARNINGS" in os.environ else {
+        "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning"}
     return {
+        **quiet,
         "TF_USE_LEGACY_KERAS": "1",
         "PYTHONUNBUFFERED": "1",  # progress lines arrive as they happen, not at exit
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1"),
