@@ -136,8 +136,14 @@ def test_score_stage_writes_every_user_once_and_its_rerun_replaces_its_run(spark
     out_of_stock = {FIRST + 2, FIRST + 11}
     save(spark.createDataFrame([(i, f"cat{i % 3}", 0 if i in out_of_stock else 5, 100 - i) for i in range(FIRST, num_items)],
                                "item_idx int, category string, stock long, events_all long"), C.GOLD, "item_features")
-    save(spark.createDataFrame([(f"p{u}", f"shop-{u}") for u in range(9)], "user_id string, raw_user_id string"),
-         C.BRONZE, "identity_map")
+    # The identity map as prepare writes it: the shop's id encrypted under the run's key, the pseudonym bound in.
+    from pyspark.sql import functions as F
+
+    from recspark.pipeline.privacy import encrypt_id, identity_map_key
+
+    plain = spark.createDataFrame([(f"p{u}", f"shop-{u}") for u in range(9)], "user_id string, shop_id string")
+    save(plain.select(encrypt_id("shop_id", C.USER_ID, identity_map_key(config.privacy.secret_scope)).alias("raw_user_id"),
+                      F.col(C.USER_ID)), C.BRONZE, "identity_map")
 
     # Validation and test queries: the calibration is fitted on them and stored with the model.
     queries = []
