@@ -97,7 +97,8 @@ def choose_tifu(sequences: DataFrame, vocab: DataFrame, eval_queries: DataFrame,
 
 def tifu_test_weights(sequences: DataFrame, queries: DataFrame, tuning: dict, config: Config) -> list[DataFrame]:
     """[own and neighbour weights, user vectors, neighbours] of the chosen TIFU-KNN for the test
-    queries (the sampled protocol scores every candidate with them), from the baskets before the
+    queries (its full-ranking lists and, under the sampled protocol, every candidate's score come
+    from the same weights), from the baskets before the
     test period (train + validation, as ALS's refit); all persisted, since each is read several
     times (the caller unpersists them)."""
     chosen = tuning["chosen"]
@@ -191,13 +192,15 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
     if REPEAT in baseline_names(ev.exclude_seen):
         rankings[REPEAT] = repeat_purchase(sequences, vocab, queries, kept, splits=TEST_HISTORY_SPLITS,
                                            first_item_idx=first_item_idx)
-    tifu_tuning = None
+    tifu_tuning, tifu_cached, tifu = None, [], None
     if TIFU in baseline_names(ev.exclude_seen):
         tifu_tuning = choose_tifu(sequences, vocab, eval_queries, config)
-        # Vectors and neighbours from the baskets before the test period (train + validation, as ALS's refit).
-        rankings[TIFU] = T.tifu_knn(
-            T.history_baskets(sequences, TEST_HISTORY_SPLITS, first_item_idx=first_item_idx), vocab, queries, kept,
-            ev.exclude_seen, **tifu_tuning["chosen"], similarity_items=tifu_tuning["similarity_items"])
+        # Vectors and neighbours from the baskets before the test period (train + validation, as ALS's
+        # refit), computed once: the full-ranking lists and the sampled protocol both read them.
+        tifu_cached = tifu_test_weights(sequences, queries, tifu_tuning, config)
+        tifu = (tifu_cached[0], tifu_tuning["chosen"]["alpha"])
+        rankings[TIFU] = T.top_k_with_fillers(T.top_candidates(tifu[0], queries, tifu[1], ev.exclude_seen, kept),
+                                              vocab, queries, kept, ev.exclude_seen)
     predictions = None
     for name, ranking in rankings.items():
         rows = ranking.select(F.lit(run[C.RUN_ID]).alias(C.RUN_ID), F.lit(name).alias(C.MODEL_NAME), C.USER_ID,
@@ -209,8 +212,6 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
     # Re-running the evaluation of one run replaces that run's rows and nothing else.
     (with_original_user_id(predictions, identity, identity_key).write.format("delta").mode("overwrite")
      .option("replaceWhere", f"{C.RUN_ID} = '{run[C.RUN_ID]}'").save(predictions_path))
-    if TIFU in rankings:
-        rankings[TIFU].unpersist()  # tifu_knn returns its lists persisted
 
     stored = read_table(spark, predictions_path).filter(F.col(C.RUN_ID) == run[C.RUN_ID])
     # With the items each user had before the test period: the repeat / explore split needs them.
@@ -218,7 +219,9 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
     ks = sorted({*REPORT_KS, k})
     at_k: dict[int, dict[str, dict[str, float]]] = {kk: {} for kk in ks}
     if ev.sampled_negatives:
-        at_k = sampled_evaluation(queries, vocab, sequences, config, ks, als_model, als_users, tifu_tuning)
+        at_k = sampled_evaluation(queries, vocab, sequences, config, ks, als_model, als_users, tifu)
+    for cached in tifu_cached:
+        cached.unpersist()
     beyond, repeat_explore = {}, {}
     categories = item_categories(spark, config)
     for name in rankings:
@@ -281,9 +284,9 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
 
 def sampled_evaluation(queries: DataFrame, vocab: DataFrame, sequences: DataFrame, config: Config, ks: list[int],
                        als_model: object, als_users: DataFrame,
-                       tifu_tuning: dict | None = None) -> dict[int, dict[str, dict[str, float]]]:
+                       tifu: tuple[DataFrame, float] | None = None) -> dict[int, dict[str, dict[str, float]]]:
     """``{k: {model: metrics}}`` under the sampled-negatives protocol (see :mod:`recspark.evaluation.sampled`);
-    TIFU-KNN with the chosen settings when ``tifu_tuning`` is given."""
+    TIFU-KNN when ``tifu`` = (its test weights, :func:`tifu_test_weights`, and the chosen alpha) is given."""
     ev = config.evaluate
     candidates = S.sampled_candidates(queries, vocab, ev.sampled_negatives, ev.exclude_seen, config.train.seed).persist()
     ids = vocab.select(C.ITEM_ID, C.ITEM_IDX, C.TRAIN_COUNT)
@@ -315,13 +318,10 @@ def sampled_evaluation(queries: DataFrame, vocab: DataFrame, sequences: DataFram
                           .join(own.withColumnRenamed(C.SCORE, "_own"), [C.USER_ID, C.ITEM_IDX], "left")
                           .select(C.USER_ID, C.ITEM_IDX,
                                   F.coalesce("_own", F.col(C.TRAIN_COUNT) / total).alias(C.SCORE)))
-    tifu_cached: list[DataFrame] = []
-    if tifu_tuning is not None:
+    if tifu is not None:
         # Scored items p + 1 (> 1), the rest count / (total + 1) (< 1): the full-ranking order of
         # TIFU-KNN's items first, then popular fillers.
-        tifu_cached = tifu_test_weights(sequences, queries, tifu_tuning, config)
-        p = T.predicted_scores(tifu_cached[0], queries, tifu_tuning["chosen"]["alpha"], ev.exclude_seen).withColumnRenamed(
-            C.SCORE, "_p")
+        p = T.predicted_scores(tifu[0], queries, tifu[1], ev.exclude_seen).withColumnRenamed(C.SCORE, "_p")
         scores[TIFU] = (candidates.select(C.USER_ID, F.explode(S.CANDIDATES).alias(C.ITEM_IDX))
                         .join(F.broadcast(ids), C.ITEM_IDX)
                         .join(p, [C.USER_ID, C.ITEM_IDX], "left")
@@ -332,8 +332,6 @@ def sampled_evaluation(queries: DataFrame, vocab: DataFrame, sequences: DataFram
         for kk, metrics in S.sampled_metrics(candidates, model_scores, ks).items():
             at_k[kk][name] = metrics
     candidates.unpersist()
-    for cached in tifu_cached:
-        cached.unpersist()
     return at_k
 
 
