@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import dataclasses
+import json
 import sys
 import types
 import typing
@@ -16,10 +17,12 @@ from typing import Any, Optional
 
 import yaml
 
-from recspark.constants import ItemLayout
+from recspark.constants import BASELINES, ItemLayout
 
 DATASETS = ("completejourney", "ml-1m", "synthetic", "files")
 # The models train.models may name (recspark.models registers exactly these; checked there).
+# The refit of a validation-tuned model (train.refit), under its model directory.
+REFIT_DIR = "refit"
 MODEL_NAMES = ("mean_pool", "sasrec", "towers", "dnn", "repeatnet", "repeatnet_explore", "repeatnet_next_item")
 
 
@@ -200,6 +203,12 @@ class TrainConfig:
     resume: bool = True
     # Start from the previous model version's weights (vocabulary growth: old rows kept, new ones initialised).
     warm_start: bool = False
+    # Next-basket models (gold train_baskets): once early stopping has chosen the epochs on validation,
+    # the model is fitted again from scratch on the training and validation periods (gold
+    # refit_baskets) for that many epochs, into <model_dir>/refit: evaluate's test lists and score use
+    # the refit (metrics.json "fit_on"), as ALS and TIFU-KNN use train + validation. false: the
+    # validation-chosen model itself is tested and served.
+    refit: bool = True
     # Values above that differ per model, e.g. {sasrec: {batch_size: 64, learning_rate: 0.001}}: a
     # SASRec row is a window with a prediction at every step, a towers or dnn row one prediction.
     per_model: dict = dataclasses.field(default_factory=dict)
@@ -276,6 +285,11 @@ class EvaluateConfig:
     # Remove items the user already interacted with from the ranking (right for films, wrong for
     # groceries, where re-buying is the norm).
     exclude_seen: bool = False
+    # The baselines ranked beside the learned models (recspark.constants.BASELINES). The default run
+    # keeps the cheap ones a shop compares against; make compare (conf/compare.yaml) adds the item
+    # co-occurrence, recent-popularity and ALS baselines (ALS's grid is most of their cost). The re-buy
+    # baselines (repeat_purchase, tifu_knn) are left out where seen items are excluded.
+    baselines: list = dataclasses.field(default_factory=lambda: ["most_popular", "repeat_purchase", "tifu_knn"])
     # Spark MLlib ALS baseline (implicit feedback), run on the same split.
     als_rank: int = 32
     als_reg_param: float = 0.05
@@ -430,6 +444,9 @@ class Config:
                               f"{ev.tifu_neighbours!r} / {ev.tifu_alphas!r}")
         if ev.tifu_similarity_items is not None and ev.tifu_similarity_items < 1:
             raise ConfigError(f"evaluate.tifu_similarity_items: null or >= 1, got {ev.tifu_similarity_items!r}")
+        unknown = [name for name in ev.baselines if name not in BASELINES]
+        if unknown or not ev.baselines:
+            raise ConfigError(f"evaluate.baselines: name at least one of {', '.join(BASELINES)}; unknown {unknown}")
         if not self.evaluate.als_ranks or not self.evaluate.als_reg_params:
             raise ConfigError("evaluate.als_ranks, evaluate.als_reg_params: give at least one value each")
         if self.evaluate.sampled_negatives is not None and self.evaluate.sampled_negatives <= 0:
@@ -481,6 +498,18 @@ class Config:
     def model_dir(self, model: str) -> Path:
         """Where model ``model`` of this data set is checkpointed and exported."""
         return Path(self.paths.checkpoints) / self.run_name / model
+
+    def fitted_model_dir(self, model: str) -> Path:
+        """The export that is tested and served: the refit on train + validation (``train.refit``)
+        when the train stage wrote one for the model's latest run, else the model itself."""
+        chosen = self.model_dir(model)
+        refit = chosen / REFIT_DIR
+        try:
+            same_run = (json.loads((refit / "run.json").read_text())["run_id"]
+                        == json.loads((chosen / "run.json").read_text())["run_id"])
+        except (FileNotFoundError, KeyError, ValueError):
+            return chosen
+        return refit if same_run else chosen
 
     @property
     def scoring_model(self) -> str:

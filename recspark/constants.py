@@ -127,6 +127,12 @@ TRAIN_EXAMPLES = "train_examples"
 TRAIN_WINDOWS = "train_windows"
 # One row per training basket, every item of it a target: what a next-basket model reads (repeatnet).
 TRAIN_BASKETS = "train_baskets"
+# train_baskets over the training and validation periods: what a validation-tuned next-basket model
+# is refitted on before it is tested and served (train.refit).
+REFIT_BASKETS = "refit_baskets"
+# What a tested model was fitted on (metrics.json "fit_on"): the training period, or train + validation.
+FIT_ON_TRAIN = "train"
+FIT_ON_REFIT = "train+validation"
 EVAL_QUERIES = "eval_queries"
 SERVING_HISTORIES = "serving_histories"
 
@@ -144,7 +150,7 @@ HISTORY_GAPS = "history_gaps"
 # (float[repeat_candidates * REPEAT_FEATURE_COUNT], flattened; see recspark.pipeline.features).
 REPEAT_ITEMS = "repeat_items"
 REPEAT_FEATURES = "repeat_features"
-REPEAT_FEATURE_COUNT = 5
+REPEAT_FEATURE_COUNT = 6
 # Model inputs that are numbers, not indices.
 FLOAT_INPUTS = ("user_vector", REPEAT_FEATURES)
 
@@ -157,3 +163,7 @@ CATEGORY_IDX = "category_idx"
 CATEGORY_VOCAB = "category_vocab"
 USER_VECTOR = "user_vector"
 FEATURE_STATS = "feature_stats"
+
+# The baselines evaluate can rank beside the learned models, in report order (evaluate.baselines
+# chooses among them; recspark.evaluation.evaluate builds them).
+BASELINES = ("most_popular", "most_popular_recent", "item_cooccurrence", "als", "repeat_purchase", "tifu_knn")

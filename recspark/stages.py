@@ -8,11 +8,11 @@ import dataclasses
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recspark import constants as C
-from recspark.config import Config
+from recspark.config import REFIT_DIR, Config
 from recspark.datasets import RawSources, load_sources
 from recspark.evaluation.evaluate import evaluate, model_run, with_original_user_id
 from recspark.pipeline.features import SEQUENCES, build_features
@@ -119,6 +119,15 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
             "mlflow": {"run_id": tracked.run_id, "registered_model": tracked.registered_model,
                        "version": tracked.model_version, "tracking_uri": tracked.tracking_uri},
         })
+        refit_path = config.table_path(C.GOLD, C.REFIT_BASKETS)
+        if (config.train.for_model(model).refit and model_examples_table(model) == C.TRAIN_BASKETS
+                and table_exists(spark, refit_path)):
+            # The epochs early stopping chose (all of them without validation), now on train + validation.
+            epochs = result.best_epoch or len(result.history)
+            summary[f"{model} refit"] = refit(
+                spark, config, model, spec, epochs, run_id=run_id, examples_path=refit_path,
+                data_versions={**versions, refit_path: table_version(spark, refit_path)},
+                item_vocab=read_table(spark, vocab_path), category_vocab=category_vocab)
         summary[model] = (f"{config.train.num_proc} Horovod ranks, {num_items - config.features.first_item_idx:,} items, "
                           f"{result.seconds:.1f}s, loss per epoch "
                           + ", ".join(f"{loss:.4f}" for loss in result.history)
@@ -128,6 +137,43 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
                           + f" -> {model_dir}; MLflow run {tracked.run_id}, "
                             f"{tracked.registered_model} v{tracked.model_version}")
     return summary
+
+
+def refit(spark: SparkSession, config: Config, model: str, spec, epochs: int, *, run_id: str, examples_path: str,
+          data_versions: dict, item_vocab: DataFrame, category_vocab: DataFrame | None) -> str:
+    """Fits ``model`` again from scratch on the training and validation periods (``examples_path``,
+    gold refit_baskets) for the ``epochs`` validation chose, into ``<model_dir>/refit``: the
+    validation weeks are the latest a shop has, and a model tested on the weeks after them, or
+    serving now, should have learned them. Registered in MLflow as the model's next version (the
+    one that serves) and tagged ``fit_on``. Returns the summary line."""
+    from recspark.models.training import train_distributed
+    from recspark.tracking import log_training_run
+
+    refit_dir = config.model_dir(model) / REFIT_DIR
+    # No validation (it is now training data) and no warm start: the same recipe as the chosen model.
+    settings = dataclasses.replace(config.train.for_model(model), epochs=epochs, early_stopping_patience=0,
+                                   warm_start=False)
+    print(f"train: {model} refit on train + validation for {epochs} epoch(s) -> {refit_dir}", flush=True)
+    result = train_distributed(
+        spark, read_table(spark, examples_path), model=model, spec=spec, train_config=settings,
+        model_dir=str(refit_dir), cache_url=config.petastorm_cache_url, validation=None,
+        data_versions={Path(path).name: version for path, version in data_versions.items()},
+        item_vocab=item_vocab, category_vocab=category_vocab)
+    tracked = log_training_run(
+        config.tracking, checkpoints_dir=config.paths.checkpoints, dataset=config.run_name, model=model,
+        params={"train": {**model_train_params(config, model), "epochs": epochs, "early_stopping_patience": 0},
+                "model": spec_params(spec)},
+        metrics={"loss": result.history}, table_versions=data_versions, model_dir=refit_dir,
+        tags={C.RUN_ID: run_id, "fit_on": C.FIT_ON_REFIT, "launcher": result.launcher})
+    write_json(refit_dir / "run.json", {
+        C.RUN_ID: run_id, "dataset": config.run_name, "model": model, "fit_on": C.FIT_ON_REFIT, "epochs": epochs,
+        "num_items": spec.num_items, "table_versions": data_versions, "config": config.to_dict(),
+        "mlflow": {"run_id": tracked.run_id, "registered_model": tracked.registered_model,
+                   "version": tracked.model_version, "tracking_uri": tracked.tracking_uri},
+    })
+    return (f"{epochs} epoch(s) on {Path(examples_path).name}, {result.seconds:.1f}s, loss per epoch "
+            + ", ".join(f"{loss:.4f}" for loss in result.history)
+            + f" -> {refit_dir}; {tracked.registered_model} v{tracked.model_version} (served)")
 
 
 def evaluate_stage(spark: SparkSession, config: Config) -> dict:
@@ -155,7 +201,10 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
     from recspark.recommendations import blocked_items, popular_items, recommendation_rows, with_reasons, write_run
 
     model = config.scoring_model
-    model_dir = str(config.model_dir(model))
+    # The refit on train + validation when train made one; its calibration map is the one fitted on
+    # validation for the chosen model (recspark.calibration.ensure_calibration): the refit has seen
+    # validation, so its own scores there would look better calibrated than they are.
+    model_dir = str(config.fitted_model_dir(model))
     run = model_run(config, model)
     run_id = config.score.run_id or run[C.RUN_ID]
     first_item = config.features.first_item_idx
@@ -198,6 +247,7 @@ LAYERS = {
     C.BRONZE: (C.EVENTS, C.ITEMS, C.USERS, C.QUARANTINE, IDENTITY_MAP, C.RUN_LOG),
     C.SILVER: (C.EVENTS, C.ITEMS, C.USERS, "bots"),
     C.GOLD: ("split_info", C.ITEM_VOCAB, C.CATEGORY_VOCAB, SEQUENCES, C.TRAIN_EXAMPLES, C.TRAIN_WINDOWS, C.TRAIN_BASKETS,
+             C.REFIT_BASKETS,
              C.EVAL_QUERIES, C.SERVING_HISTORIES, "user_features", "item_features", C.FEATURE_STATS),
 }
 

@@ -212,3 +212,12 @@ def test_repeat_purchase_is_reported_only_when_seen_items_are_allowed() -> None:
     assert REPEAT not in baseline_names(exclude_seen=True)
     # The other baselines are there either way.
     assert set(baseline_names(True)) == {"most_popular", "most_popular_recent", "item_cooccurrence", "als"}
+
+
+def test_the_configured_baselines_come_in_report_order_and_the_default_run_skips_als() -> None:
+    from recspark.config import EvaluateConfig
+
+    assert baseline_names(False, ["tifu_knn", "most_popular"]) == ("most_popular", "tifu_knn")
+    assert baseline_names(True, ["tifu_knn", "most_popular"]) == ("most_popular",)
+    # The default run's baselines are the cheap ones a shop compares against: no ALS grid.
+    assert baseline_names(False, EvaluateConfig().baselines) == ("most_popular", "repeat_purchase", "tifu_knn")

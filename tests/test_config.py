@@ -45,6 +45,8 @@ def test_int_is_accepted_for_float() -> None:
         ("evaluate.tifu_vector_settings=[[7, 0.9]]", "evaluate.tifu_vector_settings: each must be"),
         ("evaluate.tifu_vector_settings=[[7, 0.9, 0]]", "evaluate.tifu_vector_settings: each must be"),
         ("evaluate.tifu_similarity_items=0", "evaluate.tifu_similarity_items: null or >= 1"),
+        ("evaluate.baselines=[most_popular,alss]", "evaluate.baselines: name at least one of"),
+        ("evaluate.baselines=[]", "evaluate.baselines: name at least one of"),
     ],
 )
 def test_bad_values_name_the_key(override: str, message: str) -> None:
@@ -147,3 +149,17 @@ def test_a_variant_shares_bronze_and_silver_and_owns_the_rest() -> None:
     assert config.table_path("gold", "item_vocab") == "lakehouse/completejourney-nbr/gold/item_vocab"
     assert str(config.model_dir("repeatnet")) == "checkpoints/completejourney-nbr/repeatnet"
     assert str(config.reports_dir) == "reports/completejourney-nbr"
+
+
+def test_the_fitted_model_is_the_refit_of_the_same_run_only(tmp_path: Path) -> None:
+    import json
+
+    config = load_config(None, [f"paths.checkpoints={tmp_path}"])
+    chosen = config.model_dir("repeatnet")
+    assert config.fitted_model_dir("repeatnet") == chosen  # nothing trained yet
+    (chosen / "refit").mkdir(parents=True)
+    (chosen / "run.json").write_text(json.dumps({"run_id": "r2"}))
+    (chosen / "refit" / "run.json").write_text(json.dumps({"run_id": "r1"}))
+    assert config.fitted_model_dir("repeatnet") == chosen  # a refit left from an older run is not used
+    (chosen / "refit" / "run.json").write_text(json.dumps({"run_id": "r2"}))
+    assert config.fitted_model_dir("repeatnet") == chosen / "refit"

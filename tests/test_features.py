@@ -185,6 +185,10 @@ def test_basket_targets_are_every_item_of_the_next_basket_and_none_of_the_curren
     horizon = FeaturesConfig(max_seq_len=4, max_baskets_per_user=10, max_basket_items=3, oov_buckets=1,
                              target_horizon_days=1.5)
     assert sorted(r[C.TARGET] for r in train_baskets(sequences, horizon).collect()) == [[4, 2, 5], [5, 0, 0]]
+    # The refit's rows (train + validation, gold refit_baskets): the validation basket b4 is now a row
+    # of its own, after b1..b3's history.
+    refit = sorted(r[C.TARGET] for r in train_baskets(sequences, config, splits=("train", "validation")).collect())
+    assert refit == [[4, 2, 0], [5, 0, 0], [6, 0, 0]]
     one_day = FeaturesConfig(max_seq_len=4, max_baskets_per_user=10, max_basket_items=3, oov_buckets=1,
                              target_horizon_days=1.0)  # the next day's basket starts exactly at the horizon
     assert sorted(r[C.TARGET] for r in train_baskets(sequences, one_day).collect()) == [[4, 2, 0], [5, 0, 0]]
@@ -199,12 +203,16 @@ def test_basket_targets_are_every_item_of_the_next_basket_and_none_of_the_curren
     assert b3[C.REPEAT_ITEMS] == [2, 4] and b2[C.REPEAT_ITEMS] == [2, 3]
     item2 = b3[C.REPEAT_FEATURES][:C.REPEAT_FEATURE_COUNT]
     # log(1 + 2 baskets), share 2/2, log(1 + 1 basket since: b2 is the latest), 0 days before the
-    # latest event, log(1 + 1 day between its two purchases).
-    assert item2 == pytest.approx([math.log(3), 1.0, math.log(2), 0.0, math.log(2)], rel=1e-6)
+    # latest event, log(1 + 1 day between its two purchases), and the item's repurchase rate over the
+    # whole training period: its one buyer bought it in 2 baskets, (1 + 1) / (1 + 2).
+    assert item2 == pytest.approx([math.log(3), 1.0, math.log(2), 0.0, math.log(2), 2 / 3], rel=1e-6)
     item4 = b3[C.REPEAT_FEATURES][C.REPEAT_FEATURE_COUNT:]
-    assert item4 == pytest.approx([math.log(2), 0.5, math.log(2), 0.0, 0.0], rel=1e-6)
+    # Item 4 twice in one basket: one basket, so no re-buyer, (0 + 1) / (1 + 2).
+    assert item4 == pytest.approx([math.log(2), 0.5, math.log(2), 0.0, 0.0, 1 / 3], rel=1e-6)
     # b2's example sees b1 only: 1 basket since it, 1 day before... b1 is the latest event itself.
-    assert b2[C.REPEAT_FEATURES][:C.REPEAT_FEATURE_COUNT] == pytest.approx([math.log(2), 1.0, math.log(2), 0.0, 0.0])
+    # The item's rate is a product property over the training period, not cut at the row.
+    assert b2[C.REPEAT_FEATURES][:C.REPEAT_FEATURE_COUNT] == pytest.approx(
+        [math.log(2), 1.0, math.log(2), 0.0, 0.0, 2 / 3])
 
 
 def test_protocol_filter_drops_rare_items_then_users_with_few_baskets(spark: SparkSession) -> None:

@@ -54,7 +54,10 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
         "dataset.name=synthetic", f"paths.lakehouse={root}/lakehouse", f"paths.reports={root}/reports",
         f"paths.checkpoints={root}/checkpoints", "features.max_seq_len=5", "features.min_item_count=1",
         "train.epochs=2", "train.batch_size=16", "train.embedding_dim=8", "train.num_proc=2",
-        "train.models=[mean_pool]",  # the names below; sasrec (the default) is covered by test_models/test_training
+        # The served model of Complete Journey (next-basket rows, a refit on train + validation);
+        # the others are covered by test_models / test_training.
+        "train.models=[repeatnet]",
+        "evaluate.baselines=[most_popular,most_popular_recent,item_cooccurrence,als,repeat_purchase,tifu_knn]",
         f"evaluate.k={K}", f"score.k={K}",
     ])
 
@@ -110,7 +113,14 @@ def test_metrics_report_has_model_and_baseline(config: Config, ran: dict) -> Non
     for artefact in ("metrics.png", "metrics_by_k.png", "accuracy_coverage.png", "training_curves.png",
                      "repeat_explore.png", "report.md"):
         assert (run_dir / artefact).stat().st_size > 0
-    assert "| mean_pool |" in (run_dir / "report.md").read_text()
+    assert "| repeatnet |" in (run_dir / "report.md").read_text()
+    # Tested (and served) as refitted on train + validation, with the epochs validation chose.
+    assert report["fit_on"] == {name: "train+validation" for name in report["models"]}
+    chosen, refit = config.model_dir("repeatnet"), config.model_dir("repeatnet") / "refit"
+    meta = json.loads((chosen / "model_meta.json").read_text())
+    refit_run = json.loads((refit / "run.json").read_text())
+    assert refit_run["run_id"] == json.loads((chosen / "run.json").read_text())["run_id"]
+    assert refit_run["epochs"] == meta["best_epoch"] and (refit / "model.keras").exists()
     for model in report["models"]:
         hits = [report["at_k"][k][model]["hit_rate_at_k"] for k in ("3", "5", "10", "20")]
         assert hits == sorted(hits), "hit rate cannot fall as K grows"

@@ -24,6 +24,7 @@ import importlib.util
 import json
 import time
 from pathlib import Path
+from typing import Sequence
 
 from pyspark import Broadcast
 from pyspark.sql import DataFrame, SparkSession
@@ -52,25 +53,21 @@ from recspark.utils.jobs import write_json
 
 KEPT_K = 20  # predictions kept for audit: at least the top 20 of every model
 REPORT_KS = (5, 10, 20)
-POPULAR = "most_popular"
-RECENT_POPULAR = "most_popular_recent"
-COOCCURRENCE = "item_cooccurrence"
-ALS_NAME = "als"
-REPEAT = "repeat_purchase"
-TIFU = "tifu_knn"
-BASELINES = (POPULAR, RECENT_POPULAR, COOCCURRENCE, ALS_NAME, REPEAT, TIFU)
+BASELINES = C.BASELINES  # report order; evaluate.baselines chooses among them
+POPULAR, RECENT_POPULAR, COOCCURRENCE, ALS_NAME, REPEAT, TIFU = BASELINES
 # Baselines built on the user's own items: reported only when seen items may be recommended.
 REPEAT_BASELINES = (REPEAT, TIFU)
 # The history test queries condition on: everything before the test period (as ALS's refit).
 TEST_HISTORY_SPLITS = ("train", C.VALIDATION)
 
 
-def baseline_names(exclude_seen: bool) -> tuple[str, ...]:
-    """The baselines reported under ``exclude_seen``: "buy again" recommends only seen items (then
-    fills with popular ones), so with seen items excluded it would be most_popular under another
-    name; TIFU-KNN is a re-buy baseline of the same kind (its strength is the user's own decayed
-    frequencies), reported beside it."""
-    return tuple(name for name in BASELINES if not (exclude_seen and name in REPEAT_BASELINES))
+def baseline_names(exclude_seen: bool, wanted: Sequence[str] = BASELINES) -> tuple[str, ...]:
+    """The baselines of ``wanted`` (``evaluate.baselines``) reported under ``exclude_seen``, in
+    report order: "buy again" recommends only seen items (then fills with popular ones), so with
+    seen items excluded it would be most_popular under another name; TIFU-KNN is a re-buy baseline
+    of the same kind (its strength is the user's own decayed frequencies), reported beside it."""
+    return tuple(name for name in BASELINES
+                 if name in wanted and not (exclude_seen and name in REPEAT_BASELINES))
 
 
 def tifu_settings(config: Config) -> dict:
@@ -109,8 +106,9 @@ def tifu_test_weights(sequences: DataFrame, queries: DataFrame, tuning: dict, co
 
 
 def model_run(config: Config, model: str) -> dict:
-    """The train stage's record of ``model``: run id, table versions, configuration."""
-    path = config.model_dir(model) / "run.json"
+    """The train stage's record of ``model`` as tested and served (its refit's when there is one):
+    run id, table versions, configuration, MLflow version."""
+    path = config.fitted_model_dir(model) / "run.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run the train stage first")
     return json.loads(path.read_text())
@@ -168,32 +166,36 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
     vocab = read_table(spark, config.table_path(C.GOLD, C.ITEM_VOCAB))
     sequences = read_table(spark, config.table_path(C.GOLD, SEQUENCES))
 
-    als_tuning = choose_als(sequences, vocab, eval_queries, config)
-    chosen = als_tuning["chosen"]
+    names = baseline_names(ev.exclude_seen, ev.baselines)
     first_item_idx = config.features.first_item_idx
-    als_model, als_users = fit_als(train_interactions(sequences, TEST_HISTORY_SPLITS, first_item_idx=first_item_idx),
-                                   rank=chosen["rank"],
-                                   reg_param=chosen["reg_param"], max_iter=ev.als_max_iter, alpha=ev.als_alpha,
-                                   seed=config.train.seed)
+    als_tuning, als_model, als_users = None, None, None
+    if ALS_NAME in names:  # its grid is the costliest baseline: only when asked for (make compare)
+        als_tuning = choose_als(sequences, vocab, eval_queries, config)
+        chosen = als_tuning["chosen"]
+        als_model, als_users = fit_als(train_interactions(sequences, TEST_HISTORY_SPLITS, first_item_idx=first_item_idx),
+                                       rank=chosen["rank"], reg_param=chosen["reg_param"], max_iter=ev.als_max_iter,
+                                       alpha=ev.als_alpha, seed=config.train.seed)
     cooc = dict(window=ev.cooc_window, neighbours=ev.cooc_neighbours, recent_items=ev.cooc_recent_items,
                 first_item_idx=first_item_idx)
+    # A model's test lists come from its refit on train + validation when train made one (train.refit).
+    fitted = {model: str(config.fitted_model_dir(model)) for model in config.train.models}
     rankings = {
-        model: recommend(with_model_inputs(spark, config, queries, str(config.model_dir(model))), vocab,
-                         str(config.model_dir(model)), kept, ev.exclude_seen, config.score.batch_size)
+        model: recommend(with_model_inputs(spark, config, queries, fitted[model]), vocab,
+                         fitted[model], kept, ev.exclude_seen, config.score.batch_size)
         for model in config.train.models
     }
-    rankings.update({
-        POPULAR: most_popular(vocab, queries, kept, ev.exclude_seen),
-        RECENT_POPULAR: recent_popular(sequences, vocab, queries, kept, ev.exclude_seen, ev.recent_days,
-                                       first_item_idx=first_item_idx),
-        COOCCURRENCE: item_cooccurrence(sequences, vocab, queries, kept, ev.exclude_seen, **cooc),
-        ALS_NAME: als_top_k(als_model, als_users, vocab, queries, kept, ev.exclude_seen),
-    })
-    if REPEAT in baseline_names(ev.exclude_seen):
-        rankings[REPEAT] = repeat_purchase(sequences, vocab, queries, kept, splits=TEST_HISTORY_SPLITS,
-                                           first_item_idx=first_item_idx)
+    baselines = {
+        POPULAR: lambda: most_popular(vocab, queries, kept, ev.exclude_seen),
+        RECENT_POPULAR: lambda: recent_popular(sequences, vocab, queries, kept, ev.exclude_seen, ev.recent_days,
+                                               first_item_idx=first_item_idx),
+        COOCCURRENCE: lambda: item_cooccurrence(sequences, vocab, queries, kept, ev.exclude_seen, **cooc),
+        ALS_NAME: lambda: als_top_k(als_model, als_users, vocab, queries, kept, ev.exclude_seen),
+        REPEAT: lambda: repeat_purchase(sequences, vocab, queries, kept, splits=TEST_HISTORY_SPLITS,
+                                        first_item_idx=first_item_idx),
+    }
+    rankings.update({name: baselines[name]() for name in names if name in baselines})
     tifu_tuning, tifu_cached, tifu = None, [], None
-    if TIFU in baseline_names(ev.exclude_seen):
+    if TIFU in names:
         tifu_tuning = choose_tifu(sequences, vocab, eval_queries, config)
         # Vectors and neighbours from the baskets before the test period (train + validation, as ALS's
         # refit), computed once: the full-ranking lists and the sampled protocol both read them.
@@ -219,7 +221,7 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
     ks = sorted({*REPORT_KS, k})
     at_k: dict[int, dict[str, dict[str, float]]] = {kk: {} for kk in ks}
     if ev.sampled_negatives:
-        at_k = sampled_evaluation(queries, vocab, sequences, config, ks, als_model, als_users, tifu)
+        at_k = sampled_evaluation(queries, vocab, sequences, config, ks, names, als_model, als_users, tifu)
     for cached in tifu_cached:
         cached.unpersist()
     beyond, repeat_explore = {}, {}
@@ -256,6 +258,11 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
         "repeat_explore_protocol": (f"top {k} of the full-ranking lists; repeat = held-out items the user had "
                                     "before the test period (train + validation), explore = the others "
                                     "(Li et al., ACM TOIS 2023)"),
+        # What each ranker was fitted on before the test period: the learned models' refit (or not), and
+        # the baselines, which all read the training and validation periods.
+        "fit_on": {**{model: C.FIT_ON_REFIT if Path(fitted[model]) != config.model_dir(model) else C.FIT_ON_TRAIN
+                      for model in config.train.models},
+                   **{name: C.FIT_ON_REFIT for name in rankings if name not in fitted}},
         "als_tuning": als_tuning,
         "tifu_knn_tuning": tifu_tuning,
         "training": training_histories(config),
@@ -283,41 +290,52 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
 
 
 def sampled_evaluation(queries: DataFrame, vocab: DataFrame, sequences: DataFrame, config: Config, ks: list[int],
-                       als_model: object, als_users: DataFrame,
+                       names: Sequence[str], als_model: object, als_users: DataFrame | None,
                        tifu: tuple[DataFrame, float] | None = None) -> dict[int, dict[str, dict[str, float]]]:
-    """``{k: {model: metrics}}`` under the sampled-negatives protocol (see :mod:`recspark.evaluation.sampled`);
-    TIFU-KNN when ``tifu`` = (its test weights, :func:`tifu_test_weights`, and the chosen alpha) is given."""
+    """``{k: {model: metrics}}`` under the sampled-negatives protocol (see :mod:`recspark.evaluation.sampled`)
+    for the learned models and the baselines ``names``; TIFU-KNN when ``tifu`` = (its test weights,
+    :func:`tifu_test_weights`, and the chosen alpha) is given."""
     ev = config.evaluate
     candidates = S.sampled_candidates(queries, vocab, ev.sampled_negatives, ev.exclude_seen, config.train.seed).persist()
     ids = vocab.select(C.ITEM_ID, C.ITEM_IDX, C.TRAIN_COUNT)
     total = float(vocab.agg(F.sum(C.TRAIN_COUNT)).first()[0] or 0) + 1.0
     first_item_idx = config.features.first_item_idx
-    recent = recent_popularity(sequences, vocab, ev.recent_days, first_item_idx=first_item_idx).join(ids, C.ITEM_ID)
-    cooc = cooccurrence_scores(sequences, queries, ev.exclude_seen, window=ev.cooc_window,
-                               neighbours=ev.cooc_neighbours, recent_items=ev.cooc_recent_items,
-                               first_item_idx=first_item_idx)
-    # Co-occurrence ties (and items without any) are ordered by popularity in the full ranking; the
-    # fraction count / (total + 1) < 1 does the same here without changing the order of the sums.
-    cooc_scores = S.user_item_scores(candidates, cooc.withColumnRenamed("_cooc", C.SCORE)).join(
-        F.broadcast(ids), C.ITEM_IDX).select(C.USER_ID, C.ITEM_IDX, (F.col(C.SCORE) + F.col(C.TRAIN_COUNT) / total).alias(C.SCORE))
-    scores = {model: S.keras_scores(candidates, str(config.model_dir(model))) for model in config.train.models}
-    scores.update({
-        POPULAR: S.item_scores(candidates, ids.select(C.ITEM_IDX, F.col(C.TRAIN_COUNT).cast("double").alias(C.SCORE))),
+
+    def recent_scores() -> DataFrame:
+        recent = recent_popularity(sequences, vocab, ev.recent_days, first_item_idx=first_item_idx).join(ids, C.ITEM_ID)
         # Recent count first, all-time count as the tie-break, as in the full-ranking list.
-        RECENT_POPULAR: S.item_scores(candidates, recent.select(
-            C.ITEM_IDX, (F.col(C.SCORE) + F.col("_tiebreak") / total).alias(C.SCORE))),
-        COOCCURRENCE: cooc_scores,
-        ALS_NAME: S.als_scores(candidates, als_model, als_users),
-    })
-    if REPEAT in baseline_names(ev.exclude_seen):
+        return S.item_scores(candidates, recent.select(C.ITEM_IDX, (F.col(C.SCORE) + F.col("_tiebreak") / total)
+                                                       .alias(C.SCORE)))
+
+    def cooc_scores() -> DataFrame:
+        cooc = cooccurrence_scores(sequences, queries, ev.exclude_seen, window=ev.cooc_window,
+                                   neighbours=ev.cooc_neighbours, recent_items=ev.cooc_recent_items,
+                                   first_item_idx=first_item_idx)
+        # Co-occurrence ties (and items without any) are ordered by popularity in the full ranking; the
+        # fraction count / (total + 1) < 1 does the same here without changing the order of the sums.
+        return S.user_item_scores(candidates, cooc.withColumnRenamed("_cooc", C.SCORE)).join(
+            F.broadcast(ids), C.ITEM_IDX).select(C.USER_ID, C.ITEM_IDX,
+                                                 (F.col(C.SCORE) + F.col(C.TRAIN_COUNT) / total).alias(C.SCORE))
+
+    def repeat_scores() -> DataFrame:
         # Own items score count + 1 + recency (> 1), the rest count / (total + 1) (< 1): the
         # full-ranking order of own items first, then popular fillers.
         own = repeat_purchase_scores(sequences, queries, TEST_HISTORY_SPLITS, first_item_idx=first_item_idx)
-        scores[REPEAT] = (candidates.select(C.USER_ID, F.explode(S.CANDIDATES).alias(C.ITEM_IDX))
-                          .join(F.broadcast(ids), C.ITEM_IDX)
-                          .join(own.withColumnRenamed(C.SCORE, "_own"), [C.USER_ID, C.ITEM_IDX], "left")
-                          .select(C.USER_ID, C.ITEM_IDX,
-                                  F.coalesce("_own", F.col(C.TRAIN_COUNT) / total).alias(C.SCORE)))
+        return (candidates.select(C.USER_ID, F.explode(S.CANDIDATES).alias(C.ITEM_IDX))
+                .join(F.broadcast(ids), C.ITEM_IDX)
+                .join(own.withColumnRenamed(C.SCORE, "_own"), [C.USER_ID, C.ITEM_IDX], "left")
+                .select(C.USER_ID, C.ITEM_IDX, F.coalesce("_own", F.col(C.TRAIN_COUNT) / total).alias(C.SCORE)))
+
+    baselines = {
+        POPULAR: lambda: S.item_scores(candidates, ids.select(C.ITEM_IDX, F.col(C.TRAIN_COUNT).cast("double")
+                                                              .alias(C.SCORE))),
+        RECENT_POPULAR: recent_scores,
+        COOCCURRENCE: cooc_scores,
+        ALS_NAME: lambda: S.als_scores(candidates, als_model, als_users),
+        REPEAT: repeat_scores,
+    }
+    scores = {model: S.keras_scores(candidates, str(config.fitted_model_dir(model))) for model in config.train.models}
+    scores.update({name: baselines[name]() for name in names if name in baselines})
     if tifu is not None:
         # Scored items p + 1 (> 1), the rest count / (total + 1) (< 1): the full-ranking order of
         # TIFU-KNN's items first, then popular fillers.
@@ -375,6 +393,9 @@ def write_report_md(report: dict, path: Path) -> Path:
     has_map = "mean_average_precision" in next(iter(report["models"].values()))
     lines = [f"# {report['dataset']}: {_label(report)}evaluation of run {report[C.RUN_ID]}", "",
              f"Test split, {report['users']:,} users, {report['catalogue_items']:,} items; {report['protocol']}.", ""]
+    if report.get("fit_on"):
+        lines += ["Fitted on, before the test period: " + "; ".join(f"{name} {fit}" for name, fit in report["fit_on"].items())
+                  + " (a learned model's refit keeps the epochs validation chose).", ""]
     if report.get("sampled_negatives"):
         lines += [f"**Metrics below are SAMPLED: each relevant item is ranked against {report['sampled_negatives']} "
                   "sampled negatives, not the full catalogue; they are not comparable with full-ranking numbers.**", ""]

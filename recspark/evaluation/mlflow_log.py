@@ -44,10 +44,12 @@ def log_evaluation(config: Config, report: dict, run_dir: Path, files: list[Path
     run = client.create_run(experiment_id, tags=tags, run_name=f"{report['dataset']}-evaluate")
     run_id = run.info.run_id
     try:
-        chosen = report["als_tuning"]["chosen"]
-        params = {"k": report["k"], "sampled_negatives": sampled, "exclude_seen": config.evaluate.exclude_seen,
-                  "als.rank": chosen["rank"], "als.reg_param": chosen["reg_param"],
-                  "als.chosen_by": report["als_tuning"]["chosen_by"]}
+        params = {"k": report["k"], "sampled_negatives": sampled, "exclude_seen": config.evaluate.exclude_seen}
+        if report.get("als_tuning"):
+            chosen = report["als_tuning"]["chosen"]
+            params.update({"als.rank": chosen["rank"], "als.reg_param": chosen["reg_param"],
+                           "als.chosen_by": report["als_tuning"]["chosen_by"]})
+        params.update({f"fit_on.{name}": fit for name, fit in (report.get("fit_on") or {}).items()})
         if report.get("tifu_knn_tuning"):
             params.update({f"tifu.{name}": value for name, value in report["tifu_knn_tuning"]["chosen"].items()})
         client.log_batch(run_id, params=[Param(name, str(value)) for name, value in sorted(params.items())])

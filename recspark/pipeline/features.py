@@ -326,28 +326,46 @@ def basket_steps(sequences: DataFrame) -> DataFrame:
             .agg(F.max(F.col("_st")["us"]).alias("_us"), F.first(F.col("_st")["s"]).alias("_s")))
 
 
+def item_repurchase_rates(steps: DataFrame, config: FeaturesConfig) -> DataFrame:
+    """(_i, _rate): each vocabulary item's repurchase rate over the training period, the share of
+    its buyers who bought it in two baskets or more, smoothed towards 1/2 by one pseudo-buyer of
+    each kind ((repeat buyers + 1) / (buyers + 2)): milk near 1, a barbecue near 0, and an item
+    with few buyers near 1/2. The user's own counts say how often this household re-buys; this says
+    whether anyone re-buys the product, which a household's first purchase cannot tell."""
+    per_user = (steps.filter((F.col("_s") == TRAIN) & (F.col("_i") >= config.first_item_idx))
+                .groupBy("_i", C.USER_ID).agg(F.count(F.lit(1)).alias("_n")))
+    return per_user.groupBy("_i").agg(
+        ((F.sum(F.when(F.col("_n") > 1, 1).otherwise(0)) + 1) / (F.count(F.lit(1)) + 2)).alias("_rate"))
+
+
 def with_repeat_profile(rows: DataFrame, steps: DataFrame, keys: Sequence[str], config: FeaturesConfig) -> DataFrame:
     """Adds ``repeat_items`` and ``repeat_features``: for each row (``keys``, including user_id;
     ``_cut``: the first basket ordinal not to look at; ``_splits``: the splits it may look at), the
     ``repeat_candidates`` vocabulary items the user bought in the most baskets before the cut (ties:
     the latest basket first, then item_idx), each with REPEAT_FEATURE_COUNT numbers:
     log(1 + baskets with the item), the share of the user's baskets with it, log(1 + baskets since
-    the latest one with it), log(1 + days from it to the user's latest event before the cut), and
-    log(1 + mean days between its purchases) (0 when bought once). Point-in-time by construction:
-    only baskets before the row's cut count. Rows without such an item get PAD and zeros."""
+    the latest one with it), log(1 + days from it to the user's latest event before the cut),
+    log(1 + mean days between its purchases) (0 when bought once), and the item's repurchase rate
+    (:func:`item_repurchase_rates`). Point-in-time by construction for the user's own numbers: only
+    baskets before the row's cut count; the item's rate is one number per item over the training
+    period (a property of the product, like its learned bias). Rows without such an item get PAD
+    and zeros."""
     size, count = config.repeat_candidates, C.REPEAT_FEATURE_COUNT
     day = 86_400_000_000.0
+    rates = item_repurchase_rates(steps, config)
     prefix = (rows.select(*keys, "_cut", "_splits").join(steps, C.USER_ID)
               .filter((F.col("_bo") < F.col("_cut")) & F.array_contains("_splits", F.col("_s"))))
     per_row = prefix.groupBy(*keys).agg(F.max("_bo").alias("_max_bo"), F.count_distinct("_bo").alias("_baskets"),
                                         F.max("_us").alias("_ref"))
     per_item = (prefix.filter(F.col("_i") >= config.first_item_idx).groupBy(*keys, "_i")
                 .agg(F.count(F.lit(1)).alias("_nb"), F.max("_bo").alias("_lb"), F.max("_us").alias("_lu"),
-                     F.min("_us").alias("_fu")))
+                     F.min("_us").alias("_fu"))
+                .join(F.broadcast(rates), "_i", "left"))
     features = F.array(
         F.log1p("_nb"), F.col("_nb") / F.col("_baskets"), F.log1p(F.col("_max_bo") + 1 - F.col("_lb")),
         F.log1p((F.col("_ref") - F.col("_lu")) / day),
         F.when(F.col("_nb") > 1, F.log1p((F.col("_lu") - F.col("_fu")) / day / (F.col("_nb") - 1))).otherwise(0.0),
+        F.coalesce("_rate", F.lit(0.5)),
     ).cast("array<float>")
     best_first = Window.partitionBy(*keys).orderBy(F.col("_nb").desc(), F.col("_lb").desc(), "_i")
     profiles = (per_item.join(per_row, list(keys)).withColumn("_rank", F.row_number().over(best_first))
@@ -366,7 +384,7 @@ def with_repeat_profile(rows: DataFrame, steps: DataFrame, keys: Sequence[str], 
 
 
 def train_baskets(sequences: DataFrame, config: FeaturesConfig,
-                  event_types: Sequence[str] = C.EVENT_TYPES_DEFAULT) -> DataFrame:
+                  event_types: Sequence[str] = C.EVENT_TYPES_DEFAULT, splits: tuple[str, ...] = (TRAIN,)) -> DataFrame:
     """Next-basket examples from the training period, one per basket: the ``max_seq_len`` steps
     before the basket (history, types, gaps), the user's repeat profile before it (see
     :func:`with_repeat_profile`) and every vocabulary item of the basket as ``target`` (distinct, in
@@ -376,13 +394,17 @@ def train_baskets(sequences: DataFrame, config: FeaturesConfig,
     next-basket model learns from (repeatnet): grocery baskets are bought together, so every item of
     the next basket is a right answer, not only the first one.
 
+    ``splits``: the periods the baskets, their targets and their profiles come from: the training
+    period (``train_baskets``), or training and validation (``refit_baskets``: the refit of a
+    validation-tuned model before it is tested and served; a target never reaches a later period).
+
     A basket starts at a step whose basket differs from the step before (steps are in time order,
     ties by source position, so a basket's lines are contiguous); its items are the steps after the
     start with the same basket.
     """
     first = config.first_item_idx
     per_basket = config.max_basket_items
-    exploded = sequences.select(C.USER_ID, _steps_where((TRAIN,), event_types).alias("_steps")).select(
+    exploded = sequences.select(C.USER_ID, _steps_where(splits, event_types).alias("_steps")).select(
         C.USER_ID, "_steps", F.posexplode("_steps").alias("_pos", "_start"))
     # element_at is 1-based: element_at(_steps, _pos) is the step before _start.
     starts = exploded.filter((F.col("_pos") >= 1)
@@ -390,7 +412,7 @@ def train_baskets(sequences: DataFrame, config: FeaturesConfig,
     rest = F.slice("_steps", F.col("_pos") + 1, F.size("_steps") - F.col("_pos"))
     if config.target_horizon_days is None:  # the next basket: the steps after the start with its basket
         in_target = lambda step: step["b"] == F.col("_start")["b"]
-    else:  # every step from the start for the horizon (all training steps: never a later period)
+    else:  # every step from the start for the horizon (steps of ``splits`` only: never a later period)
         horizon = F.lit(int(config.target_horizon_days * 86_400_000_000))
         in_target = lambda step: step["us"] < F.col("_start")["us"] + horizon
     items = F.transform(F.filter(rest, in_target), lambda step: step["i"])
@@ -405,7 +427,7 @@ def train_baskets(sequences: DataFrame, config: FeaturesConfig,
         .filter(F.size("_items") > 0)
         .withColumn("_rank", F.row_number().over(latest_first))
         .filter(F.col("_rank") <= config.max_baskets_per_user)
-        .withColumn("_splits", F.array(F.lit(TRAIN)))
+        .withColumn("_splits", F.array(*map(F.lit, splits)))
     )
     return (
         rows.transform(lambda df: with_repeat_profile(df, basket_steps(sequences), (C.USER_ID, "_pos"), config))
@@ -505,6 +527,8 @@ def build_features(spark: SparkSession, config: Config) -> dict:
         C.EVAL_QUERIES: eval_queries(sequences, config.features, event_types),
         C.SERVING_HISTORIES: serving_histories(sequences, config.features, event_types),
     }
+    if config.train.refit:  # what train refits a validation-tuned next-basket model on
+        outputs[C.REFIT_BASKETS] = train_baskets(sequences, config.features, event_types, splits=(TRAIN, C.VALIDATION))
     for table, df in outputs.items():
         overwrite_table(df, gold(table))
     return {table: gold(table) for table in (SPLIT_INFO, C.ITEM_VOCAB, C.CATEGORY_VOCAB, SEQUENCES, USER_FEATURES,
