@@ -53,30 +53,6 @@ def _load(model_dir: str):
     return _MODELS[model_dir][1]
 
 
-def top_k_from_logits(logits: np.ndarray, k: int, excluded: list[np.ndarray] | None = None, *,
-                      first_item: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-k item indices, their logits and softmax probabilities, for a batch of logit rows.
-
-    No reserved index (below ``first_item``: PAD, OOV and the hashed out-of-vocabulary buckets, the
-    model's ``spec.first_item_idx``) ever comes out; ``excluded`` holds per row the indices that must
-    not either (items the user has already seen). The probability is over the items that may be
-    recommended.
-    """
-    logits = np.array(logits, dtype=np.float64, copy=True)
-    logits[:, :first_item] = -np.inf
-    for row, indices in enumerate(excluded or []):
-        if len(indices):
-            logits[row, np.asarray(indices, dtype=np.int64)] = -np.inf
-    k = min(k, logits.shape[1] - first_item)
-    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
-    top_logits = np.take_along_axis(logits, top, axis=1)
-    order = np.argsort(-top_logits, axis=1, kind="stable")
-    top, top_logits = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_logits, order, axis=1)
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probabilities = np.take_along_axis(shifted, top, axis=1) / shifted.sum(axis=1, keepdims=True)
-    return top, top_logits, probabilities
-
-
 def model_input_columns(model_dir: str) -> list[str]:
     """The gold columns the saved model reads, from its model_meta.json (read on the driver)."""
     meta = json.loads((Path(model_dir) / "model_meta.json").read_text())
@@ -220,11 +196,16 @@ def blocked_top_k(score_block: Callable[[int, int], np.ndarray], n: int, num_ite
     return TopK(top_items, top_scores, lse_all, lse_rest, rest)
 
 
+def ranked_order(items: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per row, the positions of a top-k best first (ties: lower item_idx first)."""
+    return np.lexsort((items, -scores), axis=1)
+
+
 def ranked_rows(items: np.ndarray, scores: np.ndarray, confidences: np.ndarray
                 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """Per row: items, scores and confidences best first (ties: lower item_idx first), without the
     -inf places of a row that had fewer than k items to recommend."""
-    order = np.lexsort((items, -scores), axis=1)
+    order = ranked_order(items, scores)
     items, scores = np.take_along_axis(items, order, axis=1), np.take_along_axis(scores, order, axis=1)
     confidences = np.take_along_axis(confidences, order, axis=1)
     lengths = np.isfinite(scores).sum(axis=1)

@@ -11,7 +11,8 @@ from pyspark.sql import SparkSession
 from recspark import constants as C
 from recspark.config import FeaturesConfig
 from recspark.evaluation.baselines import most_popular
-from recspark.scoring import recommend, top_k_from_logits
+from recspark.models.lifecycle import top_k_items
+from recspark.scoring import recommend
 
 # The default layout: PAD 0, unknown 1, 64 hashed buckets 2..65, items from 66.
 DEFAULT_BUCKETS = 64
@@ -32,12 +33,9 @@ def test_top_k_never_returns_reserved_or_excluded_items() -> None:
     # Item i sits at FIRST + i; every reserved index (PAD, unknown, each bucket) scores above any item.
     items_logits = [[1.0, 5.0, 3.0, 4.0], [7.0, 1.0, 6.0, 2.0]]
     logits = np.concatenate([np.full((2, FIRST), 9.0), np.array(items_logits)], axis=1)
-    items, scores, probabilities = top_k_from_logits(logits, 2, [np.array([FIRST + 1]), np.array([], dtype=int)],
-                                                     first_item=FIRST)
+    seen = np.array([[FIRST + 1, C.PAD_IDX], [C.PAD_IDX, C.PAD_IDX]])  # PAD-padded, as validation sets are
+    items = top_k_items(logits, 2, seen, first_item=FIRST)
     assert items.tolist() == [[FIRST + 3, FIRST + 2], [FIRST + 0, FIRST + 2]]
-    assert scores.tolist() == [[4.0, 3.0], [7.0, 6.0]]
-    # Softmax over the items that may be recommended (reserved and excluded ones removed).
-    assert probabilities[0, 0] == pytest.approx(np.exp(4) / (np.exp(1) + np.exp(3) + np.exp(4)))
 
 
 @pytest.mark.parametrize("reserved", [C.PAD_IDX, C.OOV_IDX, 2, 33, FIRST - 1])
@@ -46,9 +44,8 @@ def test_top_k_asking_for_every_index_still_returns_only_items(reserved: int) ->
     high that index scores."""
     logits = np.zeros((1, NUM_ITEMS))
     logits[0, reserved] = 1e9
-    items, _, probabilities = top_k_from_logits(logits, NUM_ITEMS, first_item=FIRST)
-    assert sorted(items[0].tolist()) == list(range(FIRST, NUM_ITEMS))
-    assert probabilities.sum() == pytest.approx(1.0)
+    items = top_k_items(logits, NUM_ITEMS, first_item=FIRST)
+    assert items[0].tolist() == list(range(FIRST, NUM_ITEMS))  # all tied: the lower index first
 
 
 def _save(folder: Path, name: str) -> Path:

@@ -179,17 +179,18 @@ class ValidationSet:
 
 def top_k_items(logits: np.ndarray, k: int, seen: Optional[np.ndarray] = None, *,
                 first_item: int) -> np.ndarray:
-    """Indices of the k best logits per row, never a reserved index (below ``first_item``), nor ``seen``
-    items when given."""
-    scores = np.array(logits, dtype=np.float64, copy=True)
-    scores[:, :first_item] = -np.inf  # reserved: PAD, OOV and the hashed OOV buckets (spec.first_item_idx)
-    if seen is not None:
-        rows = np.repeat(np.arange(len(scores)), seen.shape[1])
-        scores[rows, seen.reshape(-1)] = -np.inf  # PAD padding is already -inf
-    k = min(k, scores.shape[1] - first_item)  # beyond the items only reserved (-inf) indices are left
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(top, order, axis=1)
+    """Indices of the k best logits per row, best first (ties: the lower index), never a reserved
+    index (below ``first_item``), nor ``seen`` items when given (PAD-padded rows); -1 where a row has
+    fewer than k items left. The scorer's own top-k (:func:`recspark.scoring.blocked_top_k`, one
+    block): validation ranks exactly as serving does."""
+    from recspark.scoring import blocked_top_k, excluded_pairs, ranked_order
+
+    n, num_items = logits.shape
+    k = min(k, num_items - first_item)
+    excluded = excluded_pairs(None if seen is None else [row[row >= first_item] for row in seen], n)
+    top = blocked_top_k(lambda lo, hi: logits[:, lo:hi], n, num_items, first_item, k, block=num_items,
+                        excluded=excluded)
+    return np.take_along_axis(top.items, ranked_order(top.items, top.scores), axis=1)
 
 
 def ndcg_from_top_k(top: np.ndarray, relevant: np.ndarray, num_relevant: np.ndarray, k: int = NDCG_K) -> float:
