@@ -130,6 +130,12 @@ TRAIN_BASKETS = "train_baskets"
 # train_baskets over the training and validation periods: what a validation-tuned next-basket model
 # is refitted on before it is tested and served (train.refit).
 REFIT_BASKETS = "refit_baskets"
+# The gold table each model trains on (features writes only the ones train.models read): one
+# prediction per row reads every step (train_examples); a model that learns at every step of a row
+# reads non-overlapping windows, so each step is learned once (SASRec); next-basket models read baskets.
+MODEL_EXAMPLES = {"mean_pool": TRAIN_EXAMPLES, "sasrec": TRAIN_WINDOWS, "towers": TRAIN_EXAMPLES,
+                  "dnn": TRAIN_EXAMPLES, "repeatnet": TRAIN_BASKETS, "repeatnet_explore": TRAIN_BASKETS,
+                  "repeatnet_next_item": TRAIN_BASKETS}
 # What a tested model was fitted on (metrics.json "fit_on"): the training period, or train + validation.
 FIT_ON_TRAIN = "train"
 FIT_ON_REFIT = "train+validation"

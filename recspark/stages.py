@@ -268,7 +268,7 @@ def summary_stage(spark: SparkSession, config: Config) -> dict:
                                         f"NDCG@{report['k']}={metrics['ndcg_at_k']:.4f}")
         summary["report"] = str(config.reports_dir / report[C.RUN_ID])
     for model in config.train.models:
-        summary[f"model {model}"] = str(config.model_dir(model))
+        summary[f"model {model}"] = str(config.fitted_model_dir(model))
     return summary
 
 

@@ -65,7 +65,7 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
 def snapshot(spark: SparkSession, config: Config) -> dict[str, list]:
     tables = {f"{layer}/{t}": config.table_path(layer, t) for layer, t in
               [("bronze", "events"), ("bronze", "items"), ("bronze", "users"), ("silver", "events"),
-               ("silver", "users"), ("gold", "item_vocab"), ("gold", "train_examples"), ("gold", "train_windows"),
+               ("silver", "users"), ("gold", "item_vocab"), ("gold", "train_baskets"), ("gold", "refit_baskets"),
                ("gold", "eval_queries")]}
     return {name: sorted(map(repr, spark.read.format("delta").load(path).collect())) for name, path in tables.items()}
 
@@ -88,6 +88,18 @@ def test_every_user_gets_k_recommendations_with_their_own_id(spark: SparkSession
     assert per_user == {f"user-{u:03d}": K for u in range(USERS)}
     assert recs.filter(~F.col(C.ITEM_ID).startswith("item-")).count() == 0
     assert recs.select(C.RUN_ID).distinct().collect()[0][0] == ran["train"][C.RUN_ID]
+
+
+def test_features_writes_only_the_example_tables_the_models_train_on(spark: SparkSession, config: Config,
+                                                                     ran: dict) -> None:
+    from recspark.utils.delta import table_exists
+
+    def written(table: str) -> bool:
+        return table_exists(spark, config.table_path(C.GOLD, table))
+
+    # repeatnet reads train_baskets and is refitted on refit_baskets; nothing here reads the others.
+    assert written(C.TRAIN_BASKETS) and written(C.REFIT_BASKETS)
+    assert not written(C.TRAIN_EXAMPLES) and not written(C.TRAIN_WINDOWS)
 
 
 def test_metrics_report_has_model_and_baseline(config: Config, ran: dict) -> None:

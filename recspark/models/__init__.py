@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from recspark import constants as C
 from recspark.models.spec import ModelSpec
 
 # tf.keras must be tf-keras (Keras 2), which Horovod hooks into: decided when TensorFlow is first imported.
@@ -69,9 +70,9 @@ def model_inputs(name: str) -> list[str]:
 
 
 def model_examples_table(name: str) -> str:
-    """The gold table model ``name`` trains on: ``train_windows`` for a model that predicts at every
-    step of a row, ``train_examples`` (one row per step) for the rest."""
-    return get_model_class(name).EXAMPLES
+    """The gold table model ``name`` trains on (:data:`recspark.constants.MODEL_EXAMPLES`)."""
+    get_model_class(name)  # a clear error for an unknown name
+    return C.MODEL_EXAMPLES[name]
 
 
 def build_model(name: str, spec: ModelSpec, train: "TrainConfig") -> "tf.keras.Model":

@@ -47,8 +47,6 @@ class Recommender(tf.keras.Model):
 
     NAME: ClassVar[str] = ""
     INPUTS: ClassVar[tuple[str, ...]] = (C.HISTORY,)
-    # The gold table of training rows: one prediction per row reads every step (train_examples).
-    EXAMPLES: ClassVar[str] = C.TRAIN_EXAMPLES
     SETTINGS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, spec: dict[str, Any], settings: dict[str, Any], name: Optional[str] = None,

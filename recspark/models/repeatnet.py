@@ -46,7 +46,6 @@ class RepeatNet(SASRec):
 
     NAME = "repeatnet"
     INPUTS = (C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, C.REPEAT_ITEMS, C.REPEAT_FEATURES)
-    EXAMPLES = C.TRAIN_BASKETS
     REPEAT_HEAD: ClassVar[bool] = True
     # The encoder reads the latest ENCODER_STEPS steps (SASRec peaked with 50-step windows on
     # Complete Journey); a longer max_seq_len is then cheap for the other models' tables only.

@@ -68,8 +68,6 @@ class SASRec(SequenceRecommender):
 
     NAME = "sasrec"
     INPUTS = (C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS)
-    # Every step of a row is a prediction: non-overlapping windows hold each step once.
-    EXAMPLES = C.TRAIN_WINDOWS
 
     def __init__(self, spec: dict[str, Any], settings: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(spec, settings, **kwargs)

@@ -520,15 +520,18 @@ def build_features(spark: SparkSession, config: Config) -> dict:
 
     sequences = read_table(spark, gold(SEQUENCES))
     event_types = config.ingest.event_types
-    outputs = {
-        C.TRAIN_EXAMPLES: train_examples(sequences, config.features, event_types),
-        C.TRAIN_WINDOWS: train_windows(sequences, config.features, event_types),
-        C.TRAIN_BASKETS: train_baskets(sequences, config.features, event_types),
-        C.EVAL_QUERIES: eval_queries(sequences, config.features, event_types),
-        C.SERVING_HISTORIES: serving_histories(sequences, config.features, event_types),
+    # Only the example tables the configured models train on (each is a full pass over the sequences).
+    needed = {C.MODEL_EXAMPLES[model] for model in config.train.models}
+    examples = {
+        C.TRAIN_EXAMPLES: lambda: train_examples(sequences, config.features, event_types),
+        C.TRAIN_WINDOWS: lambda: train_windows(sequences, config.features, event_types),
+        C.TRAIN_BASKETS: lambda: train_baskets(sequences, config.features, event_types),
     }
-    if config.train.refit:  # what train refits a validation-tuned next-basket model on
+    outputs = {table: build() for table, build in examples.items() if table in needed}
+    if C.TRAIN_BASKETS in needed and config.train.refit:  # what train refits a next-basket model on
         outputs[C.REFIT_BASKETS] = train_baskets(sequences, config.features, event_types, splits=(TRAIN, C.VALIDATION))
+    outputs[C.EVAL_QUERIES] = eval_queries(sequences, config.features, event_types)
+    outputs[C.SERVING_HISTORIES] = serving_histories(sequences, config.features, event_types)
     for table, df in outputs.items():
         overwrite_table(df, gold(table))
     return {table: gold(table) for table in (SPLIT_INFO, C.ITEM_VOCAB, C.CATEGORY_VOCAB, SEQUENCES, USER_FEATURES,
