@@ -59,6 +59,8 @@ def set_log_level(spark: SparkSession, verbose: bool) -> None:
     DeprecationWarnings and Horovod's launch commands (:func:`logs_warnings`). Errors always show in full."""
     spark.sparkContext.setLogLevel("WARN" if verbose else "ERROR")
     logging.getLogger("py4j").setLevel(logging.WARNING if verbose else logging.ERROR)
+    # Petastorm's advice on its cache's file sizes (it writes the files itself): not the user's to act on.
+    logging.getLogger("petastorm").setLevel(logging.WARNING if verbose else logging.ERROR)
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         # The libraries' notices about their own future (Petastorm on pyarrow, pandas): not ours to act on.

@@ -3,6 +3,7 @@ Spark's log level (ERROR unless --verbose) on a real session. Fast: no stage run
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 from types import ModuleType
 
@@ -103,6 +104,8 @@ def test_a_job_logs_spark_errors_only_unless_verbose(spark: SparkSession, tmp_pa
         assert run_job("summary", body, argv) == {"rows": "none"}
         assert seen[-1] == (spark, "ERROR")  # the job reuses the session, quiet from before its body runs
         assert not logs_warnings(spark)  # Horovod's launcher follows: no launch commands printed
+        # Petastorm's advice on its own cache files is not printed either.
+        assert not logging.getLogger("petastorm.spark.spark_dataset_converter").isEnabledFor(logging.WARNING)
         out = capsys.readouterr().out
         assert out.startswith("== summary (completejourney) ...\n")
         assert "== recspark summary (completejourney) done in" in out and "rows: none" in out
@@ -110,6 +113,7 @@ def test_a_job_logs_spark_errors_only_unless_verbose(spark: SparkSession, tmp_pa
         assert set(last_stage_seconds(load_config(None, overrides))) == {"summary"}
         run_job("summary", body, argv + ["--verbose"])
         assert seen[-1][1] == "WARN" and logs_warnings(spark)
+        assert logging.getLogger("petastorm.spark.spark_dataset_converter").isEnabledFor(logging.WARNING)
         assert "== summary (completejourney), last run " in capsys.readouterr().out
     finally:
         spark.sparkContext.setLogLevel("ERROR")
