@@ -51,7 +51,7 @@ def test_keras_3_fails_loudly():
     assert run.returncode != 0 and "TF_USE_LEGACY_KERAS=1" in run.stderr, run.stderr[-2000:]
 
 
-def test_two_rank_training_agrees_learns_and_exports(spark, tmp_path):
+def test_two_rank_training_agrees_learns_and_exports(spark, tmp_path, capsys):
     config = TrainConfig(models=["mean_pool"], num_proc=2, epochs=3, batch_size=32, learning_rate=0.01,
                          embedding_dim=8, seed=11)
     model_dir = tmp_path / "model"
@@ -101,6 +101,34 @@ def test_two_rank_training_agrees_learns_and_exports(spark, tmp_path):
     logits = model.predict({HISTORY: histories}, verbose=0)
     assert logits.shape == (2, NUM_ITEMS) and np.isfinite(logits).all()
     assert (model_dir / MODEL_FILE).is_file()
+    # Rank 0's epoch lines reach the driver's console through the progress file, once each (not as
+    # Horovod's "[0]<stdout>:" dump when the rank ends).
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(" loss=")[0] for line in printed if line.startswith("epoch ")] == ["epoch 1/3", "epoch 2/3",
+                                                                                          "epoch 3/3"]
+    assert not any("<stdout>:epoch" in line for line in printed)
+
+
+def test_progress_follower_prints_complete_lines_as_they_come(tmp_path):
+    import io
+
+    from recspark.models.training import ProgressFollower
+
+    path, out = tmp_path / "progress.log", io.StringIO()
+    follower = ProgressFollower(path, poll_seconds=0.02, out=out)
+    try:
+        with open(path, "a") as progress:
+            progress.write("epoch 1/2 loss=1.0\nepoch 2/2 lo")
+        deadline = time.time() + 5
+        while "epoch 1/2" not in out.getvalue() and time.time() < deadline:
+            time.sleep(0.02)
+        # Printed while the writer is still going; the half-written line waits.
+        assert out.getvalue() == "epoch 1/2 loss=1.0\n"
+        with open(path, "a") as progress:
+            progress.write("ss=0.5\n")
+    finally:
+        follower.stop()
+    assert out.getvalue() == "epoch 1/2 loss=1.0\nepoch 2/2 loss=0.5\n"
 
 
 def test_two_rank_sasrec_training_agrees_and_exports(spark, tmp_path):

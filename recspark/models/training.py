@@ -63,8 +63,11 @@ RETURN_WEIGHTS_MAX_PARAMS = 2_000_000
 # Petastorm reader threads per training process: two processes share a 2-core machine here.
 READER_WORKERS = 2
 SHUFFLE_CAPACITY = 1024
-# Rank 0 prints a progress line inside an epoch at most this often (seconds).
+# Rank 0 writes a progress line inside an epoch at most this often (seconds).
 PROGRESS_SECONDS = 60.0
+# Rank 0's progress lines, in the model directory: the driver prints them as they come (Horovod
+# forwards a rank's stdout only when the rank ends).
+PROGRESS_FILE = "progress.log"
 
 # The training processes inherit the Spark Python worker's environment, which was fixed when the
 # driver's JVM started. Set it here too for a driver that has not imported `recspark` first; and
@@ -148,12 +151,57 @@ def _pin_devices(hvd: Any) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
+class ProgressFollower:
+    """Prints the lines appended to ``path`` as they come, from a thread, until :meth:`stop` (which
+    prints the rest): rank 0's progress while the ranks train, whatever Horovod does with their
+    stdout. ``path`` must be readable by the driver (local mode: any path; a cluster: shared storage,
+    as the model directory already is)."""
+
+    def __init__(self, path: Path, poll_seconds: float = 1.0, out: Any = None) -> None:
+        import threading
+
+        self.path, self.poll_seconds, self.out = Path(path), poll_seconds, out
+        self.offset = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="progress-follower", daemon=True)
+        self._thread.start()
+
+    def _print_new_lines(self) -> None:
+        try:
+            with open(self.path, "rb") as progress:
+                progress.seek(self.offset)
+                data = progress.read()
+        except FileNotFoundError:
+            return
+        complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits for the next poll
+        self.offset += len(complete)
+        for line in complete.decode("utf-8", errors="replace").splitlines():
+            print(line, file=self.out or sys.stdout, flush=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            self._print_new_lines()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._print_new_lines()
+
+
 def _progress_callback(epochs: int, batch_end_times: Optional[list[float]] = None, *, steps: Optional[int] = None,
-                       interval: float = PROGRESS_SECONDS) -> "tf.keras.callbacks.Callback":
+                       interval: float = PROGRESS_SECONDS, path: Optional[Path] = None) -> "tf.keras.callbacks.Callback":
     """Rank 0's progress: one line per epoch with the time left (at most: early stopping may end
-    sooner) and, with ``steps`` (per epoch), a line every ``interval`` seconds inside a long epoch;
+    sooner) and, with ``steps`` (per epoch), a line every ``interval`` seconds inside a long epoch,
+    appended to ``path`` (the driver follows it, :class:`ProgressFollower`; printed without one);
     with ``batch_end_times``, also appends the time at every batch end to it."""
     import tensorflow as tf
+
+    def emit(line: str) -> None:
+        if path is None:
+            print(line, flush=True)
+            return
+        with open(path, "a") as progress:
+            progress.write(line + "\n")
 
     class Progress(tf.keras.callbacks.Callback):
         """Placed after MetricAverageCallback: the loss shown is averaged over the ranks. Horovod's
@@ -172,8 +220,8 @@ def _progress_callback(epochs: int, batch_end_times: Optional[list[float]] = Non
             if steps and now - self.shown >= interval and batch + 1 < steps:
                 self.shown = now
                 rate = (now - self.started) / (batch + 1)
-                print(f"   epoch {self.epoch + 1}/{epochs}: "
-                      f"{batch + 1}/{steps} steps, ~{short_duration(rate * (steps - batch - 1))} left in the epoch", flush=True)
+                emit(f"   epoch {self.epoch + 1}/{epochs}: "
+                     f"{batch + 1}/{steps} steps, ~{short_duration(rate * (steps - batch - 1))} left in the epoch")
 
         def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
             seconds = time.time() - self.started
@@ -184,7 +232,7 @@ def _progress_callback(epochs: int, batch_end_times: Optional[list[float]] = Non
             remaining = epochs - epoch - 1
             left = (f", at most ~{short_duration(remaining * sum(self.epoch_seconds) / len(self.epoch_seconds))} left"
                     if remaining > 0 else "")
-            print(f"epoch {epoch + 1}/{epochs} loss={loss:.4f}{shown} seconds={seconds:.1f}{left}", flush=True)
+            emit(f"epoch {epoch + 1}/{epochs} loss={loss:.4f}{shown} seconds={seconds:.1f}{left}")
 
     return Progress()
 
@@ -271,7 +319,7 @@ def _train_fn(
     steps = _steps_per_epoch(num_rows, train_config.batch_size, size)
     if rank == 0:
         callbacks.append(_progress_callback(train_config.epochs, batch_end_times if record_batch_times else None,
-                                            steps=steps))
+                                            steps=steps, path=out / PROGRESS_FILE))
         callbacks.append(tf.keras.callbacks.ModelCheckpoint(
             str(out / CHECKPOINTS_DIR / "epoch-{epoch:03d}.weights.h5"), save_weights_only=True))
     callbacks.append(lifecycle.checkpoint_callback(str(out), state, rank=rank, early_stopping=early_stopping))
@@ -480,6 +528,8 @@ def train_distributed(
         lifecycle.save_vocabularies(out, item_vocab, category_vocab)
         launcher, run = lifecycle.horovod_launcher()
         started = time.time()
+        (out / PROGRESS_FILE).unlink(missing_ok=True)
+        follower = ProgressFollower(out / PROGRESS_FILE)
         try:
             results: list[RankResult] = run(
                 _train_fn,
@@ -494,6 +544,8 @@ def train_distributed(
             if "exited with non-zero status" in str(error):
                 raise lifecycle.rank_failure(error) from error
             raise
+        finally:
+            follower.stop()
         seconds = time.time() - started
     finally:
         converter.delete()
