@@ -532,7 +532,15 @@ def build_features(spark: SparkSession, config: Config) -> dict:
         outputs[C.REFIT_BASKETS] = train_baskets(sequences, config.features, event_types, splits=(TRAIN, C.VALIDATION))
     outputs[C.EVAL_QUERIES] = eval_queries(sequences, config.features, event_types)
     outputs[C.SERVING_HISTORIES] = serving_histories(sequences, config.features, event_types)
-    for table, df in outputs.items():
-        overwrite_table(df, gold(table))
+    # Every repeat profile (baskets, refit, queries, serving) reads the same basket steps and item
+    # rates: computed once. Spark's cache matches a plan, so the builders' own identical plans hit it.
+    steps = basket_steps(sequences).persist()
+    rates = item_repurchase_rates(steps, config.features).persist()
+    try:
+        for table, df in outputs.items():
+            overwrite_table(df, gold(table))
+    finally:
+        rates.unpersist()
+        steps.unpersist()
     return {table: gold(table) for table in (SPLIT_INFO, C.ITEM_VOCAB, C.CATEGORY_VOCAB, SEQUENCES, USER_FEATURES,
                                              ITEM_FEATURES, C.FEATURE_STATS, *outputs)}
