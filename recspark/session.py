@@ -53,6 +53,11 @@ def quiet_log4j2_file() -> Path:
     return path
 
 
+def _below_warning(record: logging.LogRecord) -> bool:
+    """A logging filter: only warnings and errors pass."""
+    return record.levelno >= logging.WARNING
+
+
 def set_log_level(spark: SparkSession, verbose: bool) -> None:
     """Spark's (and py4j's) own logging: WARN with ``verbose``, else ERROR; quiet also keeps out
     TensorFlow's C++ info lines (unless TF_CPP_MIN_LOG_LEVEL is set), the driver's FutureWarnings and
@@ -61,6 +66,15 @@ def set_log_level(spark: SparkSession, verbose: bool) -> None:
     logging.getLogger("py4j").setLevel(logging.WARNING if verbose else logging.ERROR)
     # Petastorm's advice on its cache's file sizes (it writes the files itself): not the user's to act on.
     logging.getLogger("petastorm").setLevel(logging.WARNING if verbose else logging.ERROR)
+    # MLflow's SQLite store announces its table set-up at every client (INFO lines of mlflow and of
+    # alembic, whose logging MLflow configures from a file on each call, so a filter, not a level).
+    migration = logging.getLogger("alembic.runtime.migration")
+    if verbose:
+        migration.removeFilter(_below_warning)
+    else:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        migration.addFilter(_below_warning)  # adding it twice keeps one
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         # The libraries' notices about their own future (Petastorm on pyarrow, pandas): not ours to act on.

@@ -106,6 +106,11 @@ def test_a_job_logs_spark_errors_only_unless_verbose(spark: SparkSession, tmp_pa
         assert not logs_warnings(spark)  # Horovod's launcher follows: no launch commands printed
         # Petastorm's advice on its own cache files is not printed either.
         assert not logging.getLogger("petastorm.spark.spark_dataset_converter").isEnabledFor(logging.WARNING)
+        # Nor MLflow's store set-up (alembic's INFO lines pass no more, its warnings still do).
+        record = logging.LogRecord("alembic.runtime.migration", logging.INFO, __file__, 1, "Context impl", None, None)
+        assert not logging.getLogger("alembic.runtime.migration").filter(record)
+        record.levelno = logging.WARNING
+        assert logging.getLogger("alembic.runtime.migration").filter(record)
         out = capsys.readouterr().out
         assert out.startswith("== summary (completejourney) ...\n")
         assert "== recspark summary (completejourney) done in" in out and "rows: none" in out
