@@ -119,6 +119,14 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
             "mlflow": {"run_id": tracked.run_id, "registered_model": tracked.registered_model,
                        "version": tracked.model_version, "tracking_uri": tracked.tracking_uri},
         })
+        summary[model] = (f"{config.train.num_proc} Horovod ranks, {num_items - config.features.first_item_idx:,} items, "
+                          f"{result.seconds:.1f}s, loss per epoch "
+                          + ", ".join(f"{loss:.4f}" for loss in result.history)
+                          + (f", resumed after epoch {result.initial_epoch}" if result.initial_epoch else "")
+                          + (f", val NDCG@10 best {max(result.val_ndcg_history):.4f} at epoch {result.best_epoch}"
+                             if result.val_ndcg_history else "")
+                          + f" -> {model_dir}; MLflow run {tracked.run_id}, "
+                            f"{tracked.registered_model} v{tracked.model_version}")
         refit_path = config.table_path(C.GOLD, C.REFIT_BASKETS)
         if (config.train.for_model(model).refit and model_examples_table(model) == C.TRAIN_BASKETS
                 and table_exists(spark, refit_path)):
@@ -128,14 +136,6 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
                 spark, config, model, spec, epochs, run_id=run_id, examples_path=refit_path,
                 data_versions={**versions, refit_path: table_version(spark, refit_path)},
                 item_vocab=read_table(spark, vocab_path), category_vocab=category_vocab)
-        summary[model] = (f"{config.train.num_proc} Horovod ranks, {num_items - config.features.first_item_idx:,} items, "
-                          f"{result.seconds:.1f}s, loss per epoch "
-                          + ", ".join(f"{loss:.4f}" for loss in result.history)
-                          + (f", resumed after epoch {result.initial_epoch}" if result.initial_epoch else "")
-                          + (f", val NDCG@10 best {max(result.val_ndcg_history):.4f} at epoch {result.best_epoch}"
-                             if result.val_ndcg_history else "")
-                          + f" -> {model_dir}; MLflow run {tracked.run_id}, "
-                            f"{tracked.registered_model} v{tracked.model_version}")
     return summary
 
 
