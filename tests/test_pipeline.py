@@ -114,9 +114,11 @@ def test_metrics_report_has_model_and_baseline(config: Config, ran: dict) -> Non
     tifu = report["tifu_knn_tuning"]
     best = max(tifu["grid"], key=lambda point: point["validation"]["ndcg_at_k"])
     assert tifu["chosen_by"] == "validation" and tifu["chosen"] == {name: best[name] for name in tifu["chosen"]}
-    # Both published Complete Journey settings are in the grid.
+    # The grid is the configured one: every vector setting x neighbours x alpha.
     points = {(p["group_count"], p["within_decay"], p["group_decay"], p["neighbours"], p["alpha"]) for p in tifu["grid"]}
-    assert {(7, 0.9, 0.9, 100, 0.1), (3, 1.0, 0.1, 100, 0.8)} <= points
+    ev = config.evaluate
+    assert points == {(*setting, n, a) for setting in ev.tifu_vector_settings
+                      for n in ev.tifu_neighbours for a in ev.tifu_alphas}
     assert set(report["repeat_explore"]) == set(report["models"])
     assert report["users"] == USERS
     for metrics in report["models"].values():
