@@ -81,6 +81,10 @@ def test_outputs_are_mapped_back_to_the_shops_ids(spark: SparkSession, sealed: D
     rows = mapped.collect()
     assert sorted(row[C.USER_ID] for row in rows) == sorted(RAW)
     assert all(row[C.USER_ID] == row["expected"] for row in rows)
+    # A map still in plain text (an earlier recspark's, prepare not run since) is named, not decrypted.
+    plain = pseudonyms.select("raw", C.USER_ID).withColumnRenamed("raw", "raw_user_id")
+    with pytest.raises(ValueError, match="identity_map holds raw user ids in plain text.*run the prepare stage"):
+        with_original_user_id(recommendations, plain, KEY)
 
 
 def test_a_plain_text_map_of_an_earlier_run_is_encrypted_and_its_history_purged(

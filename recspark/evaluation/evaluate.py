@@ -119,6 +119,9 @@ def with_original_user_id(df: DataFrame, identity: DataFrame, key: bytes | Broad
 
     The identity map holds the raw ids encrypted (``prepare.identity_map``): only the rows of the
     users in ``df`` are decrypted, with ``key`` (``privacy.identity_map_key``), a broadcast of it."""
+    if dict(identity.dtypes)[RAW_USER_ID] == "string":  # an identity map written before encryption
+        raise ValueError("bronze identity_map holds raw user ids in plain text (written by a recspark before "
+                         "they were encrypted): run the prepare stage, which encrypts it in place")
     users = df.select(C.USER_ID).distinct()
     raw = (identity.join(users, C.USER_ID, "left_semi")
            .select(C.USER_ID, decrypt_id(RAW_USER_ID, C.USER_ID, key).alias(RAW_USER_ID)))
