@@ -71,6 +71,7 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
     from recspark.models.item_tables import FEATURE_MODELS, with_gold_user_vector
     from recspark.models.lifecycle import collect_validation_set
     from recspark.models.training import train_distributed
+    from recspark.serving import export_pyfunc
     from recspark.tracking import log_training_run
 
     examples_paths = {model: config.table_path(C.GOLD, model_examples_table(model)) for model in config.train.models}
@@ -109,7 +110,8 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
             params={"train": model_train_params(config, model), "model": spec_params(spec)},
             metrics={"loss": result.history, "val_ndcg_at_10": result.val_ndcg_history}, table_versions=versions,
             model_dir=model_dir, tags={C.RUN_ID: run_id, "resumed_from_epoch": str(result.initial_epoch),
-                                       "best_epoch": str(result.best_epoch), "launcher": result.launcher})
+                                       "best_epoch": str(result.best_epoch), "launcher": result.launcher},
+            pyfunc_dir=export_pyfunc(spark, config, model, model_dir, run_id))
         write_json(model_dir / "run.json", {
             C.RUN_ID: run_id,
             "dataset": config.run_name,
@@ -148,6 +150,7 @@ def refit(spark: SparkSession, config: Config, model: str, spec, epochs: int, *,
     serving now, should have learned them. Registered in MLflow as the model's next version (the
     one that serves) and tagged ``fit_on``. Returns the summary line."""
     from recspark.models.training import train_distributed
+    from recspark.serving import export_pyfunc
     from recspark.tracking import log_training_run
 
     refit_dir = config.model_dir(model) / REFIT_DIR
@@ -165,7 +168,8 @@ def refit(spark: SparkSession, config: Config, model: str, spec, epochs: int, *,
         params={"train": {**model_train_params(config, model), "epochs": epochs, "early_stopping_patience": 0},
                 "model": spec_params(spec)},
         metrics={"loss": result.history}, table_versions=data_versions, model_dir=refit_dir,
-        tags={C.RUN_ID: run_id, "fit_on": C.FIT_ON_REFIT, "launcher": result.launcher})
+        tags={C.RUN_ID: run_id, "fit_on": C.FIT_ON_REFIT, "launcher": result.launcher},
+        pyfunc_dir=export_pyfunc(spark, config, model, refit_dir, run_id))
     write_json(refit_dir / "run.json", {
         C.RUN_ID: run_id, "dataset": config.run_name, "model": model, "fit_on": C.FIT_ON_REFIT, "epochs": epochs,
         "num_items": spec.num_items, "table_versions": data_versions, "config": config.to_dict(),
