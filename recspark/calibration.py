@@ -17,8 +17,11 @@ outside it is clamped (as Spark's own model predicts).
 
 The map is stored with the model (``calibration.json`` in its folder, with the training run it was
 fitted for, so a retrained model is refitted) together with the expected calibration error (ECE,
-10 equal-width bins of the calibrated value) on validation and on the test queries. Caveat: queries
-exist only for users active in the period, so this is the probability given the user shops then.
+10 equal-width bins of the calibrated value) on validation and on the test queries, and each bin's
+pairs, mean confidence and bought rate: the reliability diagram (:func:`plot_reliability`), which
+the score stage draws beside the evaluation report and adds, with the ECE, to its report.md
+(:func:`report_calibration`). Caveat: queries exist only for users active in the period, so this is
+the probability given the user shops then.
 """
 from __future__ import annotations
 
@@ -48,6 +51,9 @@ class Calibration:
     positive_rate: Optional[float] = None
     ece_validation: Optional[float] = None  # None: not measured (no pairs)
     ece_test: Optional[float] = None
+    # The reliability diagram's bins, (bin, pairs, mean calibrated confidence, bought rate) per non-empty bin.
+    reliability_validation: tuple = ()
+    reliability_test: tuple = ()
 
     def __post_init__(self) -> None:
         if not self.boundaries or len(self.boundaries) != len(self.predictions):
@@ -70,7 +76,10 @@ class Calibration:
         if not path.exists():
             return None
         values = json.loads(path.read_text())
-        return cls(**{**values, "boundaries": tuple(values["boundaries"]), "predictions": tuple(values["predictions"])})
+        bins = {name: tuple(tuple(row) for row in values.get(name, ()))
+                for name in ("reliability_validation", "reliability_test")}
+        return cls(**{**values, "boundaries": tuple(values["boundaries"]), "predictions": tuple(values["predictions"]),
+                      **bins})
 
 
 def fit_isotonic(pairs: DataFrame) -> Calibration:
@@ -88,9 +97,9 @@ def fit_isotonic(pairs: DataFrame) -> Calibration:
                        pairs=int(stats["n"]), positive_rate=float(stats["rate"]))
 
 
-def expected_calibration_error(pairs: DataFrame, calibration: Calibration, bins: int = ECE_BINS) -> Optional[float]:
-    """ECE = sum over equal-width bins of the calibrated value of |mean label - mean calibrated| x
-    the bin's share of pairs (one small aggregate: a row per bin); None without pairs."""
+def reliability_bins(pairs: DataFrame, calibration: Calibration, bins: int = ECE_BINS) -> tuple:
+    """The pairs in ``bins`` equal-width bins of the calibrated confidence: (bin, pairs, mean calibrated
+    confidence, bought rate) for every non-empty bin, in bin order (one small aggregate: a row per bin)."""
     boundaries, predictions = list(calibration.boundaries), list(calibration.predictions)
 
     @F.pandas_udf("double")
@@ -100,12 +109,88 @@ def expected_calibration_error(pairs: DataFrame, calibration: Calibration, bins:
         return pd.Series(np.interp(raw.to_numpy(dtype=np.float64), boundaries, predictions))
 
     scored = pairs.select(calibrated(F.col(RAW).cast("double")).alias("_p"), F.col(LABEL).cast("double").alias("_y"))
-    per_bin = (scored.groupBy(F.least(F.floor(F.col("_p") * bins), F.lit(bins - 1)).alias("_bin"))
+    per_bin = (scored.groupBy(F.least(F.floor(F.col("_p") * bins), F.lit(bins - 1)).cast("int").alias("_bin"))
                .agg(F.count(F.lit(1)).alias("n"), F.avg("_p").alias("p"), F.avg("_y").alias("y")).collect())
-    total = sum(row["n"] for row in per_bin)
+    return tuple(sorted((int(row["_bin"]), int(row["n"]), float(row["p"]), float(row["y"])) for row in per_bin))
+
+
+def ece_of_bins(per_bin: tuple) -> Optional[float]:
+    """ECE = sum over bins of |bought rate - mean confidence| x the bin's share of pairs; None without pairs."""
+    total = sum(n for _, n, _, _ in per_bin)
     if not total:
         return None
-    return float(sum(row["n"] * abs(row["y"] - row["p"]) for row in per_bin) / total)
+    return float(sum(n * abs(y - p) for _, n, p, y in per_bin) / total)
+
+
+def expected_calibration_error(pairs: DataFrame, calibration: Calibration, bins: int = ECE_BINS) -> Optional[float]:
+    """ECE over equal-width bins of the calibrated value (:func:`reliability_bins`); None without pairs."""
+    return ece_of_bins(reliability_bins(pairs, calibration, bins))
+
+
+def plot_reliability(calibration: Calibration, path: Path, title: str) -> Optional[Path]:
+    """The reliability diagram: bought rate against mean calibrated confidence per bin, validation and
+    test, the diagonal for perfect calibration, and each bin's share of test pairs; None without bins."""
+    if not calibration.reliability_validation and not calibration.reliability_test:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (curve, counts) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    curve.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+    for name, per_bin, ece in (("validation", calibration.reliability_validation, calibration.ece_validation),
+                               ("test", calibration.reliability_test, calibration.ece_test)):
+        if per_bin:
+            curve.plot([p for _, _, p, _ in per_bin], [y for _, _, _, y in per_bin], marker="o",
+                       label=f"{name} (ECE {ece:.4f})")
+    curve.set_ylabel("bought in the period (share)")
+    curve.set_xlim(0, 1)
+    curve.set_ylim(0, 1)
+    curve.legend(fontsize=8)
+    curve.set_title(title, fontsize=10)
+    per_bin = calibration.reliability_test or calibration.reliability_validation
+    total = sum(n for _, n, _, _ in per_bin)
+    counts.bar([(b + 0.5) / ECE_BINS for b, _, _, _ in per_bin], [n / total for _, n, _, _ in per_bin],
+               width=0.9 / ECE_BINS)
+    counts.set_xlabel(f"calibrated confidence ({ECE_BINS} bins)")
+    counts.set_ylabel("share of pairs")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+REPORT_SECTION = "## Confidence calibration"
+
+
+def report_calibration(reports_dir: Path, model: str, calibration: Calibration) -> Optional[Path]:
+    """Draws ``reliability_<model>.png`` beside the latest evaluation report (the folder of
+    ``reports_dir/metrics.json``'s run, else ``reports_dir``) and puts the ECE on validation and test
+    into that report.md (its calibration section replaced, so a re-run does not repeat it).
+    Returns the plot's path, or None without bins."""
+    folder = reports_dir
+    latest = reports_dir / "metrics.json"
+    if latest.exists():
+        folder = reports_dir / json.loads(latest.read_text())["run_id"]
+    plot = plot_reliability(calibration, folder / f"reliability_{model}.png",
+                            f"{model}: P(bought in the next period), isotonic on validation")
+    if plot is None:
+        return None
+    report = folder / "report.md"
+    if report.exists():
+        text = report.read_text()
+        if REPORT_SECTION in text:  # this section is always the last: everything from it is replaced
+            text = text[:text.index(REPORT_SECTION)].rstrip("\n") + "\n"
+        ece = {name: "not measured" if value is None else f"{value:.4f}"
+               for name, value in (("validation", calibration.ece_validation), ("test", calibration.ece_test))}
+        text += (f"\n{REPORT_SECTION}\n\n`{model}`: confidence = isotonic map of the softmax share to the bought "
+                 f"rate, fitted on {calibration.pairs:,} validation pairs (top-K recommendations; bought rate "
+                 f"{calibration.positive_rate or 0:.4f}). Expected calibration error ({ECE_BINS} bins): "
+                 f"validation {ece['validation']}, **test {ece['test']}**. Reliability diagram: `{plot.name}`.\n")
+        report.write_text(text)
+    return plot
 
 
 def calibration_pairs(queries: DataFrame, vocab: DataFrame, model_dir: str, k: int, exclude_seen: bool, *,
@@ -132,7 +217,8 @@ def ensure_calibration(spark, config, model: str, model_run_id: Optional[str]) -
 
     model_dir = str(config.model_dir(model))
     stored = Calibration.load(model_dir)
-    if stored is not None and stored.model_run_id == model_run_id:
+    # A map stored before the reliability bins were kept is fitted again (its diagram needs them).
+    if stored is not None and stored.model_run_id == model_run_id and stored.reliability_validation:
         return stored
     queries_path = config.table_path(C.GOLD, C.EVAL_QUERIES)
     if not table_exists(spark, queries_path):
@@ -153,9 +239,10 @@ def ensure_calibration(spark, config, model: str, model_run_id: Optional[str]) -
         if validation.isEmpty():
             return None
         fitted = fit_isotonic(validation)
-        calibration = dataclasses.replace(fitted, model_run_id=model_run_id,
-                                          ece_validation=expected_calibration_error(validation, fitted),
-                                          ece_test=expected_calibration_error(pairs(C.TEST), fitted))
+        on_validation, on_test = reliability_bins(validation, fitted), reliability_bins(pairs(C.TEST), fitted)
+        calibration = dataclasses.replace(fitted, model_run_id=model_run_id, ece_validation=ece_of_bins(on_validation),
+                                          ece_test=ece_of_bins(on_test), reliability_validation=on_validation,
+                                          reliability_test=on_test)
     finally:
         validation.unpersist()
     calibration.save(model_dir)

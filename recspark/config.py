@@ -351,6 +351,8 @@ class ScoreConfig:
     # empty, recommend only these. Items with stock = 0 are never recommended either way.
     exclude_categories: list = dataclasses.field(default_factory=list)
     include_categories: list = dataclasses.field(default_factory=list)
+    # Neighbours per item in the similar_items table (cosine of the item vectors; recspark.vectors).
+    similar_k: int = 20
 
 
 @dataclasses.dataclass
@@ -397,6 +399,7 @@ class Config:
             "score.batch_size": self.score.batch_size,
             "score.item_block": self.score.item_block,
             "score.calibration_users": self.score.calibration_users,
+            "score.similar_k": self.score.similar_k,
             "dataset.synthetic_events": self.dataset.synthetic_events,
         }
         if self.features.target_horizon_days is not None:

@@ -9,8 +9,11 @@ latest ``score.keep_runs`` runs (by ``generated_at``) are kept; older ones are d
 Reasons are built from the user's own data and item aggregates only, never from another user's
 history: a re-buy names the user's own repeat profile ("bought 6 times, last 9 days before your
 latest visit": baskets with the item and days from the latest of them to the user's latest event,
-as gold ``repeat_features`` holds them); another item is "popular in <category>" when it is among
-the most bought of its category in training (an aggregate over all users), else a plain reason.
+as gold ``repeat_features`` holds them); a discovery is "often bought with <item>" when that item is
+one of the user's own (their repeat profile) and the two were bought in one basket by at least
+:data:`BOUGHT_WITH_MIN_USERS` households (an aggregate over all users' baskets, never one other
+person's), the partner bought together most often winning; else "popular in <category>" when it is
+among the most bought of its category in training (an aggregate over all users), else a plain reason.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from recspark import constants as C
+from recspark.pipeline.user_features import PURCHASE
 from recspark.utils.delta import read_table, table_exists
 
 MODEL_VERSION = "model_version"
@@ -32,6 +36,10 @@ COLUMNS = (C.USER_ID, C.RANK, C.ITEM_ID, C.SCORE, C.CONFIDENCE, C.REASON, C.RUN_
 # An item is "popular in <category>" when it is among this many of its category with the most training events.
 POPULAR_IN_CATEGORY = 10
 PLAIN_REASON = "picked for you from your recent activity"
+# "often bought with" needs this many distinct households that bought the two items in one basket: a
+# pair from fewer would describe a handful of other people's baskets rather than a pattern.
+BOUGHT_WITH_MIN_USERS = 5
+_BASKET, _WITH, _WITH_ID = "_basket", "_with", "_bought_with"
 # Where the two numbers a reason quotes sit among an item's REPEAT_FEATURE_COUNT repeat features
 # (recspark.pipeline.features.with_repeat_profile): log(1 + baskets with it), log(1 + days from the
 # latest of them to the user's latest event).
@@ -70,18 +78,53 @@ def popular_items(item_features: DataFrame, first_item: int, top: int = POPULAR_
             .select(C.ITEM_IDX, F.col(C.CATEGORY).alias("_popular_in")))
 
 
-def with_reasons(top: DataFrame, popular: DataFrame | None = None) -> DataFrame:
-    """Adds ``reason`` to ``top`` (rows with item_idx and the user's own ``repeat_items`` /
-    ``repeat_features``, which it drops): the re-buy reason, else "popular in <category>" (``popular``:
+def basket_items(sequences: DataFrame, first_item: int) -> DataFrame:
+    """(user_id, _basket, item_idx): each purchase basket's distinct vocabulary items, from gold
+    ``sequences`` (the session is the basket)."""
+    steps = sequences.select(C.USER_ID, F.explode(F.arrays_zip(
+        F.col(C.ITEM_IDX).alias("i"), F.col(C.EVENT_TYPE).alias("t"), F.col(C.SESSION_ID).alias("b"))).alias("_st"))
+    return (steps.filter((F.col("_st.t") == PURCHASE) & (F.col("_st.i") >= first_item) & F.col("_st.b").isNotNull())
+            .select(C.USER_ID, F.col("_st.b").alias(_BASKET), F.col("_st.i").alias(C.ITEM_IDX)).distinct())
+
+
+def bought_with(top: DataFrame, baskets: DataFrame, vocab: DataFrame, first_item: int,
+                min_users: int = BOUGHT_WITH_MIN_USERS) -> DataFrame:
+    """(user_id, item_idx, _bought_with): for each discovery of ``top`` (an item not in the row's own
+    ``repeat_items``), the item_id of the user's own item it was bought with in the most baskets, over
+    pairs bought together by at least ``min_users`` households (``baskets``: :func:`basket_items`).
+    Only baskets holding a recommended item are paired, so the work follows the lists, not the catalogue."""
+    discoveries = top.filter(~F.array_contains(C.REPEAT_ITEMS, F.col(C.ITEM_IDX)))
+    own = (discoveries.select(C.USER_ID, C.ITEM_IDX, F.explode(C.REPEAT_ITEMS).alias(_WITH))
+           .filter(F.col(_WITH) >= first_item))
+    with_recommended = baskets.join(discoveries.select(C.ITEM_IDX).distinct(), C.ITEM_IDX, "left_semi")
+    partners = baskets.select(C.USER_ID, _BASKET, F.col(C.ITEM_IDX).alias(_WITH))
+    together = (with_recommended.join(partners, [C.USER_ID, _BASKET]).filter(F.col(C.ITEM_IDX) != F.col(_WITH))
+                .groupBy(C.ITEM_IDX, _WITH)
+                .agg(F.count_distinct(C.USER_ID).alias("_users"), F.count(F.lit(1)).alias("_baskets"))
+                .filter(F.col("_users") >= min_users))
+    best_first = Window.partitionBy(C.USER_ID, C.ITEM_IDX).orderBy(F.col("_baskets").desc(), _WITH)
+    best = (own.join(together, [C.ITEM_IDX, _WITH]).withColumn("_n", F.row_number().over(best_first))
+            .filter(F.col("_n") == 1))
+    ids = vocab.select(F.col(C.ITEM_IDX).alias(_WITH), F.col(C.ITEM_ID).alias(_WITH_ID))
+    return best.join(ids, _WITH).select(C.USER_ID, C.ITEM_IDX, _WITH_ID)
+
+
+def with_reasons(top: DataFrame, popular: DataFrame | None = None, together: DataFrame | None = None) -> DataFrame:
+    """Adds ``reason`` to ``top`` (rows with user_id, item_idx and the user's own ``repeat_items`` /
+    ``repeat_features``, which it drops): the re-buy reason, else "often bought with <item>"
+    (``together``: :func:`bought_with`), else "popular in <category>" (``popular``:
     :func:`popular_items`), else :data:`PLAIN_REASON`."""
     fallback: Column = F.lit(PLAIN_REASON)
     if popular is not None:
         top = top.join(popular, C.ITEM_IDX, "left")
         fallback = F.coalesce(F.concat(F.lit("popular in "), F.col("_popular_in")), fallback)
+    if together is not None:
+        top = top.join(together, [C.USER_ID, C.ITEM_IDX], "left")
+        fallback = F.coalesce(F.concat(F.lit("often bought with "), F.col(_WITH_ID)), fallback)
     reason = fallback
     if {C.REPEAT_ITEMS, C.REPEAT_FEATURES} <= set(top.columns):
         reason = F.coalesce(repeat_reason(F.col(C.ITEM_IDX), F.col(C.REPEAT_ITEMS), F.col(C.REPEAT_FEATURES)), fallback)
-    return top.withColumn(C.REASON, reason).drop(C.REPEAT_ITEMS, C.REPEAT_FEATURES, "_popular_in")
+    return top.withColumn(C.REASON, reason).drop(C.REPEAT_ITEMS, C.REPEAT_FEATURES, "_popular_in", _WITH_ID)
 
 
 def blocked_items(item_features: DataFrame, first_item: int, exclude_categories: Sequence[str] = (),

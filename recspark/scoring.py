@@ -219,9 +219,26 @@ class ScoringPlan:
     cached like the model) and each batch's user side once. The base scores the model's full logits
     per batch: correct for any model, but not bounded (subclasses are)."""
 
+    # Whether the plan has one vector per user and per item (user_vectors / item_vectors / similar_items).
+    HAS_VECTORS = False
+
     def __init__(self, model, item_block: int = ITEM_BLOCK) -> None:
         self.model, self.item_block = model, item_block
         self.num_items, self.first_item = model.spec.num_items, model.spec.first_item_idx
+        self._unit_items: np.ndarray | None = None
+
+    def item_embeddings(self) -> np.ndarray:
+        """[num_items, dim] float32: each item's vector (the item side the scores are computed from)."""
+        raise NotImplementedError(f"{type(self.model).__name__}: its scores do not factor into item vectors")
+
+    def unit_item_embeddings(self) -> np.ndarray:
+        """The item vectors scaled to length 1 (a zero vector stays zero), made once per worker: cosine
+        similarity is then one matrix product per block (recspark.vectors.similar_items)."""
+        if self._unit_items is None:
+            items = self.item_embeddings()
+            norms = np.linalg.norm(items, axis=1, keepdims=True)
+            self._unit_items = (items / np.maximum(norms, 1e-12)).astype(np.float32)
+        return self._unit_items
 
     def users(self, inputs: dict[str, np.ndarray]):
         return self.model(inputs, training=False).numpy()
@@ -249,6 +266,8 @@ class FactoredPlan(ScoringPlan):
     """Scores that factor as user vector . item vector (+ item bias): one float32 matrix product per
     block against the cached item matrix."""
 
+    HAS_VECTORS = True
+
     def __init__(self, model, user_vectors: Callable[[dict], np.ndarray], item_vectors: np.ndarray,
                  item_bias: np.ndarray | None, item_block: int = ITEM_BLOCK) -> None:
         super().__init__(model, item_block)
@@ -258,6 +277,9 @@ class FactoredPlan(ScoringPlan):
 
     def users(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return np.asarray(self.user_vectors(inputs), dtype=np.float32)
+
+    def item_embeddings(self) -> np.ndarray:
+        return self.item_vectors
 
     def scores(self, users: np.ndarray, lo: int, hi: int) -> np.ndarray:
         block = users @ self.item_vectors[lo:hi].T
@@ -328,6 +350,8 @@ class DNNPlan(ScoringPlan):
     the user part computed once per batch, and a block costs the MLP's remaining layers on
     batch x block pairs (the block shrinks with the batch so that stays under DNN_BLOCK_VALUES)."""
 
+    HAS_VECTORS = True  # the first layer's user and item halves: the closest the MLP has to vectors
+
     def __init__(self, model, item_block: int = ITEM_BLOCK) -> None:
         import tensorflow as tf
 
@@ -339,6 +363,9 @@ class DNNPlan(ScoringPlan):
 
     def users(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return self.scorer.user_part(self.model.user_features(inputs, training=False)).numpy()
+
+    def item_embeddings(self) -> np.ndarray:
+        return self.item_first
 
     def block_size(self, n: int) -> int:
         return max(16, min(self.item_block, DNN_BLOCK_VALUES // max(1, n * self.item_first.shape[1])))
@@ -358,8 +385,9 @@ def build_plan(model, item_block: int = ITEM_BLOCK) -> ScoringPlan:
     from recspark.models.towers import TowersModel
 
     if isinstance(model, RepeatNet):
-        return RepeatPlan(model, lambda inputs: None, model.output_embeddings().numpy(), model.output_bias.numpy(),
-                          item_block)
+        # top_k computes the state itself (the repeat head needs it too); users() is the user's vector alone.
+        return RepeatPlan(model, lambda inputs: model.user_vectors(model._cast_inputs(inputs), training=False).numpy(),
+                          model.output_embeddings().numpy(), model.output_bias.numpy(), item_block)
     if isinstance(model, SequenceRecommender):
         return FactoredPlan(model, lambda inputs: model.user_vectors(model._cast_inputs(inputs), training=False).numpy(),
                             model.output_embeddings().numpy(), model.output_bias.numpy(), item_block)
@@ -415,21 +443,34 @@ def top_k_udf(model_dir: str, columns: list[str], k: int, exclude_seen: bool, *,
         if blocked_items is not None:
             blocked = np.unpackbits(np.frombuffer(blocked_items, np.uint8), count=plan.num_items).astype(bool)
         for *sequences, seen in batches:
-            items, scores, confidences = [], [], []
-            for start in range(0, len(seen), batch_size):
-                part = slice(start, start + batch_size)
-                inputs = model_batch(columns, [values.iloc[part] for values in sequences])
-                rows = plan.top_k(inputs, k, list(seen.iloc[part]) if exclude_seen else None, blocked)
-                for row_items, row_scores, row_confidences in zip(*rows):
-                    if calibration is not None:
-                        row_confidences = calibration.apply(row_confidences)
-                    kept = row_confidences >= min_confidence
-                    items.append(row_items[kept])
-                    scores.append(row_scores[kept])
-                    confidences.append(row_confidences[kept])
+            items, scores, confidences = score_rows(plan, columns, sequences, seen if exclude_seen else None, k,
+                                                    batch_size=batch_size, blocked=blocked, calibration=calibration,
+                                                    min_confidence=min_confidence)
             yield pd.DataFrame({"items": items, "scores": scores, "confidences": confidences})
 
     return top_k
+
+
+def score_rows(plan: ScoringPlan, columns: list[str], sequences: Sequence[pd.Series], seen: pd.Series | None, k: int,
+               *, batch_size: int = 512, blocked: np.ndarray | None = None, calibration=None,
+               min_confidence: float = 0.0) -> tuple[list, list, list]:
+    """Per row of ``sequences`` (the model's input columns): its top-``k`` item_idx, scores and
+    confidences best first, ``batch_size`` rows at a time; ``seen`` items (when given) and
+    ``blocked`` ones excluded, confidences calibrated and below ``min_confidence`` dropped. The one
+    arithmetic of the bulk UDF and of the real-time model (recspark.serving)."""
+    items, scores, confidences = [], [], []
+    for start in range(0, len(sequences[0]), batch_size):
+        part = slice(start, start + batch_size)
+        inputs = model_batch(columns, [values.iloc[part] for values in sequences])
+        rows = plan.top_k(inputs, k, list(seen.iloc[part]) if seen is not None else None, blocked)
+        for row_items, row_scores, row_confidences in zip(*rows):
+            if calibration is not None:
+                row_confidences = calibration.apply(row_confidences)
+            kept = row_confidences >= min_confidence
+            items.append(row_items[kept])
+            scores.append(row_scores[kept])
+            confidences.append(row_confidences[kept])
+    return items, scores, confidences
 
 
 def recommend_indices(histories: DataFrame, model_dir: str, k: int, exclude_seen: bool, batch_size: int = 512, *,

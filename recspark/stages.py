@@ -22,6 +22,7 @@ from recspark.pipeline.privacy import identity_map_key
 from recspark.scoring import recommend_indices, with_model_inputs
 from recspark.utils.delta import read_table, row_count, table_exists, table_version
 from recspark.utils.jobs import StageFn, new_run_id, release_cached, run_stage, write_json
+from recspark.vectors import ITEM_VECTORS, SIMILAR_ITEMS, USER_VECTORS, vector_table_path, write_vector_tables
 
 
 def ingest_stage(spark: SparkSession, config: Config, sources: RawSources | None = None) -> dict:
@@ -70,6 +71,7 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
     from recspark.models.item_tables import FEATURE_MODELS, with_gold_user_vector
     from recspark.models.lifecycle import collect_validation_set
     from recspark.models.training import train_distributed
+    from recspark.serving import export_pyfunc
     from recspark.tracking import log_training_run
 
     examples_paths = {model: config.table_path(C.GOLD, model_examples_table(model)) for model in config.train.models}
@@ -108,7 +110,8 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
             params={"train": model_train_params(config, model), "model": spec_params(spec)},
             metrics={"loss": result.history, "val_ndcg_at_10": result.val_ndcg_history}, table_versions=versions,
             model_dir=model_dir, tags={C.RUN_ID: run_id, "resumed_from_epoch": str(result.initial_epoch),
-                                       "best_epoch": str(result.best_epoch), "launcher": result.launcher})
+                                       "best_epoch": str(result.best_epoch), "launcher": result.launcher},
+            pyfunc_dir=export_pyfunc(spark, config, model, model_dir, run_id))
         write_json(model_dir / "run.json", {
             C.RUN_ID: run_id,
             "dataset": config.run_name,
@@ -147,6 +150,7 @@ def refit(spark: SparkSession, config: Config, model: str, spec, epochs: int, *,
     serving now, should have learned them. Registered in MLflow as the model's next version (the
     one that serves) and tagged ``fit_on``. Returns the summary line."""
     from recspark.models.training import train_distributed
+    from recspark.serving import export_pyfunc
     from recspark.tracking import log_training_run
 
     refit_dir = config.model_dir(model) / REFIT_DIR
@@ -164,7 +168,8 @@ def refit(spark: SparkSession, config: Config, model: str, spec, epochs: int, *,
         params={"train": {**model_train_params(config, model), "epochs": epochs, "early_stopping_patience": 0},
                 "model": spec_params(spec)},
         metrics={"loss": result.history}, table_versions=data_versions, model_dir=refit_dir,
-        tags={C.RUN_ID: run_id, "fit_on": C.FIT_ON_REFIT, "launcher": result.launcher})
+        tags={C.RUN_ID: run_id, "fit_on": C.FIT_ON_REFIT, "launcher": result.launcher},
+        pyfunc_dir=export_pyfunc(spark, config, model, refit_dir, run_id))
     write_json(refit_dir / "run.json", {
         C.RUN_ID: run_id, "dataset": config.run_name, "model": model, "fit_on": C.FIT_ON_REFIT, "epochs": epochs,
         "num_items": spec.num_items, "table_versions": data_versions, "config": config.to_dict(),
@@ -196,9 +201,10 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
     `recommendations` table (a re-run replaces it; the latest ``score.keep_runs`` runs are kept)."""
     import datetime as dt
 
-    from recspark.calibration import ensure_calibration
+    from recspark.calibration import ensure_calibration, report_calibration
     from recspark.pipeline.item_features import ITEM_FEATURES
-    from recspark.recommendations import blocked_items, popular_items, recommendation_rows, with_reasons, write_run
+    from recspark.recommendations import (basket_items, blocked_items, bought_with, popular_items, recommendation_rows,
+                                          with_reasons, write_run)
 
     model = config.scoring_model
     # The refit on train + validation when train made one; its calibration map is the one fitted on
@@ -218,26 +224,40 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
                              config.score.include_categories) if item_features is not None else {})
     never = sorted(set().union(*blocked.values())) if blocked else []
     calibration = ensure_calibration(spark, config, model, run.get(C.RUN_ID)) if config.score.calibrate else None
+    reliability = report_calibration(config.reports_dir, model, calibration) if calibration is not None else None
     # The user's own repeat profile rides along for the reasons (every model's serving row has it).
     top = recommend_indices(histories, model_dir, config.score.k, config.evaluate.exclude_seen, config.score.batch_size,
                             never_recommend=never, item_block=config.score.item_block,
                             keep=[c for c in (C.REPEAT_ITEMS, C.REPEAT_FEATURES) if c in histories.columns],
                             calibration=calibration, min_confidence=config.score.min_confidence)
     popular = popular_items(item_features, first_item) if item_features is not None else None
-    rows = recommendation_rows(with_reasons(top, popular), vocab, run_id=run_id, model_name=model,
-                               model_version=(run.get("mlflow") or {}).get("version"),
-                               generated_at=dt.datetime.now(dt.timezone.utc).replace(microsecond=0))
-    written = write_run(with_original_user_id(rows, identity, identity_map_key(config.privacy.secret_scope)),
-                        config.recommendations_path, run_id,
-                        config.score.keep_runs)
+    sequences_path = config.table_path(C.GOLD, SEQUENCES)
+    # The lists are read twice (the reasons pair baskets with them): scored once, kept until written.
+    top = top.persist()
+    together = (bought_with(top, basket_items(read_table(spark, sequences_path), first_item), vocab, first_item)
+                if C.REPEAT_ITEMS in top.columns and table_exists(spark, sequences_path) else None)
+    generated_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    key = identity_map_key(config.privacy.secret_scope)
+    rows = recommendation_rows(with_reasons(top, popular, together), vocab, run_id=run_id, model_name=model,
+                               model_version=(run.get("mlflow") or {}).get("version"), generated_at=generated_at)
+    try:
+        written = write_run(with_original_user_id(rows, identity, key), config.recommendations_path, run_id,
+                            config.score.keep_runs)
+    finally:
+        top.unpersist()
     path = config.recommendations_path
     this_run = read_table(spark, path).filter(F.col(C.RUN_ID) == run_id).count()
+    vectors = write_vector_tables(spark, config, histories, model_dir, vocab, never=never,
+                                  to_shop_ids=lambda df: with_original_user_id(df, identity, key), run_id=run_id,
+                                  model_name=model, generated_at=generated_at)
     return {"recommendations": f"{this_run:,} rows (top {config.score.k} per user) of run {run_id} -> {path}",
+            **vectors,
             "never recommended": ", ".join(f"{name} {len(items):,} items" for name, items in blocked.items()) or "none",
             "runs deleted": ", ".join(written["deleted_runs"]) or "none",
             "confidence": (f"isotonic calibration on {calibration.pairs:,} validation pairs (bought rate "
                            f"{calibration.positive_rate:.4f}), ECE validation {_four(calibration.ece_validation)}, "
-                           f"test {_four(calibration.ece_test)}; min_confidence {config.score.min_confidence}"
+                           f"test {_four(calibration.ece_test)}; min_confidence {config.score.min_confidence}; "
+                           f"reliability diagram {reliability or 'not drawn (no bins)'}"
                            if calibration is not None else
                            f"softmax share (not calibrated); min_confidence {config.score.min_confidence}"),
             C.RUN_ID: run_id}
@@ -258,6 +278,7 @@ def summary_stage(spark: SparkSession, config: Config) -> dict:
 
     paths = {f"{layer}/{table}": config.table_path(layer, table) for layer, tables in LAYERS.items() for table in tables}
     paths["recommendations"] = config.recommendations_path
+    paths.update({name: vector_table_path(config, name) for name in (USER_VECTORS, ITEM_VECTORS, SIMILAR_ITEMS)})
     summary = {name: f"{row_count(spark, path):>12,} rows  {path}" for name, path in paths.items()
                if table_exists(spark, path)}
     metrics_file = config.reports_dir / "metrics.json"

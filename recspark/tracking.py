@@ -20,6 +20,8 @@ from recspark.config import TrackingConfig
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 MODEL_ARTIFACT_PATH = "model"
+# The MLflow pyfunc of the export (recspark.serving), the registered version when the model has one.
+PYFUNC_ARTIFACT_PATH = "pyfunc"
 # Parameter values are configuration scalars or short lists of them; anything longer is not a
 # configuration value (and MLflow would reject values over 6000 characters anyway).
 MAX_PARAM_CHARS = 500
@@ -104,13 +106,16 @@ def log_training_run(
     table_versions: Mapping[str, int],
     model_dir: str | Path,
     tags: Optional[Mapping[str, str]] = None,
+    pyfunc_dir: str | Path | None = None,
 ) -> TrackedRun:
     """Logs one finished training run and registers its exported model; returns the run and version.
 
     ``params``: sections of configuration values (e.g. ``{"train": ..., "model": ...}``), see
     :func:`flatten_params`; ``metrics``: per-epoch series (step = epoch, 1-based);
     ``table_versions``: Delta table path -> version of every gold table the run read; the files
-    directly in ``model_dir`` (the export, not the checkpoints) become the ``model`` artifacts.
+    directly in ``model_dir`` (the export, not the checkpoints) become the ``model`` artifacts;
+    ``pyfunc_dir`` (recspark.serving.save_pyfunc), when given, is logged as ``pyfunc`` and is what
+    the registered version points to (``mlflow models serve -m models:/<name>/<version>`` serves it).
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -142,13 +147,16 @@ def log_training_run(
         vocab = Path(model_dir) / "vocab"
         if vocab.is_dir():  # the vocabularies the model was trained with travel with it (warm start reads them)
             client.log_artifacts(run_id, str(vocab), f"{MODEL_ARTIFACT_PATH}/vocab")
+        if pyfunc_dir is not None:
+            client.log_artifacts(run_id, str(pyfunc_dir), PYFUNC_ARTIFACT_PATH)
         name = registered_model_name(tracking, dataset, model)
         try:
             client.create_registered_model(name)
         except MlflowException as error:
             if "RESOURCE_ALREADY_EXISTS" not in str(error.error_code):
                 raise
-        source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
+        source = (f"{client.get_run(run_id).info.artifact_uri}/"
+                  f"{PYFUNC_ARTIFACT_PATH if pyfunc_dir is not None else MODEL_ARTIFACT_PATH}")
         version = client.create_model_version(name, source=source, run_id=run_id)
         client.set_terminated(run_id, "FINISHED")
     except BaseException:

@@ -29,6 +29,20 @@ def spark():
     session.stop()
 
 
+def save_export(folder, model, num_items: int, max_seq_len: int):
+    """Saves ``model`` to ``folder`` as the train stage exports it (model.keras and the model_meta.json
+    the scorer reads), for tests that score a model built in place; returns the folder."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    (folder / "model_meta.json").write_text(json.dumps({"num_items": num_items, "max_seq_len": max_seq_len,
+                                                        "inputs": list(model.INPUTS)}))
+    return folder
+
+
 def next_item_examples(spark, rows: int, max_seq_len: int, real_items: int, *, first_item: int,
                        event_types: int = 0, gap_buckets: int = 0, seed: int = 5):
     """Distinct (history, target) rows for the Horovod training tests: mostly one item repeated behind

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from pyspark.sql import SparkSession
 
-from recspark.calibration import Calibration, expected_calibration_error, fit_isotonic
+from recspark.calibration import (REPORT_SECTION, Calibration, expected_calibration_error, fit_isotonic,
+                                  reliability_bins, report_calibration)
 
 
 def _pairs(spark: SparkSession, groups: list[tuple[float, int, int]]):
@@ -46,3 +47,25 @@ def test_calibration_round_trips_and_rejects_a_decreasing_map(tmp_path: Path) ->
     assert Calibration.load(tmp_path / "missing") is None
     with pytest.raises(ValueError, match="non-decreasing"):
         Calibration(boundaries=(0.1, 0.5), predictions=(0.3, 0.2))
+
+
+def test_reliability_bins_plot_and_report_section(spark: SparkSession, tmp_path: Path) -> None:
+    identity = Calibration(boundaries=(0.0, 1.0), predictions=(0.0, 1.0))
+    bins = reliability_bins(_pairs(spark, [(0.15, 3, 10), (0.85, 24, 30)]), identity)
+    assert [b[:2] for b in bins] == [(1, 10), (8, 30)]
+    np.testing.assert_allclose([b[2:] for b in bins], [(0.15, 0.3), (0.85, 0.8)])
+    calibration = Calibration(boundaries=(0.0, 1.0), predictions=(0.0, 1.0), pairs=40, positive_rate=0.675,
+                              ece_validation=0.1, ece_test=0.25, reliability_validation=bins, reliability_test=bins)
+    calibration.save(tmp_path)
+    assert Calibration.load(tmp_path) == calibration  # the bins survive the JSON round trip
+    run = tmp_path / "reports" / "run-1"
+    run.mkdir(parents=True)
+    (tmp_path / "reports" / "metrics.json").write_text('{"run_id": "run-1"}')
+    (run / "report.md").write_text("# report\n\nmetrics\n")
+    for _ in range(2):  # a second score run replaces the section, it does not add another
+        plot = report_calibration(tmp_path / "reports", "repeatnet", calibration)
+    assert plot == run / "reliability_repeatnet.png" and plot.stat().st_size > 1000
+    text = (run / "report.md").read_text()
+    assert text.startswith("# report\n\nmetrics\n") and text.count(REPORT_SECTION) == 1
+    assert "**test 0.2500**" in text and "reliability_repeatnet.png" in text
+    assert report_calibration(tmp_path / "reports", "x", Calibration(boundaries=(0.0,), predictions=(0.1,))) is None

@@ -240,3 +240,24 @@ def test_sampled_protocol_and_cross_validation_are_labelled(spark: SparkSession,
     assert report["als_tuning"]["chosen_by"] == "cross_validation" and len(cv["grid"]) == 2
     assert all(len(point["per_fold"]) == 2 and "ndcg_at_k" in point["std"] for point in cv["grid"])
     assert "Cross-validation (" in text
+
+
+def test_score_writes_the_vectors_of_everyone_and_train_registers_the_pyfunc(spark: SparkSession, config: Config,
+                                                                              ran: dict) -> None:
+    from recspark.tracking import PYFUNC_ARTIFACT_PATH, _mlflow, registered_model_name, tracking_uri
+    from recspark.vectors import ITEM_VECTORS, SIMILAR_ITEMS, USER_VECTORS, vector_table_path
+
+    def table(name: str):
+        return spark.read.format("delta").load(vector_table_path(config, name))
+
+    assert sorted(r[C.USER_ID] for r in table(USER_VECTORS).collect()) == [f"user-{u:03d}" for u in range(USERS)]
+    vocabulary = spark.read.format("delta").load(config.table_path(C.GOLD, C.ITEM_VOCAB)).count()
+    assert table(ITEM_VECTORS).count() == vocabulary
+    similar = table(SIMILAR_ITEMS)  # every item's neighbours: all the others (fewer than score.similar_k)
+    assert similar.select(C.ITEM_ID).distinct().count() == vocabulary and similar.count() == vocabulary * (vocabulary - 1)
+    # The served version (the refit's) is the pyfunc, and its reliability diagram is beside the report.
+    client = _mlflow().MlflowClient(tracking_uri(config.tracking, config.paths.checkpoints))
+    name = registered_model_name(config.tracking, config.run_name, "repeatnet")
+    latest = max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+    assert latest.source.endswith(f"/{PYFUNC_ARTIFACT_PATH}")
+    assert "reliability_repeatnet.png" in ran["score"]["confidence"]

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
+from conftest import save_export
 
 from recspark import constants as C
-from recspark.recommendations import (COLUMNS, GENERATED_AT, MODEL_VERSION, PLAIN_REASON, blocked_items,
-                                      popular_items, with_reasons, write_run)
+from recspark.recommendations import (COLUMNS, GENERATED_AT, MODEL_VERSION, PLAIN_REASON, basket_items,
+                                      blocked_items, bought_with, popular_items, with_reasons, write_run)
 
 FIRST = 66  # the default layout's first item
 
@@ -68,15 +69,16 @@ def test_reasons_quote_the_users_own_profile_else_category_popularity(spark: Spa
     a, b, c, d = FIRST, FIRST + 1, FIRST + 2, FIRST + 3
 
     def features(baskets: int, days: int) -> list[float]:
-        # log(1 + baskets), share, log(1 + baskets since), log(1 + days before the latest event), interval
-        return [float(np.log1p(baskets)), 0.5, 0.7, float(np.log1p(days)), 0.3]
+        # log(1 + baskets), share, log(1 + baskets since), log(1 + days before the latest event), interval,
+        # the item's repurchase rate (C.REPEAT_FEATURE_COUNT numbers)
+        return [float(np.log1p(baskets)), 0.5, 0.7, float(np.log1p(days)), 0.3, 0.6]
 
     top = spark.createDataFrame(
-        [("u1", 1, b, [a, b, 0], features(1, 0) + features(6, 9) + [0.0] * 5),
-         ("u1", 2, a, [a, b, 0], features(1, 0) + features(6, 9) + [0.0] * 5),
-         ("u2", 1, b, [c, 0, 0], features(2, 1) + [0.0] * 10),  # b is u1's, not u2's: no re-buy reason
-         ("u2", 2, c, [c, 0, 0], features(2, 1) + [0.0] * 10),
-         ("u2", 3, d, [c, 0, 0], features(2, 1) + [0.0] * 10)],
+        [("u1", 1, b, [a, b, 0], features(1, 0) + features(6, 9) + [0.0] * 6),
+         ("u1", 2, a, [a, b, 0], features(1, 0) + features(6, 9) + [0.0] * 6),
+         ("u2", 1, b, [c, 0, 0], features(2, 1) + [0.0] * 12),  # b is u1's, not u2's: no re-buy reason
+         ("u2", 2, c, [c, 0, 0], features(2, 1) + [0.0] * 12),
+         ("u2", 3, d, [c, 0, 0], features(2, 1) + [0.0] * 12)],
         f"user_id string, rank int, item_idx int, {C.REPEAT_ITEMS} array<int>, {C.REPEAT_FEATURES} array<float>")
     # Category popularity: b tops "dairy"; d is in "dairy" too but beyond the top 1; reserved rows ignored.
     item_features = spark.createDataFrame(
@@ -93,6 +95,33 @@ def test_reasons_quote_the_users_own_profile_else_category_popularity(spark: Spa
                    ("u2", 3): PLAIN_REASON}
 
 
+def test_often_bought_with_names_the_users_own_item_from_a_pattern_of_many_households(spark: SparkSession) -> None:
+    a, x, y, z = FIRST, FIRST + 1, FIRST + 2, FIRST + 3
+    # Households h0..h5 bought a with x in one basket (6), h0..h3 also a with y (4: below the minimum of 5);
+    # h6 viewed a and x together (not a purchase) and h7 bought them on different visits.
+    rows = [(f"h{h}", [a, x] + ([y] if h < 4 else []), ["purchase"] * (3 if h < 4 else 2), ["b1"] * (3 if h < 4 else 2))
+            for h in range(6)]
+    rows += [("h6", [a, x], ["view", "view"], ["b1", "b1"]), ("h7", [a, x], ["purchase"] * 2, ["b1", "b2"])]
+    sequences = spark.createDataFrame(rows, "user_id string, item_idx array<int>, event_type array<string>, "
+                                            "session_id array<string>")
+    vocab = spark.createDataFrame([("item-a", a), ("item-x", x), ("item-y", y), ("item-z", z)],
+                                  "item_id string, item_idx int")
+    top = spark.createDataFrame(
+        [("u1", 1, a, [y, x, 0], [0.0] * 18),  # x is u1's own and a pattern with a: the reason names it
+         ("u2", 1, a, [y, z, 0], [0.0] * 18),  # y with a: only 4 households; z never: no such reason
+         ("u3", 1, x, [x, 0, 0], [float(np.log1p(2))] * 18)],  # a re-buy keeps its own reason
+        f"user_id string, rank int, item_idx int, {C.REPEAT_ITEMS} array<int>, {C.REPEAT_FEATURES} array<float>")
+    together = bought_with(top, basket_items(sequences, FIRST), vocab, FIRST, min_users=5)
+    assert sorted(tuple(r) for r in together.collect()) == [("u1", a, "item-x")]
+    got = {r[C.USER_ID]: r[C.REASON] for r in with_reasons(top, None, together).collect()}
+    assert got == {"u1": "often bought with item-x", "u2": PLAIN_REASON,
+                   "u3": "bought 2 times, last 2 days before your latest visit"}
+    # With a lower bar y counts too, and x still wins for u1: bought with a in more baskets (6 against 4).
+    lower = {r[C.USER_ID]: r[C.REASON] for r in with_reasons(
+        top, None, bought_with(top, basket_items(sequences, FIRST), vocab, FIRST, min_users=4)).collect()}
+    assert lower["u1"] == "often bought with item-x" and lower["u2"] == "often bought with item-y"
+
+
 def test_score_stage_writes_every_user_once_and_its_rerun_replaces_its_run(spark: SparkSession, tmp_path: Path) -> None:
     """The score stage on a hand-made lakehouse and a saved repeatnet: every user once with at most k
     rows, no reserved or out-of-stock item, reasons from the user's own profile, and a second run of the
@@ -103,17 +132,15 @@ def test_score_stage_writes_every_user_once_and_its_rerun_replaces_its_run(spark
     from recspark.models import ModelSpec, build_model
     from recspark.stages import score_stage
 
-    config = Config(paths=PathsConfig(lakehouse=str(tmp_path / "lake"), checkpoints=str(tmp_path / "ck")),
-                    train=TrainConfig(models=["repeatnet"]), score=ScoreConfig(k=4, item_block=8, batch_size=2))
+    config = Config(paths=PathsConfig(lakehouse=str(tmp_path / "lake"), checkpoints=str(tmp_path / "ck"),
+                                      reports=str(tmp_path / "reports")),
+                    train=TrainConfig(models=["repeatnet"]),
+                    score=ScoreConfig(k=4, item_block=8, batch_size=2, similar_k=3))
     num_items, length, candidates = FIRST + 30, 5, 3
     model = build_model("repeatnet", ModelSpec(num_items=num_items, max_seq_len=length, num_event_types=5,
                                                num_gap_buckets=4, first_item_idx=FIRST, repeat_candidates=candidates),
                         TrainConfig(embedding_dim=8, num_layers=1, num_heads=2, dropout=0.0, seed=1))
-    folder = config.model_dir("repeatnet")
-    folder.mkdir(parents=True)
-    model.save(folder / "model.keras")
-    (folder / "model_meta.json").write_text(json.dumps({"num_items": num_items, "max_seq_len": length,
-                                                        "inputs": list(model.INPUTS)}))
+    folder = save_export(config.model_dir("repeatnet"), model, num_items, length)
     (folder / "run.json").write_text(json.dumps({C.RUN_ID: "train-1", "mlflow": {"version": 7}}))
 
     def save(df: DataFrame, layer: str, table: str) -> None:
@@ -125,7 +152,7 @@ def test_score_stage_writes_every_user_once_and_its_rerun_replaces_its_run(spark
         items = rng.integers(FIRST, num_items, length).tolist()
         profile = list(dict.fromkeys(items))[:candidates]
         profile += [0] * (candidates - len(profile))
-        feats = [float(np.log1p(3)), 0.5, 0.1, float(np.log1p(4)), 0.2] * candidates
+        feats = [float(np.log1p(3)), 0.5, 0.1, float(np.log1p(4)), 0.2, 0.6] * candidates
         rows.append((f"p{u}", items, [1] * length, list(range(length, 0, -1)), items, profile, feats))
     save(spark.createDataFrame(rows, f"user_id string, {C.HISTORY} array<int>, {C.HISTORY_TYPES} array<int>, "
                                      f"{C.HISTORY_GAPS} array<int>, {C.SEEN_IDX} array<int>, "
@@ -159,12 +186,33 @@ def test_score_stage_writes_every_user_once_and_its_rerun_replaces_its_run(spark
                                         f"{C.REPEAT_FEATURES} array<float>, {C.RELEVANT} array<string>"),
          C.GOLD, C.EVAL_QUERIES)
 
+    # Each user's history as one purchase basket: the stage pairs baskets for "often bought with".
+    save(spark.createDataFrame([(r[0], r[1], ["purchase"] * length, ["b"] * length) for r in rows],
+                               "user_id string, item_idx array<int>, event_type array<string>, session_id array<string>"),
+         C.GOLD, "sequences")
+
     first = score_stage(spark, config)
+    # The model's vectors for every user (the shop's ids) and every item, and each item's neighbours.
+    from recspark.vectors import ITEM_VECTORS, SIMILAR_ITEM_ID, SIMILAR_ITEMS, USER_VECTORS, VECTOR, vector_table_path
+
+    def output(name: str) -> list:
+        return spark.read.format("delta").load(vector_table_path(config, name)).collect()
+
+    users = output(USER_VECTORS)
+    assert sorted(r[C.USER_ID] for r in users) == sorted(f"shop-{u}" for u in range(9))
+    assert all(len(r[VECTOR]) == 8 and r[C.RUN_ID] == "train-1" for r in users)
+    assert sorted(r[C.ITEM_ID] for r in output(ITEM_VECTORS)) == sorted(f"item-{i}" for i in range(FIRST, num_items))
+    similar = output(SIMILAR_ITEMS)
+    assert len({r[C.ITEM_ID] for r in similar}) == 30 and len(similar) == 30 * config.score.similar_k
+    assert all(r[SIMILAR_ITEM_ID] != r[C.ITEM_ID] and int(r[SIMILAR_ITEM_ID].split("-")[1]) not in out_of_stock
+               for r in similar)
     from recspark.calibration import Calibration
 
     calibration = Calibration.load(folder)
     assert calibration is not None and calibration.model_run_id == "train-1" and calibration.pairs == 9 * 4
     assert calibration.ece_validation is not None and calibration.ece_test is not None
+    assert sum(n for _, n, _, _ in calibration.reliability_validation) == 9 * 4 and calibration.reliability_test
+    assert (Path(config.reports_dir) / "reliability_repeatnet.png").exists()  # no evaluation report yet: beside it
     table = spark.read.format("delta").load(config.recommendations_path)
     got = table.collect()
     assert first[C.RUN_ID] == "train-1" and {r[C.RUN_ID] for r in got} == {"train-1"}
