@@ -190,6 +190,7 @@ def refit(spark: SparkSession, config: Config, model: str, spec, epochs: int, *,
     })
     return (f"{epochs} epoch(s) on {Path(examples_path).name}, {result.seconds:.1f}s, loss per epoch "
             + ", ".join(f"{loss:.4f}" for loss in result.history)
+            + (f", DP epsilon={result.privacy['epsilon']} delta={result.privacy['delta']:.3g}" if result.privacy else "")
             + f" -> {refit_dir}; {tracked.registered_model} v{tracked.model_version} (served)")
 
 
