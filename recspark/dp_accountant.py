@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import secrets
 from typing import Any, Optional
 
 from recspark.config import DPConfig
@@ -78,6 +79,11 @@ class DPPlan:
     examples_per_user: int
     accountant: str
     target_epsilon: Optional[float] = None
+    # Seeds each step's user sample, the same on every rank. Drawn from the OS for every run and never
+    # stored, shown or logged (repr=False; not in report()): with a known seed (train.seed is in
+    # MLflow) anyone could tell which users each step used, and the accountant's amplification by
+    # sampling assumes they cannot. The noise has its own unseeded generator (recspark.models.dp_sgd).
+    sampling_seed: int = dataclasses.field(default_factory=lambda: secrets.randbits(63), repr=False)
 
     @property
     def expected_users(self) -> float:

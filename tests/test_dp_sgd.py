@@ -137,6 +137,20 @@ def test_noise_is_one_draw_of_std_sigma_c_added_by_rank_0_only():
     noise = _update(model, initial, plan, empty, rank=0)
     assert noise.size > 6000 and np.std(noise) == pytest.approx(1.0, rel=0.05) and abs(np.mean(noise)) < 0.05
     assert not np.any(_update(model, initial, plan, empty, rank=1))
+    # Not regenerable from the public seed: the same seeds and weights, another draw.
+    tf.keras.utils.set_random_seed(4)
+    again = _update(model, initial, plan, empty, rank=0)
+    assert np.corrcoef(noise, again)[0, 1] < 0.1
+
+
+def test_the_sampling_seed_is_secret_and_fresh_per_plan():
+    """Which users a step used must not be computable from anything published: the plan's sampling
+    seed comes from the OS, differs per run and is neither in its repr nor in the report."""
+    plans = [dp_accountant.plan(DPConfig(enabled=True, noise_multiplier=1.0), num_users=100, users_per_step=10,
+                                epochs=1) for _ in range(2)]
+    assert plans[0].sampling_seed != plans[1].sampling_seed
+    for plan in plans:
+        assert str(plan.sampling_seed) not in repr(plan) and str(plan.sampling_seed) not in json.dumps(plan.report(5))
 
 
 def test_two_rank_dp_training_agrees_and_reports_its_budget(spark, tmp_path):

@@ -4,14 +4,17 @@ One global step, as :mod:`recspark.dp_accountant` accounts for it:
 
 1. **Sampling** (:class:`UserSampler`): every training user is in the step independently with
    probability q (Poisson). Every rank holds all rows (:func:`recspark.feed.read_rows`) and draws the
-   same sample from a generator seeded by (seed, step), so the ranks agree on it without talking;
+   same sample from a generator seeded by (the plan's secret sampling seed, step), so the ranks agree
+   on it without talking;
    rank r then takes every size-th sampled user from position r, so each sampled user is processed
    by exactly one rank. A sampled user brings up to ``examples_per_user`` of their rows, drawn
    without replacement.
 2. **Clipping** (:func:`clipped_user_sum`): one gradient per sampled user (of the mean loss over that
    user's rows), scaled to L2 norm at most C over all trainable variables together; the rank sums them.
 3. **Noise, once per global step**: rank 0 alone adds N(0, (sigma C)^2) to every coordinate of its
-   sum before the allreduce; the other ranks add none. The allreduce *sums* (Horovod ``Sum``, not
+   sum before the allreduce; the other ranks add none. The noise comes from a generator seeded by the
+   OS, not by ``train.seed``: noise that can be regenerated from a published seed can be subtracted
+   (and a resumed run would repeat the first steps' draws). The allreduce *sums* (Horovod ``Sum``, not
    ``Average``), so the global sum carries exactly one draw of the noise the accountant assumes,
    whatever the number of ranks (with noise on every rank, the variances would add up to
    N (sigma C)^2 unless each were scaled by 1/sqrt(N) and drawn independently: one draw in one
@@ -132,12 +135,14 @@ def make_train_step(model: "tf.keras.Model", plan: DPPlan, *, rank: int, size: i
     import tensorflow as tf
 
     noise_std = plan.noise_multiplier * plan.clip_norm
+    # Unpredictable and never repeated, whatever train.seed is (see the module docstring).
+    noise = tf.random.Generator.from_non_deterministic_state() if rank == 0 else None
 
     def train_step(data: tuple) -> dict:
         features, target, splits = data
         total, loss_sum, users = clipped_user_sum(model, features, target, splits, plan.clip_norm)
         if rank == 0:  # the one draw of the step's noise (see the module docstring)
-            total = [t + tf.random.normal(tf.shape(t), stddev=noise_std, dtype=t.dtype) for t in total]
+            total = [t + noise.normal(tf.shape(t), stddev=noise_std, dtype=t.dtype) for t in total]
         if size > 1:
             import horovod.tensorflow as hvd_tf
 

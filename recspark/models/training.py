@@ -437,7 +437,7 @@ def _batches(converter: Any, model: "tf.keras.Model", spec: ModelSpec, train_con
     from recspark.models import dp_sgd
 
     sampler = dp_sgd.UserSampler(read_rows(converter, [*model.INPUTS, TARGET, USER_ID]), privacy_plan,
-                                 rank=rank, size=size, seed=train_config.seed)
+                                 rank=rank, size=size, seed=privacy_plan.sampling_seed)
     yield dp_sgd.user_dataset(sampler, model.INPUTS, first_step)
 
 
