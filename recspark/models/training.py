@@ -22,6 +22,11 @@ after the last checkpoint. With a validation sample, NDCG@10 is computed at ever
 training stops after ``early_stopping_patience`` epochs without improvement (every rank at the
 same epoch) and the best epoch's weights are exported.
 
+With ``train.privacy`` on, user-level DP-SGD (:mod:`recspark.models.dp_sgd`) replaces the shards and
+``hvd.DistributedOptimizer``: each step is a Poisson sample of users, each user's gradient clipped,
+one draw of noise added by rank 0 and the sum allreduced; the spent budget is in ``model_meta.json``
+(``privacy``) and :attr:`TrainResult.privacy`.
+
 Every rank returns a :class:`RankResult` (weight digests, and the weights themselves for small
 models), and the driver fails loudly if the ranks' final weights differ: that is what happens when
 gradients are not averaged, e.g. when ``tf.keras`` is Keras 3, whose optimizers Horovod 0.28 does
@@ -29,6 +34,7 @@ not hook into.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -38,12 +44,12 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from pyspark.sql import DataFrame, SparkSession
 
 from recspark.config import TrainConfig
-from recspark.constants import TARGET
+from recspark.constants import TARGET, USER_ID
 from recspark.feed import make_converter, training_batches
 from recspark.models import lifecycle
 from recspark.models import ModelSpec, build_model, model_inputs, require_legacy_keras
@@ -52,6 +58,8 @@ from recspark.utils.jobs import short_duration
 if TYPE_CHECKING:
     import numpy as np
     import tensorflow as tf
+
+    from recspark.dp_accountant import DPPlan
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +104,8 @@ class RankResult:
     # Wall-clock time (time.time()) at the end of every training batch of this run: rank 0 only,
     # and only with train_distributed(record_batch_times=True); empty otherwise.
     batch_end_times: list[float] = dataclasses.field(default_factory=list)
+    # train.privacy: the spent budget (recspark.dp_accountant.DPPlan.report), rank 0 only; None without DP.
+    privacy: Optional[dict] = None
 
 
 @dataclasses.dataclass
@@ -111,6 +121,7 @@ class TrainResult:
     val_ndcg_history: list[float] = dataclasses.field(default_factory=list)
     best_epoch: Optional[int] = None
     launcher: str = ""
+    privacy: Optional[dict] = None  # train.privacy: the spent budget, as in model_meta.json "privacy"
 
     @property
     def batch_end_times(self) -> list[float]:
@@ -267,6 +278,7 @@ def _train_fn(
     shuffle: bool = True,
     optimizer_name: str = "adam",
     record_batch_times: bool = False,
+    privacy_plan: Optional["DPPlan"] = None,
 ) -> RankResult:
     """Runs in every Horovod process (one per Spark task); rank 0 alone writes to ``model_dir``."""
     require_legacy_keras()  # before anything builds an optimizer
@@ -286,8 +298,15 @@ def _train_fn(
     # Linear scaling rule: the global batch is size times larger, so is the step. No `loss=`: the
     # model states its own (Recommender.compute_training_loss).
     optimizers = {"adam": tf.keras.optimizers.Adam, "sgd": tf.keras.optimizers.SGD}
-    optimizer = hvd.DistributedOptimizer(optimizers[optimizer_name](learning_rate=train_config.learning_rate * size))
+    optimizer = optimizers[optimizer_name](learning_rate=train_config.learning_rate * size)
+    if privacy_plan is None:
+        optimizer = hvd.DistributedOptimizer(optimizer)
     model.compile(optimizer=optimizer)
+    if privacy_plan is not None:
+        # DP-SGD reduces its noisy, clipped gradient sum itself (recspark.models.dp_sgd): a plain optimizer.
+        from recspark.models import dp_sgd
+
+        dp_sgd.install(model, privacy_plan, rank=rank, size=size)
     # The optimizer's variables exist from here on (not only after the first step), so a checkpoint
     # can be restored into them and rank 0's values broadcast before training starts.
     optimizer.build(model.trainable_variables)
@@ -316,7 +335,8 @@ def _train_fn(
         early_stopping.best_weights = best_restored
         callbacks.append(early_stopping)
     batch_end_times: list[float] = []
-    steps = _steps_per_epoch(num_rows, train_config.batch_size, size)
+    steps = (_steps_per_epoch(num_rows, train_config.batch_size, size) if privacy_plan is None
+             else privacy_plan.steps_per_epoch)
     if rank == 0:
         callbacks.append(_progress_callback(train_config.epochs, batch_end_times if record_batch_times else None,
                                             steps=steps, path=out / PROGRESS_FILE))
@@ -332,11 +352,8 @@ def _train_fn(
     epochs = initial_epoch if stopped else max(train_config.epochs, initial_epoch)
 
     started = time.time()
-    with training_batches(
-        converter, rank=rank, size=size, batch_size=train_config.batch_size, max_seq_len=spec.max_seq_len,
-        inputs=model.INPUTS, shuffling_queue_capacity=SHUFFLE_CAPACITY if shuffle else 0,
-        workers_count=READER_WORKERS, seed=train_config.seed + rank,
-    ) as batches:
+    with _batches(converter, model, spec, train_config, rank=rank, size=size, shuffle=shuffle,
+                  privacy_plan=privacy_plan, first_step=initial_epoch * steps) as batches:
         if epochs > initial_epoch:  # a finished run that is resumed only exports again
             model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
                       callbacks=callbacks, verbose=0)
@@ -346,6 +363,7 @@ def _train_fn(
         # Export the best epoch, not the last: every rank holds the same copy, so ranks still agree.
         model.set_weights(early_stopping.best_weights)
 
+    privacy_report = None
     if rank == 0:
         meta = {
             "model": model_name,
@@ -376,6 +394,9 @@ def _train_fn(
             "warm_start_items": (None if warm_start is None else
                                  "vocabulary" if warm_start.item_old_to_new is not None else "positional"),
         }
+        if privacy_plan is not None:
+            # Every step taken counts, the resumed run's earlier ones included, past the best epoch too.
+            meta["privacy"] = privacy_report = privacy_plan.report(state.epoch * steps)
         _export(model, out, meta, model_name, spec, train_config)
 
     weights = model.get_weights()
@@ -395,7 +416,29 @@ def _train_fn(
         val_ndcg_history=list(state.val_ndcg_history),
         best_epoch=state.best_epoch,
         batch_end_times=batch_end_times,
+        privacy=privacy_report,
     )
+
+
+@contextlib.contextmanager
+def _batches(converter: Any, model: "tf.keras.Model", spec: ModelSpec, train_config: TrainConfig, *, rank: int,
+             size: int, shuffle: bool, privacy_plan: Optional["DPPlan"], first_step: int) -> Iterator["tf.data.Dataset"]:
+    """This rank's training batches: its Petastorm shard, or with DP-SGD this rank's part of each
+    step's Poisson sample of users (from every row, which each rank reads; see recspark.models.dp_sgd)."""
+    if privacy_plan is None:
+        with training_batches(
+            converter, rank=rank, size=size, batch_size=train_config.batch_size, max_seq_len=spec.max_seq_len,
+            inputs=model.INPUTS, shuffling_queue_capacity=SHUFFLE_CAPACITY if shuffle else 0,
+            workers_count=READER_WORKERS, seed=train_config.seed + rank,
+        ) as batches:
+            yield batches
+        return
+    from recspark.feed import read_rows
+    from recspark.models import dp_sgd
+
+    sampler = dp_sgd.UserSampler(read_rows(converter, [*model.INPUTS, TARGET, USER_ID]), privacy_plan,
+                                 rank=rank, size=size, seed=privacy_plan.sampling_seed)
+    yield dp_sgd.user_dataset(sampler, model.INPUTS, first_step)
 
 
 def _task_slots(spark: SparkSession) -> int:
@@ -499,14 +542,20 @@ def train_distributed(
 
     out = Path(model_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    # Only the columns the model reads travel through Petastorm.
-    converter = make_converter(spark, train_df.select(*model_inputs(model), TARGET), cache_url, num_files=num_proc)
+    # Only the columns the model reads travel through Petastorm; with DP-SGD also the user each row
+    # belongs to, the unit of sampling and clipping.
+    privacy_plan = _privacy_plan(train_df, train_config) if train_config.privacy.enabled else None
+    columns = [*model_inputs(model), TARGET, *([USER_ID] if privacy_plan is not None else [])]
+    converter = make_converter(spark, train_df.select(*columns), cache_url, num_files=num_proc)
     try:
         num_rows = len(converter)  # counted once, by Petastorm, on the materialised data
         if num_rows < num_proc:
             raise ValueError(f"{num_rows} training rows cannot feed {num_proc} Horovod processes")
+        settings = dataclasses.asdict(train_config)
+        if privacy_plan is None:  # off: the fingerprint of a run without DP is what it always was
+            settings.pop("privacy")
         fingerprint = lifecycle.fingerprint(
-            model, spec.to_dict(), dataclasses.asdict(train_config),
+            model, spec.to_dict(), settings,
             {**(data_versions or {}), "num_rows": num_rows, "shuffle": shuffle, "optimizer": optimizer,
              "validation": lifecycle.validation_digest(validation)})
         resume_state = lifecycle.find_resumable_state(out, fingerprint) if train_config.resume else None
@@ -536,7 +585,7 @@ def train_distributed(
                 dict(converter=converter, model_name=model, num_rows=num_rows, spec=spec, train_config=train_config,
                      model_dir=str(out), fingerprint=fingerprint, resume_state=resume_state, validation=validation,
                      warm_start=warm_start, shuffle=shuffle,
-                     optimizer_name=optimizer, record_batch_times=record_batch_times),
+                     optimizer_name=optimizer, record_batch_times=record_batch_times, privacy_plan=privacy_plan),
                 num_proc,
                 _worker_env(),
             )
@@ -553,7 +602,8 @@ def train_distributed(
     first = results[0]
     result = TrainResult(model_dir=str(out), history=first.loss_history, seconds=seconds, rank_results=results,
                          fingerprint=fingerprint, initial_epoch=first.initial_epoch,
-                         val_ndcg_history=first.val_ndcg_history, best_epoch=first.best_epoch, launcher=launcher)
+                         val_ndcg_history=first.val_ndcg_history, best_epoch=first.best_epoch, launcher=launcher,
+                         privacy=first.privacy)
     if not result.ranks_agree:
         raise RuntimeError(
             "Horovod ranks ended with different weights: gradients were not averaged "
@@ -562,6 +612,24 @@ def train_distributed(
     log.info("trained %s on %d rows with %d processes in %.1fs; loss %s", model, num_rows,
              num_proc, seconds, result.history)
     return result
+
+
+def _privacy_plan(train_df: DataFrame, train_config: TrainConfig) -> "DPPlan":
+    """The DP-SGD plan of this run (recspark.dp_accountant): the users counted by Spark, the global
+    batch (batch_size x num_proc) the expected users per step; the noise derived when a target
+    epsilon is given."""
+    from recspark import dp_accountant
+
+    num_users = train_df.select(USER_ID).distinct().count()
+    plan = dp_accountant.plan(train_config.privacy, num_users=num_users,
+                              users_per_step=train_config.batch_size * train_config.num_proc,
+                              epochs=train_config.epochs)
+    print(f"train.privacy: user-level DP-SGD over {num_users:,} users, q={plan.sampling_rate:.5f} "
+          f"(~{plan.expected_users:.0f} users per step, {plan.steps_per_epoch} steps per epoch), "
+          f"noise multiplier {plan.noise_multiplier:.4f}, clip norm {plan.clip_norm}; at most "
+          f"epsilon={plan.report(plan.planned_steps)['epsilon']} at delta={plan.delta:.3g} "
+          f"({plan.accountant.upper()}) after {plan.planned_steps} steps", flush=True)
+    return plan
 
 
 def load_model(model_dir: str | Path) -> tuple["tf.keras.Model", dict]:
