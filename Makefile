@@ -13,7 +13,7 @@ PIPELINE_FLAGS := $(JOB_FLAGS) $(if $(FROM),--from $(FROM)) $(if $(ONLY),--stage
 export TF_USE_LEGACY_KERAS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test run compare $(STAGES) summary forget bench clean
+.PHONY: setup test run compare $(STAGES) summary forget bench clean loop feedback
 
 setup:
 	bash tools/setup.sh
@@ -34,6 +34,14 @@ $(STAGES):
 
 summary:
 	$(PY) jobs/summary.py $(CONF) $(JOB_FLAGS)
+
+# The closed loop replayed on DATASET's last weeks (README "Closed loop"): reports/<dataset>/loop/.
+loop:
+	$(PY) jobs/loop.py $(CONF) --conf-file conf/loop.yaml $(JOB_FLAGS)
+
+# Feedback files (SET="feedback.path=...") into bronze, silver feedback, response events, served metrics.
+feedback:
+	$(PY) jobs/feedback.py $(CONF) $(JOB_FLAGS)
 
 # Erase people from every table of DATASET (README "Erasure"): make forget IDS="1001 1002" or IDS_FILE=ids.txt
 forget:

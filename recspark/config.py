@@ -401,6 +401,42 @@ class ScoreConfig:
     similar_k: int = 20
 
 
+# Responses a feedback row may carry besides "impression" (recspark.feedback).
+FEEDBACK_RESPONSES = ("click", "cart", "purchase", "rate", "dismiss")
+LOOP_VARIANTS = ("warm", "frozen", "full")
+
+
+@dataclasses.dataclass
+class FeedbackConfig:
+    # The user's feedback files on served lists (CSV with header, JSON lines, Parquet or Delta; columns
+    # feedback_id?, user_id, item_id, run_id, response, event_ts, rank?, quantity?, price?, session_id?;
+    # dataset.columns.feedback maps other names); null: no feedback is ingested.
+    path: Optional[str] = None
+    # A dismissed item is kept out of that user's lists for this many days after the dismissal; 0: never.
+    dismiss_days: float = 30.0
+    # "Now" for the dismissal window (ISO timestamp); null: the wall clock. The replay sets it per cycle.
+    as_of: Optional[str] = None
+    # K of the served-list metrics (click-through and conversion among the top K of each list).
+    k: int = 10
+
+
+@dataclasses.dataclass
+class LoopConfig:
+    # jobs/loop.py (make loop): the last `cycles` x `cycle_days` days are held back and revealed one
+    # cycle at a time as responses to the lists served before them.
+    cycles: int = 4
+    cycle_days: float = 7.0
+    # Epochs of the first model (trained once, before the first cycle); null: train.epochs of the model.
+    initial_epochs: Optional[int] = None
+    # Epochs of each cycle's warm-started training.
+    epochs: int = 1
+    # Epochs of each cycle's retrain from scratch (the "full" reference); null: initial_epochs.
+    full_epochs: Optional[int] = None
+    # The variants compared: warm (warm start every cycle, the served one, whose lists collect the
+    # feedback), frozen (the first model, never retrained), full (retrained from scratch every cycle).
+    variants: list = dataclasses.field(default_factory=lambda: list(LOOP_VARIANTS))
+
+
 @dataclasses.dataclass
 class Config:
     dataset: DatasetConfig = dataclasses.field(default_factory=DatasetConfig)
@@ -414,6 +450,8 @@ class Config:
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
     score: ScoreConfig = dataclasses.field(default_factory=ScoreConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
+    feedback: FeedbackConfig = dataclasses.field(default_factory=FeedbackConfig)
+    loop: LoopConfig = dataclasses.field(default_factory=LoopConfig)
 
     def validate(self) -> "Config":
         if self.dataset.name not in DATASETS:
@@ -520,7 +558,29 @@ class Config:
         if len(cuts) == 2 and cuts["validation_start"] > cuts["test_start"]:
             raise ConfigError(f"features.validation_start: {self.features.validation_start!r} is after "
                               f"features.test_start {self.features.test_start!r}")
+        self._validate_feedback_and_loop()
         return self
+
+    def _validate_feedback_and_loop(self) -> None:
+        """feedback.* and loop.*: windows and counts positive, the as-of time ISO, variants known."""
+        fb, loop = self.feedback, self.loop
+        if fb.dismiss_days < 0:
+            raise ConfigError(f"feedback.dismiss_days: must be >= 0 (0: dismissals exclude nothing), got {fb.dismiss_days!r}")
+        if fb.k <= 0:
+            raise ConfigError(f"feedback.k: must be > 0, got {fb.k!r}")
+        if fb.as_of is not None:
+            try:
+                dt.datetime.fromisoformat(fb.as_of)
+            except ValueError as error:
+                raise ConfigError(f"feedback.as_of: not an ISO timestamp: {fb.as_of!r}") from error
+        for key in ("cycles", "cycle_days", "epochs", "initial_epochs", "full_epochs"):
+            value = getattr(loop, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"loop.{key}: must be > 0{' or null' if key.endswith('_epochs') else ''}, got {value!r}")
+        unknown = [v for v in loop.variants if v not in LOOP_VARIANTS]
+        if unknown or "warm" not in loop.variants or len(set(loop.variants)) != len(loop.variants):
+            raise ConfigError(f"loop.variants: distinct names from {', '.join(LOOP_VARIANTS)}, 'warm' among them "
+                              f"(its lists collect the feedback), got {loop.variants!r}")
 
     # Paths derived from the configuration, in one place.
     @property

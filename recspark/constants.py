@@ -142,6 +142,13 @@ FIT_ON_REFIT = "train+validation"
 EVAL_QUERIES = "eval_queries"
 SERVING_HISTORIES = "serving_histories"
 
+# Feedback on served lists (recspark.feedback): bronze / silver `feedback`, one row per impression or
+# response; gold `served_metrics`, one row per recommendations run.
+FEEDBACK = "feedback"
+FEEDBACK_ID = "feedback_id"
+RESPONSE = "response"
+SERVED_METRICS = "served_metrics"
+
 # The splits of gold sequences (the `split` of every step).
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 

@@ -54,11 +54,27 @@ USER_SCHEMA: dict[str, str] = {
     C.REGION: "string",
     C.ATTRIBUTES: "map<string,string>",
 }
+# Feedback on served lists (recspark.feedback): an impression (``response`` = "impression", ``event_ts``
+# = when it was shown, ``rank`` as shown) or a response to one item of one recommendations run
+# (click, cart, purchase, rate, dismiss); user_id is the shop's own id, as in the recommendations.
+FEEDBACK_SCHEMA: dict[str, str] = {
+    C.FEEDBACK_ID: "string",
+    C.USER_ID: "string",
+    C.ITEM_ID: "string",
+    C.RUN_ID: "string",
+    C.RESPONSE: "string",
+    C.EVENT_TS: "timestamp",
+    C.RANK: "int",
+    C.QUANTITY: "double",
+    C.PRICE: "double",
+    C.SESSION_ID: "string",
+}
 # The columns without which no row of an entity can be accepted.
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     C.EVENTS: (C.USER_ID, C.ITEM_ID, C.EVENT_TYPE, C.EVENT_TS),
     C.ITEMS: (C.ITEM_ID,),
     C.USERS: (C.USER_ID,),
+    C.FEEDBACK: (C.USER_ID, C.ITEM_ID, C.RUN_ID, C.RESPONSE, C.EVENT_TS),
 }
 LINEAGE = (C.SOURCE_FILE, C.SOURCE_ROW)
 # A reader may flag rows it could not parse (wrong column count, bad encoding, unreadable file)

@@ -25,16 +25,56 @@ from recspark.utils.jobs import StageFn, new_run_id, release_cached, run_stage, 
 from recspark.vectors import ITEM_VECTORS, SIMILAR_ITEMS, USER_VECTORS, vector_table_path, write_vector_tables
 
 
-def ingest_stage(spark: SparkSession, config: Config, sources: RawSources | None = None) -> dict:
-    log = ingest(spark, sources or load_sources(spark, config), config, new_run_id(config))
+def _reconciled(log: list[dict]) -> dict:
     summary = {}
     for row in log:
         name = row[C.SOURCE_FILE].rsplit("/", 1)[-1]
         summary[f"{row['entity']} <- {name}"] = (
             f"read {row['rows_read']:,} = accepted {row['rows_accepted']:,} + quarantined "
             f"{row['rows_quarantined']:,} (table: {row['table_rows_inserted']:,} new rows)")
+    return summary
+
+
+def ingest_stage(spark: SparkSession, config: Config, sources: RawSources | None = None) -> dict:
+    """Events, items and users into bronze; with ``feedback.path`` also the feedback files."""
+    run_id = new_run_id(config)
+    summary = _reconciled(ingest(spark, sources or load_sources(spark, config), config, run_id))
+    if config.feedback.path:
+        summary.update(_reconciled(ingest_feedback_files(spark, config, run_id)))
     summary["bronze"] = config.table_path(C.BRONZE, "")
     return summary
+
+
+def ingest_feedback_files(spark: SparkSession, config: Config, run_id: str) -> list[dict]:
+    """The files of ``feedback.path`` into bronze feedback (``dataset.columns.feedback`` maps names)."""
+    from recspark.datasets.files import column_mapping, read_path
+    from recspark.feedback import ingest_feedback
+
+    raw = read_path(spark, config.feedback.path, C.FEEDBACK, column_mapping(config.dataset.columns).get(C.FEEDBACK))
+    return ingest_feedback(spark, config, raw, run_id)
+
+
+def refresh_feedback(spark: SparkSession, config: Config) -> dict:
+    """Bronze feedback -> silver feedback (joined to its runs, pseudonymised), its responses into
+    silver events, and gold served_metrics; nothing without bronze feedback."""
+    from recspark.feedback import merge_response_events, refresh_silver_feedback
+    from recspark.served_metrics import write_served_metrics
+
+    if not table_exists(spark, config.table_path(C.BRONZE, C.FEEDBACK)):
+        return {}
+    inserted = refresh_silver_feedback(spark, config)["numTargetRowsInserted"]
+    events = merge_response_events(spark, config)
+    runs = write_served_metrics(spark, config)
+    return {"silver feedback": f"{inserted:,} new rows -> {config.table_path(C.SILVER, C.FEEDBACK)}",
+            "response events": f"{events:,} new silver events",
+            "served metrics": f"{len(runs)} runs -> {config.table_path(C.GOLD, C.SERVED_METRICS)}, "
+                              f"{config.reports_dir / 'served_metrics.md'}"}
+
+
+def feedback_stage(spark: SparkSession, config: Config) -> dict:
+    """jobs/feedback.py: the feedback files of ``feedback.path`` into bronze, then :func:`refresh_feedback`."""
+    summary = _reconciled(ingest_feedback_files(spark, config, new_run_id(config))) if config.feedback.path else {}
+    return {**summary, **(refresh_feedback(spark, config) or {"feedback": "no bronze feedback (feedback.path unset)"})}
 
 
 def _counted(spark: SparkSession, paths: dict[str, str]) -> dict:
@@ -42,7 +82,9 @@ def _counted(spark: SparkSession, paths: dict[str, str]) -> dict:
 
 
 def prepare_stage(spark: SparkSession, config: Config) -> dict:
-    return _counted(spark, prepare(spark, config))
+    """Silver from bronze; with bronze feedback also silver feedback, its response events, served metrics."""
+    summary = _counted(spark, prepare(spark, config))
+    return {**summary, **refresh_feedback(spark, config)}
 
 
 def features_stage(spark: SparkSession, config: Config) -> dict:
@@ -77,6 +119,16 @@ def privacy_tracking(result) -> tuple[dict, dict]:
     return {"dp": params}, {"dp_epsilon": [result.privacy["epsilon"]]}
 
 
+def result_warm_start(model_dir: Path) -> str | None:
+    """Where the export in ``model_dir`` was warm-started from and how its item rows moved
+    (``vocabulary``: by item id), from its model_meta.json; None for a run from scratch."""
+    import json
+
+    meta_path = Path(model_dir) / "model_meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    return f"{meta['warm_start_from']} ({meta.get('warm_start_items')})" if meta.get("warm_start_from") else None
+
+
 def train_stage(spark: SparkSession, config: Config) -> dict:
     """Trains every model of ``train.models`` in turn on the same gold tables."""
     from recspark.models import model_examples_table, model_inputs, model_spec  # TensorFlow only where needed
@@ -84,6 +136,7 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
     from recspark.models.lifecycle import collect_validation_set
     from recspark.models.training import train_distributed
     from recspark.serving import export_pyfunc
+    from recspark.feedback import feedback_tags, feedback_used
     from recspark.tracking import log_training_run
 
     examples_paths = {model: config.table_path(C.GOLD, model_examples_table(model)) for model in config.train.models}
@@ -98,6 +151,7 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
     summary: dict = {C.RUN_ID: run_id}
     category_path = config.table_path(C.GOLD, C.CATEGORY_VOCAB)
     category_vocab = read_table(spark, category_path) if table_exists(spark, category_path) else None
+    feedback = feedback_used(spark, config)  # the responses that reached these gold tables, if any
     for model in config.train.models:
         print(f"train: {config.train.describe(model)} (* = train.per_model.{model})", flush=True)
         model_dir = config.model_dir(model)
@@ -124,7 +178,8 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
             metrics={"loss": result.history, "val_ndcg_at_10": result.val_ndcg_history, **dp_metrics},
             table_versions=versions,
             model_dir=model_dir, tags={C.RUN_ID: run_id, "resumed_from_epoch": str(result.initial_epoch),
-                                       "best_epoch": str(result.best_epoch), "launcher": result.launcher},
+                                       "best_epoch": str(result.best_epoch), "launcher": result.launcher,
+                                       **feedback_tags(feedback)},
             pyfunc_dir=export_pyfunc(spark, config, model, model_dir, run_id))
         write_json(model_dir / "run.json", {
             C.RUN_ID: run_id,
@@ -132,6 +187,9 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
             "model": model,
             "num_items": num_items,
             "table_versions": versions,
+            "feedback": feedback,
+            "warm_start_from": result_warm_start(model_dir),
+            "seconds": round(result.seconds, 1),
             "config": config.to_dict(),
             "mlflow": {"run_id": tracked.run_id, "registered_model": tracked.registered_model,
                        "version": tracked.model_version, "tracking_uri": tracked.tracking_uri},
@@ -220,6 +278,8 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
     import datetime as dt
 
     from recspark.calibration import ensure_calibration, report_calibration
+    from recspark.feedback import as_of_time, dismissed_items, with_dismissed_excluded
+    from recspark.vocabulary import saved_item_vocabulary, to_saved_vocabulary, vocabularies_differ
     from recspark.pipeline.item_features import ITEM_FEATURES
     from recspark.recommendations import (basket_items, blocked_items, bought_with, popular_items, recommendation_rows,
                                           with_reasons, write_run)
@@ -238,13 +298,28 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
     identity = read_table(spark, config.table_path(C.BRONZE, IDENTITY_MAP))
     features_path = config.table_path(C.GOLD, ITEM_FEATURES)
     item_features = read_table(spark, features_path) if table_exists(spark, features_path) else None
+    # A model trained before gold was refitted (the loop's frozen reference) reads its own indices.
+    saved_vocab = saved_item_vocabulary(spark, model_dir)
+    translated = saved_vocab is not None and vocabularies_differ(vocab, saved_vocab)
+    if translated:
+        histories, item_features = to_saved_vocabulary(histories, item_features, vocab, saved_vocab,
+                                                       config.features.item_layout)
+        vocab = saved_vocab
+    # Items a user dismissed lately: left out of that user's list through the scorer's own exclusion.
+    exclude_seen, as_of = config.evaluate.exclude_seen, as_of_time(config)
+    feedback_path = config.table_path(C.SILVER, C.FEEDBACK)
+    dismissing = config.feedback.dismiss_days > 0 and table_exists(spark, feedback_path)
+    if dismissing:
+        dismissed = dismissed_items(read_table(spark, feedback_path), as_of, config.feedback.dismiss_days)
+        histories = with_dismissed_excluded(histories, dismissed, vocab, exclude_seen)
+        exclude_seen = True
     blocked = (blocked_items(item_features, first_item, config.score.exclude_categories,
                              config.score.include_categories) if item_features is not None else {})
     never = sorted(set().union(*blocked.values())) if blocked else []
     calibration = ensure_calibration(spark, config, model, run.get(C.RUN_ID)) if config.score.calibrate else None
     reliability = report_calibration(config.reports_dir, model, calibration) if calibration is not None else None
     # The user's own repeat profile rides along for the reasons (every model's serving row has it).
-    top = recommend_indices(histories, model_dir, config.score.k, config.evaluate.exclude_seen, config.score.batch_size,
+    top = recommend_indices(histories, model_dir, config.score.k, exclude_seen, config.score.batch_size,
                             never_recommend=never, item_block=config.score.item_block,
                             keep=[c for c in (C.REPEAT_ITEMS, C.REPEAT_FEATURES) if c in histories.columns],
                             calibration=calibration, min_confidence=config.score.min_confidence)
@@ -278,15 +353,19 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
                            f"reliability diagram {reliability or 'not drawn (no bins)'}"
                            if calibration is not None else
                            f"softmax share (not calibrated); min_confidence {config.score.min_confidence}"),
+            "dismissed items": (f"kept out for {config.feedback.dismiss_days:g} days before {as_of:%Y-%m-%d %H:%M}"
+                                if dismissing else "none (no silver feedback, or feedback.dismiss_days = 0)"),
+            "item indices": ("translated from gold's vocabulary to the model's own (gold was refitted after "
+                             "its training)" if translated else "gold's (the model's own)"),
             C.RUN_ID: run_id}
 
 
 LAYERS = {
-    C.BRONZE: (C.EVENTS, C.ITEMS, C.USERS, C.QUARANTINE, IDENTITY_MAP, C.RUN_LOG),
-    C.SILVER: (C.EVENTS, C.ITEMS, C.USERS, "bots"),
+    C.BRONZE: (C.EVENTS, C.ITEMS, C.USERS, C.FEEDBACK, C.QUARANTINE, IDENTITY_MAP, C.RUN_LOG),
+    C.SILVER: (C.EVENTS, C.ITEMS, C.USERS, C.FEEDBACK, "bots"),
     C.GOLD: ("split_info", C.ITEM_VOCAB, C.CATEGORY_VOCAB, SEQUENCES, C.TRAIN_EXAMPLES, C.TRAIN_WINDOWS, C.TRAIN_BASKETS,
              C.REFIT_BASKETS,
-             C.EVAL_QUERIES, C.SERVING_HISTORIES, "user_features", "item_features", C.FEATURE_STATS),
+             C.EVAL_QUERIES, C.SERVING_HISTORIES, "user_features", "item_features", C.FEATURE_STATS, C.SERVED_METRICS),
 }
 
 

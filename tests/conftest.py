@@ -9,6 +9,10 @@ import pytest
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
+# gold serving_histories as repeatnet's scorer reads it (hand-made in the score stage's tests).
+SERVING_HISTORIES_SCHEMA = ("user_id string, history array<int>, history_types array<int>, history_gaps array<int>, "
+                            "seen_idx array<int>, repeat_items array<int>, repeat_features array<float>")
+
 
 @pytest.fixture(scope="session")
 def spark():
@@ -78,3 +82,17 @@ def next_item_examples(spark, rows: int, max_seq_len: int, real_items: int, *, f
         data.append((list(history), types, gaps, target))
     return spark.createDataFrame(
         data, f"{HISTORY} array<int>, {HISTORY_TYPES} array<int>, {HISTORY_GAPS} array<int>, {TARGET} int")
+
+
+def save_untrained_repeatnet(folder, *, num_items: int, length: int, candidates: int, first_item: int):
+    """A freshly initialised (seeded) repeatnet saved in ``folder`` as the train stage exports one
+    (model.keras, model_meta.json), for tests of the score stage that need no training. Returns it."""
+    from recspark.config import TrainConfig
+    from recspark.models import ModelSpec, build_model
+
+    model = build_model("repeatnet", ModelSpec(num_items=num_items, max_seq_len=length, num_event_types=5,
+                                               num_gap_buckets=4, first_item_idx=first_item,
+                                               repeat_candidates=candidates),
+                        TrainConfig(embedding_dim=8, num_layers=1, num_heads=2, dropout=0.0, seed=1))
+    save_export(folder, model, num_items, length)
+    return model

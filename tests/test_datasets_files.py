@@ -391,7 +391,7 @@ def test_a_file_whose_every_row_fails_stops_ingest(spark: SparkSession, tmp_path
 BAD_MAPPINGS = {
     "not a mapping": ("events", "dataset.columns: expected a mapping"),
     "unknown entity": ({"orders": {"user_id": "customer"}},
-                       "dataset.columns.orders: unknown entity (known: events, items, users)"),
+                       "dataset.columns.orders: unknown entity (known: events, items, users, feedback)"),
     "entity not a mapping": ({"events": ["timestamp"]},
                              "dataset.columns.events: expected a mapping of canonical column"),
     "swapped key and value": ({"events": {"timestamp": "event_ts"}},

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
-from conftest import save_export
 
 from recspark import constants as C
 from recspark.recommendations import (COLUMNS, GENERATED_AT, MODEL_VERSION, PLAIN_REASON, basket_items,
@@ -128,8 +127,8 @@ def test_score_stage_writes_every_user_once_and_its_rerun_replaces_its_run(spark
     same run id leaving the same rows (one run in the table)."""
     import json
 
+    from conftest import SERVING_HISTORIES_SCHEMA, save_untrained_repeatnet
     from recspark.config import Config, PathsConfig, ScoreConfig, TrainConfig
-    from recspark.models import ModelSpec, build_model
     from recspark.stages import score_stage
 
     config = Config(paths=PathsConfig(lakehouse=str(tmp_path / "lake"), checkpoints=str(tmp_path / "ck"),
@@ -137,10 +136,8 @@ def test_score_stage_writes_every_user_once_and_its_rerun_replaces_its_run(spark
                     train=TrainConfig(models=["repeatnet"]),
                     score=ScoreConfig(k=4, item_block=8, batch_size=2, similar_k=3))
     num_items, length, candidates = FIRST + 30, 5, 3
-    model = build_model("repeatnet", ModelSpec(num_items=num_items, max_seq_len=length, num_event_types=5,
-                                               num_gap_buckets=4, first_item_idx=FIRST, repeat_candidates=candidates),
-                        TrainConfig(embedding_dim=8, num_layers=1, num_heads=2, dropout=0.0, seed=1))
-    folder = save_export(config.model_dir("repeatnet"), model, num_items, length)
+    folder = config.model_dir("repeatnet")
+    save_untrained_repeatnet(folder, num_items=num_items, length=length, candidates=candidates, first_item=FIRST)
     (folder / "run.json").write_text(json.dumps({C.RUN_ID: "train-1", "mlflow": {"version": 7}}))
 
     def save(df: DataFrame, layer: str, table: str) -> None:
@@ -154,10 +151,7 @@ def test_score_stage_writes_every_user_once_and_its_rerun_replaces_its_run(spark
         profile += [0] * (candidates - len(profile))
         feats = [float(np.log1p(3)), 0.5, 0.1, float(np.log1p(4)), 0.2, 0.6] * candidates
         rows.append((f"p{u}", items, [1] * length, list(range(length, 0, -1)), items, profile, feats))
-    save(spark.createDataFrame(rows, f"user_id string, {C.HISTORY} array<int>, {C.HISTORY_TYPES} array<int>, "
-                                     f"{C.HISTORY_GAPS} array<int>, {C.SEEN_IDX} array<int>, "
-                                     f"{C.REPEAT_ITEMS} array<int>, {C.REPEAT_FEATURES} array<float>"),
-         C.GOLD, C.SERVING_HISTORIES)
+    save(spark.createDataFrame(rows, SERVING_HISTORIES_SCHEMA), C.GOLD, C.SERVING_HISTORIES)
     save(spark.createDataFrame([(f"item-{i}", i) for i in range(FIRST, num_items)], "item_id string, item_idx int"),
          C.GOLD, C.ITEM_VOCAB)
     out_of_stock = {FIRST + 2, FIRST + 11}

@@ -62,7 +62,9 @@ from pyspark.sql import types as T
 
 from recspark import constants as C
 from recspark.config import ConfigError, DatasetConfig
-from recspark.schemas import EVENT_SCHEMA, ITEM_SCHEMA, READ_ERROR, REQUIRED_COLUMNS, USER_SCHEMA, RawSources
+from recspark.schemas import (
+    EVENT_SCHEMA, FEEDBACK_SCHEMA, ITEM_SCHEMA, READ_ERROR, REQUIRED_COLUMNS, USER_SCHEMA, RawSources,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     C.EVENTS: tuple(EVENT_SCHEMA),
     C.ITEMS: tuple(c for c in ITEM_SCHEMA if c != C.ATTRIBUTES),
     C.USERS: tuple(c for c in USER_SCHEMA if c != C.ATTRIBUTES),
+    # Feedback files (recspark.feedback, feedback.path) are read the same way.
+    C.FEEDBACK: tuple(FEEDBACK_SCHEMA),
 }
 WITH_ATTRIBUTES = (C.ITEMS, C.USERS)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from functools import reduce
-from typing import Sequence
+from typing import Callable, Sequence
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -238,20 +238,29 @@ def check_events(validated: Validated, catalogue: DataFrame | None = None,
             df.join(known, F.col(C.ITEM_ID) == F.col("_known_item"), "left").crossJoin(size)
             .withColumn(C.REASON, F.when(unknown, F.lit(UNKNOWN_ITEM)).otherwise(F.col(C.REASON)))
         )
-    # Re-read after the catalogue check: a copy quarantined there cannot be the reference copy.
+    # After the catalogue check: a copy quarantined there cannot be the reference copy.
+    df = with_conflicting_ids(df, C.EVENT_ID, _event_content, bronze_events, DUPLICATE_EVENT)
+    return Validated(validated.entity, df.select(*columns))
+
+
+def with_conflicting_ids(df: DataFrame, key: str, content: Callable[[], Column], stored: DataFrame | None,
+                         reason: str) -> DataFrame:
+    """Quarantines (``reason``) each accepted row whose ``key`` was delivered before with other
+    ``content()`` (a hash of the row's fields): "before" is ``stored`` (bronze) if the key is there,
+    else the first accepted copy of this input by (source_file, source_row). Identical copies stay
+    accepted. A window and a join, no collect."""
     ok = F.col(C.REASON).isNull()
-    by_id = (Window.partitionBy(C.EVENT_ID).orderBy(C.SOURCE_FILE, C.SOURCE_ROW)
+    by_id = (Window.partitionBy(key).orderBy(C.SOURCE_FILE, C.SOURCE_ROW)
              .rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing))
-    df = (df.withColumn("_content", _event_content())
+    df = (df.withColumn("_content", content())
           .withColumn("_first", F.first(F.when(ok, F.col("_content")), ignorenulls=True).over(by_id)))
     reference = F.col("_first")
-    if bronze_events is not None:
-        stored = bronze_events.select(F.col(C.EVENT_ID).alias("_stored_id"), _event_content().alias("_stored"))
-        df = df.join(stored, F.col(C.EVENT_ID) == F.col("_stored_id"), "left")
+    if stored is not None:
+        stored = stored.select(F.col(key).alias("_stored_id"), content().alias("_stored"))
+        df = df.join(stored, F.col(key) == F.col("_stored_id"), "left")
         reference = F.coalesce(F.col("_stored"), reference)
     conflict = ok & (F.col("_content") != reference)
-    df = df.withColumn(C.REASON, F.when(conflict, F.lit(DUPLICATE_EVENT)).otherwise(F.col(C.REASON)))
-    return Validated(validated.entity, df.select(*columns))
+    return df.withColumn(C.REASON, F.when(conflict, F.lit(reason)).otherwise(F.col(C.REASON)))
 
 
 def first_per_key(df: DataFrame, key: str) -> DataFrame:
