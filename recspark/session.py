@@ -6,6 +6,7 @@ job run touches the network); without them it falls back to resolving Delta from
 """
 from __future__ import annotations
 
+import atexit
 import glob
 import importlib.metadata
 import logging
@@ -117,6 +118,32 @@ def executor_settings(config: SparkConfig) -> dict[str, str]:
     return settings
 
 
+def local_cluster_home() -> Path:
+    """A SPARK_HOME for ``local-cluster`` masters: the installed Spark's folders linked, and a ``work``
+    folder of its own under the temporary folder. Its in-process workers run each executor in
+    ``$SPARK_HOME/work/<app>/<executor>``, with a copy of every ``spark.jars`` jar (170 MB a run with
+    Delta's), which would otherwise land inside the installed pyspark package (the venv)."""
+    from pyspark.find_spark_home import _find_spark_home
+
+    installed = Path(_find_spark_home()).resolve()
+    home = Path(tempfile.gettempdir()) / "recspark-spark-home"
+    (home / "work").mkdir(parents=True, exist_ok=True)
+    for entry in installed.iterdir():
+        link = home / entry.name
+        if entry.name != "work" and not link.exists():
+            try:
+                link.symlink_to(entry)
+            except FileExistsError:  # another job made it first
+                pass
+    return home
+
+
+def _drop_executor_jars(app_dir: Path) -> None:
+    """At exit: the executors' copies of the jars go; their stdout and stderr logs stay."""
+    for jar in app_dir.glob("*/*.jar"):
+        jar.unlink(missing_ok=True)
+
+
 def get_spark(config: SparkConfig | None = None, *, verbose: bool = False) -> SparkSession:
     """Returns the active SparkSession, or builds a local one with Delta Lake configured.
 
@@ -148,8 +175,12 @@ def get_spark(config: SparkConfig | None = None, *, verbose: bool = False) -> Sp
         .config("spark.databricks.delta.snapshotPartitions", "2")
         .config("spark.ui.showConsoleProgress", "true" if verbose else "false")
     )
+    cluster_home = None
     if not submitted:
         builder = builder.master(config.master).config("spark.driver.memory", config.driver_memory)
+        if LOCAL_CLUSTER.fullmatch(config.master):
+            cluster_home = local_cluster_home()
+            os.environ["SPARK_HOME"] = str(cluster_home)
         for key, value in executor_settings(config).items():
             builder = builder.config(key, value)
         jars = delta_jars()
@@ -166,6 +197,8 @@ def get_spark(config: SparkConfig | None = None, *, verbose: bool = False) -> Sp
     for key, value in extra.items():
         builder = builder.config(key, str(value))
     spark = builder.getOrCreate()
+    if cluster_home is not None:
+        atexit.register(_drop_executor_jars, cluster_home / "work" / spark.sparkContext.applicationId)
     set_log_level(spark, verbose)
     return spark
 

@@ -32,7 +32,7 @@ def cluster_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("cluster")
     out = root / "report.json"
     run = subprocess.run([sys.executable, str(SCRIPT), MASTER, str(out)], cwd=root, capture_output=True, text=True,
-                         timeout=1200, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
+                         timeout=2400, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
     assert run.returncode == 0, f"cluster run failed ({run.returncode}):\n{run.stdout[-6000:]}\n{run.stderr[-6000:]}"
     return {"root": root, "stdout": run.stdout, **json.loads(out.read_text())}
 
