@@ -5,7 +5,9 @@ DATASET_CONF := $(wildcard conf/datasets/$(DATASET).yaml)
 # A data-set layer names its own data set (and variant); without one, DATASET is the data set's name.
 # LAYERS: more configuration files after the data set's (make compare adds conf/compare.yaml).
 LAYERS ?=
-CONF := --conf-file conf/local.yaml $(if $(DATASET_CONF),--conf-file $(DATASET_CONF),--set dataset.name=$(DATASET)) $(foreach f,$(LAYERS),--conf-file $(f)) $(foreach s,$(SET),--set $(s))
+# MASTER: spark.master, e.g. MASTER='local-cluster[2,1,4096]' (two executor JVMs; README "Running on a cluster").
+MASTER ?=
+CONF := --conf-file conf/local.yaml $(if $(DATASET_CONF),--conf-file $(DATASET_CONF),--set dataset.name=$(DATASET)) $(foreach f,$(LAYERS),--conf-file $(f)) $(if $(MASTER),--set 'spark.master=$(MASTER)') $(foreach s,$(SET),--set $(s))
 STAGES := ingest prepare features train evaluate score
 # VERBOSE=1: Spark's warnings and progress bars; FROM=<stage> / ONLY="<stage> ...": part of `make run`.
 JOB_FLAGS := $(if $(VERBOSE),--verbose)

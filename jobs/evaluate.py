@@ -2,13 +2,7 @@
 
     spark-submit jobs/evaluate.py --conf-file conf/local.yaml
 """
-from recspark.stages import evaluate_stage
-from recspark.utils.jobs import run_job
-
-
-def main() -> None:
-    run_job("evaluate", evaluate_stage)
-
+from recspark.entrypoints import evaluate as main
 
 if __name__ == "__main__":
     main()

@@ -2,13 +2,7 @@
 
     spark-submit jobs/features.py --conf-file conf/local.yaml
 """
-from recspark.stages import features_stage
-from recspark.utils.jobs import run_job
-
-
-def main() -> None:
-    run_job("features", features_stage)
-
+from recspark.entrypoints import features as main
 
 if __name__ == "__main__":
     main()

@@ -2,13 +2,7 @@
 
     spark-submit jobs/score.py --conf-file conf/local.yaml
 """
-from recspark.stages import score_stage
-from recspark.utils.jobs import run_job
-
-
-def main() -> None:
-    run_job("score", score_stage)
-
+from recspark.entrypoints import score as main
 
 if __name__ == "__main__":
     main()

@@ -2,13 +2,7 @@
 
     python jobs/summary.py --conf-file conf/local.yaml
 """
-from recspark.stages import summary_stage
-from recspark.utils.jobs import run_job
-
-
-def main() -> None:
-    run_job("summary", summary_stage)
-
+from recspark.entrypoints import summary as main
 
 if __name__ == "__main__":
     main()

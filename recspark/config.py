@@ -9,6 +9,8 @@ import argparse
 import datetime as dt
 import dataclasses
 import json
+import os
+import re
 import sys
 import types
 import typing
@@ -24,6 +26,10 @@ DATASETS = ("completejourney", "ml-1m", "synthetic", "files")
 # The refit of a validation-tuned model (train.refit), under its model directory.
 REFIT_DIR = "refit"
 MODEL_NAMES = ("mean_pool", "sasrec", "towers", "dnn", "repeatnet", "repeatnet_explore", "repeatnet_next_item")
+
+
+# paths.catalog / paths.schema: names that need no quoting in Spark SQL.
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class ConfigError(ValueError):
@@ -54,16 +60,29 @@ class PathsConfig:
     lakehouse: str = "lakehouse"
     reports: str = "reports"
     checkpoints: str = "checkpoints"
-    # Petastorm's materialisation cache; file:///dbfs/... on Databricks. Default: under lakehouse.
+    # Petastorm's materialisation cache (a file:// URL every executor reads: on a cluster, shared
+    # storage such as file:///Volumes/... or file:///dbfs/...). Default: under lakehouse.
     petastorm_cache: Optional[str] = None
+    # Unity Catalog (or any Spark catalog): with both set, every table is the managed table
+    # `<catalog>.<schema>.<layer>_<table>` (Config.table_path), written with saveAsTable and read with
+    # spark.table, and lakehouse then holds only files (Petastorm's cache). Both null (the default):
+    # Delta tables by path under lakehouse. One schema holds one data set; a variant's gold tables and
+    # outputs carry its name (gold_<variant>_<table>, recommendations_<variant>).
+    catalog: Optional[str] = None
+    schema: Optional[str] = None
 
 
 @dataclasses.dataclass
 class SparkConfig:
+    # local[n]: one JVM; local-cluster[workers,cores,MB]: separate executor JVMs and Python workers on
+    # this machine (make run MASTER=...); spark://host:7077 and the like: a cluster. Ignored under
+    # spark-submit and on Databricks, where the session exists already.
     master: str = "local[2]"
     app_name: str = "recspark"
     shuffle_partitions: int = 8
     driver_memory: str = "6g"
+    # Each executor's memory off local mode; null: Spark's default (1g), on local-cluster[n,c,MB] MB.
+    executor_memory: Optional[str] = None
     extra: dict = dataclasses.field(default_factory=dict)
 
 
@@ -454,6 +473,7 @@ class Config:
     loop: LoopConfig = dataclasses.field(default_factory=LoopConfig)
 
     def validate(self) -> "Config":
+        self._validate_catalog()
         if self.dataset.name not in DATASETS:
             raise ConfigError(f"dataset.name: {self.dataset.name!r} is not one of {', '.join(DATASETS)}")
         if self.dataset.name == "files" and not self.dataset.events_path:
@@ -582,33 +602,71 @@ class Config:
             raise ConfigError(f"loop.variants: distinct names from {', '.join(LOOP_VARIANTS)}, 'warm' among them "
                               f"(its lists collect the feedback), got {loop.variants!r}")
 
+    def _validate_catalog(self) -> None:
+        given = {key: getattr(self.paths, key) for key in ("catalog", "schema")}
+        if (given["catalog"] is None) != (given["schema"] is None):
+            missing = next(key for key, value in given.items() if value is None)
+            raise ConfigError(f"paths.{missing}: set paths.catalog and paths.schema together (or neither)")
+        for key, value in given.items():
+            if value is not None and not IDENTIFIER.fullmatch(value):
+                raise ConfigError(f"paths.{key}: {value!r} is not a plain identifier (letters, digits, _)")
+
     # Paths derived from the configuration, in one place.
     @property
     def run_name(self) -> str:
         """The data set and its protocol: ``name`` or ``name-variant``; names gold, models and outputs."""
         return f"{self.dataset.name}-{self.dataset.variant}" if self.dataset.variant else self.dataset.name
 
+    @property
+    def uses_catalog(self) -> bool:
+        """Tables are catalog tables (``paths.catalog`` / ``paths.schema``), not Delta folders."""
+        return self.paths.catalog is not None
+
+    def _catalog_table(self, *parts: str, of_run: bool) -> str:
+        """``catalog.schema.<parts joined by _>``, the variant's name after the layer for a table
+        of the protocol (``of_run``); an empty last part gives the pattern ``<prefix>_*`` (display)."""
+        if of_run and self.dataset.variant:
+            parts = (*parts[:-1], self.dataset.variant, parts[-1]) if len(parts) > 1 else (parts[0], self.dataset.variant)
+        name = "_".join(parts[:-1] + ((parts[-1],) if parts[-1] else ("*",)))
+        return f"{self.paths.catalog}.{self.paths.schema}.{re.sub(r'[^A-Za-z0-9_*]', '_', name)}"
+
     def table_path(self, layer: str, table: str) -> str:
-        """Bronze and silver belong to the data (shared by its variants), gold to the protocol."""
+        """Where table ``table`` of ``layer`` lives: a Delta folder under the lakehouse, or with
+        ``paths.catalog`` the catalog table ``catalog.schema.<layer>_<table>`` (recspark.utils.delta
+        reads and writes either). Bronze and silver belong to the data (shared by its variants), gold
+        to the protocol."""
+        if self.uses_catalog:
+            return self._catalog_table(layer, table, of_run=layer not in ("bronze", "silver"))
         owner = self.dataset.name if layer in ("bronze", "silver") else self.run_name
         return str(Path(self.paths.lakehouse) / owner / layer / table)
 
     @property
     def outputs_dir(self) -> Path:
-        """Where the run's Delta outputs (recommendations, evaluation predictions) live."""
+        """The run's folder under the lakehouse: its Delta outputs (recommendations, evaluation
+        predictions) without a catalog, and its files (Petastorm's cache) either way."""
         return Path(self.paths.lakehouse) / self.run_name
 
     @property
     def recommendations_path(self) -> str:
+        if self.uses_catalog:
+            return self._catalog_table("recommendations", of_run=True)
         return str(self.outputs_dir / "recommendations")
+
+    @property
+    def predictions_path(self) -> str:
+        """The evaluation stage's per-user predictions table."""
+        if self.uses_catalog:
+            return self._catalog_table("evaluation", "predictions", of_run=True)
+        return str(self.outputs_dir / "evaluation" / "predictions")
 
     @property
     def reports_dir(self) -> Path:
         return Path(self.paths.reports) / self.run_name
 
     def model_dir(self, model: str) -> Path:
-        """Where model ``model`` of this data set is checkpointed and exported."""
-        return Path(self.paths.checkpoints) / self.run_name / model
+        """Where model ``model`` of this data set is checkpointed and exported: an absolute path,
+        since executors (Horovod ranks, scoring UDFs) read it from their own working directories."""
+        return Path(os.path.abspath(self.paths.checkpoints)) / self.run_name / model
 
     def fitted_model_dir(self, model: str) -> Path:
         """The export that is tested and served: the refit on train + validation (``train.refit``)

@@ -20,13 +20,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Sequence
 
-from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from recspark import constants as C
 from recspark.pipeline.user_features import PURCHASE
-from recspark.utils.delta import read_table, table_exists
+from recspark.utils.delta import delta_table, overwrite_table, read_table, save, table_exists
 
 MODEL_VERSION = "model_version"
 GENERATED_AT = "generated_at"
@@ -168,20 +167,19 @@ def write_run(df: DataFrame, path: str, run_id: str, keep_runs: int) -> dict:
     df = df.select(*COLUMNS)
     writer = df.write.format("delta").mode("overwrite")
     if not table_exists(spark, path):
-        writer.partitionBy(C.RUN_ID).save(path)
+        overwrite_table(df, path, partition_by=[C.RUN_ID])
     else:
-        detail = DeltaTable.forPath(spark, path).detail().collect()[0]
+        detail = delta_table(spark, path).detail().collect()[0]
         current = read_table(spark, path)
         if list(detail["partitionColumns"]) == [C.RUN_ID] and set(COLUMNS) <= set(current.columns):
             # Only this run's files are replaced; Delta checks every written row matches the predicate.
-            writer.option("replaceWhere", f"{C.RUN_ID} = {_sql_string(run_id)}").save(path)
+            save(writer.option("replaceWhere", f"{C.RUN_ID} = {_sql_string(run_id)}"), path)
         else:
             kept = current.filter(F.col(C.RUN_ID) != run_id).select(
                 *[F.col(name) if name in current.columns else F.lit(None).cast(df.schema[name].dataType).alias(name)
                   for name in COLUMNS])
             # Delta reads the snapshot before this commit, so the table may be overwritten from itself.
-            (kept.unionByName(df).write.format("delta").mode("overwrite").option("overwriteSchema", "true")
-             .partitionBy(C.RUN_ID).save(path))
+            overwrite_table(kept.unionByName(df), path, partition_by=[C.RUN_ID])
     return {"deleted_runs": prune_runs(spark, path, keep_runs)}
 
 
@@ -194,7 +192,7 @@ def prune_runs(spark: SparkSession, path: str, keep_runs: int) -> list[str]:
             .orderBy(F.col("_at").desc_nulls_last(), F.col(C.RUN_ID).desc()).collect())
     old = [row[C.RUN_ID] for row in runs[keep_runs:]]
     if old:
-        DeltaTable.forPath(spark, path).delete(F.col(C.RUN_ID).isin(old))
+        delta_table(spark, path).delete(F.col(C.RUN_ID).isin(old))
     return old
 
 

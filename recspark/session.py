@@ -6,10 +6,12 @@ job run touches the network); without them it falls back to resolving Delta from
 """
 from __future__ import annotations
 
+import atexit
 import glob
 import importlib.metadata
 import logging
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -98,6 +100,66 @@ def delta_jars(jars_dir: Path = JARS_DIR) -> list[str]:
     return sorted(glob.glob(str(jars_dir / "*.jar")))
 
 
+def is_local_master(master: str) -> bool:
+    """``local`` / ``local[n]`` / ``local[*]``: driver and executor in one JVM. Everything else
+    (``local-cluster[...]``, ``spark://``, ``yarn``, ``k8s://``) has executors of their own."""
+    return master == "local" or master.startswith("local[")
+
+
+LOCAL_CLUSTER = re.compile(r"local-cluster\[\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\]")
+
+
+def executor_settings(config: SparkConfig) -> dict[str, str]:
+    """What executors of their own need to run this driver's code: the Python that imports the same
+    ``recspark`` (its directory first on PYTHONPATH, so a checkout wins over an installed copy, as on
+    the driver), legacy Keras for TensorFlow in their Python workers and Horovod ranks, and their
+    memory (``spark.executor_memory``; on ``local-cluster[n,cores,MB]`` by default each worker's MB,
+    since every worker runs one executor). Delta's jars reach them through ``spark.jars``.
+    Empty for a local master."""
+    if is_local_master(config.master):
+        return {}
+    source = str(Path(__file__).resolve().parent.parent)
+    python_path = os.pathsep.join(dict.fromkeys(filter(None, [source, *os.environ.get("PYTHONPATH", "").split(os.pathsep)])))
+    settings = {
+        "spark.executorEnv.PYTHONPATH": python_path,
+        "spark.executorEnv.TF_USE_LEGACY_KERAS": "1",
+        "spark.executorEnv.PYTHONUNBUFFERED": "1",
+    }
+    memory = config.executor_memory
+    cluster = LOCAL_CLUSTER.fullmatch(config.master)
+    if memory is None and cluster is not None:
+        memory = f"{cluster.group(3)}m"
+    if memory is not None:
+        settings["spark.executor.memory"] = memory
+    return settings
+
+
+def local_cluster_home() -> Path:
+    """A SPARK_HOME for ``local-cluster`` masters: the installed Spark's folders linked, and a ``work``
+    folder of its own under the temporary folder. Its in-process workers run each executor in
+    ``$SPARK_HOME/work/<app>/<executor>``, with a copy of every ``spark.jars`` jar (170 MB a run with
+    Delta's), which would otherwise land inside the installed pyspark package (the venv)."""
+    from pyspark.find_spark_home import _find_spark_home
+
+    installed = Path(_find_spark_home()).resolve()
+    home = Path(tempfile.gettempdir()) / "recspark-spark-home"
+    (home / "work").mkdir(parents=True, exist_ok=True)
+    for entry in installed.iterdir():
+        link = home / entry.name
+        if entry.name != "work" and not link.exists():
+            try:
+                link.symlink_to(entry)
+            except FileExistsError:  # another job made it first
+                pass
+    return home
+
+
+def _drop_executor_jars(app_dir: Path) -> None:
+    """At exit: the executors' copies of the jars go; their stdout and stderr logs stay."""
+    for jar in app_dir.glob("*/*.jar"):
+        jar.unlink(missing_ok=True)
+
+
 def get_spark(config: SparkConfig | None = None, *, verbose: bool = False) -> SparkSession:
     """Returns the active SparkSession, or builds a local one with Delta Lake configured.
 
@@ -105,6 +167,10 @@ def get_spark(config: SparkConfig | None = None, *, verbose: bool = False) -> Sp
     their own lines); an existing session keeps its settings except the log level.
     """
     active = SparkSession.getActiveSession()
+    if active is None and "DATABRICKS_RUNTIME_VERSION" in os.environ:
+        # A Databricks task (python_wheel_task): the cluster's session, as the runtime configured it
+        # (Delta, Unity Catalog); Delta's OSS catalog settings below would replace Databricks' own.
+        active = SparkSession.builder.getOrCreate()
     if active is not None:
         set_log_level(active, verbose)
         return active
@@ -125,8 +191,14 @@ def get_spark(config: SparkConfig | None = None, *, verbose: bool = False) -> Sp
         .config("spark.databricks.delta.snapshotPartitions", "2")
         .config("spark.ui.showConsoleProgress", "true" if verbose else "false")
     )
+    cluster_home = None
     if not submitted:
         builder = builder.master(config.master).config("spark.driver.memory", config.driver_memory)
+        if LOCAL_CLUSTER.fullmatch(config.master):
+            cluster_home = local_cluster_home()
+            os.environ["SPARK_HOME"] = str(cluster_home)
+        for key, value in executor_settings(config).items():
+            builder = builder.config(key, value)
         jars = delta_jars()
         if jars:
             builder = builder.config("spark.jars", ",".join(jars))
@@ -141,6 +213,8 @@ def get_spark(config: SparkConfig | None = None, *, verbose: bool = False) -> Sp
     for key, value in extra.items():
         builder = builder.config(key, str(value))
     spark = builder.getOrCreate()
+    if cluster_home is not None:
+        atexit.register(_drop_executor_jars, cluster_home / "work" / spark.sparkContext.applicationId)
     set_log_level(spark, verbose)
     return spark
 

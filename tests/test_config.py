@@ -147,7 +147,8 @@ def test_a_variant_shares_bronze_and_silver_and_owns_the_rest() -> None:
     config = load_config([str(ROOT / "conf" / "local.yaml"), str(ROOT / "conf" / "datasets" / "completejourney-nbr.yaml")])
     assert config.table_path("silver", "events") == "lakehouse/completejourney/silver/events"
     assert config.table_path("gold", "item_vocab") == "lakehouse/completejourney-nbr/gold/item_vocab"
-    assert str(config.model_dir("repeatnet")) == "checkpoints/completejourney-nbr/repeatnet"
+    # Absolute: executors (Horovod ranks, scoring UDFs) read it from working folders of their own.
+    assert config.model_dir("repeatnet") == Path.cwd() / "checkpoints" / "completejourney-nbr" / "repeatnet"
     assert str(config.reports_dir) == "reports/completejourney-nbr"
 
 

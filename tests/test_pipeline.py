@@ -47,10 +47,9 @@ def shop(spark: SparkSession) -> RawSources:
     return RawSources(events, items, users)
 
 
-@pytest.fixture(scope="module")
-def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
-    root = tmp_path_factory.mktemp("run")
-    return load_config(None, [
+def pipeline_overrides(root: Path | str) -> list[str]:
+    """The small run's settings, outputs under ``root`` (also tests/cluster_run.py's, on a cluster)."""
+    return [
         "dataset.name=synthetic", f"paths.lakehouse={root}/lakehouse", f"paths.reports={root}/reports",
         f"paths.checkpoints={root}/checkpoints", "features.max_seq_len=5", "features.min_item_count=1",
         "train.epochs=2", "train.batch_size=16", "train.embedding_dim=8", "train.num_proc=2",
@@ -59,7 +58,12 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
         "train.models=[repeatnet]",
         "evaluate.baselines=[most_popular,most_popular_recent,item_cooccurrence,als,repeat_purchase,tifu_knn]",
         f"evaluate.k={K}", f"score.k={K}",
-    ])
+    ]
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    return load_config(None, pipeline_overrides(tmp_path_factory.mktemp("run")))
 
 
 def snapshot(spark: SparkSession, config: Config) -> dict[str, list]:

@@ -29,7 +29,6 @@ import datetime as dt
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -37,7 +36,7 @@ from recspark import constants as C
 from recspark.config import Config
 from recspark.pipeline.prepare import IDENTITY_MAP, RAW_USER_ID
 from recspark.pipeline.privacy import IDENTITY_KEY_INFO, decrypt_id, derive_key, pseudonym_key, pseudonymise
-from recspark.utils.delta import purge_history, read_table, table_exists, table_version
+from recspark.utils.delta import append_table, delta_table, purge_history, read_table, table_exists, table_version
 
 AUDIT = "audit"
 ERASURES = "erasures"
@@ -101,12 +100,14 @@ def _roots(config: Config) -> tuple[Path, list[Path]]:
 
 def erasure_targets(spark: SparkSession, config: Config) -> list[Target]:
     """The tables of the data set that hold user ids, each with its match condition."""
+    if config.uses_catalog:
+        return _catalog_targets(spark, config)
     data, runs = _roots(config)
     lakehouse = Path(config.paths.lakehouse).resolve()
     targets = []
 
     def add(path: str, condition: str) -> None:
-        columns = set(spark.read.format("delta").load(path).columns)
+        columns = set(read_table(spark, path).columns)
         needed = C.RAW_RECORD if condition == BY_RAW_RECORD else C.USER_ID
         if needed in columns:
             targets.append(Target(str(Path(path).relative_to(lakehouse)), path, condition))
@@ -126,6 +127,26 @@ def erasure_targets(spark: SparkSession, config: Config) -> list[Target]:
         for path in _delta_tables(spark, str(run)):
             layer = Path(path).relative_to(run).parts[0]
             add(path, BY_PSEUDONYM if layer in (C.SILVER, C.GOLD) else BY_RAW_ID)
+    return targets
+
+
+def _catalog_targets(spark: SparkSession, config: Config) -> list[Target]:
+    """With paths.catalog: every table of the schema (one schema holds one data set and its
+    variants), told apart by the layer its name starts with (Config.table_path's naming)."""
+    schema = f"{config.paths.catalog}.{config.paths.schema}"
+    identity = config.table_path(C.BRONZE, IDENTITY_MAP)
+    quarantine = config.table_path(C.BRONZE, C.QUARANTINE)
+    targets = []
+    for table in sorted(spark.catalog.listTables(schema), key=lambda t: t.name):
+        ref = f"{schema}.{table.name}"
+        layer = table.name.split("_", 1)[0]
+        if layer == AUDIT:
+            continue
+        condition = (BY_PSEUDONYM if ref == identity or layer in (C.SILVER, C.GOLD) else
+                     BY_RAW_RECORD if ref == quarantine else BY_RAW_ID)
+        needed = C.RAW_RECORD if condition == BY_RAW_RECORD else C.USER_ID
+        if needed in read_table(spark, ref).columns:
+            targets.append(Target(table.name, ref, condition))
     return targets
 
 
@@ -165,7 +186,7 @@ def people(spark: SparkSession, config: Config, user_ids: Iterable[str]) -> Data
 def delete_people(spark: SparkSession, target: Target, who: DataFrame) -> int:
     """Deletes the matching rows of one table (a MERGE whose only clause deletes); returns how many."""
     before = table_version(spark, target.path)
-    table = DeltaTable.forPath(spark, target.path)
+    table = delta_table(spark, target.path)
     table.alias("t").merge(who.alias("s"), target.condition).whenMatchedDelete().execute()
     if table_version(spark, target.path) == before:  # nothing matched: Delta commits nothing
         return 0
@@ -174,6 +195,9 @@ def delete_people(spark: SparkSession, target: Target, who: DataFrame) -> int:
 
 
 def audit_path(config: Config) -> str:
+    """The audit table: ``<lakehouse>/<data set>/audit/erasures``, or ``audit_erasures`` of the schema."""
+    if config.uses_catalog:
+        return f"{config.paths.catalog}.{config.paths.schema}.{AUDIT}_{ERASURES}"
     return str(Path(config.paths.lakehouse) / config.dataset.name / AUDIT / ERASURES)
 
 
@@ -192,7 +216,8 @@ def forget(spark: SparkSession, config: Config, user_ids: Sequence[str],
     who = people(spark, config, user_ids)
     targets = erasure_targets(spark, config)
     deleted = {target.name: delete_people(spark, target, who) for target in targets}
-    identity = [name for name in deleted if name.endswith(f"{C.BRONZE}/{IDENTITY_MAP}")]
+    # The identity map by its name: <data set>/bronze/identity_map, or bronze_identity_map in a schema.
+    identity = [name for name in deleted if name.endswith(f"{C.BRONZE}/{IDENTITY_MAP}") or name == f"{C.BRONZE}_{IDENTITY_MAP}"]
     found = sum(deleted[name] for name in identity)
     print(f"forget: WARNING: VACUUM of {len(targets)} tables with a retention of {hours:g} hours: "
           + ("their versions before this erasure are gone, and with them time travel to any of them "
@@ -206,7 +231,7 @@ def forget(spark: SparkSession, config: Config, user_ids: Sequence[str],
     who.unpersist()
     row = (dt.datetime.now(dt.timezone.utc), len(set(user_ids)), found, deleted, len(targets),
            float(hours), hours == 0)
-    spark.createDataFrame([row], AUDIT_SCHEMA).write.format("delta").mode("append").save(audit_path(config))
+    append_table(spark.createDataFrame([row], AUDIT_SCHEMA), audit_path(config))
     summary = {name: f"{rows:,} rows deleted" for name, rows in deleted.items()}
     summary["ids"] = f"{len(set(user_ids)):,} requested, {found:,} in the identity map"
     summary["vacuum"] = f"{len(targets)} tables, retention {hours:g} hours" + (", log truncated" if hours == 0 else "")

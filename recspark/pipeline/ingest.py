@@ -24,7 +24,7 @@ from pyspark.sql import types as T
 from recspark import constants as C
 from recspark.config import Config
 from recspark.schemas import EVENT_SCHEMA, ITEM_SCHEMA, LINEAGE, READ_ERROR, REQUIRED_COLUMNS, USER_SCHEMA, RawSources
-from recspark.utils.delta import merge_into, table_exists
+from recspark.utils.delta import append_table, merge_into, read_table, table_exists
 
 DUPLICATE_EVENT = "duplicate event_id with different content"
 UNKNOWN_ITEM = "item_id not in catalogue"
@@ -337,7 +337,7 @@ def ingest(spark: SparkSession, sources: RawSources, config: Config, run_id: str
 
     def validate_and_check_events(df: DataFrame) -> Validated:
         catalogue = _catalogue(spark, config, validated_items) if config.ingest.unknown_items == "quarantine" else None
-        bronze = spark.read.format("delta").load(events_path) if table_exists(spark, events_path) else None
+        bronze = read_table(spark, events_path) if table_exists(spark, events_path) else None
         return check_events(validate_events(df, config.ingest.event_types, floor, now), catalogue, bronze).persist()
 
     plan = [
@@ -379,7 +379,7 @@ def ingest(spark: SparkSession, sources: RawSources, config: Config, run_id: str
         stamp = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         log = spark.createDataFrame([{**row, C.RUN_ID: run_id, "stage": "ingest", "logged_at": stamp}
                                      for row in log_rows], schema=RUN_LOG_SCHEMA)
-        log.write.format("delta").mode("append").save(config.table_path(C.BRONZE, C.RUN_LOG))
+        append_table(log, config.table_path(C.BRONZE, C.RUN_LOG))
     return log_rows
 
 
@@ -388,7 +388,7 @@ def _catalogue(spark: SparkSession, config: Config, items: Validated | None) -> 
     parts = [items.accepted.select(C.ITEM_ID)] if items is not None else []
     items_path = config.table_path(C.BRONZE, C.ITEMS)
     if table_exists(spark, items_path):
-        parts.append(spark.read.format("delta").load(items_path).select(C.ITEM_ID))
+        parts.append(read_table(spark, items_path).select(C.ITEM_ID))
     return reduce(DataFrame.unionByName, parts) if parts else None
 
 

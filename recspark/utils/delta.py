@@ -1,39 +1,89 @@
 """Delta Lake writes that make every job re-runnable: MERGE on a key, or overwrite whole tables; and
-purging a table's history (VACUUM, log truncation) so that deleted rows are gone for good."""
+purging a table's history (VACUUM, log truncation) so that deleted rows are gone for good.
+
+Every table is named by one string, its *reference* (``Config.table_path``): a path (a Delta folder,
+locally and by default) or a catalog table ``catalog.schema.table`` (Unity Catalog with
+``paths.catalog``). This module is the one place that tells them apart: paths are read with
+``load`` / ``DeltaTable.forPath`` and written with ``save``, names with ``spark.table`` /
+``DeltaTable.forName`` and ``saveAsTable`` (a managed table, created in its schema on first write).
+"""
 from __future__ import annotations
 
 import json
+import re
 from typing import Sequence
 
 from delta.tables import DeltaTable
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
+
+# catalog.schema.table, as Config.table_path makes them (plain identifiers, no quoting needed).
+TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z0-9_]+")
 
 
-def table_exists(spark: SparkSession, path: str) -> bool:
-    return DeltaTable.isDeltaTable(spark, path)
+def is_table_name(ref: str) -> bool:
+    """True for a catalog table name ``catalog.schema.table``, False for a path."""
+    return TABLE_NAME.fullmatch(ref) is not None
 
 
-def read_table(spark: SparkSession, path: str) -> DataFrame:
-    if not DeltaTable.isDeltaTable(spark, path):
-        raise FileNotFoundError(f"no Delta table at {path}: run the stage that writes it first")
-    return spark.read.format("delta").load(path)
+def delta_table(spark: SparkSession, ref: str) -> DeltaTable:
+    """The DeltaTable of a reference (name or path)."""
+    return DeltaTable.forName(spark, ref) if is_table_name(ref) else DeltaTable.forPath(spark, ref)
 
 
-def overwrite_table(df: DataFrame, path: str) -> None:
-    """Replaces the table's content (and schema) in one atomic commit; readers see old or new."""
-    df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
+def table_exists(spark: SparkSession, ref: str) -> bool:
+    if is_table_name(ref):
+        return spark.catalog.tableExists(ref)
+    return DeltaTable.isDeltaTable(spark, ref)
 
 
-def merge_into(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[str], update: bool = False) -> dict:
+def read_table(spark: SparkSession, ref: str) -> DataFrame:
+    if not table_exists(spark, ref):
+        raise FileNotFoundError(f"no Delta table {'named' if is_table_name(ref) else 'at'} {ref}: "
+                                "run the stage that writes it first")
+    return spark.table(ref) if is_table_name(ref) else spark.read.format("delta").load(ref)
+
+
+def save(writer: DataFrameWriter, ref: str) -> None:
+    """``writer`` (format, mode and options set) to the table ``ref``: ``saveAsTable`` for a name
+    (its schema created first if missing), ``save`` for a path."""
+    if is_table_name(ref):
+        writer.saveAsTable(ref)
+    else:
+        writer.save(ref)
+
+
+def _ensure_schema(spark: SparkSession, ref: str) -> None:
+    """Creates the name's ``catalog.schema`` if it does not exist (no-op for a path): a fresh schema
+    in Unity Catalog needs no step outside the pipeline, given the CREATE SCHEMA privilege."""
+    if is_table_name(ref):
+        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {ref.rsplit('.', 1)[0]}")
+
+
+def overwrite_table(df: DataFrame, ref: str, partition_by: Sequence[str] = ()) -> None:
+    """Replaces the table's content (and schema, and partitioning: ``partition_by``) in one atomic
+    commit; readers see old or new."""
+    _ensure_schema(df.sparkSession, ref)
+    writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    save(writer.partitionBy(*partition_by) if partition_by else writer, ref)
+
+
+def append_table(df: DataFrame, ref: str) -> None:
+    """Appends ``df`` to the table (created by the first append)."""
+    _ensure_schema(df.sparkSession, ref)
+    save(df.write.format("delta").mode("append"), ref)
+
+
+def merge_into(spark: SparkSession, df: DataFrame, ref: str, keys: Sequence[str], update: bool = False) -> dict:
     """Inserts the rows of ``df`` whose ``keys`` are not yet in the table (and updates the others
     when ``update``). ``df`` must be unique on ``keys``. Returns Delta's operation metrics, so a
     re-run can show that it inserted nothing."""
-    if not DeltaTable.isDeltaTable(spark, path):
+    if not table_exists(spark, ref):
         # An empty table first, so the first run takes the same MERGE path as every later one.
-        df.limit(0).write.format("delta").save(path)
+        _ensure_schema(spark, ref)
+        save(df.limit(0).write.format("delta"), ref)
     condition = " AND ".join(f"t.`{key}` <=> s.`{key}`" for key in keys)
-    table = DeltaTable.forPath(spark, path)
-    before = table_version(spark, path)
+    table = delta_table(spark, ref)
+    before = table_version(spark, ref)
     merge = table.alias("t").merge(df.alias("s"), condition)
     if update:
         merge = merge.whenMatchedUpdateAll()
@@ -47,21 +97,26 @@ def merge_into(spark: SparkSession, df: DataFrame, path: str, keys: Sequence[str
     return {name: int(metrics.get(name, 0)) for name in names}
 
 
-def table_version(spark: SparkSession, path: str) -> int:
-    return int(DeltaTable.forPath(spark, path).history(1).collect()[0]["version"])
+def table_version(spark: SparkSession, ref: str) -> int:
+    return int(delta_table(spark, ref).history(1).collect()[0]["version"])
 
 
-def row_count(spark: SparkSession, path: str) -> int:
+def row_count(spark: SparkSession, ref: str) -> int:
     """Rows in a Delta table. Delta answers an unfiltered count from the per-file statistics in its
     log (optimizeMetadataOnlyQueries), so this reads no data file."""
-    return spark.read.format("delta").load(path).count()
+    return read_table(spark, ref).count()
+
+
+def table_location(spark: SparkSession, ref: str) -> str:
+    """The folder holding the table's files: the path itself, or a catalog table's location."""
+    return delta_table(spark, ref).detail().first()["location"] if is_table_name(ref) else ref
 
 
 RETENTION_CHECK = "spark.databricks.delta.retentionDurationCheck.enabled"
 LISTING_PARALLELISM = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
 
 
-def vacuum(spark: SparkSession, path: str, retention_hours: float) -> None:
+def vacuum(spark: SparkSession, ref: str, retention_hours: float) -> None:
     """VACUUM with any retention: Delta refuses less than a week unless its safety check is off, so
     the check is turned off for this call only (and restored after).
 
@@ -73,7 +128,7 @@ def vacuum(spark: SparkSession, path: str, retention_hours: float) -> None:
     if saved[LISTING_PARALLELISM] is None:
         spark.conf.set(LISTING_PARALLELISM, str(max(1, spark.sparkContext.defaultParallelism)))
     try:
-        DeltaTable.forPath(spark, path).vacuum(retention_hours)
+        delta_table(spark, ref).vacuum(retention_hours)
     finally:
         for name, value in saved.items():
             if value is None:
@@ -90,7 +145,7 @@ def _log_version(name: str) -> int | None:
     return int(numbers[-1]) if numbers else None
 
 
-def truncate_log(spark: SparkSession, path: str) -> int:
+def truncate_log(spark: SparkSession, ref: str) -> int:
     """Checkpoints the table at its latest version and deletes every log file of an earlier version
     (commits, checksums, older checkpoints). Returns the number of files deleted.
 
@@ -98,9 +153,11 @@ def truncate_log(spark: SparkSession, path: str) -> int:
     columns, user ids among them) of the files it added, and the ``.crc`` beside it lists them again;
     VACUUM removes data files, never log files. Delta's own log cleanup does the same as this, but
     only for logs older than ``delta.logRetentionDuration`` (30 days) rounded down to whole days.
-    Afterwards the table reads from the checkpoint; its history starts there."""
+    Afterwards the table reads from the checkpoint; its history starts there. A catalog table's log
+    is under its location (which Unity Catalog may not let a job write to directly)."""
     jvm = spark._jvm
-    latest = table_version(spark, path)
+    latest = table_version(spark, ref)
+    path = table_location(spark, ref)
     jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path).checkpoint()
     log_dir = jvm.org.apache.hadoop.fs.Path(f"{path.rstrip('/')}/_delta_log")
     fs = log_dir.getFileSystem(spark._jsc.hadoopConfiguration())
@@ -121,14 +178,14 @@ def truncate_log(spark: SparkSession, path: str) -> int:
     return deleted
 
 
-def purge_history(spark: SparkSession, path: str, retention_hours: float) -> int:
+def purge_history(spark: SparkSession, ref: str, retention_hours: float) -> int:
     """Makes deleted rows unrecoverable: VACUUM with ``retention_hours``, and with 0 hours also the
     log truncated to the latest version (``truncate_log``). Time travel to older versions is lost.
 
     A table with deletion vectors keeps deleted rows in its data files until they are rewritten, so
     those are purged (REORG ... APPLY (PURGE)) first. Returns the log files deleted."""
-    properties = DeltaTable.forPath(spark, path).detail().first()["properties"] or {}
+    properties = delta_table(spark, ref).detail().first()["properties"] or {}
     if properties.get("delta.enableDeletionVectors", "false").lower() == "true":
-        spark.sql(f"REORG TABLE delta.`{path}` APPLY (PURGE)")
-    vacuum(spark, path, retention_hours)
-    return truncate_log(spark, path) if retention_hours == 0 else 0
+        spark.sql(f"REORG TABLE {ref if is_table_name(ref) else f'delta.`{ref}`'} APPLY (PURGE)")
+    vacuum(spark, ref, retention_hours)
+    return truncate_log(spark, ref) if retention_hours == 0 else 0
