@@ -42,9 +42,9 @@ def main(master: str, out: str) -> None:
     # the work runs, and the grids (tested there) would be most of the time.
     config = load_config(None, [*pipeline_overrides("."), f"spark.master={master}", "spark.shuffle_partitions=2",
                                 "spark.driver_memory=2g", "spark.extra={spark.ui.enabled: false}",
-                                "evaluate.als_ranks=[4]", "evaluate.als_reg_params=[0.1]", "evaluate.als_max_iter=3",
-                                "evaluate.tifu_vector_settings=[[3, 1.0, 0.1]]", "evaluate.tifu_neighbours=[10]",
-                                "evaluate.tifu_alphas=[0.5]"])
+                                # What this test is about is where the stages run, not the models or
+                                # baselines (test_pipeline covers those): the cheapest model, one baseline.
+                                "train.models=[mean_pool]", "evaluate.baselines=[most_popular]"])
     spark = get_spark(config.spark)
     summaries = run_pipeline(spark, config, bodies={"ingest": lambda session, conf: ingest_stage(session, conf, shop(session))})
     sc = spark.sparkContext
