@@ -38,8 +38,7 @@ def ancestors(_: object) -> list[tuple[int, str]]:
 
 
 def main(master: str, out: str) -> None:
-    # test_pipeline's run with one point of each baseline's tuning grid: what is tested here is where
-    # the work runs, and the grids (tested there) would be most of the time.
+    # test_pipeline's small shop and stages, on the cluster.
     config = load_config(None, [*pipeline_overrides("."), f"spark.master={master}", "spark.shuffle_partitions=2",
                                 "spark.driver_memory=2g", "spark.extra={spark.ui.enabled: false}",
                                 # What this test is about is where the stages run, not the models or
