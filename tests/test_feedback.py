@@ -143,7 +143,7 @@ def _scoring_lakehouse(spark: SparkSession, config: Config, users: int, num_item
     for u in range(users):
         items = rng.integers(FIRST, num_items, length).tolist()
         profile = (list(dict.fromkeys(items)) + [0] * candidates)[:candidates]
-        rows.append((f"p{u}", items, [1] * length, list(range(length, 0, -1)), items, profile, [0.5] * 5 * candidates))
+        rows.append((f"p{u}", items, [1] * length, list(range(length, 0, -1)), items, profile, [0.5] * C.REPEAT_FEATURE_COUNT * candidates))
     save(spark.createDataFrame(rows, SERVING_HISTORIES_SCHEMA), C.GOLD, C.SERVING_HISTORIES)
     save(spark.createDataFrame([(f"item-{i}", i) for i in range(FIRST, num_items)], "item_id string, item_idx int"),
          C.GOLD, C.ITEM_VOCAB)
