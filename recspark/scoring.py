@@ -33,6 +33,15 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from recspark import constants as C
+from recspark.topk import _NO_PAIRS, TopK, blocked_top_k, excluded_pairs, ranked_order  # noqa: F401 (re-exported)
+
+# Items per block of the blocked top-K: a block holds batch x ITEM_BLOCK float32 scores (512 x 4096 x
+# 4 bytes = 8 MiB) and a few same-sized temporaries; large enough that NumPy's per-call overhead vanishes.
+ITEM_BLOCK = 4096
+# The dnn's block is batch x block x hidden first-layer values: at most this many (64 MiB of float32).
+DNN_BLOCK_VALUES = 16 * 2**20
+# Items per chunk when an item tower is evaluated once per worker (its attribute features are 4 x dim wide).
+ITEM_TOWER_CHUNK = 65_536
 
 SEEN_IDX = C.SEEN_IDX  # named here too: the scorer's input column beside the model's
 TOP_K_SCHEMA = "items array<int>, scores array<float>, confidences array<float>"
@@ -83,122 +92,6 @@ def model_batch(columns: list[str], series: list[pd.Series]) -> dict[str, np.nda
     history = inputs[C.HISTORY]
     history[~history.any(axis=1), -1] = C.OOV_IDX
     return inputs
-
-
-# Items per block of the blocked top-K: a block holds batch x ITEM_BLOCK float32 scores (512 x 4096 x
-# 4 bytes = 8 MiB) and a few same-sized temporaries; large enough that NumPy's per-call overhead vanishes.
-ITEM_BLOCK = 4096
-# The dnn's block is batch x block x hidden first-layer values: at most this many (64 MiB of float32).
-DNN_BLOCK_VALUES = 16 * 2**20
-# Items per chunk when an item tower is evaluated once per worker (its attribute features are 4 x dim wide).
-ITEM_TOWER_CHUNK = 65_536
-_NO_PAIRS = (np.zeros(0, np.int64), np.zeros(0, np.int64))
-
-
-def excluded_pairs(per_row: Sequence | None, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, items) of per-row item lists (e.g. each user's seen items), sorted by item so that each
-    item block finds its own pairs by bisection."""
-    if per_row is None:
-        return _NO_PAIRS
-    arrays = [np.asarray(items if items is not None else (), dtype=np.int64) for items in per_row]
-    lengths = np.fromiter((len(a) for a in arrays), np.int64, count=n)
-    if not lengths.sum():
-        return _NO_PAIRS
-    rows, items = np.repeat(np.arange(n), lengths), np.concatenate(arrays)
-    order = np.argsort(items, kind="stable")
-    return rows[order], items[order]
-
-
-def _row_logsumexp(scores: np.ndarray) -> np.ndarray:
-    """float64 log-sum-exp of each row; -inf for a row without a finite value."""
-    peak = scores.max(axis=1)
-    shift = np.where(np.isfinite(peak), peak, 0.0).astype(np.float32)
-    buffer = np.subtract(scores, shift[:, None])  # one temporary, exponentiated in place
-    with np.errstate(divide="ignore", under="ignore"):
-        np.exp(buffer, out=buffer)
-        return np.log(buffer.sum(axis=1, dtype=np.float64)) + shift
-
-
-@dataclasses.dataclass
-class TopK:
-    """A batch's running top-K over the item blocks, and the per-row sums its confidences need."""
-
-    items: np.ndarray  # [n, k] int64 item_idx, -1 where fewer than k items could be recommended
-    scores: np.ndarray  # [n, k] float32, -inf there; in no particular order
-    lse_all: np.ndarray  # [n] log-sum-exp of the block scores over every non-reserved item (when asked)
-    lse_rest: np.ndarray  # [n] log-sum-exp over the items that stayed candidates (not excluded, not held out)
-    rest: np.ndarray  # [n] how many items those are (counted only with need_lse_all)
-
-
-def blocked_top_k(score_block: Callable[[int, int], np.ndarray], n: int, num_items: int, first_item: int, k: int,
-                  block: int, excluded: tuple[np.ndarray, np.ndarray] = _NO_PAIRS,
-                  blocked: np.ndarray | None = None, held_out: tuple[np.ndarray, np.ndarray] = _NO_PAIRS,
-                  need_lse_all: bool = False) -> TopK:
-    """Top-``k`` items of ``n`` rows, scoring the items ``block`` at a time (``score_block(lo, hi)``
-    -> float32 [n, hi - lo]) and merging each block into a running top-``k``: memory is n x block +
-    n x k whatever ``num_items``. Reserved indices (below ``first_item``) are never scored; the
-    ``excluded`` (rows, items) pairs (seen items), the ``blocked`` item mask (out of stock, for every
-    row) and the ``held_out`` pairs (items the caller scores itself) never enter the top-k."""
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    top_scores = np.full((n, k), -np.inf, np.float32)
-    top_items = np.full((n, k), -1, np.int64)
-    threshold = np.full(n, -np.inf, np.float32)  # each row's k-th best so far
-    lse_all = np.full(n, -np.inf)
-    lse_rest = np.full(n, -np.inf)
-    rest = np.zeros(n, np.int64)
-    for lo in range(first_item, num_items, block):
-        hi = min(lo + block, num_items)
-        scores = score_block(lo, hi)
-        if scores.dtype != np.float32 or scores.base is not None or not scores.flags.writeable:
-            scores = np.array(scores, dtype=np.float32)  # a copy of its own: it is masked in place
-        if need_lse_all:
-            lse_all = np.logaddexp(lse_all, _row_logsumexp(scores))
-        if blocked is not None:
-            scores[:, blocked[lo:hi]] = -np.inf
-        for rows, items in (excluded, held_out):
-            start, stop = np.searchsorted(items, (lo, hi))
-            scores[rows[start:stop], items[start:stop] - lo] = -np.inf
-        lse_rest = np.logaddexp(lse_rest, _row_logsumexp(scores))
-        if need_lse_all:  # only the repeat plan's confidences count the rest (one more pass otherwise)
-            rest += np.isfinite(scores).sum(axis=1)
-        # Only a value above its row's current k-th best can enter that row's top-k.
-        above = scores > threshold[:, None]
-        if np.count_nonzero(above) > n * k:
-            # Many (the first block): each row's block top-k by argpartition, then merged with the running top-k.
-            width = hi - lo
-            if width > k:
-                part = np.argpartition(scores, width - k, axis=1)[:, width - k:]
-                block_scores, block_items = np.take_along_axis(scores, part, axis=1), part + lo
-            else:
-                block_scores, block_items = scores, np.broadcast_to(np.arange(lo, hi), scores.shape)
-            touched = np.arange(n)
-            merged_scores = np.concatenate([top_scores, block_scores], axis=1)
-            merged_items = np.concatenate([top_items, block_items], axis=1)
-        else:
-            # Few (later blocks): only they are gathered, row by row, beside the running top-k.
-            rows, cols = np.nonzero(above)
-            if not len(rows):
-                continue
-            touched, starts, counts = np.unique(rows, return_index=True, return_counts=True)
-            width = k + int(counts.max())
-            merged_scores = np.full((len(touched), width), -np.inf, np.float32)
-            merged_items = np.full((len(touched), width), -1, np.int64)
-            merged_scores[:, :k], merged_items[:, :k] = top_scores[touched], top_items[touched]
-            local = np.repeat(np.arange(len(touched)), counts)
-            slot = k + np.arange(len(rows)) - np.repeat(starts, counts)  # nonzero lists each row's values together
-            merged_scores[local, slot], merged_items[local, slot] = scores[rows, cols], cols + lo
-        width = merged_scores.shape[1]
-        keep = np.argpartition(merged_scores, width - k, axis=1)[:, width - k:]
-        top_scores[touched] = np.take_along_axis(merged_scores, keep, axis=1)
-        top_items[touched] = np.take_along_axis(merged_items, keep, axis=1)
-        threshold[touched] = top_scores[touched].min(axis=1)
-    return TopK(top_items, top_scores, lse_all, lse_rest, rest)
-
-
-def ranked_order(items: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Per row, the positions of a top-k best first (ties: lower item_idx first)."""
-    return np.lexsort((items, -scores), axis=1)
 
 
 def ranked_rows(items: np.ndarray, scores: np.ndarray, confidences: np.ndarray

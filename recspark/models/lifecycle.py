@@ -181,9 +181,9 @@ def top_k_items(logits: np.ndarray, k: int, seen: Optional[np.ndarray] = None, *
                 first_item: int) -> np.ndarray:
     """Indices of the k best logits per row, best first (ties: the lower index), never a reserved
     index (below ``first_item``), nor ``seen`` items when given (PAD-padded rows); -1 where a row has
-    fewer than k items left. The scorer's own top-k (:func:`recspark.scoring.blocked_top_k`, one
+    fewer than k items left. The scorer's own top-k (:func:`recspark.topk.blocked_top_k`, one
     block): validation ranks exactly as serving does."""
-    from recspark.scoring import blocked_top_k, excluded_pairs, ranked_order
+    from recspark.topk import blocked_top_k, excluded_pairs, ranked_order
 
     n, num_items = logits.shape
     k = min(k, num_items - first_item)
