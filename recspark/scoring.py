@@ -33,7 +33,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from recspark import constants as C
-from recspark.topk import _NO_PAIRS, TopK, blocked_top_k, excluded_pairs, ranked_order  # noqa: F401 (re-exported)
+from recspark.topk import _NO_PAIRS, TopK, blocked_top_k, excluded_pairs, ranked_order, top_k_positions  # noqa: F401 (re-exported)
 
 # Items per block of the blocked top-K: a block holds batch x ITEM_BLOCK float32 scores (512 x 4096 x
 # 4 bytes = 8 MiB) and a few same-sized temporaries; large enough that NumPy's per-call overhead vanishes.
@@ -233,7 +233,7 @@ class RepeatPlan(FactoredPlan):
         items = np.concatenate([top.items, np.where(allowed, candidates, -1)], axis=1)
         scores = np.where(np.isnan(p), -np.inf, np.log(np.nan_to_num(p) + _EPS)).astype(np.float32)
         confidences = np.nan_to_num(p + _EPS) / np.maximum(total, 1e-300)[:, None]
-        best = np.argpartition(-scores, k - 1, axis=1)[:, :k] if scores.shape[1] > k else np.arange(scores.shape[1])[None]
+        best = top_k_positions(scores, items, k) if scores.shape[1] > k else np.arange(scores.shape[1])[None]
         return ranked_rows(*(np.take_along_axis(a, best, axis=1) for a in (items, scores, confidences)))
 
 

@@ -47,6 +47,22 @@ class TopK:
     rest: np.ndarray  # [n] how many items those are (counted only with need_lse_all)
 
 
+def top_k_positions(scores: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the positions of the ``k`` best ``scores`` (``width > k``), a tie at the k-th place going
+    to the lower item_idx, as ranked_order and a full sort do: argpartition alone picks among tied
+    values arbitrarily (an untrained or dead model scores many items exactly alike). The sort runs
+    only for rows whose k-th value is tied beyond the kept places."""
+    width = scores.shape[1]
+    keep = np.argpartition(scores, width - k, axis=1)[:, width - k:]
+    kept = np.take_along_axis(scores, keep, axis=1)
+    kth = kept.min(axis=1, keepdims=True)
+    tied = np.isfinite(kth[:, 0]) & ((scores == kth).sum(axis=1) > (kept == kth).sum(axis=1))
+    if tied.any():
+        rows = np.nonzero(tied)[0]
+        keep[rows] = ranked_order(items[rows], scores[rows])[:, :k]
+    return keep
+
+
 def blocked_top_k(score_block: Callable[[int, int], np.ndarray], n: int, num_items: int, first_item: int, k: int,
                   block: int, excluded: tuple[np.ndarray, np.ndarray] = _NO_PAIRS,
                   blocked: np.ndarray | None = None, held_out: tuple[np.ndarray, np.ndarray] = _NO_PAIRS,
@@ -85,7 +101,7 @@ def blocked_top_k(score_block: Callable[[int, int], np.ndarray], n: int, num_ite
             # Many (the first block): each row's block top-k by argpartition, then merged with the running top-k.
             width = hi - lo
             if width > k:
-                part = np.argpartition(scores, width - k, axis=1)[:, width - k:]
+                part = top_k_positions(scores, np.broadcast_to(np.arange(lo, hi), scores.shape), k)
                 block_scores, block_items = np.take_along_axis(scores, part, axis=1), part + lo
             else:
                 block_scores, block_items = scores, np.broadcast_to(np.arange(lo, hi), scores.shape)
@@ -105,8 +121,7 @@ def blocked_top_k(score_block: Callable[[int, int], np.ndarray], n: int, num_ite
             local = np.repeat(np.arange(len(touched)), counts)
             slot = k + np.arange(len(rows)) - np.repeat(starts, counts)  # nonzero lists each row's values together
             merged_scores[local, slot], merged_items[local, slot] = scores[rows, cols], cols + lo
-        width = merged_scores.shape[1]
-        keep = np.argpartition(merged_scores, width - k, axis=1)[:, width - k:]
+        keep = top_k_positions(merged_scores, merged_items, k)
         top_scores[touched] = np.take_along_axis(merged_scores, keep, axis=1)
         top_items[touched] = np.take_along_axis(merged_items, keep, axis=1)
         threshold[touched] = top_scores[touched].min(axis=1)

@@ -66,6 +66,21 @@ def test_blocked_top_k_equals_brute_force(block: int) -> None:
         np.testing.assert_allclose(got_conf[row], probabilities, rtol=1e-3, atol=1e-7)
 
 
+@pytest.mark.parametrize("block", [1, 5, 32])
+def test_tied_scores_go_to_the_lower_item_index(block: int) -> None:
+    """An untrained or dead model scores many items exactly alike: the top-k is then the lowest
+    allowed indices, as a full sort ranks them, whichever block and merge path they pass through."""
+    n, k = 4, 7
+    scores = np.zeros((n, NUM_ITEMS), np.float32)
+    scores[2, FIRST + 40] = 1.0  # one item above the tie, far into the catalogue
+    scores[3, FIRST + 90:] = -1.0  # the tie only in the first part
+    seen = [[], [FIRST, FIRST + 2], [], []]
+    top = blocked_top_k(lambda lo, hi: scores[:, lo:hi], n, NUM_ITEMS, FIRST, k, block, excluded_pairs(seen, n))
+    got = [row.tolist() for row in ranked_rows(top.items, top.scores, np.zeros_like(top.scores))[0]]
+    assert got == [ranked for ranked, _ in brute_force(scores, k, seen, None)]
+    assert got[1][:2] == [FIRST + 1, FIRST + 3] and got[2][0] == FIRST + 40
+
+
 def _spec(name: str):
     from recspark.models import ModelSpec
     from recspark.models.item_tables import ItemTables, feature_spec
