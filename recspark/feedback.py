@@ -34,7 +34,7 @@ from recspark.pipeline.ingest import (
 from recspark.pipeline.privacy import broadcast_key, pseudonym_key, pseudonymise
 from recspark.recommendations import GENERATED_AT, MODEL_VERSION
 from recspark.schemas import FEEDBACK_SCHEMA
-from recspark.utils.delta import merge_into, read_table, table_exists
+from recspark.utils.delta import append_table, merge_into, read_table, table_exists
 
 IMPRESSION = "impression"
 DISMISS = "dismiss"
@@ -147,8 +147,7 @@ def ingest_feedback(spark: SparkSession, config: Config, raw: DataFrame, run_id:
     stamp = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     rows = [{**{k: v for k, v in row.items() if k != NUMBERED_ROWS}, "table_rows_inserted": metrics["numTargetRowsInserted"],
              C.RUN_ID: run_id, "stage": "ingest", "logged_at": stamp} for row in counts]
-    spark.createDataFrame(rows, schema=RUN_LOG_SCHEMA).write.format("delta").mode("append").save(
-        config.table_path(C.BRONZE, C.RUN_LOG))
+    append_table(spark.createDataFrame(rows, schema=RUN_LOG_SCHEMA), config.table_path(C.BRONZE, C.RUN_LOG))
     return rows
 
 

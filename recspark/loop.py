@@ -109,6 +109,7 @@ def cycle_config(config: Config, variant: str, cut: dt.datetime, *, run_id: str 
     looped.train.models = [model]
     looped.train.resume = False
     looped.train.warm_start = warm_start
+    looped.train.refit = False  # no validation period: a refit would train on the same rows once more
     if epochs is not None:
         looped.train.per_model = {**looped.train.per_model, model: {**looped.train.per_model.get(model, {}),
                                                                     "epochs": epochs}}

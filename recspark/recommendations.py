@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 
 from recspark import constants as C
 from recspark.pipeline.user_features import PURCHASE
-from recspark.utils.delta import delta_table, overwrite_table, read_table, save, table_exists
+from recspark.utils.delta import delta_table, overwrite_table, read_table, replace_rows, table_exists
 
 MODEL_VERSION = "model_version"
 GENERATED_AT = "generated_at"
@@ -153,10 +153,6 @@ def blocked_items(item_features: DataFrame, first_item: int, exclude_categories:
     return {name: sorted({int(row[C.ITEM_IDX]) for row in hit if row[f"_r{i}"]}) for i, name in enumerate(rules)}
 
 
-def _sql_string(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def write_run(df: DataFrame, path: str, run_id: str, keep_runs: int) -> dict:
     """Writes ``df`` (the :data:`COLUMNS`, every row of run ``run_id``) as that run's partition of the
     table at ``path``: replaces the run's earlier rows if any, keeps every other run, then deletes
@@ -165,7 +161,6 @@ def write_run(df: DataFrame, path: str, run_id: str, keep_runs: int) -> dict:
     with nulls in the new columns. Returns which runs were deleted."""
     spark: SparkSession = df.sparkSession
     df = df.select(*COLUMNS)
-    writer = df.write.format("delta").mode("overwrite")
     if not table_exists(spark, path):
         overwrite_table(df, path, partition_by=[C.RUN_ID])
     else:
@@ -173,7 +168,7 @@ def write_run(df: DataFrame, path: str, run_id: str, keep_runs: int) -> dict:
         current = read_table(spark, path)
         if list(detail["partitionColumns"]) == [C.RUN_ID] and set(COLUMNS) <= set(current.columns):
             # Only this run's files are replaced; Delta checks every written row matches the predicate.
-            save(writer.option("replaceWhere", f"{C.RUN_ID} = {_sql_string(run_id)}"), path)
+            replace_rows(df, path, C.RUN_ID, run_id)
         else:
             kept = current.filter(F.col(C.RUN_ID) != run_id).select(
                 *[F.col(name) if name in current.columns else F.lit(None).cast(df.schema[name].dataType).alias(name)

@@ -43,7 +43,7 @@ def main(master: str, out: str) -> None:
                                 "spark.driver_memory=2g", "spark.extra={spark.ui.enabled: false}",
                                 # What this test is about is where the stages run, not the models or
                                 # baselines (test_pipeline covers those): the cheapest model, one baseline.
-                                "train.models=[mean_pool]", "evaluate.baselines=[most_popular]"])
+                                "train.models=[mean_pool]", "train.epochs=1", "evaluate.baselines=[most_popular]"])
     spark = get_spark(config.spark)
     summaries = run_pipeline(spark, config, bodies={"ingest": lambda session, conf: ingest_stage(session, conf, shop(session))})
     sc = spark.sparkContext

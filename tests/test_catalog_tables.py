@@ -133,6 +133,26 @@ def test_recommendation_runs_and_purge_by_name(spark: SparkSession, catalog_conf
     assert sorted(r[C.RUN_ID] for r in read_table(spark, ref).select(C.RUN_ID).distinct().collect()) == ["b", "c"]
 
 
+def test_evaluation_predictions_go_to_the_schema_one_run_replaced_at_a_time(spark: SparkSession,
+                                                                           catalog_config: Config) -> None:
+    """The evaluate stage's predictions table by name (utils.delta.replace_rows): a re-run of one run
+    replaces its rows only, another run's stay."""
+    from recspark.utils.delta import replace_rows
+
+    ref = catalog_config.predictions_path
+    assert ref.startswith(f"spark_catalog.{SCHEMA}.") and ref.endswith("_evaluation_predictions")
+
+    def rows(run_id: str, item: str) -> DataFrame:
+        return spark.createDataFrame([(run_id, "m", f"user-{u}", 1, item, 0.5) for u in range(3)],
+                                     "run_id string, model_name string, user_id string, rank int, item_id string, score float")
+
+    replace_rows(rows("a", "item-01"), ref, C.RUN_ID, "a")
+    replace_rows(rows("b", "item-02"), ref, C.RUN_ID, "b")
+    replace_rows(rows("a", "item-03"), ref, C.RUN_ID, "a")  # the re-run of run a
+    got = sorted((r[C.RUN_ID], r[C.ITEM_ID]) for r in read_table(spark, ref).collect())
+    assert got == [("a", "item-03")] * 3 + [("b", "item-02")] * 3
+
+
 def test_erasure_finds_every_table_of_the_schema(spark: SparkSession, catalog_config: Config, staged: dict) -> None:
     """jobs/forget.py's erasure with catalog tables: the schema's tables are its targets, the person
     leaves each, the audit row goes to audit_erasures (runs last: it deletes from the tables above)."""

@@ -71,6 +71,7 @@ def test_two_cycles_warm_start_by_item_id_on_the_first_cycles_responses(spark: S
     first_cut = dt.datetime.fromisoformat(report["first_cut"])
     world = cycle_config(config, "warm", first_cut)
     run = json.loads((world.model_dir("repeatnet") / "run.json").read_text())
+    assert not (world.model_dir("repeatnet") / "refit").exists()  # no validation period, nothing to refit on
     # The second cycle's model started from the first's, its rows moved through the saved vocabularies.
     assert run["warm_start_from"].endswith("(vocabulary)")
     # ... and they had to move: the second cycle's vocabulary numbers the first cycle's items otherwise.

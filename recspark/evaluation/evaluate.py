@@ -48,7 +48,7 @@ from recspark.pipeline.item_features import ITEM_FEATURES
 from recspark.pipeline.prepare import IDENTITY_MAP, RAW_USER_ID
 from recspark.pipeline.privacy import broadcast_key, decrypt_id, identity_map_key
 from recspark.scoring import ranked_list, recommend, with_model_inputs
-from recspark.utils.delta import read_table, table_exists
+from recspark.utils.delta import read_table, replace_rows, table_exists
 from recspark.utils.jobs import write_json
 
 KEPT_K = 20  # predictions kept for audit: at least the top 20 of every model
@@ -211,12 +211,11 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
         rows = ranking.select(F.lit(run[C.RUN_ID]).alias(C.RUN_ID), F.lit(name).alias(C.MODEL_NAME), C.USER_ID,
                               C.RANK, C.ITEM_ID, F.col(C.SCORE).cast("float").alias(C.SCORE))
         predictions = rows if predictions is None else predictions.unionByName(rows)
-    predictions_path = str(config.outputs_dir / "evaluation" / "predictions")
+    predictions_path = config.predictions_path  # a Delta folder, or a catalog table with paths.catalog
     identity = read_table(spark, config.table_path(C.BRONZE, IDENTITY_MAP))
     identity_key = broadcast_key(identity_map_key(config.privacy.secret_scope))
     # Re-running the evaluation of one run replaces that run's rows and nothing else.
-    (with_original_user_id(predictions, identity, identity_key).write.format("delta").mode("overwrite")
-     .option("replaceWhere", f"{C.RUN_ID} = '{run[C.RUN_ID]}'").save(predictions_path))
+    replace_rows(with_original_user_id(predictions, identity, identity_key), predictions_path, C.RUN_ID, run[C.RUN_ID])
 
     stored = read_table(spark, predictions_path).filter(F.col(C.RUN_ID) == run[C.RUN_ID])
     # With the items each user had before the test period: the repeat / explore split needs them.

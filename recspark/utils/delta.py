@@ -73,6 +73,17 @@ def append_table(df: DataFrame, ref: str) -> None:
     save(df.write.format("delta").mode("append"), ref)
 
 
+def replace_rows(df: DataFrame, ref: str, column: str, value: str) -> None:
+    """Replaces the rows of the table whose ``column`` equals ``value`` (one run's) by ``df``, every
+    other row kept, in one atomic commit (Delta ``replaceWhere``: it checks that every row of ``df``
+    matches); creates the table when missing. A re-run of one run's stage thus replaces only its rows."""
+    if not table_exists(df.sparkSession, ref):
+        overwrite_table(df, ref)
+        return
+    literal = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    save(df.write.format("delta").mode("overwrite").option("replaceWhere", f"`{column}` = {literal}"), ref)
+
+
 def merge_into(spark: SparkSession, df: DataFrame, ref: str, keys: Sequence[str], update: bool = False) -> dict:
     """Inserts the rows of ``df`` whose ``keys`` are not yet in the table (and updates the others
     when ``update``). ``df`` must be unique on ``keys``. Returns Delta's operation metrics, so a
