@@ -140,7 +140,7 @@ def test_evaluation_predictions_go_to_the_schema_one_run_replaced_at_a_time(spar
     from recspark.utils.delta import replace_rows
 
     ref = catalog_config.predictions_path
-    assert ref.startswith(f"spark_catalog.{SCHEMA}.") and ref.endswith("_evaluation_predictions")
+    assert ref == f"spark_catalog.{SCHEMA}.evaluation_predictions"
 
     def rows(run_id: str, item: str) -> DataFrame:
         return spark.createDataFrame([(run_id, "m", f"user-{u}", 1, item, 0.5) for u in range(3)],
