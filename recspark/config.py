@@ -340,8 +340,11 @@ class TrackingConfig:
     # MLflow tracking URI; null: a SQLite store under paths.checkpoints (git-ignored). On Databricks: "databricks".
     uri: Optional[str] = None
     experiment: str = "recspark"
-    # Registered model name; null: recspark-<dataset>-<model>.
+    # Registered model name; null: recspark-<dataset>-<model>. With paths.catalog a name without dots
+    # becomes <catalog>.<schema>.<name, - as _> (Unity Catalog's registry wants three-level names).
     registered_model: Optional[str] = None
+    # MLflow model registry URI; null: the tracking URI's own. Databricks with Unity Catalog: databricks-uc.
+    registry_uri: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -639,6 +642,11 @@ class Config:
             return self._catalog_table(layer, table, of_run=layer not in ("bronze", "silver"))
         owner = self.dataset.name if layer in ("bronze", "silver") else self.run_name
         return str(Path(self.paths.lakehouse) / owner / layer / table)
+
+    @property
+    def registry_schema(self) -> Optional[str]:
+        """``catalog.schema`` the registered models go to with ``paths.catalog``, else None."""
+        return f"{self.paths.catalog}.{self.paths.schema}" if self.uses_catalog else None
 
     @property
     def outputs_dir(self) -> Path:

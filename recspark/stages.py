@@ -174,6 +174,7 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
         dp_params, dp_metrics = privacy_tracking(result)
         tracked = log_training_run(
             config.tracking, checkpoints_dir=config.paths.checkpoints, dataset=config.run_name, model=model,
+            schema=config.registry_schema,
             params={"train": model_train_params(config, model), "model": spec_params(spec), **dp_params},
             metrics={"loss": result.history, "val_ndcg_at_10": result.val_ndcg_history, **dp_metrics},
             table_versions=versions,
@@ -240,6 +241,7 @@ def refit(spark: SparkSession, config: Config, model: str, spec, epochs: int, *,
     dp_params, dp_metrics = privacy_tracking(result)
     tracked = log_training_run(
         config.tracking, checkpoints_dir=config.paths.checkpoints, dataset=config.run_name, model=model,
+        schema=config.registry_schema,
         params={"train": {**model_train_params(config, model), "epochs": epochs, "early_stopping_patience": 0},
                 "model": spec_params(spec), **dp_params},
         metrics={"loss": result.history, **dp_metrics}, table_versions=data_versions, model_dir=refit_dir,

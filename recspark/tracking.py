@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import re
 import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -57,8 +58,14 @@ def tracking_uri(tracking: TrackingConfig, checkpoints_dir: str | Path) -> str:
     return f"sqlite:///{folder / DB_FILE}"
 
 
-def registered_model_name(tracking: TrackingConfig, dataset: str, model: str) -> str:
-    return tracking.registered_model or f"recspark-{dataset}-{model}"
+def registered_model_name(tracking: TrackingConfig, dataset: str, model: str, schema: str | None = None) -> str:
+    """``tracking.registered_model`` or ``recspark-<dataset>-<model>``; with ``schema``
+    (``catalog.schema``, :attr:`Config.registry_schema`) a name without dots goes into it, its
+    characters other than letters, digits and ``_`` as ``_`` (Unity Catalog's three-level names)."""
+    name = tracking.registered_model or f"recspark-{dataset}-{model}"
+    if schema is None or "." in name:
+        return name
+    return f"{schema}.{re.sub(r'[^A-Za-z0-9_]', '_', name)}"
 
 
 def flatten_params(sections: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
@@ -107,6 +114,7 @@ def log_training_run(
     model_dir: str | Path,
     tags: Optional[Mapping[str, str]] = None,
     pyfunc_dir: str | Path | None = None,
+    schema: str | None = None,
 ) -> TrackedRun:
     """Logs one finished training run and registers its exported model; returns the run and version.
 
@@ -115,14 +123,15 @@ def log_training_run(
     ``table_versions``: Delta table path -> version of every gold table the run read; the files
     directly in ``model_dir`` (the export, not the checkpoints) become the ``model`` artifacts;
     ``pyfunc_dir`` (recspark.serving.save_pyfunc), when given, is logged as ``pyfunc`` and is what
-    the registered version points to (``mlflow models serve -m models:/<name>/<version>`` serves it).
+    the registered version points to (``mlflow models serve -m models:/<name>/<version>`` serves it);
+    ``schema``: see :func:`registered_model_name`.
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     flat = flatten_params(params)
     uri = tracking_uri(tracking, checkpoints_dir)
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=tracking.registry_uri)
     experiment_id = _experiment_id(client, tracking.experiment, uri, checkpoints_dir)
     run_tags = {"dataset": dataset, "model": model, **(tags or {})}
     for path, version in table_versions.items():
@@ -149,7 +158,7 @@ def log_training_run(
             client.log_artifacts(run_id, str(vocab), f"{MODEL_ARTIFACT_PATH}/vocab")
         if pyfunc_dir is not None:
             client.log_artifacts(run_id, str(pyfunc_dir), PYFUNC_ARTIFACT_PATH)
-        name = registered_model_name(tracking, dataset, model)
+        name = registered_model_name(tracking, dataset, model, schema)
         try:
             client.create_registered_model(name)
         except MlflowException as error:

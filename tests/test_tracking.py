@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,18 @@ def test_default_uri_is_sqlite_under_checkpoints(tmp_path):
     assert tracking_uri(TrackingConfig(uri="databricks"), tmp_path) == "databricks"
     assert registered_model_name(TrackingConfig(), "ml-1m", "sasrec") == "recspark-ml-1m-sasrec"
     assert registered_model_name(TrackingConfig(registered_model="main.recs.m"), "ml-1m", "sasrec") == "main.recs.m"
+    # Unity Catalog: into the configured schema, a three-level name of letters, digits and _.
+    assert registered_model_name(TrackingConfig(), "ml-1m", "sasrec", "main.recs") == "main.recs.recspark_ml_1m_sasrec"
+    assert (registered_model_name(TrackingConfig(registered_model="recspark-cj-loop-warm-repeatnet"), "cj", "repeatnet",
+                                  "main.recs") == "main.recs.recspark_cj_loop_warm_repeatnet")
+    assert registered_model_name(TrackingConfig(registered_model="other.recs.m"), "cj", "x", "main.recs") == "other.recs.m"
+
+
+def test_the_catalog_configuration_names_the_registry_schema():
+    assert load_config(None, ["dataset.name=synthetic"]).registry_schema is None
+    config = load_config([str(Path(__file__).resolve().parent.parent / "conf" / "databricks.yaml")], ["dataset.name=synthetic"])
+    assert config.registry_schema == f"{config.paths.catalog}.{config.paths.schema}"
+    assert config.tracking.registry_uri == "databricks-uc"
 
 
 def test_params_refuse_anything_but_config_values():
