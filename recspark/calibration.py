@@ -17,11 +17,14 @@ outside it is clamped (as Spark's own model predicts).
 
 The map is stored with the model (``calibration.json`` in its folder, with the training run it was
 fitted for, so a retrained model is refitted) together with the expected calibration error (ECE,
-10 equal-width bins of the calibrated value) on validation and on the test queries, and each bin's
-pairs, mean confidence and bought rate: the reliability diagram (:func:`plot_reliability`), which
-the score stage draws beside the evaluation report and adds, with the ECE, to its report.md
-(:func:`report_calibration`). Caveat: queries exist only for users active in the period, so this is
-the probability given the user shops then.
+10 equal-width bins of the calibrated value) and each bin's pairs, mean confidence and bought rate
+(the reliability diagram, :func:`plot_reliability`). It is fitted and measured on validation only
+(:func:`ensure_calibration`, by the train stage's export or the first stage that needs it); the test
+ECE is measured by the evaluate stage on its own test lists of the served model
+(:func:`measure_on_test`), so the test split is read by evaluate alone, once per run, and the number
+describes the model that is served (the refit, with the map of the validation-chosen model).
+Caveat: queries exist only for users active in the period, so this is the probability given the
+user shops then.
 """
 from __future__ import annotations
 
@@ -64,6 +67,11 @@ class Calibration:
     def apply(self, raw: np.ndarray) -> np.ndarray:
         """Calibrated probabilities of ``raw`` confidences (linear between boundaries, clamped outside)."""
         return np.interp(np.asarray(raw, dtype=np.float64), self.boundaries, self.predictions).astype(np.float32)
+
+    def summary(self) -> dict:
+        """The numbers a report shows (the map itself stays in calibration.json)."""
+        return {"method": self.method, "pairs": self.pairs, "positive_rate": self.positive_rate,
+                "ece_validation": self.ece_validation, "ece_test": self.ece_test}
 
     def save(self, model_dir: str | Path) -> Path:
         path = Path(model_dir) / CALIBRATION_FILE
@@ -165,32 +173,26 @@ def plot_reliability(calibration: Calibration, path: Path, title: str) -> Option
 REPORT_SECTION = "## Confidence calibration"
 
 
-def report_calibration(reports_dir: Path, model: str, calibration: Calibration) -> Optional[Path]:
-    """Draws ``reliability_<model>.png`` beside the latest evaluation report (the folder of
-    ``reports_dir/metrics.json``'s run, else ``reports_dir``) and puts the ECE on validation and test
-    into that report.md (its calibration section replaced, so a re-run does not repeat it).
-    Returns the plot's path, or None without bins."""
-    folder = reports_dir
-    latest = reports_dir / "metrics.json"
-    if latest.exists():
-        folder = reports_dir / json.loads(latest.read_text())["run_id"]
-    plot = plot_reliability(calibration, folder / f"reliability_{model}.png",
-                            f"{model}: P(bought in the next period), isotonic on validation")
-    if plot is None:
-        return None
-    report = folder / "report.md"
-    if report.exists():
-        text = report.read_text()
-        if REPORT_SECTION in text:  # this section is always the last: everything from it is replaced
-            text = text[:text.index(REPORT_SECTION)].rstrip("\n") + "\n"
-        ece = {name: "not measured" if value is None else f"{value:.4f}"
-               for name, value in (("validation", calibration.ece_validation), ("test", calibration.ece_test))}
-        text += (f"\n{REPORT_SECTION}\n\n`{model}`: confidence = isotonic map of the softmax share to the bought "
-                 f"rate, fitted on {calibration.pairs:,} validation pairs (top-K recommendations; bought rate "
-                 f"{calibration.positive_rate or 0:.4f}). Expected calibration error ({ECE_BINS} bins): "
-                 f"validation {ece['validation']}, **test {ece['test']}**. Reliability diagram: `{plot.name}`.\n")
-        report.write_text(text)
-    return plot
+def report_section(model: str, summary: dict, plot_name: Optional[str]) -> list[str]:
+    """The evaluation report's lines on the served model's confidence (``summary``:
+    :meth:`Calibration.summary`): the map, its ECE on validation and on test, the reliability diagram."""
+    ece = {name: "not measured" if summary.get(f"ece_{name}") is None else f"{summary[f'ece_{name}']:.4f}"
+           for name in ("validation", "test")}
+    return ["", REPORT_SECTION, "",
+            f"`{model}`: confidence = isotonic map of the softmax share to the bought rate, fitted on "
+            f"{summary['pairs']:,} validation pairs (top-K recommendations; bought rate "
+            f"{summary.get('positive_rate') or 0:.4f}). Expected calibration error ({ECE_BINS} bins): validation "
+            f"{ece['validation']}, **test {ece['test']}** (the served model's test lists above)."
+            + (f" Reliability diagram: `{plot_name}`." if plot_name else "")]
+
+
+def labelled_pairs(top: DataFrame) -> DataFrame:
+    """(raw_confidence, label) of recommendation rows (``confidence``, ``item_id``, ``relevant``: the
+    item_ids the user bought in the period)."""
+    from recspark import constants as C
+
+    return top.select(F.col(C.CONFIDENCE).alias(RAW),
+                      F.array_contains(C.RELEVANT, F.col(C.ITEM_ID)).cast("double").alias(LABEL))
 
 
 def calibration_pairs(queries: DataFrame, vocab: DataFrame, model_dir: str, k: int, exclude_seen: bool, *,
@@ -202,15 +204,14 @@ def calibration_pairs(queries: DataFrame, vocab: DataFrame, model_dir: str, k: i
 
     top = recommend_indices(queries, model_dir, k, exclude_seen, batch_size, item_block=item_block,
                             keep=[C.RELEVANT])
-    return (top.join(F.broadcast(vocab.select(C.ITEM_ID, C.ITEM_IDX)), C.ITEM_IDX)
-            .select(F.col(C.CONFIDENCE).alias(RAW),
-                    F.array_contains(C.RELEVANT, F.col(C.ITEM_ID)).cast("double").alias(LABEL)))
+    return labelled_pairs(top.join(F.broadcast(vocab.select(C.ITEM_ID, C.ITEM_IDX)), C.ITEM_IDX))
 
 
 def ensure_calibration(spark, config, model: str, model_run_id: Optional[str]) -> Optional[Calibration]:
     """The model's stored calibration if it was fitted for this training run, else one fitted now on
-    the validation queries (at most ``score.calibration_users`` users) and saved beside the model,
-    with its ECE on validation and test. None without validation queries."""
+    the validation queries (at most ``score.calibration_users`` users), with its ECE there, and saved
+    beside the model. Never reads the test split (:func:`measure_on_test` does, in evaluate). None
+    without validation queries."""
     from recspark import constants as C
     from recspark.scoring import with_model_inputs
     from recspark.utils.delta import read_table, table_exists
@@ -223,27 +224,41 @@ def ensure_calibration(spark, config, model: str, model_run_id: Optional[str]) -
     queries_path = config.table_path(C.GOLD, C.EVAL_QUERIES)
     if not table_exists(spark, queries_path):
         return None
-    queries = with_model_inputs(spark, config, read_table(spark, queries_path), model_dir)
-    vocab = read_table(spark, config.table_path(C.GOLD, C.ITEM_VOCAB))
+    queries = read_table(spark, queries_path).filter(F.col(C.SPLIT) == C.VALIDATION)
     score = config.score
-
-    def pairs(split: str) -> DataFrame:
-        # The same users every time (a hash order, not the file order).
-        rows = (queries.filter(F.col(C.SPLIT) == split).orderBy(F.xxhash64(C.USER_ID), C.USER_ID)
-                .limit(score.calibration_users))
-        return calibration_pairs(rows, vocab, model_dir, score.k, config.evaluate.exclude_seen,
-                                 batch_size=score.batch_size, item_block=score.item_block)
-
-    validation = pairs(C.VALIDATION).persist()
+    # The same users every time (a hash order, not the file order).
+    rows = with_model_inputs(spark, config, queries.orderBy(F.xxhash64(C.USER_ID), C.USER_ID)
+                             .limit(score.calibration_users), model_dir)
+    vocab = read_table(spark, config.table_path(C.GOLD, C.ITEM_VOCAB))
+    validation = calibration_pairs(rows, vocab, model_dir, score.k, config.evaluate.exclude_seen,
+                                   batch_size=score.batch_size, item_block=score.item_block).persist()
     try:
         if validation.isEmpty():
             return None
         fitted = fit_isotonic(validation)
-        on_validation, on_test = reliability_bins(validation, fitted), reliability_bins(pairs(C.TEST), fitted)
+        on_validation = reliability_bins(validation, fitted)
         calibration = dataclasses.replace(fitted, model_run_id=model_run_id, ece_validation=ece_of_bins(on_validation),
-                                          ece_test=ece_of_bins(on_test), reliability_validation=on_validation,
-                                          reliability_test=on_test)
+                                          reliability_validation=on_validation)
     finally:
         validation.unpersist()
     calibration.save(model_dir)
     return calibration
+
+
+def measure_on_test(spark, config, model: str, model_run_id: Optional[str], lists: DataFrame,
+                    queries: DataFrame) -> Optional[Calibration]:
+    """The model's validation calibration (:func:`ensure_calibration`) with its ECE and reliability
+    bins on ``lists``: the evaluate stage's test top-K of the served model (``user_id``, ``rank``,
+    ``item_id``, raw ``confidence``), labelled by the test ``queries``' ``relevant`` items. Saved
+    with the model, where the score stage reads it. None without a validation calibration."""
+    from recspark import constants as C
+
+    calibration = ensure_calibration(spark, config, model, model_run_id)
+    if calibration is None:
+        return None
+    top = (lists.filter(F.col(C.RANK) <= config.score.k)
+           .join(queries.select(C.USER_ID, C.RELEVANT), C.USER_ID))
+    on_test = reliability_bins(labelled_pairs(top), calibration)
+    measured = dataclasses.replace(calibration, ece_test=ece_of_bins(on_test), reliability_test=on_test)
+    measured.save(config.model_dir(model))
+    return measured

@@ -180,3 +180,7 @@ FEATURE_STATS = "feature_stats"
 # The baselines evaluate can rank beside the learned models, in report order (evaluate.baselines
 # chooses among them; recspark.evaluation.evaluate builds them).
 BASELINES = ("most_popular", "most_popular_recent", "item_cooccurrence", "als", "repeat_purchase", "tifu_knn")
+
+# The replayed loop (recspark.loop) keeps its tables apart: a lakehouse folder "<run name>-loop", or
+# with paths.catalog a schema "<schema>_<run name>_loop"; erasure (recspark.pipeline.forget) finds both.
+LOOP_SUFFIX = "loop"

@@ -40,6 +40,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import re
 import shutil
 import time
 from pathlib import Path
@@ -80,8 +81,14 @@ class CycleResult:
 
 def loop_root(config: Config) -> tuple[Path, Path]:
     """The loop's own lakehouse and checkpoints folders."""
-    name = f"{config.run_name}-loop"
+    name = f"{config.run_name}-{C.LOOP_SUFFIX}"
     return Path(config.paths.lakehouse) / name, Path(config.paths.checkpoints) / name
+
+
+def loop_schema(config: Config) -> str:
+    """With paths.catalog, the loop's own schema: its replayed tables must never replace the data
+    set's (a cycle rewrites silver events, gold and the recommendations)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", f"{config.paths.schema}_{config.run_name}_{C.LOOP_SUFFIX}")
 
 
 def loop_reports_dir(config: Config) -> Path:
@@ -98,6 +105,8 @@ def cycle_config(config: Config, variant: str, cut: dt.datetime, *, run_id: str 
     looped.paths.lakehouse = str(lakehouse)
     looped.paths.checkpoints = str(checkpoints / variant)
     looped.paths.reports = str(loop_reports_dir(config) / "runs")
+    if config.uses_catalog:
+        looped.paths.schema = loop_schema(config)
     if looped.tracking.uri is None:  # every variant in the data set's own MLflow store
         from recspark.tracking import tracking_uri
 
@@ -135,6 +144,11 @@ def start_world(spark: SparkSession, config: Config, first_cut: dt.datetime) -> 
     for folder in loop_root(config):
         shutil.rmtree(folder, ignore_errors=True)
     world = cycle_config(config, WARM, first_cut)
+    if config.uses_catalog:  # the loop's own schema (loop_schema), never the data set's
+        schema = f"{world.paths.catalog}.{world.paths.schema}"
+        if spark.catalog.databaseExists(schema):
+            for table in spark.catalog.listTables(schema):
+                spark.sql(f"DROP TABLE IF EXISTS {schema}.{table.name}")
     events = read_table(spark, config.table_path(C.SILVER, C.EVENTS)).filter(F.col(C.EVENT_TS) < F.lit(first_cut))
     overwrite_table(events, world.table_path(C.SILVER, C.EVENTS))
     for layer, table in ((C.SILVER, C.ITEMS), (C.SILVER, C.USERS), (C.BRONZE, IDENTITY_MAP)):

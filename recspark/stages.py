@@ -279,7 +279,7 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
     `recommendations` table (a re-run replaces it; the latest ``score.keep_runs`` runs are kept)."""
     import datetime as dt
 
-    from recspark.calibration import ensure_calibration, report_calibration
+    from recspark.calibration import ensure_calibration
     from recspark.feedback import as_of_time, dismissed_items, with_dismissed_excluded
     from recspark.vocabulary import saved_item_vocabulary, to_saved_vocabulary, vocabularies_differ
     from recspark.pipeline.item_features import ITEM_FEATURES
@@ -318,8 +318,8 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
     blocked = (blocked_items(item_features, first_item, config.score.exclude_categories,
                              config.score.include_categories) if item_features is not None else {})
     never = sorted(set().union(*blocked.values())) if blocked else []
+    # Fitted on validation (by train's export, normally); its test ECE is evaluate's, when it ran.
     calibration = ensure_calibration(spark, config, model, run.get(C.RUN_ID)) if config.score.calibrate else None
-    reliability = report_calibration(config.reports_dir, model, calibration) if calibration is not None else None
     # The user's own repeat profile rides along for the reasons (every model's serving row has it).
     top = recommend_indices(histories, model_dir, config.score.k, exclude_seen, config.score.batch_size,
                             never_recommend=never, item_block=config.score.item_block,
@@ -351,8 +351,8 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
             "runs deleted": ", ".join(written["deleted_runs"]) or "none",
             "confidence": (f"isotonic calibration on {calibration.pairs:,} validation pairs (bought rate "
                            f"{calibration.positive_rate:.4f}), ECE validation {_four(calibration.ece_validation)}, "
-                           f"test {_four(calibration.ece_test)}; min_confidence {config.score.min_confidence}; "
-                           f"reliability diagram {reliability or 'not drawn (no bins)'}"
+                           f"test {_four(calibration.ece_test)} (measured by evaluate; its report has the "
+                           f"reliability diagram); min_confidence {config.score.min_confidence}"
                            if calibration is not None else
                            f"softmax share (not calibrated); min_confidence {config.score.min_confidence}"),
             "dismissed items": (f"kept out for {config.feedback.dismiss_days:g} days before {as_of:%Y-%m-%d %H:%M}"

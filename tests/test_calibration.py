@@ -9,7 +9,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from recspark.calibration import (REPORT_SECTION, Calibration, expected_calibration_error, fit_isotonic,
-                                  reliability_bins, report_calibration)
+                                  plot_reliability, reliability_bins, report_section)
 
 
 def _pairs(spark: SparkSession, groups: list[tuple[float, int, int]]):
@@ -58,14 +58,12 @@ def test_reliability_bins_plot_and_report_section(spark: SparkSession, tmp_path:
                               ece_validation=0.1, ece_test=0.25, reliability_validation=bins, reliability_test=bins)
     calibration.save(tmp_path)
     assert Calibration.load(tmp_path) == calibration  # the bins survive the JSON round trip
-    run = tmp_path / "reports" / "run-1"
-    run.mkdir(parents=True)
-    (tmp_path / "reports" / "metrics.json").write_text('{"run_id": "run-1"}')
-    (run / "report.md").write_text("# report\n\nmetrics\n")
-    for _ in range(2):  # a second score run replaces the section, it does not add another
-        plot = report_calibration(tmp_path / "reports", "repeatnet", calibration)
-    assert plot == run / "reliability_repeatnet.png" and plot.stat().st_size > 1000
-    text = (run / "report.md").read_text()
-    assert text.startswith("# report\n\nmetrics\n") and text.count(REPORT_SECTION) == 1
-    assert "**test 0.2500**" in text and "reliability_repeatnet.png" in text
-    assert report_calibration(tmp_path / "reports", "x", Calibration(boundaries=(0.0,), predictions=(0.1,))) is None
+    plot = plot_reliability(calibration, tmp_path / "run-1" / "reliability_repeatnet.png", "title")
+    assert plot is not None and plot.stat().st_size > 1000
+    lines = report_section("repeatnet", calibration.summary(), plot.name)
+    text = "\n".join(lines)
+    assert lines[1] == REPORT_SECTION and "**test 0.2500**" in text and "validation 0.1000" in text
+    assert "reliability_repeatnet.png" in text and "40 validation pairs" in text
+    unmeasured = Calibration(boundaries=(0.0,), predictions=(0.1,), pairs=3)
+    assert "**test not measured**" in "\n".join(report_section("x", unmeasured.summary(), None))
+    assert plot_reliability(unmeasured, tmp_path / "x.png", "x") is None

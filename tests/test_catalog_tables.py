@@ -156,17 +156,38 @@ def test_evaluation_predictions_go_to_the_schema_one_run_replaced_at_a_time(spar
 def test_erasure_finds_every_table_of_the_schema(spark: SparkSession, catalog_config: Config, staged: dict) -> None:
     """jobs/forget.py's erasure with catalog tables: the schema's tables are its targets, the person
     leaves each, the audit row goes to audit_erasures (runs last: it deletes from the tables above)."""
+    from recspark.loop import cycle_config, loop_schema, start_world
     from recspark.pipeline.forget import audit_path, erasure_targets, forget
+
+    # The replayed loop's copies go to a schema of its own: the data set's tables are not replaced.
+    loop = loop_schema(catalog_config)
+    spark.sql(f"CREATE SCHEMA IF NOT EXISTS spark_catalog.{loop} "
+              f"LOCATION '{Path(catalog_config.paths.lakehouse).parent / 'loop-warehouse'}'")
+    events = catalog_config.table_path(C.BRONZE, C.EVENTS)
+    silver = catalog_config.table_path(C.SILVER, C.EVENTS)
+    all_silver = row_count(spark, silver)
+    cut = read_table(spark, silver).agg(F.max(C.EVENT_TS)).first()[0]
+    start_world(spark, catalog_config, cut)
+    looped = cycle_config(catalog_config, "warm", cut).table_path(C.SILVER, C.EVENTS)
+    assert looped == f"spark_catalog.{loop}.silver_events" and row_count(spark, silver) == all_silver
+    assert 0 < row_count(spark, looped) < all_silver
 
     targets = {target.name: target.condition for target in erasure_targets(spark, catalog_config)}
     assert {"bronze_events", "bronze_identity_map", "silver_events", "gold_serving_histories",
-            "recommendations"} <= set(targets)
+            "recommendations", f"{loop}.silver_events", f"{loop}.bronze_identity_map"} <= set(targets)
     assert not any(name.startswith("audit_") for name in targets)
-    events = catalog_config.table_path(C.BRONZE, C.EVENTS)
+    # user-000's pseudonym, through the event ids bronze and silver share.
+    theirs = read_table(spark, events).filter(F.col(C.USER_ID) == "user-000").select(C.EVENT_ID)
+    pseudonym = read_table(spark, silver).join(theirs, C.EVENT_ID, "left_semi").select(C.USER_ID).distinct().collect()
+    assert len(pseudonym) == 1
+    assert read_table(spark, looped).filter(F.col(C.USER_ID) == pseudonym[0][0]).count() > 0
     before = row_count(spark, events)
     summary = forget(spark, catalog_config, ["user-000"])
     assert summary["ids"] == "1 requested, 1 in the identity map"
     assert row_count(spark, events) == before - 6 * 3
     assert read_table(spark, catalog_config.recommendations_path).filter(F.col(C.USER_ID) == "user-000").count() == 0
+    for table in (looped, cycle_config(catalog_config, "warm", cut).table_path(C.BRONZE, "identity_map")):
+        assert read_table(spark, table).filter(F.col(C.USER_ID) == pseudonym[0][0]).count() == 0, table
+    spark.sql(f"DROP SCHEMA IF EXISTS spark_catalog.{loop} CASCADE")
     assert audit_path(catalog_config) == f"spark_catalog.{SCHEMA}.audit_erasures"
     assert row_count(spark, audit_path(catalog_config)) == 1

@@ -2,6 +2,7 @@
 
 The lakehouse is ingest + prepare + features of a tiny shop, plus recommendations and evaluation
 predictions mapped back to the shop's ids as the score and evaluate stages do (no training needed).
+The replayed loop's own lakehouse (copies of silver and the identity map, a feedback file) is there too.
 Two people are forgotten: "user-000", the smallest raw id (so the min statistic of bronze files in
 the Delta log), and the person with the smallest pseudonym (the min statistic of silver and gold
 files). Then every table is read and every file under the lakehouse is searched, as raw bytes and,
@@ -128,6 +129,13 @@ def lakehouse(spark: SparkSession, config: Config) -> dict:
         overwrite_table(mapped, config.recommendations_path)
         overwrite_table(mapped.withColumn(C.RUN_ID, F.lit("run-1")),
                         str(config.outputs_dir / "evaluation" / "predictions"))
+        # The replayed loop's own lakehouse (recspark.loop): copies of silver and the identity map.
+        from recspark.loop import start_world
+
+        start_world(spark, config, dt.datetime(2024, 1, 8))
+        replayed = Path(config.paths.lakehouse) / "synthetic-loop" / "feedback" / "cycle-00"
+        replayed.mkdir(parents=True)
+        (replayed / "feedback.csv").write_text("".join(f"{raw},item-01,impression\n" for raw in RAW_IDS))
         return {"before": user_rows(spark, config),
                 "events": {raw: n for raw, n in spark.read.format("delta").load(config.table_path(C.BRONZE, C.EVENTS))
                            .groupBy(C.USER_ID).count().collect()}}
@@ -149,6 +157,10 @@ def test_forget_leaves_no_trace_of_the_people(spark: SparkSession, config: Confi
     assert any("/_delta_log/" in name and "silver/events" in name for name in before[min(needles[2:])])
     for table in ("bronze/quarantine", "recommendations", "evaluation/predictions"):
         assert any(name.startswith(f"synthetic/{table}/part-") for name in before[FORGOTTEN[0]]), table
+    assert "synthetic-loop/feedback/cycle-00/feedback.csv" in before[FORGOTTEN[0]]
+    for needle in needles[2:]:  # the loop's copies hold their pseudonyms
+        assert any(name.startswith("synthetic-loop/synthetic/silver/events/") for name in before[needle])
+        assert any(name.startswith("synthetic-loop/synthetic/bronze/identity_map/") for name in before[needle])
 
     # One person by --user-id, the other from a file; the configuration arguments as every job's.
     ids_file = tmp_path / "ids.txt"

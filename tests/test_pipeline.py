@@ -260,9 +260,19 @@ def test_score_writes_the_vectors_of_everyone_and_train_registers_the_pyfunc(spa
     assert table(ITEM_VECTORS).count() == vocabulary
     similar = table(SIMILAR_ITEMS)  # every item's neighbours: all the others (fewer than score.similar_k)
     assert similar.select(C.ITEM_ID).distinct().count() == vocabulary and similar.count() == vocabulary * (vocabulary - 1)
-    # The served version (the refit's) is the pyfunc, and its reliability diagram is beside the report.
+    # The served version (the refit's) is the pyfunc.
     client = _mlflow().MlflowClient(tracking_uri(config.tracking, config.paths.checkpoints))
     name = registered_model_name(config.tracking, config.run_name, "repeatnet")
     latest = max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
     assert latest.source.endswith(f"/{PYFUNC_ARTIFACT_PATH}")
-    assert "reliability_repeatnet.png" in ran["score"]["confidence"]
+    # Its confidence was measured on test by evaluate, on its test lists (one pair per listed item),
+    # and the report shows the reliability diagram; score reads that stored measurement.
+    from recspark.calibration import Calibration
+
+    report = json.loads((config.reports_dir / "metrics.json").read_text())
+    measured = Calibration.load(config.model_dir("repeatnet"))
+    assert report["calibration"] == {"model": "repeatnet", **measured.summary()}
+    assert measured.ece_test is not None and sum(n for _, n, _, _ in measured.reliability_test) == USERS * K
+    assert report["plots"]["reliability"] == "reliability_repeatnet.png"
+    assert (config.reports_dir / report[C.RUN_ID] / "reliability_repeatnet.png").exists()
+    assert f"test {measured.ece_test:.4f} (measured by evaluate" in ran["score"]["confidence"]

@@ -6,6 +6,7 @@ import datetime as dt
 from pathlib import Path
 
 import numpy as np
+import pytest
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
@@ -166,7 +167,8 @@ def test_score_stage_writes_every_user_once_and_its_rerun_replaces_its_run(spark
     save(plain.select(encrypt_id("shop_id", C.USER_ID, identity_map_key(config.privacy.secret_scope)).alias("raw_user_id"),
                       F.col(C.USER_ID)), C.BRONZE, "identity_map")
 
-    # Validation and test queries: the calibration is fitted on them and stored with the model.
+    # Validation and test queries: the calibration is fitted on validation's and stored with the model;
+    # the test queries are evaluate's alone (the score stage never measures on them).
     queries = []
     for u in range(9):
         for split in (C.VALIDATION, C.TEST):
@@ -174,11 +176,10 @@ def test_score_stage_writes_every_user_once_and_its_rerun_replaces_its_run(spark
             bought = [f"item-{i}" for i in rng.integers(FIRST, num_items, 8)]
             queries.append((f"p{u}", split, history, [1] * length, list(range(length, 0, -1)), history, rows[u][5],
                             rows[u][6], bought))
-    save(spark.createDataFrame(queries, f"user_id string, split string, {C.HISTORY} array<int>, "
-                                        f"{C.HISTORY_TYPES} array<int>, {C.HISTORY_GAPS} array<int>, "
-                                        f"{C.SEEN_IDX} array<int>, {C.REPEAT_ITEMS} array<int>, "
-                                        f"{C.REPEAT_FEATURES} array<float>, {C.RELEVANT} array<string>"),
-         C.GOLD, C.EVAL_QUERIES)
+    queries_schema = (f"user_id string, split string, {C.HISTORY} array<int>, {C.HISTORY_TYPES} array<int>, "
+                      f"{C.HISTORY_GAPS} array<int>, {C.SEEN_IDX} array<int>, {C.REPEAT_ITEMS} array<int>, "
+                      f"{C.REPEAT_FEATURES} array<float>, {C.RELEVANT} array<string>")
+    save(spark.createDataFrame(queries, queries_schema), C.GOLD, C.EVAL_QUERIES)
 
     # Each user's history as one purchase basket: the stage pairs baskets for "often bought with".
     save(spark.createDataFrame([(r[0], r[1], ["purchase"] * length, ["b"] * length) for r in rows],
@@ -204,9 +205,9 @@ def test_score_stage_writes_every_user_once_and_its_rerun_replaces_its_run(spark
 
     calibration = Calibration.load(folder)
     assert calibration is not None and calibration.model_run_id == "train-1" and calibration.pairs == 9 * 4
-    assert calibration.ece_validation is not None and calibration.ece_test is not None
-    assert sum(n for _, n, _, _ in calibration.reliability_validation) == 9 * 4 and calibration.reliability_test
-    assert (Path(config.reports_dir) / "reliability_repeatnet.png").exists()  # no evaluation report yet: beside it
+    assert calibration.ece_validation is not None and calibration.ece_test is None
+    assert sum(n for _, n, _, _ in calibration.reliability_validation) == 9 * 4 and not calibration.reliability_test
+    assert "test not measured" in first["confidence"]
     table = spark.read.format("delta").load(config.recommendations_path)
     got = table.collect()
     assert first[C.RUN_ID] == "train-1" and {r[C.RUN_ID] for r in got} == {"train-1"}
@@ -227,6 +228,22 @@ def test_score_stage_writes_every_user_once_and_its_rerun_replaces_its_run(spark
     score_stage(spark, config)
     again = spark.read.format("delta").load(config.recommendations_path).collect()
     assert sorted((r[C.USER_ID], r[C.RANK], r[C.ITEM_ID]) for r in again) == before
+
+    # Evaluate's test lists measure the same map on test: ranks beyond score.k are not pairs, and a
+    # listed item the user bought in the test period is a hit (here rank 1 of every user, of 4 pairs).
+    from recspark.calibration import measure_on_test
+
+    k = config.score.k
+    test_queries = spark.createDataFrame([q for q in queries if q[1] == C.TEST], queries_schema)
+    lists = spark.createDataFrame(
+        [(q[0], rank, q[-1][0] if rank == 1 else "item-none", 0.5) for q in queries if q[1] == C.TEST
+         for rank in range(1, k + 3)], "user_id string, rank int, item_id string, confidence double")
+    measured = measure_on_test(spark, config, "repeatnet", "train-1", lists, test_queries)
+    assert sum(n for _, n, _, _ in measured.reliability_test) == 9 * k
+    assert sum(n * y for _, n, _, y in measured.reliability_test) == pytest.approx(9)
+    assert measured.ece_test is not None and Calibration.load(folder) == measured
+    assert (measured.boundaries, measured.reliability_validation) == (calibration.boundaries,
+                                                                       calibration.reliability_validation)
 
 
 def test_blocked_items_by_stock_and_category_rules(spark: SparkSession) -> None:

@@ -31,6 +31,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recspark import constants as C
+from recspark.calibration import measure_on_test, plot_reliability, report_section
 from recspark.config import Config
 from recspark.evaluation import sampled as S
 from recspark.evaluation import tifu_knn as T
@@ -273,11 +274,20 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
         "predictions_table": predictions_path,
     }
     run_dir = config.reports_dir / run[C.RUN_ID]
+    # The served model's confidence on its own test lists above: the only read of the test split
+    # for the calibration (its map is fitted on validation).
+    served, calibration = config.scoring_model, None
+    if config.score.calibrate and served in fitted:
+        calibration = measure_on_test(spark, config, served, runs[served].get(C.RUN_ID), rankings[served], queries)
+    report["calibration"] = None if calibration is None else {"model": served, **calibration.summary()}
     plots = {"metrics": plot_metrics(report, run_dir / "metrics.png"),
              "metrics_by_k": plot_metrics_by_k(report, run_dir / "metrics_by_k.png"),
              "accuracy_vs_coverage": plot_accuracy_vs_coverage(report, run_dir / "accuracy_coverage.png"),
              "repeat_explore": plot_repeat_explore(report, run_dir / "repeat_explore.png"),
-             "training_curves": plot_training_curves(report, run_dir / "training_curves.png")}
+             "training_curves": plot_training_curves(report, run_dir / "training_curves.png"),
+             "reliability": (plot_reliability(calibration, run_dir / f"reliability_{served}.png",
+                                              f"{served}: P(bought in the next period), isotonic on validation")
+                             if calibration is not None else None)}
     report["plots"] = {name: path.name for name, path in plots.items() if path is not None}
     report["evaluation_seconds"] = round(time.perf_counter() - started, 1)
     report["mlflow"] = "pending"
@@ -439,6 +449,9 @@ def write_report_md(report: dict, path: Path) -> Path:
     lines += tifu_tuning_lines(report)
     lines += classification_lines(report.get("classification"))
     lines += privacy_lines(report)
+    if report.get("calibration"):
+        lines += report_section(report["calibration"]["model"], report["calibration"],
+                                report.get("plots", {}).get("reliability"))
     lines += [""] + [f"![{name}]({file})" for name, file in report.get("plots", {}).items()] + [""]
     if "training_curves" not in report.get("plots", {}):
         lines += ["No training curves: no model_meta.json with a loss history was found.", ""]

@@ -5,7 +5,10 @@ Where a person is, by layer (tables without the column are left alone):
   ``raw_record`` (the rejected line as JSON or as text); the identity map holds it encrypted, so its
   row goes by the pseudonym;
 - silver and gold (of every variant of the data set) hold the pseudonym in ``user_id``;
-- the outputs, recommendations and evaluation predictions, hold the raw id again.
+- the outputs, recommendations and evaluation predictions, hold the raw id again;
+- the replayed loop (recspark.loop) keeps copies of all of these in a lakehouse of its own,
+  ``<lakehouse>/<run name>-loop/``, or with paths.catalog a schema ``<schema>_<run name>_loop``,
+  and its feedback files (shop ids in plain text, written again by every replay) are deleted whole.
 
 Every delete is a Delta MERGE against a DataFrame of the ids (``whenMatchedDelete``), not a DELETE
 with the ids in its condition: a condition's literals are written to the table's log (the commit's
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import shutil
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -85,32 +89,43 @@ def _delta_tables(spark: SparkSession, root: str) -> list[str]:
     return sorted(found)
 
 
-def _roots(config: Config) -> tuple[Path, list[Path]]:
-    """The data set's directory (bronze, silver) and the directories of its protocols (gold and
-    outputs): this run's and every other variant's, which share its bronze. A sibling
-    ``<name>-<x>`` with a bronze of its own is another data set, not a variant."""
-    lakehouse = Path(config.paths.lakehouse).resolve()
-    data = lakehouse / config.dataset.name
-    runs = {lakehouse / config.run_name}
+def _roots(lakehouse: Path, name: str) -> tuple[Path, list[Path], list[Path]]:
+    """The data set ``name``'s directory in ``lakehouse`` (bronze, silver), the directories of its
+    protocols (gold and outputs: every variant's, which share its bronze), and the lakehouses nested
+    beside them: the replayed loop's (``<run name>-loop``, recspark.loop), which holds copies of the
+    data set's tables. A sibling ``<name>-<x>`` with a bronze of its own is another data set."""
+    data = lakehouse / name
+    runs, nested = set(), []
     if lakehouse.exists():
-        runs |= {path for path in lakehouse.glob(f"{config.dataset.name}-*")
-                 if path.is_dir() and not (path / C.BRONZE).exists()}
-    return data, sorted(runs)
+        for path in lakehouse.glob(f"{name}-*"):
+            if not path.is_dir() or (path / C.BRONZE).exists():
+                continue
+            if (path / name / C.BRONZE).exists() or (path / name / C.SILVER).exists():
+                nested.append(path)
+            else:
+                runs.add(path)
+    return data, sorted(runs), sorted(nested)
 
 
 def erasure_targets(spark: SparkSession, config: Config) -> list[Target]:
     """The tables of the data set that hold user ids, each with its match condition."""
     if config.uses_catalog:
         return _catalog_targets(spark, config)
-    data, runs = _roots(config)
     lakehouse = Path(config.paths.lakehouse).resolve()
+    return _lakehouse_targets(spark, lakehouse, config.dataset.name, lakehouse)
+
+
+def _lakehouse_targets(spark: SparkSession, lakehouse: Path, name: str, top: Path) -> list[Target]:
+    """:func:`erasure_targets` of one lakehouse folder and the lakehouses nested in it; names are
+    relative to ``top``."""
+    data, runs, nested = _roots(lakehouse, name)
     targets = []
 
     def add(path: str, condition: str) -> None:
         columns = set(read_table(spark, path).columns)
         needed = C.RAW_RECORD if condition == BY_RAW_RECORD else C.USER_ID
         if needed in columns:
-            targets.append(Target(str(Path(path).relative_to(lakehouse)), path, condition))
+            targets.append(Target(str(Path(path).relative_to(top)), path, condition))
 
     for path in _delta_tables(spark, str(data)):
         layer, *rest = Path(path).relative_to(data).parts
@@ -122,31 +137,35 @@ def erasure_targets(spark: SparkSession, config: Config) -> list[Target]:
         elif layer != AUDIT:
             add(path, BY_RAW_ID)  # outputs of a run without a variant share the data set's directory
     for run in runs:
-        if run == data:
-            continue
         for path in _delta_tables(spark, str(run)):
             layer = Path(path).relative_to(run).parts[0]
             add(path, BY_PSEUDONYM if layer in (C.SILVER, C.GOLD) else BY_RAW_ID)
+    for inner in nested:
+        targets += _lakehouse_targets(spark, inner, name, top)
     return targets
 
 
 def _catalog_targets(spark: SparkSession, config: Config) -> list[Target]:
     """With paths.catalog: every table of the schema (one schema holds one data set and its
-    variants), told apart by the layer its name starts with (Config.table_path's naming)."""
-    schema = f"{config.paths.catalog}.{config.paths.schema}"
-    identity = config.table_path(C.BRONZE, IDENTITY_MAP)
-    quarantine = config.table_path(C.BRONZE, C.QUARANTINE)
+    variants) and of the replayed loop's schemas (recspark.loop.loop_schema), told apart by the
+    layer its name starts with (Config.table_path's naming)."""
+    catalog, own = config.paths.catalog, config.paths.schema
+    # Filtered here, not by SHOW SCHEMAS' LIKE, whose pattern rules differ between Spark and Databricks.
+    loops = [row[0] for row in spark.sql(f"SHOW SCHEMAS IN {catalog}").collect()
+             if row[0].startswith(f"{own}_") and row[0].endswith(f"_{C.LOOP_SUFFIX}")]
+    identity, quarantine = f"{C.BRONZE}_{IDENTITY_MAP}", f"{C.BRONZE}_{C.QUARANTINE}"
     targets = []
-    for table in sorted(spark.catalog.listTables(schema), key=lambda t: t.name):
-        ref = f"{schema}.{table.name}"
-        layer = table.name.split("_", 1)[0]
-        if layer == AUDIT:
-            continue
-        condition = (BY_PSEUDONYM if ref == identity or layer in (C.SILVER, C.GOLD) else
-                     BY_RAW_RECORD if ref == quarantine else BY_RAW_ID)
-        needed = C.RAW_RECORD if condition == BY_RAW_RECORD else C.USER_ID
-        if needed in read_table(spark, ref).columns:
-            targets.append(Target(table.name, ref, condition))
+    for schema in [own, *sorted(name for name in loops if name != own)]:
+        for table in sorted(spark.catalog.listTables(f"{catalog}.{schema}"), key=lambda t: t.name):
+            ref = f"{catalog}.{schema}.{table.name}"
+            layer = table.name.split("_", 1)[0]
+            if layer == AUDIT:
+                continue
+            condition = (BY_PSEUDONYM if table.name == identity or layer in (C.SILVER, C.GOLD) else
+                         BY_RAW_RECORD if table.name == quarantine else BY_RAW_ID)
+            needed = C.RAW_RECORD if condition == BY_RAW_RECORD else C.USER_ID
+            if needed in read_table(spark, ref).columns:
+                targets.append(Target(table.name if schema == own else f"{schema}.{table.name}", ref, condition))
     return targets
 
 
@@ -216,9 +235,10 @@ def forget(spark: SparkSession, config: Config, user_ids: Sequence[str],
     who = people(spark, config, user_ids)
     targets = erasure_targets(spark, config)
     deleted = {target.name: delete_people(spark, target, who) for target in targets}
-    # The identity map by its name: <data set>/bronze/identity_map, or bronze_identity_map in a schema.
-    identity = [name for name in deleted if name.endswith(f"{C.BRONZE}/{IDENTITY_MAP}") or name == f"{C.BRONZE}_{IDENTITY_MAP}"]
-    found = sum(deleted[name] for name in identity)
+    # The data set's own identity map (not the loop's copy): <data set>/bronze/identity_map, or
+    # bronze_identity_map in the schema.
+    own = f"{C.BRONZE}_{IDENTITY_MAP}" if config.uses_catalog else f"{config.dataset.name}/{C.BRONZE}/{IDENTITY_MAP}"
+    found = deleted.get(own, 0)
     print(f"forget: WARNING: VACUUM of {len(targets)} tables with a retention of {hours:g} hours: "
           + ("their versions before this erasure are gone, and with them time travel to any of them "
              "(the log is truncated to the latest version)" if hours == 0 else
@@ -229,6 +249,11 @@ def forget(spark: SparkSession, config: Config, user_ids: Sequence[str],
     for target in targets:
         purge_history(spark, target.path, hours)
     who.unpersist()
+    # The loop's feedback files hold shop ids in plain text; they are replay inputs that every
+    # make loop writes again, so they go whole rather than line by line.
+    replayed = loop_feedback_folders(config)
+    for folder in replayed:
+        shutil.rmtree(folder)
     row = (dt.datetime.now(dt.timezone.utc), len(set(user_ids)), found, deleted, len(targets),
            float(hours), hours == 0)
     append_table(spark.createDataFrame([row], AUDIT_SCHEMA), audit_path(config))
@@ -236,7 +261,16 @@ def forget(spark: SparkSession, config: Config, user_ids: Sequence[str],
     summary["ids"] = f"{len(set(user_ids)):,} requested, {found:,} in the identity map"
     summary["vacuum"] = f"{len(targets)} tables, retention {hours:g} hours" + (", log truncated" if hours == 0 else "")
     summary["audit"] = audit_path(config)
+    summary["loop feedback files"] = (f"deleted: {', '.join(str(folder) for folder in replayed)}" if replayed
+                                      else "none")
     return summary
+
+
+def loop_feedback_folders(config: Config) -> list[Path]:
+    """The replayed loops' feedback folders of this data set (``<lakehouse>/<run name>-loop/feedback``)."""
+    lakehouse = Path(config.paths.lakehouse)
+    return sorted(path for path in lakehouse.glob(f"{config.dataset.name}*-{C.LOOP_SUFFIX}/feedback")
+                  if path.is_dir())
 
 
 def read_ids_file(path: str) -> list[str]:
