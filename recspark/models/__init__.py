@@ -124,6 +124,10 @@ def model_spec(spark: "SparkSession", config: "Config") -> ModelSpec:
     )
 
 
+# TensorFlow's native start-up lines (no GPU found) stay out of a quiet run (recspark.utils.native_log).
+from recspark.utils.native_log import import_tensorflow  # noqa: E402
+
+import_tensorflow()
 # Importing the model modules registers their Keras classes (after the Keras check: under Keras 3
 # the class definitions are not what Horovod needs, and the error names the fix).
 require_legacy_keras()
