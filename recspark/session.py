@@ -205,6 +205,11 @@ def get_spark(config: SparkConfig | None = None, *, verbose: bool = False) -> Sp
         else:
             log.warning("no Delta jars in %s (run `make setup`); resolving %s from Maven", JARS_DIR, DELTA_PACKAGE)
             builder = builder.config("spark.jars.packages", DELTA_PACKAGE)
+    if not verbose:
+        # Python workers (the scoring UDFs) get it through spark.executorEnv: TensorFlow then starts
+        # quietly there as in the driver and the ranks (recspark.utils.native_log).
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        builder = builder.config("spark.executorEnv.TF_CPP_MIN_LOG_LEVEL", os.environ["TF_CPP_MIN_LOG_LEVEL"])
     extra = dict(config.extra)
     if not verbose and not submitted:  # under spark-submit the driver JVM has started already
         java_options = [f"-Dlog4j2.configurationFile={quiet_log4j2_file().as_uri()}",
