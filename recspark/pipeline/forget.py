@@ -155,7 +155,7 @@ def _catalog_targets(spark: SparkSession, config: Config) -> list[Target]:
              if row[0].startswith(f"{own}_") and row[0].endswith(f"_{C.LOOP_SUFFIX}")]
     identity, quarantine = f"{C.BRONZE}_{IDENTITY_MAP}", f"{C.BRONZE}_{C.QUARANTINE}"
     targets = []
-    for schema in [own, *sorted(name for name in loops if name != own)]:
+    for schema in [own, *sorted(loops)]:
         for table in sorted(spark.catalog.listTables(f"{catalog}.{schema}"), key=lambda t: t.name):
             ref = f"{catalog}.{schema}.{table.name}"
             layer = table.name.split("_", 1)[0]
