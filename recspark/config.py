@@ -23,8 +23,10 @@ from recspark.constants import BASELINES, ItemLayout
 
 DATASETS = ("completejourney", "ml-1m", "synthetic", "files")
 # The models train.models may name (recspark.models registers exactly these; checked there).
-# The refit of a validation-tuned model (train.refit), under its model directory.
+# The refits of a validation-tuned model (train.refit), under its model directory: on train +
+# validation (tested), and on every period with the serving vocabulary (served).
 REFIT_DIR = "refit"
+SERVE_DIR = "serve"
 MODEL_NAMES = ("mean_pool", "sasrec", "towers", "dnn", "repeatnet", "repeatnet_explore", "repeatnet_next_item")
 
 
@@ -676,17 +678,25 @@ class Config:
         since executors (Horovod ranks, scoring UDFs) read it from their own working directories."""
         return Path(os.path.abspath(self.paths.checkpoints)) / self.run_name / model
 
-    def fitted_model_dir(self, model: str) -> Path:
-        """The export that is tested and served: the refit on train + validation (``train.refit``)
-        when the train stage wrote one for the model's latest run, else the model itself."""
+    def _latest_refit(self, model: str, folder: str) -> Path | None:
+        """``<model_dir>/<folder>`` when the train stage wrote it for the model's latest run, else None."""
         chosen = self.model_dir(model)
-        refit = chosen / REFIT_DIR
         try:
-            same_run = (json.loads((refit / "run.json").read_text())["run_id"]
+            same_run = (json.loads((chosen / folder / "run.json").read_text())["run_id"]
                         == json.loads((chosen / "run.json").read_text())["run_id"])
         except (FileNotFoundError, KeyError, ValueError):
-            return chosen
-        return refit if same_run else chosen
+            return None
+        return chosen / folder if same_run else None
+
+    def fitted_model_dir(self, model: str) -> Path:
+        """The export that is tested: the refit on train + validation (``train.refit``) when the
+        train stage wrote one for the model's latest run, else the model itself."""
+        return self._latest_refit(model, REFIT_DIR) or self.model_dir(model)
+
+    def served_model_dir(self, model: str) -> Path:
+        """The export that serves: the refit on every period with the serving vocabulary when the
+        train stage wrote one for the model's latest run, else the tested one."""
+        return self._latest_refit(model, SERVE_DIR) or self.fitted_model_dir(model)
 
     @property
     def scoring_model(self) -> str:

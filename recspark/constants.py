@@ -130,15 +130,23 @@ TRAIN_BASKETS = "train_baskets"
 # train_baskets over the training and validation periods: what a validation-tuned next-basket model
 # is refitted on before it is tested and served (train.refit).
 REFIT_BASKETS = "refit_baskets"
+# The serving side of gold, over every period: the training vocabulary extended by the items that
+# reached `min_item_count` only later (appended, train_count 0, so every training index keeps its
+# item), and train_baskets over all periods indexed by it: what the model that serves is fitted on
+# last (train.refit), so that it has learned the latest weeks and their new items.
+SERVING_ITEM_VOCAB = "serving_item_vocab"
+SERVE_BASKETS = "serve_baskets"
 # The gold table each model trains on (features writes only the ones train.models read): one
 # prediction per row reads every step (train_examples); a model that learns at every step of a row
 # reads non-overlapping windows, so each step is learned once (SASRec); next-basket models read baskets.
 MODEL_EXAMPLES = {"mean_pool": TRAIN_EXAMPLES, "sasrec": TRAIN_WINDOWS, "towers": TRAIN_EXAMPLES,
                   "dnn": TRAIN_EXAMPLES, "repeatnet": TRAIN_BASKETS, "repeatnet_explore": TRAIN_BASKETS,
                   "repeatnet_next_item": TRAIN_BASKETS}
-# What a tested model was fitted on (metrics.json "fit_on"): the training period, or train + validation.
+# What a model was fitted on (metrics.json "fit_on", MLflow tag): the training period, train +
+# validation (a tested refit), or every period (the serving fit, never tested: nothing is left after it).
 FIT_ON_TRAIN = "train"
 FIT_ON_REFIT = "train+validation"
+FIT_ON_ALL = "all events"
 EVAL_QUERIES = "eval_queries"
 SERVING_HISTORIES = "serving_histories"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import glob
 import importlib.metadata
+import importlib.util
 import logging
 import os
 import re
@@ -60,28 +61,47 @@ def _below_warning(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING
 
 
+def mlflow_migration_loggers() -> list[str]:
+    """The loggers of MLflow's database migrations: alembic loads each ``versions/<name>.py`` as module
+    ``<name>_py`` (found without importing MLflow)."""
+    spec = importlib.util.find_spec("mlflow")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    versions = Path(next(iter(spec.submodule_search_locations))) / "store" / "db_migrations" / "versions"
+    return sorted(f"{path.stem}_py" for path in versions.glob("*.py") if path.stem != "__init__")
+
+
 def set_log_level(spark: SparkSession, verbose: bool) -> None:
     """Spark's (and py4j's) own logging: WARN with ``verbose``, else ERROR; quiet also keeps out
     TensorFlow's C++ info lines (unless TF_CPP_MIN_LOG_LEVEL is set), the driver's FutureWarnings and
-    DeprecationWarnings and Horovod's launch commands (:func:`logs_warnings`). Errors always show in full."""
+    DeprecationWarnings, Horovod's launch commands (:func:`logs_warnings`) and the Python libraries'
+    notices (:func:`set_library_log_levels`). Errors always show in full."""
     spark.sparkContext.setLogLevel("WARN" if verbose else "ERROR")
-    logging.getLogger("py4j").setLevel(logging.WARNING if verbose else logging.ERROR)
-    # Petastorm's advice on its cache's file sizes (it writes the files itself): not the user's to act on.
-    logging.getLogger("petastorm").setLevel(logging.WARNING if verbose else logging.ERROR)
-    # MLflow's SQLite store announces its table set-up at every client (INFO lines of mlflow and of
-    # alembic, whose logging MLflow configures from a file on each call, so a filter, not a level).
-    migration = logging.getLogger("alembic.runtime.migration")
-    if verbose:
-        migration.removeFilter(_below_warning)
-    else:
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        migration.addFilter(_below_warning)  # adding it twice keeps one
+    set_library_log_levels(verbose)
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         # The libraries' notices about their own future (Petastorm on pyarrow, pandas): not ours to act on.
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category)
+
+
+def set_library_log_levels(verbose: bool) -> None:
+    """The Python logging of py4j, Petastorm, MLflow and alembic: warnings with ``verbose``, else
+    errors (py4j, Petastorm) or warnings (MLflow, alembic) only."""
+    logging.getLogger("py4j").setLevel(logging.WARNING if verbose else logging.ERROR)
+    # Petastorm's advice on its cache's file sizes (it writes the files itself): not the user's to act on.
+    logging.getLogger("petastorm").setLevel(logging.WARNING if verbose else logging.ERROR)
+    # MLflow's SQLite store announces its table set-up at every client (INFO lines of mlflow and of
+    # alembic, whose logging MLflow configures from a file on each call, so a filter, not a level),
+    # and a fresh store its migrations (loggers of their own, set to INFO when alembic loads them).
+    for name in ("alembic.runtime.migration", *mlflow_migration_loggers()):
+        if verbose:
+            logging.getLogger(name).removeFilter(_below_warning)
+        else:
+            logging.getLogger(name).addFilter(_below_warning)  # adding it twice keeps one
+    if not verbose:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 def logs_warnings(spark: SparkSession | None = None) -> bool:

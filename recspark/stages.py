@@ -12,10 +12,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recspark import constants as C
-from recspark.config import REFIT_DIR, Config
+from recspark.config import REFIT_DIR, SERVE_DIR, Config
 from recspark.datasets import RawSources, load_sources
 from recspark.evaluation.evaluate import evaluate, model_run, with_original_user_id
-from recspark.pipeline.features import SEQUENCES, build_features
+from recspark.pipeline.features import SEQUENCES, build_features, read_serving_vocab, serving_sequences
 from recspark.pipeline.ingest import ingest
 from recspark.pipeline.prepare import IDENTITY_MAP, prepare
 from recspark.pipeline.privacy import identity_map_key
@@ -208,34 +208,59 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
         refit_path = config.table_path(C.GOLD, C.REFIT_BASKETS)
         if (config.train.for_model(model).refit and model_examples_table(model) == C.TRAIN_BASKETS
                 and table_exists(spark, refit_path)):
-            # The epochs early stopping chose (all of them without validation), now on train + validation.
+            # The epochs early stopping chose (all of them without validation), now on train +
+            # validation (the version evaluate tests), then on every period with the serving
+            # vocabulary (the version score serves: nothing is left to test it on).
             epochs = result.best_epoch or len(result.history)
             summary[f"{model} refit"] = refit(
                 spark, config, model, spec, epochs, run_id=run_id, examples_path=refit_path,
                 data_versions={**versions, refit_path: table_version(spark, refit_path)},
                 item_vocab=read_table(spark, vocab_path), category_vocab=category_vocab)
+            serve_path = config.table_path(C.GOLD, C.SERVE_BASKETS)
+            serving_vocab_path = config.table_path(C.GOLD, C.SERVING_ITEM_VOCAB)
+            if table_exists(spark, serve_path):
+                serving_vocab = read_table(spark, serving_vocab_path)
+                summary[f"{model} serving fit"] = refit(
+                    spark, config, model, serving_spec(spec, serving_vocab), epochs, run_id=run_id,
+                    examples_path=serve_path, fit_on=C.FIT_ON_ALL,
+                    data_versions={**versions, serve_path: table_version(spark, serve_path),
+                                   serving_vocab_path: table_version(spark, serving_vocab_path)},
+                    item_vocab=serving_vocab, category_vocab=category_vocab)
     return summary
 
 
+def serving_spec(spec, serving_vocab: DataFrame):
+    """``spec`` sized for the serving vocabulary (the training one plus the later periods' items,
+    appended: every other setting, and every training index, stays)."""
+    last = serving_vocab.agg(F.max(C.ITEM_IDX)).first()[0]
+    num_items = max(spec.num_items, int(last) + 1)
+    counts = spec.item_counts and [*spec.item_counts, *[0] * (num_items - spec.num_items)]
+    return dataclasses.replace(spec, num_items=num_items, item_counts=counts)
+
+
 def refit(spark: SparkSession, config: Config, model: str, spec, epochs: int, *, run_id: str, examples_path: str,
-          data_versions: dict, item_vocab: DataFrame, category_vocab: DataFrame | None) -> str:
-    """Fits ``model`` again from scratch on the training and validation periods (``examples_path``,
-    gold refit_baskets) for the ``epochs`` validation chose, into ``<model_dir>/refit``: the
-    validation weeks are the latest a shop has, and a model tested on the weeks after them, or
-    serving now, should have learned them. Registered in MLflow as the model's next version (the
-    one that serves) and tagged ``fit_on``. Returns the summary line."""
+          data_versions: dict, item_vocab: DataFrame, category_vocab: DataFrame | None,
+          fit_on: str = C.FIT_ON_REFIT) -> str:
+    """Fits ``model`` again from scratch for the ``epochs`` validation chose, with the same settings,
+    on ``examples_path``: gold refit_baskets (``fit_on`` train + validation, into
+    ``<model_dir>/refit``: the validation weeks are the latest a shop has, and the model tested on
+    the weeks after them should have learned them), or gold serve_baskets with the serving
+    vocabulary (``fit_on`` all events, into ``<model_dir>/serve``: the model that serves has learned
+    the test weeks too, and their new items have rows of their own). Registered in MLflow as the
+    model's next version and tagged ``fit_on``; the serving fit is the last version, the served one.
+    Returns the summary line."""
     from recspark.models.training import train_distributed
     from recspark.serving import export_pyfunc
     from recspark.tracking import log_training_run
 
-    refit_dir = config.model_dir(model) / REFIT_DIR
+    folder = config.model_dir(model) / (SERVE_DIR if fit_on == C.FIT_ON_ALL else REFIT_DIR)
     # No validation (it is now training data) and no warm start: the same recipe as the chosen model.
     settings = dataclasses.replace(config.train.for_model(model), epochs=epochs, early_stopping_patience=0,
                                    warm_start=False)
-    print(f"train: {model} refit on train + validation for {epochs} epoch(s) -> {refit_dir}", flush=True)
+    print(f"train: {model} refit on {fit_on} for {epochs} epoch(s) -> {folder}", flush=True)
     result = train_distributed(
         spark, read_table(spark, examples_path), model=model, spec=spec, train_config=settings,
-        model_dir=str(refit_dir), cache_url=config.petastorm_cache_url, validation=None,
+        model_dir=str(folder), cache_url=config.petastorm_cache_url, validation=None,
         data_versions={Path(path).name: version for path, version in data_versions.items()},
         item_vocab=item_vocab, category_vocab=category_vocab)
     dp_params, dp_metrics = privacy_tracking(result)
@@ -244,19 +269,20 @@ def refit(spark: SparkSession, config: Config, model: str, spec, epochs: int, *,
         schema=config.registry_schema,
         params={"train": {**model_train_params(config, model), "epochs": epochs, "early_stopping_patience": 0},
                 "model": spec_params(spec), **dp_params},
-        metrics={"loss": result.history, **dp_metrics}, table_versions=data_versions, model_dir=refit_dir,
-        tags={C.RUN_ID: run_id, "fit_on": C.FIT_ON_REFIT, "launcher": result.launcher},
-        pyfunc_dir=export_pyfunc(spark, config, model, refit_dir, run_id))
-    write_json(refit_dir / "run.json", {
-        C.RUN_ID: run_id, "dataset": config.run_name, "model": model, "fit_on": C.FIT_ON_REFIT, "epochs": epochs,
+        metrics={"loss": result.history, **dp_metrics}, table_versions=data_versions, model_dir=folder,
+        tags={C.RUN_ID: run_id, "fit_on": fit_on, "launcher": result.launcher},
+        pyfunc_dir=export_pyfunc(spark, config, model, folder, run_id))
+    write_json(folder / "run.json", {
+        C.RUN_ID: run_id, "dataset": config.run_name, "model": model, "fit_on": fit_on, "epochs": epochs,
         "num_items": spec.num_items, "table_versions": data_versions, "config": config.to_dict(),
         "mlflow": {"run_id": tracked.run_id, "registered_model": tracked.registered_model,
                    "version": tracked.model_version, "tracking_uri": tracked.tracking_uri},
     })
-    return (f"{epochs} epoch(s) on {Path(examples_path).name}, {result.seconds:.1f}s, loss per epoch "
-            + ", ".join(f"{loss:.4f}" for loss in result.history)
+    return (f"{epochs} epoch(s) on {Path(examples_path).name}, {spec.num_items - config.features.first_item_idx:,} "
+            f"items, {result.seconds:.1f}s, loss per epoch " + ", ".join(f"{loss:.4f}" for loss in result.history)
             + (f", DP epsilon={result.privacy['epsilon']} delta={result.privacy['delta']:.3g}" if result.privacy else "")
-            + f" -> {refit_dir}; {tracked.registered_model} v{tracked.model_version} (served)")
+            + f" -> {folder}; {tracked.registered_model} v{tracked.model_version}"
+            + (" (served)" if fit_on == C.FIT_ON_ALL else " (tested)"))
 
 
 def evaluate_stage(spark: SparkSession, config: Config) -> dict:
@@ -287,25 +313,31 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
                                           with_reasons, write_run)
 
     model = config.scoring_model
-    # The refit on train + validation when train made one; its calibration map is the one fitted on
-    # validation for the chosen model (recspark.calibration.ensure_calibration): the refit has seen
-    # validation, so its own scores there would look better calibrated than they are.
-    model_dir = str(config.fitted_model_dir(model))
-    run = model_run(config, model)
+    # The refit on every period when train made one (else the tested refit on train + validation,
+    # else the chosen model); its calibration map is the one fitted on validation for the chosen
+    # model (recspark.calibration.ensure_calibration): a refit has seen validation, so its own
+    # scores there would look better calibrated than they are.
+    model_dir = str(config.served_model_dir(model))
+    run = model_run(config, model, served=True)
     run_id = config.score.run_id or run[C.RUN_ID]
     first_item = config.features.first_item_idx
     histories = read_table(spark, config.table_path(C.GOLD, C.SERVING_HISTORIES))
     histories = with_model_inputs(spark, config, histories, model_dir)
-    vocab = read_table(spark, config.table_path(C.GOLD, C.ITEM_VOCAB))
+    # The serving side of gold: every period, the training vocabulary plus the later items.
+    vocab = read_serving_vocab(spark, config)
+    sequences_path = config.table_path(C.GOLD, SEQUENCES)
+    baskets = (basket_items(serving_sequences(read_table(spark, sequences_path), vocab), first_item)
+               if table_exists(spark, sequences_path) else None)
     identity = read_table(spark, config.table_path(C.BRONZE, IDENTITY_MAP))
     features_path = config.table_path(C.GOLD, ITEM_FEATURES)
     item_features = read_table(spark, features_path) if table_exists(spark, features_path) else None
-    # A model trained before gold was refitted (the loop's frozen reference) reads its own indices.
+    # A model trained on another vocabulary (the tested refit or any model without a serving fit,
+    # which know the training period's; the loop's frozen reference) reads its own indices.
     saved_vocab = saved_item_vocabulary(spark, model_dir)
     translated = saved_vocab is not None and vocabularies_differ(vocab, saved_vocab)
     if translated:
-        histories, item_features = to_saved_vocabulary(histories, item_features, vocab, saved_vocab,
-                                                       config.features.item_layout)
+        histories, item_features, baskets = to_saved_vocabulary(histories, item_features, vocab, saved_vocab,
+                                                                config.features.item_layout, baskets)
         vocab = saved_vocab
     # Items a user dismissed lately: left out of that user's list through the scorer's own exclusion.
     exclude_seen, as_of = config.evaluate.exclude_seen, as_of_time(config)
@@ -326,11 +358,10 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
                             keep=[c for c in (C.REPEAT_ITEMS, C.REPEAT_FEATURES) if c in histories.columns],
                             calibration=calibration, min_confidence=config.score.min_confidence)
     popular = popular_items(item_features, first_item) if item_features is not None else None
-    sequences_path = config.table_path(C.GOLD, SEQUENCES)
     # The lists are read twice (the reasons pair baskets with them): scored once, kept until written.
     top = top.persist()
-    together = (bought_with(top, basket_items(read_table(spark, sequences_path), first_item), vocab, first_item)
-                if C.REPEAT_ITEMS in top.columns and table_exists(spark, sequences_path) else None)
+    together = (bought_with(top, baskets, vocab, first_item)
+                if C.REPEAT_ITEMS in top.columns and baskets is not None else None)
     generated_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     key = identity_map_key(config.privacy.secret_scope)
     rows = recommendation_rows(with_reasons(top, popular, together), vocab, run_id=run_id, model_name=model,
@@ -357,8 +388,9 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
                            f"softmax share (not calibrated); min_confidence {config.score.min_confidence}"),
             "dismissed items": (f"kept out for {config.feedback.dismiss_days:g} days before {as_of:%Y-%m-%d %H:%M}"
                                 if dismissing else "none (no silver feedback, or feedback.dismiss_days = 0)"),
-            "item indices": ("translated from gold's vocabulary to the model's own (gold was refitted after "
-                             "its training)" if translated else "gold's (the model's own)"),
+            "model": f"{model_dir} ({run.get('fit_on', C.FIT_ON_TRAIN)})",
+            "item indices": ("translated from gold's serving vocabulary to the model's own (it was trained on "
+                             "another)" if translated else "gold's serving vocabulary (the model's own)"),
             C.RUN_ID: run_id}
 
 
@@ -366,8 +398,8 @@ LAYERS = {
     C.BRONZE: (C.EVENTS, C.ITEMS, C.USERS, C.FEEDBACK, C.QUARANTINE, IDENTITY_MAP, C.RUN_LOG),
     C.SILVER: (C.EVENTS, C.ITEMS, C.USERS, C.FEEDBACK, "bots"),
     C.GOLD: ("split_info", C.ITEM_VOCAB, C.CATEGORY_VOCAB, SEQUENCES, C.TRAIN_EXAMPLES, C.TRAIN_WINDOWS, C.TRAIN_BASKETS,
-             C.REFIT_BASKETS,
-             C.EVAL_QUERIES, C.SERVING_HISTORIES, "user_features", "item_features", C.FEATURE_STATS, C.SERVED_METRICS),
+             C.REFIT_BASKETS, C.EVAL_QUERIES, C.SERVING_ITEM_VOCAB, C.SERVE_BASKETS,
+             C.SERVING_HISTORIES, "user_features", "item_features", C.FEATURE_STATS, C.SERVED_METRICS),
 }
 
 
@@ -388,7 +420,8 @@ def summary_stage(spark: SparkSession, config: Config) -> dict:
                                         f"NDCG@{report['k']}={metrics['ndcg_at_k']:.4f}")
         summary["report"] = str(config.reports_dir / report[C.RUN_ID])
     for model in config.train.models:
-        summary[f"model {model}"] = str(config.fitted_model_dir(model))
+        tested, served = config.fitted_model_dir(model), config.served_model_dir(model)
+        summary[f"model {model}"] = str(tested) if tested == served else f"tested {tested}, served {served}"
     return summary
 
 

@@ -55,9 +55,11 @@ def with_translated_array(df: DataFrame, column: str, mapping: DataFrame, key: s
 
 
 def to_saved_vocabulary(histories: DataFrame, item_features: DataFrame | None, gold: DataFrame, saved: DataFrame,
-                        layout: C.ItemLayout) -> tuple[DataFrame, DataFrame | None]:
-    """Serving ``histories`` and gold ``item_features`` with their item indices translated from the
-    ``gold`` vocabulary to the ``saved`` one (see the module docstring)."""
+                        layout: C.ItemLayout, baskets: DataFrame | None = None
+                        ) -> tuple[DataFrame, DataFrame | None, DataFrame | None]:
+    """Serving ``histories``, gold ``item_features`` and ``baskets`` (rows with an ``item_idx``: the
+    reasons' basket items) with their item indices translated from the ``gold`` vocabulary to the
+    ``saved`` one (see the module docstring)."""
     mapping = translation(gold, saved, layout)
     for column in INDEX_ARRAYS:
         if column in histories.columns:
@@ -65,4 +67,7 @@ def to_saved_vocabulary(histories: DataFrame, item_features: DataFrame | None, g
     if item_features is not None and C.ITEM_ID in item_features.columns:
         item_features = (item_features.drop(C.ITEM_IDX)
                          .join(saved.select(C.ITEM_ID, C.ITEM_IDX), C.ITEM_ID, "inner"))
-    return histories, item_features
+    if baskets is not None:
+        baskets = (baskets.join(F.broadcast(mapping), F.col(C.ITEM_IDX) == F.col("_old"), "left")
+                   .withColumn(C.ITEM_IDX, F.coalesce("_new", C.ITEM_IDX)).drop("_old", "_new"))
+    return histories, item_features, baskets

@@ -1,12 +1,13 @@
 """The small generated shop's whole pipeline on a multi-process Spark cluster, in its own process
-(tests/test_cluster.py starts it: one SparkContext per process, and the suite's is local[2]).
+(tests/test_pipeline.py starts it: one SparkContext per process, and the suite's is local[2]).
 
     python tests/cluster_run.py <master> <out.json>
 
 Run from the folder the outputs go to: the paths are relative, as in conf/local.yaml, while every
 executor runs in a working directory of its own, so anything an executor reads by a path the
 driver did not make absolute fails here. Writes the stage summaries and what tells the processes
-apart (the executors Spark knows, each Python worker's ancestry against the driver JVM's pid) as JSON.
+apart (the executors Spark knows, each Python worker's ancestry against the driver JVM's pid) as JSON,
+with the tables as they stood after features (test_pipeline's rerun compares them).
 """
 from __future__ import annotations
 
@@ -15,15 +16,12 @@ import os
 import sys
 from pathlib import Path
 
-from pyspark.sql import functions as F
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shop and settings of test_pipeline
-from test_pipeline import pipeline_overrides, shop  # noqa: E402
+from test_pipeline import pipeline_overrides, shop, snapshot  # noqa: E402
 
-from recspark import constants as C  # noqa: E402
 from recspark.config import load_config  # noqa: E402
 from recspark.session import get_spark  # noqa: E402
-from recspark.stages import ingest_stage, run_pipeline  # noqa: E402
+from recspark.stages import ingest_stage, run_pipeline, select_stages  # noqa: E402
 
 
 def ancestors(_: object) -> list[tuple[int, str]]:
@@ -38,18 +36,15 @@ def ancestors(_: object) -> list[tuple[int, str]]:
 
 
 def main(master: str, out: str) -> None:
-    # test_pipeline's small shop and stages, on the cluster.
+    # test_pipeline's small run, on the cluster; its tests read the outputs.
     config = load_config(None, [*pipeline_overrides("."), f"spark.master={master}", "spark.shuffle_partitions=2",
-                                "spark.driver_memory=2g", "spark.extra={spark.ui.enabled: false}",
-                                # What this test is about is where the stages run, not the models or
-                                # baselines (test_pipeline covers those): the cheapest model, one baseline.
-                                "train.models=[mean_pool]", "train.epochs=1", "evaluate.baselines=[most_popular]"])
+                                "spark.driver_memory=2g", "spark.extra={spark.ui.enabled: false}"])
     spark = get_spark(config.spark)
-    summaries = run_pipeline(spark, config, bodies={"ingest": lambda session, conf: ingest_stage(session, conf, shop(session))})
+    shop_ingest = {"ingest": lambda session, conf: ingest_stage(session, conf, shop(session))}
+    summaries = run_pipeline(spark, config, select_stages(stop="features"), bodies=shop_ingest)
+    tables = snapshot(spark, config)
+    summaries.update(run_pipeline(spark, config, select_stages(start="train")))
     sc = spark.sparkContext
-    recommendations = spark.read.format("delta").load(config.recommendations_path)
-    per_user = recommendations.groupBy(C.USER_ID).agg(F.count("*").alias("n")).agg(
-        F.count("*").alias("users"), F.min("n").alias("min"), F.max("n").alias("max")).first().asDict()
     report = {
         "master": sc.master,
         "summaries": summaries,
@@ -57,8 +52,8 @@ def main(master: str, out: str) -> None:
         "driver_jvm_pid": int(spark._jvm.java.lang.ProcessHandle.current().pid()),
         "driver_python_pid": os.getpid(),
         "python_workers": sc.parallelize(range(4), 4).map(ancestors).collect(),
-        "recommendations_per_user": per_user,
         "cwd": os.getcwd(),
+        "tables": tables,
     }
     Path(out).write_text(json.dumps(report, indent=2, default=str))
     spark.stop()

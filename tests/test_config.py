@@ -152,7 +152,7 @@ def test_a_variant_shares_bronze_and_silver_and_owns_the_rest() -> None:
     assert str(config.reports_dir) == "reports/completejourney-nbr"
 
 
-def test_the_fitted_model_is_the_refit_of_the_same_run_only(tmp_path: Path) -> None:
+def test_the_tested_and_served_models_are_refits_of_the_same_run_only(tmp_path: Path) -> None:
     import json
 
     config = load_config(None, [f"paths.checkpoints={tmp_path}"])
@@ -163,4 +163,12 @@ def test_the_fitted_model_is_the_refit_of_the_same_run_only(tmp_path: Path) -> N
     (chosen / "refit" / "run.json").write_text(json.dumps({"run_id": "r1"}))
     assert config.fitted_model_dir("repeatnet") == chosen  # a refit left from an older run is not used
     (chosen / "refit" / "run.json").write_text(json.dumps({"run_id": "r2"}))
+    assert config.fitted_model_dir("repeatnet") == chosen / "refit"
+    # What serves: the refit on every period, of the same run only; else the tested one.
+    assert config.served_model_dir("repeatnet") == chosen / "refit"
+    (chosen / "serve").mkdir()
+    (chosen / "serve" / "run.json").write_text(json.dumps({"run_id": "r1"}))
+    assert config.served_model_dir("repeatnet") == chosen / "refit"
+    (chosen / "serve" / "run.json").write_text(json.dumps({"run_id": "r2"}))
+    assert config.served_model_dir("repeatnet") == chosen / "serve"
     assert config.fitted_model_dir("repeatnet") == chosen / "refit"

@@ -145,8 +145,10 @@ def _scoring_lakehouse(spark: SparkSession, config: Config, users: int, num_item
         profile = (list(dict.fromkeys(items)) + [0] * candidates)[:candidates]
         rows.append((f"p{u}", items, [1] * length, list(range(length, 0, -1)), items, profile, [0.5] * C.REPEAT_FEATURE_COUNT * candidates))
     save(spark.createDataFrame(rows, SERVING_HISTORIES_SCHEMA), C.GOLD, C.SERVING_HISTORIES)
-    save(spark.createDataFrame([(f"item-{i}", i) for i in range(FIRST, num_items)], "item_id string, item_idx int"),
-         C.GOLD, C.ITEM_VOCAB)
+    vocab = spark.createDataFrame([(f"item-{i}", i) for i in range(FIRST, num_items)], "item_id string, item_idx int")
+    save(vocab, C.GOLD, C.ITEM_VOCAB)
+    # The serving side's vocabulary: the same, no item new since the training period here.
+    save(vocab.selectExpr("item_id", f"1L AS {C.TRAIN_COUNT}", "item_idx"), C.GOLD, C.SERVING_ITEM_VOCAB)
     plain = spark.createDataFrame([(f"p{u}", f"shop-{u}") for u in range(users)], "user_id string, shop_id string")
     save(plain.select(encrypt_id("shop_id", C.USER_ID, identity_map_key(config.privacy.secret_scope)).alias("raw_user_id"),
                       F.col(C.USER_ID)), C.BRONZE, "identity_map")

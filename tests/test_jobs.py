@@ -171,3 +171,19 @@ def test_run_pipeline_runs_the_selected_stages_in_order_with_replaced_bodies(spa
     assert out.index("== ingest (completejourney) ...") < out.index("== prepare (completejourney) ...")
     assert "== recspark pipeline (completejourney) done in" in out.splitlines()[-1]
     assert "ingest" in out.splitlines()[-1] and "prepare" in out.splitlines()[-1]
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_fresh_mlflow_store_sets_up_quietly_unless_verbose(tmp_path: Path, verbose: bool) -> None:
+    """A brand-new SQLite store runs MLflow's migrations, whose modules log INFO lines on loggers of
+    their own; a quiet job shows none of them (a process of its own: a fresh store, fresh loggers)."""
+    import subprocess
+    import sys
+
+    script = ("from recspark.session import set_library_log_levels; "
+              f"set_library_log_levels({verbose}); import mlflow; "
+              f"mlflow.MlflowClient('sqlite:///{tmp_path}/mlflow.db').search_experiments()")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "mlflow.db").exists()
+    assert ("Migration complete" in run.stderr) == verbose, run.stderr[-3000:]

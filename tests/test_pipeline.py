@@ -1,15 +1,32 @@
-"""The whole pipeline, chained as `make run` chains it, on a small generated shop.
+"""The whole pipeline, chained as `make run` chains it, on a small generated shop, on a multi-process
+Spark cluster: Spark's local-cluster mode, two executor JVMs of one core each with their own Python
+workers beside the driver (the mode `make run MASTER=...` uses; README "Running on a cluster").
 
 Real Spark, Delta, Petastorm, Horovod (2 ranks) and TensorFlow; tiny sizes so it runs in minutes.
-Also checks what a data engineer relies on: re-runs give the same tables, and no raw user id gets
-past bronze except into the final recommendations.
+The run is a process of its own (tests/cluster_run.py: one SparkContext per process, and the
+suite's is local[2]), with relative paths, so that it also shows that:
+
+- Delta's jars reach the executors through spark.jars (every stage reads and writes Delta there);
+- the executors' Python workers import this checkout's recspark and run TensorFlow with legacy
+  Keras (spark.executorEnv.*): the scoring UDFs run there;
+- train's two Horovod ranks are Spark tasks on the executors: with one core each, both ranks can
+  only run at once on two different executors, and horovod.spark.run needs them at once;
+- the Petastorm cache and the model folder are absolute paths every executor reads, though each
+  executor works in a folder of its own.
+
+The tests then read the run's tables with the suite's local session, and check what a data
+engineer relies on: a re-run (here on local[2]) gives the same tables, and no raw user id gets past
+bronze except into the final recommendations.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
 import math
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +36,7 @@ from pyspark.sql import functions as F
 from recspark import constants as C
 from recspark.config import Config, load_config
 from recspark.datasets import RawSources
-from recspark.stages import STAGES, features_stage, ingest_stage, prepare_stage, run_pipeline, select_stages
+from recspark.stages import STAGES, features_stage, ingest_stage, prepare_stage
 
 USERS, ITEMS, K = 24, 12, 3
 
@@ -58,33 +75,70 @@ def pipeline_overrides(root: Path | str) -> list[str]:
         "train.models=[repeatnet]",
         "evaluate.baselines=[most_popular,most_popular_recent,item_cooccurrence,als,repeat_purchase,tifu_knn]",
         "evaluate.als_ranks=[4]",  # a grid of two points (the two default regularisations)
+        "evaluate.tifu_alphas=[0.1,0.8]",  # and TIFU-KNN's of two
         f"evaluate.k={K}", f"score.k={K}",
     ]
 
 
+MASTER = "local-cluster[2,1,1024]"
+SCRIPT = Path(__file__).resolve().parent / "cluster_run.py"
+
+
 @pytest.fixture(scope="module")
-def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
-    return load_config(None, pipeline_overrides(tmp_path_factory.mktemp("run")))
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("run")
+
+
+@pytest.fixture(scope="module")
+def config(root: Path) -> Config:
+    """The run's configuration as the cluster run resolved it (its relative paths, against ``root``)."""
+    return load_config(None, pipeline_overrides(root))
 
 
 def snapshot(spark: SparkSession, config: Config) -> dict[str, list]:
     tables = {f"{layer}/{t}": config.table_path(layer, t) for layer, t in
               [("bronze", "events"), ("bronze", "items"), ("bronze", "users"), ("silver", "events"),
                ("silver", "users"), ("gold", "item_vocab"), ("gold", "train_baskets"), ("gold", "refit_baskets"),
-               ("gold", "eval_queries")]}
+               ("gold", "eval_queries"), ("gold", "serving_item_vocab"), ("gold", "serve_baskets")]}
     return {name: sorted(map(repr, spark.read.format("delta").load(path).collect())) for name, path in tables.items()}
 
 
 @pytest.fixture(scope="module")
-def ran(spark: SparkSession, config: Config) -> dict:
-    """The stages as `make run` runs them (jobs/pipeline.py's run_pipeline, one session), with the
-    shop's own sources for ingest; the tables are snapshotted after features."""
-    shop_ingest = {"ingest": lambda session, conf: ingest_stage(session, conf, shop(session))}
-    summaries = run_pipeline(spark, config, select_stages(stop="features"), bodies=shop_ingest)
-    summaries["tables"] = snapshot(spark, config)
-    summaries.update(run_pipeline(spark, config, select_stages(start="train")))
-    assert list(summaries) == [*STAGES][:3] + ["tables"] + [*STAGES][3:]
-    return summaries
+def ran(root: Path) -> dict:
+    """The stages as `make run` runs them (jobs/pipeline.py's run_pipeline, one session) on the cluster,
+    with the shop's own sources for ingest; the tables are snapshotted after features."""
+    out = root / "report.json"
+    run = subprocess.run([sys.executable, str(SCRIPT), MASTER, str(out)], cwd=root, capture_output=True, text=True,
+                         timeout=2400, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
+    assert run.returncode == 0, f"cluster run failed ({run.returncode}):\n{run.stdout[-6000:]}\n{run.stderr[-6000:]}"
+    report = json.loads(out.read_text())
+    assert list(report["summaries"]) == [*STAGES]
+    return {**report["summaries"], "run": {**report, "stdout": run.stdout}}
+
+
+def test_every_stage_ran_on_the_cluster(ran: dict) -> None:
+    assert ran["run"]["master"] == MASTER
+    for stage in STAGES:
+        assert f"== recspark {stage} (synthetic) done in" in ran["run"]["stdout"]
+        assert f"on {MASTER}" in ran["run"]["stdout"]
+    assert "2 Horovod ranks" in ran["train"]["repeatnet"]
+
+
+def test_executors_are_processes_of_their_own(ran: dict) -> None:
+    """The driver and two executors; every Python worker's nearest JVM is an executor's, not the
+    driver's (local-cluster starts the executor JVMs from the driver's, so it is further up)."""
+    assert len(ran["run"]["executors"]) == 3
+    for chain in ran["run"]["python_workers"]:
+        jvms = [pid for pid, command in chain if command == "java"]
+        assert jvms and jvms[0] != ran["run"]["driver_jvm_pid"], f"a Python worker of the driver's JVM: {chain}"
+
+
+def test_outputs_are_under_the_run_folder(root: Path, ran: dict) -> None:
+    """Relative paths resolved against the driver's folder: no executor wrote into its own."""
+    assert Path(ran["run"]["cwd"]) == root
+    assert (root / "lakehouse" / "synthetic" / "recommendations" / "_delta_log").is_dir()
+    assert (root / "checkpoints" / "synthetic" / "repeatnet" / "model.keras").is_file()
+    assert (root / "reports" / "synthetic" / "metrics.json").is_file()
 
 
 def test_every_user_gets_k_recommendations_with_their_own_id(spark: SparkSession, config: Config, ran: dict) -> None:
@@ -102,8 +156,11 @@ def test_features_writes_only_the_example_tables_the_models_train_on(spark: Spar
     def written(table: str) -> bool:
         return table_exists(spark, config.table_path(C.GOLD, table))
 
-    # repeatnet reads train_baskets and is refitted on refit_baskets; nothing here reads the others.
-    assert written(C.TRAIN_BASKETS) and written(C.REFIT_BASKETS)
+    # repeatnet reads train_baskets and is refitted on refit_baskets (tested) and serve_baskets
+    # (served: every period, so more rows); nothing here reads the others.
+    assert written(C.TRAIN_BASKETS) and written(C.REFIT_BASKETS) and written(C.SERVE_BASKETS)
+    rows = lambda table: spark.read.format("delta").load(config.table_path(C.GOLD, table)).count()
+    assert rows(C.TRAIN_BASKETS) < rows(C.REFIT_BASKETS) < rows(C.SERVE_BASKETS)
     assert not written(C.TRAIN_EXAMPLES) and not written(C.TRAIN_WINDOWS)
 
 
@@ -133,13 +190,16 @@ def test_metrics_report_has_model_and_baseline(config: Config, ran: dict) -> Non
                      "repeat_explore.png", "report.md"):
         assert (run_dir / artefact).stat().st_size > 0
     assert "| repeatnet |" in (run_dir / "report.md").read_text()
-    # Tested (and served) as refitted on train + validation, with the epochs validation chose.
+    # Tested as refitted on train + validation, served as refitted on every period, both with the
+    # epochs validation chose.
     assert report["fit_on"] == {name: "train+validation" for name in report["models"]}
-    chosen, refit = config.model_dir("repeatnet"), config.model_dir("repeatnet") / "refit"
+    chosen = config.model_dir("repeatnet")
     meta = json.loads((chosen / "model_meta.json").read_text())
-    refit_run = json.loads((refit / "run.json").read_text())
-    assert refit_run["run_id"] == json.loads((chosen / "run.json").read_text())["run_id"]
-    assert refit_run["epochs"] == meta["best_epoch"] and (refit / "model.keras").exists()
+    for folder, fit_on in (("refit", "train+validation"), ("serve", "all events")):
+        refit_run = json.loads((chosen / folder / "run.json").read_text())
+        assert refit_run["run_id"] == json.loads((chosen / "run.json").read_text())["run_id"]
+        assert refit_run["epochs"] == meta["best_epoch"] and (chosen / folder / "model.keras").exists()
+        assert refit_run["fit_on"] == fit_on
     for model in report["models"]:
         hits = [report["at_k"][k][model]["hit_rate_at_k"] for k in ("3", "5", "10", "20")]
         assert hits == sorted(hits), "hit rate cannot fall as K grows"
@@ -148,11 +208,14 @@ def test_metrics_report_has_model_and_baseline(config: Config, ran: dict) -> Non
         assert 0.0 <= report["beyond_accuracy"][model]["intra_list_diversity"] <= 1.0
 
 
-def test_metrics_can_be_recomputed_from_the_predictions_table(spark: SparkSession, config: Config, ran: dict) -> None:
+def test_metrics_can_be_recomputed_from_the_predictions_table(spark: SparkSession, config: Config, root: Path,
+                                                              ran: dict) -> None:
     from recspark.evaluation.metrics import hit_rate_at_k, ndcg_at_k
 
     report = json.loads((config.reports_dir / "metrics.json").read_text())
-    predictions = spark.read.format("delta").load(report["predictions_table"]).filter(F.col(C.RUN_ID) == report[C.RUN_ID])
+    # As configured: relative to the run's folder here.
+    predictions = (spark.read.format("delta").load(str(root / report["predictions_table"]))
+                   .filter(F.col(C.RUN_ID) == report[C.RUN_ID]))
     # The held-out items, by the shop's own user id: each user's last basket in the generated data.
     events = shop(spark).events.collect()
     last_basket = {}
@@ -204,7 +267,7 @@ def test_rerun_gives_the_same_tables(spark: SparkSession, config: Config, ran: d
     ingest_stage(spark, config, shop(spark))
     prepare_stage(spark, config)
     features_stage(spark, config)
-    assert snapshot(spark, config) == ran["tables"]
+    assert snapshot(spark, config) == ran["run"]["tables"]
 
 
 def test_no_raw_user_id_after_bronze(spark: SparkSession, config: Config, ran: dict) -> None:
@@ -260,11 +323,13 @@ def test_score_writes_the_vectors_of_everyone_and_train_registers_the_pyfunc(spa
     assert table(ITEM_VECTORS).count() == vocabulary
     similar = table(SIMILAR_ITEMS)  # every item's neighbours: all the others (fewer than score.similar_k)
     assert similar.select(C.ITEM_ID).distinct().count() == vocabulary and similar.count() == vocabulary * (vocabulary - 1)
-    # The served version (the refit's) is the pyfunc.
+    # The served version (the refit on every period) is the latest pyfunc, and the one score used.
     client = _mlflow().MlflowClient(tracking_uri(config.tracking, config.paths.checkpoints))
     name = registered_model_name(config.tracking, config.run_name, "repeatnet")
     latest = max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
     assert latest.source.endswith(f"/{PYFUNC_ARTIFACT_PATH}")
+    assert client.get_run(latest.run_id).data.tags["fit_on"] == C.FIT_ON_ALL
+    assert ran["score"]["model"] == f"{config.model_dir('repeatnet') / 'serve'} ({C.FIT_ON_ALL})"
     # Its confidence was measured on test by evaluate, on its test lists (one pair per listed item),
     # and the report shows the reliability diagram; score reads that stored measurement.
     from recspark.calibration import Calibration

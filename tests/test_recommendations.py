@@ -153,8 +153,10 @@ def test_score_stage_writes_every_user_once_and_its_rerun_replaces_its_run(spark
         feats = [float(np.log1p(3)), 0.5, 0.1, float(np.log1p(4)), 0.2, 0.6] * candidates
         rows.append((f"p{u}", items, [1] * length, list(range(length, 0, -1)), items, profile, feats))
     save(spark.createDataFrame(rows, SERVING_HISTORIES_SCHEMA), C.GOLD, C.SERVING_HISTORIES)
-    save(spark.createDataFrame([(f"item-{i}", i) for i in range(FIRST, num_items)], "item_id string, item_idx int"),
-         C.GOLD, C.ITEM_VOCAB)
+    vocab = spark.createDataFrame([(f"item-{i}", i) for i in range(FIRST, num_items)], "item_id string, item_idx int")
+    save(vocab, C.GOLD, C.ITEM_VOCAB)
+    # The serving side's vocabulary: the same, no item new since the training period here.
+    save(vocab.selectExpr("item_id", f"1L AS {C.TRAIN_COUNT}", "item_idx"), C.GOLD, C.SERVING_ITEM_VOCAB)
     out_of_stock = {FIRST + 2, FIRST + 11}
     save(spark.createDataFrame([(i, f"cat{i % 3}", 0 if i in out_of_stock else 5, 100 - i) for i in range(FIRST, num_items)],
                                "item_idx int, category string, stock long, events_all long"), C.GOLD, "item_features")
@@ -182,8 +184,10 @@ def test_score_stage_writes_every_user_once_and_its_rerun_replaces_its_run(spark
     save(spark.createDataFrame(queries, queries_schema), C.GOLD, C.EVAL_QUERIES)
 
     # Each user's history as one purchase basket: the stage pairs baskets for "often bought with".
-    save(spark.createDataFrame([(r[0], r[1], ["purchase"] * length, ["b"] * length) for r in rows],
-                               "user_id string, item_idx array<int>, event_type array<string>, session_id array<string>"),
+    save(spark.createDataFrame([(r[0], [f"item-{i}" for i in r[1]], r[1], ["purchase"] * length, ["b"] * length)
+                                for r in rows],
+                               "user_id string, item_id array<string>, item_idx array<int>, event_type array<string>, "
+                               "session_id array<string>"),
          C.GOLD, "sequences")
 
     first = score_stage(spark, config)

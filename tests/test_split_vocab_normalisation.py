@@ -227,3 +227,36 @@ def test_quantile_cuts_are_minute_starts_whatever_the_layout(spark: SparkSession
     for events in layouts:
         cuts = time_cuts(events, None, None).collect()[0]
         assert (cuts["validation_start"], cuts["test_start"]) == expected
+
+
+def test_the_serving_side_holds_every_period_and_the_items_first_seen_in_the_last_week(spark: SparkSession,
+                                                                                       tmp_path) -> None:
+    """The model that serves is fitted on serve_baskets (every period) with serving_item_vocab: the
+    training vocabulary, unchanged, plus the items that reach min_item_count only later; the tested
+    refit's rows (refit_baskets) stop before the test period and never see those items."""
+    config = load_config(None, [f"paths.lakehouse={tmp_path}", "dataset.name=synthetic", "features.split=time",
+                                "features.validation_start='2024-01-05'", "features.test_start='2024-01-09'",
+                                "features.min_item_count=2", "features.max_seq_len=3", "train.models=[repeatnet]"])
+    # Baskets (user, day, items): a and b are bought in training; n first in the test week, twice.
+    baskets = [("u1", 1, "ab"), ("u1", 2, "a"), ("u1", 3, "b"), ("u1", 6, "a"), ("u1", 10, "na"),
+               ("u2", 1, "a"), ("u2", 2, "b"), ("u2", 7, "b"), ("u2", 11, "n")]
+    rows = [(f"e{len(seen)}", user, item, "purchase", day(d), f"{user}-{d}", 1.0, 2.0, "f", len(seen))
+            for seen in [[]] for user, d, items in baskets for item in items if not seen.append(item)]
+    overwrite_table(spark.createDataFrame(rows, EVENTS), config.table_path(C.SILVER, C.EVENTS))
+    overwrite_table(spark.createDataFrame([(i, "c0", "b", 2.0, 1) for i in "abn"], ITEMS),
+                    config.table_path(C.SILVER, C.ITEMS))
+    written = build_features(spark, config)
+
+    pairs = lambda table: sorted((r.item_id, r.item_idx) for r in read_table(spark, written[table]).collect())
+    first = config.features.first_item_idx
+    assert pairs(C.ITEM_VOCAB) == [("a", first), ("b", first + 1)]
+    assert pairs(C.SERVING_ITEM_VOCAB) == [("a", first), ("b", first + 1), ("n", first + 2)]
+    # Baskets with a history: train u1 d2, d3, u2 d2; + validation u1 d6, u2 d7; + test u1 d10, u2 d11.
+    counts = {table: read_table(spark, written[table]).count()
+              for table in (C.TRAIN_BASKETS, C.REFIT_BASKETS, C.SERVE_BASKETS)}
+    assert counts == {C.TRAIN_BASKETS: 3, C.REFIT_BASKETS: 5, C.SERVE_BASKETS: 7}
+    targets = lambda table: {i for r in read_table(spark, written[table]).collect() for i in r[C.TARGET]}
+    assert first + 2 in targets(C.SERVE_BASKETS) and first + 2 not in targets(C.REFIT_BASKETS)
+    # Everyone is scored now from their latest steps, n by its own row (the training side's bucket before).
+    histories = {r.user_id: r[C.HISTORY] for r in read_table(spark, written[C.SERVING_HISTORIES]).collect()}
+    assert histories == {"u1": [first, first + 2, first], "u2": [first + 1, first + 1, first + 2]}

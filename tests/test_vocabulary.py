@@ -24,10 +24,14 @@ def test_serving_rows_move_to_the_models_indices_and_unknown_items_to_their_buck
                                      "item_id string, item_idx int, stock long")
 
     assert vocabularies_differ(gold, saved) and not vocabularies_differ(saved, saved)
-    moved, moved_features = to_saved_vocabulary(histories, features, gold, saved, layout)
+    # The reasons' basket items: (user, basket, gold index).
+    baskets = spark.createDataFrame([("u1", "b1", first), ("u1", "b1", first + 2)],
+                                    f"user_id string, _basket string, {C.ITEM_IDX} int")
+    moved, moved_features, moved_baskets = to_saved_vocabulary(histories, features, gold, saved, layout, baskets)
     rows = {row[C.USER_ID]: row for row in moved.collect()}
     assert rows["u1"][C.HISTORY] == [0, bucket_of_d, first + 2, first]  # d -> its bucket, c -> 8, a -> 6
     assert rows["u1"][C.REPEAT_ITEMS] == [first + 2, bucket_of_d] and rows["u1"][C.SEEN_IDX] == [first]
     assert rows["u1"][C.REPEAT_FEATURES] == [0.5] * 10  # aligned by position: untouched
     assert rows["u2"][C.HISTORY] == [0, 0, 0, 3] and rows["u2"][C.REPEAT_ITEMS] == [] and rows["u2"][C.SEEN_IDX] == []
     assert sorted((r[C.ITEM_ID], r[C.ITEM_IDX]) for r in moved_features.collect()) == [("a", first), ("c", first + 2)]
+    assert sorted(r[C.ITEM_IDX] for r in moved_baskets.collect()) == sorted([first + 2, bucket_of_d])

@@ -106,10 +106,11 @@ def tifu_test_weights(sequences: DataFrame, queries: DataFrame, tuning: dict, co
     return [T.own_and_neighbour_weights(vectors, near, queries, chosen["neighbours"]).persist(), vectors, near]
 
 
-def model_run(config: Config, model: str) -> dict:
-    """The train stage's record of ``model`` as tested and served (its refit's when there is one):
-    run id, table versions, configuration, MLflow version."""
-    path = config.fitted_model_dir(model) / "run.json"
+def model_run(config: Config, model: str, served: bool = False) -> dict:
+    """The train stage's record of ``model`` as tested (its refit's when there is one), or with
+    ``served`` as served (its serving fit's when there is one): run id, table versions,
+    configuration, MLflow version."""
+    path = (config.served_model_dir(model) if served else config.fitted_model_dir(model)) / "run.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run the train stage first")
     return json.loads(path.read_text())

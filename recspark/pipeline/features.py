@@ -158,6 +158,43 @@ def fit_item_vocab(train_events: DataFrame, min_count: int,
             .withColumn(C.ITEM_IDX, (F.row_number().over(order) + (first - 1)).cast("int")))
 
 
+def extend_item_vocab(vocab: DataFrame, events: DataFrame, min_count: int) -> DataFrame:
+    """``vocab`` (fitted on the training period) plus every item of ``events`` (all periods) seen at
+    least ``min_count`` times there and not in it, appended after its last index, most frequent
+    first: the serving vocabulary. Appended, not refitted, so that an index means the same item on
+    both sides (the tested refit's rows and the served fit's); ``train_count`` stays the training
+    period's count (0 for an appended item: the popularity baselines never see them)."""
+    counts = events.groupBy(C.ITEM_ID).agg(F.count(F.lit(1)).alias("_count"))
+    last = vocab.agg(F.max(C.ITEM_IDX).alias("_last"))
+    order = Window.orderBy(F.col("_count").desc(), F.col(C.ITEM_ID))  # one partition: one row per new item
+    new = (counts.filter(F.col("_count") >= min_count).join(vocab.select(C.ITEM_ID), C.ITEM_ID, "left_anti")
+           .crossJoin(F.broadcast(last))
+           .select(C.ITEM_ID, F.lit(0).cast("long").alias(C.TRAIN_COUNT),
+                   (F.row_number().over(order) + F.col("_last")).cast("int").alias(C.ITEM_IDX)))
+    return vocab.select(C.ITEM_ID, C.TRAIN_COUNT, C.ITEM_IDX).unionByName(new)
+
+
+def read_serving_vocab(spark: SparkSession, config: Config) -> DataFrame:
+    """Gold serving_item_vocab, or a clear error for gold written before it existed."""
+    path = config.table_path(C.GOLD, C.SERVING_ITEM_VOCAB)
+    if not table_exists(spark, path):
+        raise FileNotFoundError(f"{path} not found: gold predates the serving vocabulary; run the features stage again")
+    return read_table(spark, path)
+
+
+def serving_sequences(sequences: DataFrame, serving_vocab: DataFrame) -> DataFrame:
+    """Gold ``sequences`` indexed by the serving vocabulary (:func:`extend_item_vocab`): the same
+    indices but for the appended items (``train_count`` 0), which get theirs instead of their hashed
+    bucket. A lookup in one small map per row, not a second pass over the events."""
+    later = serving_vocab.filter(F.col(C.TRAIN_COUNT) == 0).agg(
+        F.map_from_entries(F.collect_list(F.struct(C.ITEM_ID, C.ITEM_IDX))).alias("_later"))
+    steps = F.arrays_zip(F.col(C.ITEM_ID).alias("id"), F.col(C.ITEM_IDX).alias("i"))
+    return (sequences.crossJoin(F.broadcast(later))
+            .withColumn(C.ITEM_IDX, F.transform(steps, lambda step: F.coalesce(
+                F.try_element_at("_later", step["id"]), step["i"]).cast("int")))
+            .drop("_later"))
+
+
 def with_item_idx(events: DataFrame, vocab: DataFrame, buckets: int = FeaturesConfig.oov_buckets) -> DataFrame:
     """Adds ``item_idx``: the vocabulary's index, or for an item outside the vocabulary its hashed
     bucket (``buckets`` must be the one ``vocab`` was fitted with)."""
@@ -396,7 +433,8 @@ def train_baskets(sequences: DataFrame, config: FeaturesConfig,
 
     ``splits``: the periods the baskets, their targets and their profiles come from: the training
     period (``train_baskets``), or training and validation (``refit_baskets``: the refit of a
-    validation-tuned model before it is tested and served; a target never reaches a later period).
+    validation-tuned model before it is tested; a target never reaches a later period), or every
+    period on :func:`serving_sequences` (``serve_baskets``: the fit of the model that serves).
 
     A basket starts at a step whose basket differs from the step before (steps are in time order,
     ties by source position, so a basket's lines are contiguous); its items are the steps after the
@@ -466,7 +504,7 @@ def eval_queries(sequences: DataFrame, config: FeaturesConfig,
 def serving_histories(sequences: DataFrame, config: FeaturesConfig,
                       event_types: Sequence[str] = C.EVENT_TYPES_DEFAULT) -> DataFrame:
     """Each user's latest items over all periods (with event types and gaps) and repeat profile: the
-    input for scoring everyone now."""
+    input for scoring everyone now (from :func:`serving_sequences`: the serving vocabulary's indices)."""
     every = (TRAIN, C.VALIDATION, C.TEST)
     return (sequences.select(C.USER_ID, _steps_where(every, event_types).alias("_steps"),
                              F.array_distinct(_indices_where(C.SPLIT, every)).alias(SEEN_IDX))
@@ -478,7 +516,9 @@ def serving_histories(sequences: DataFrame, config: FeaturesConfig,
 
 def build_features(spark: SparkSession, config: Config) -> dict:
     """Writes the gold tables: split_info, item_vocab, category_vocab, sequences, user_features,
-    item_features, feature_stats, train_examples, eval_queries and serving_histories."""
+    item_features, feature_stats, the example tables the models train on, eval_queries; and the
+    serving side over every period (serving_item_vocab, serving_histories and, with a refitted
+    next-basket model, serve_baskets), indexed by the serving vocabulary (:func:`serving_sequences`)."""
     # They import TRAIN from here.
     from recspark.pipeline.item_features import ITEM_FEATURES, build_item_features, fit_category_vocab
     from recspark.pipeline.normalisation import fit_item_stats, fit_user_stats, with_item_vector, with_user_vector
@@ -502,6 +542,8 @@ def build_features(spark: SparkSession, config: Config) -> dict:
     overwrite_table(fit_category_vocab(train, items, category_buckets), gold(C.CATEGORY_VOCAB))
     category_vocab = read_table(spark, gold(C.CATEGORY_VOCAB))
     overwrite_table(build_sequences(with_item_idx(split, vocab, item_buckets)), gold(SEQUENCES))
+    # The serving side's vocabulary: the training one extended with the later periods' items.
+    overwrite_table(extend_item_vocab(vocab, split, config.features.min_item_count), gold(C.SERVING_ITEM_VOCAB))
 
     users_path = config.table_path(C.SILVER, C.USERS)
     users = read_table(spark, users_path) if table_exists(spark, users_path) else None
@@ -519,6 +561,7 @@ def build_features(spark: SparkSession, config: Config) -> dict:
     split.unpersist()
 
     sequences = read_table(spark, gold(SEQUENCES))
+    serving = serving_sequences(sequences, read_table(spark, gold(C.SERVING_ITEM_VOCAB)))
     event_types = config.ingest.event_types
     # Only the example tables the configured models train on (each is a full pass over the sequences).
     needed = {C.MODEL_EXAMPLES[model] for model in config.train.models}
@@ -528,19 +571,25 @@ def build_features(spark: SparkSession, config: Config) -> dict:
         C.TRAIN_BASKETS: lambda: train_baskets(sequences, config.features, event_types),
     }
     outputs = {table: build() for table, build in examples.items() if table in needed}
+    outputs[C.EVAL_QUERIES] = eval_queries(sequences, config.features, event_types)
     if C.TRAIN_BASKETS in needed and config.train.refit:  # what train refits a next-basket model on
         outputs[C.REFIT_BASKETS] = train_baskets(sequences, config.features, event_types, splits=(TRAIN, C.VALIDATION))
-    outputs[C.EVAL_QUERIES] = eval_queries(sequences, config.features, event_types)
-    outputs[C.SERVING_HISTORIES] = serving_histories(sequences, config.features, event_types)
-    # Every repeat profile (baskets, refit, queries, serving) reads the same basket steps and item
-    # rates: computed once. Spark's cache matches a plan, so the builders' own identical plans hit it.
-    steps = basket_steps(sequences).persist()
-    rates = item_repurchase_rates(steps, config.features).persist()
-    try:
-        for table, df in outputs.items():
-            overwrite_table(df, gold(table))
-    finally:
-        rates.unpersist()
-        steps.unpersist()
+    every = (TRAIN, C.VALIDATION, C.TEST)
+    served = {C.SERVING_HISTORIES: serving_histories(serving, config.features, event_types)}
+    if C.TRAIN_BASKETS in needed and config.train.refit:  # and fits the model that serves on last
+        served[C.SERVE_BASKETS] = train_baskets(serving, config.features, event_types, splits=every)
+    # Every repeat profile of one side (baskets, refit, queries; serving) reads the same basket steps
+    # and item rates: computed once per side. Spark's cache matches a plan, so the builders' own
+    # identical plans hit it.
+    for side, tables in ((sequences, outputs), (serving, served)):
+        steps = basket_steps(side).persist()
+        rates = item_repurchase_rates(steps, config.features).persist()
+        try:
+            for table, df in tables.items():
+                overwrite_table(df, gold(table))
+        finally:
+            rates.unpersist()
+            steps.unpersist()
     return {table: gold(table) for table in (SPLIT_INFO, C.ITEM_VOCAB, C.CATEGORY_VOCAB, SEQUENCES, USER_FEATURES,
-                                             ITEM_FEATURES, C.FEATURE_STATS, *outputs)}
+                                             ITEM_FEATURES, C.FEATURE_STATS, *outputs, C.SERVING_ITEM_VOCAB,
+                                             *served)}
