@@ -132,9 +132,10 @@ TRAIN_BASKETS = "train_baskets"
 REFIT_BASKETS = "refit_baskets"
 # The serving side of gold, over every period: the training vocabulary extended by the items that
 # reached `min_item_count` only later (appended, train_count 0, so every training index keeps its
-# item), and train_baskets over all periods indexed by it: what the model that serves is fitted on
-# last (train.refit), so that it has learned the latest weeks and their new items.
+# item), the sequences indexed by it, and train_baskets over all periods from them: what the model
+# that serves is fitted on last (train.refit), so that it has learned the latest weeks and their new items.
 SERVING_ITEM_VOCAB = "serving_item_vocab"
+SERVING_SEQUENCES = "serving_sequences"
 SERVE_BASKETS = "serve_baskets"
 # The gold table each model trains on (features writes only the ones train.models read): one
 # prediction per row reads every step (train_examples); a model that learns at every step of a row

@@ -374,12 +374,12 @@ def export_pyfunc(spark, config, model: str, model_dir: str | Path, run_id: str)
     """The pyfunc of the export in ``model_dir`` saved to ``model_dir/pyfunc`` (the train stage logs
     and registers it), or None for a model that is not servable from events. The calibration is
     fitted here if it is not yet (on validation, with the validation-chosen model, as score does);
-    the rates and "popular in" tables are written by Spark into the pyfunc's artifacts. The rates are
-    indexed by the serving vocabulary, which keeps every training index: right for the serving fit,
-    and for an export of the training vocabulary the appended items are indices it never looks up."""
+    the rates and "popular in" tables are written by Spark into the pyfunc's artifacts. The rates come
+    from gold serving_sequences, indexed by the serving vocabulary, which keeps every training index:
+    right for the serving fit, and for an export of the training vocabulary the appended items are
+    indices it never looks up."""
     from recspark.calibration import ensure_calibration
-    from recspark.pipeline.features import (SEQUENCES, basket_steps, item_repurchase_rates, read_serving_vocab,
-                                            serving_sequences)
+    from recspark.pipeline.features import basket_steps, item_repurchase_rates
     from recspark.pipeline.item_features import ITEM_FEATURES
     from recspark.recommendations import blocked_items, popular_items
     from recspark.utils.delta import read_table, table_exists
@@ -392,10 +392,9 @@ def export_pyfunc(spark, config, model: str, model_dir: str | Path, run_id: str)
     tables = Path(model_dir) / f".{PYFUNC_DIR}.tables"
     shutil.rmtree(tables, ignore_errors=True)
     folders, never = {}, []
-    sequences_path = config.table_path(C.GOLD, SEQUENCES)
+    sequences_path = config.table_path(C.GOLD, C.SERVING_SEQUENCES)
     if table_exists(spark, sequences_path):
-        sequences = serving_sequences(read_table(spark, sequences_path), read_serving_vocab(spark, config))
-        rates = item_repurchase_rates(basket_steps(sequences), config.features)
+        rates = item_repurchase_rates(basket_steps(read_table(spark, sequences_path)), config.features)
         folders["rates"] = tables / "rates"
         rates.select(F.col("_i").alias(C.ITEM_IDX), F.col("_rate").alias("rate")).coalesce(1).write.parquet(
             str(folders["rates"]))

@@ -15,7 +15,7 @@ from recspark import constants as C
 from recspark.config import REFIT_DIR, SERVE_DIR, Config
 from recspark.datasets import RawSources, load_sources
 from recspark.evaluation.evaluate import evaluate, model_run, with_original_user_id
-from recspark.pipeline.features import SEQUENCES, build_features, read_serving_vocab, serving_sequences
+from recspark.pipeline.features import SEQUENCES, build_features
 from recspark.pipeline.ingest import ingest
 from recspark.pipeline.prepare import IDENTITY_MAP, prepare
 from recspark.pipeline.privacy import identity_map_key
@@ -324,10 +324,10 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
     histories = read_table(spark, config.table_path(C.GOLD, C.SERVING_HISTORIES))
     histories = with_model_inputs(spark, config, histories, model_dir)
     # The serving side of gold: every period, the training vocabulary plus the later items.
-    vocab = read_serving_vocab(spark, config)
-    sequences_path = config.table_path(C.GOLD, SEQUENCES)
-    baskets = (basket_items(serving_sequences(read_table(spark, sequences_path), vocab), first_item)
-               if table_exists(spark, sequences_path) else None)
+    vocab = read_table(spark, config.table_path(C.GOLD, C.SERVING_ITEM_VOCAB))
+    sequences_path = config.table_path(C.GOLD, C.SERVING_SEQUENCES)
+    baskets = (basket_items(read_table(spark, sequences_path), first_item) if table_exists(spark, sequences_path)
+               else None)
     identity = read_table(spark, config.table_path(C.BRONZE, IDENTITY_MAP))
     features_path = config.table_path(C.GOLD, ITEM_FEATURES)
     item_features = read_table(spark, features_path) if table_exists(spark, features_path) else None
@@ -398,7 +398,7 @@ LAYERS = {
     C.BRONZE: (C.EVENTS, C.ITEMS, C.USERS, C.FEEDBACK, C.QUARANTINE, IDENTITY_MAP, C.RUN_LOG),
     C.SILVER: (C.EVENTS, C.ITEMS, C.USERS, C.FEEDBACK, "bots"),
     C.GOLD: ("split_info", C.ITEM_VOCAB, C.CATEGORY_VOCAB, SEQUENCES, C.TRAIN_EXAMPLES, C.TRAIN_WINDOWS, C.TRAIN_BASKETS,
-             C.REFIT_BASKETS, C.EVAL_QUERIES, C.SERVING_ITEM_VOCAB, C.SERVE_BASKETS,
+             C.REFIT_BASKETS, C.EVAL_QUERIES, C.SERVING_ITEM_VOCAB, C.SERVING_SEQUENCES, C.SERVE_BASKETS,
              C.SERVING_HISTORIES, "user_features", "item_features", C.FEATURE_STATS, C.SERVED_METRICS),
 }
 

@@ -184,11 +184,9 @@ def test_score_stage_writes_every_user_once_and_its_rerun_replaces_its_run(spark
     save(spark.createDataFrame(queries, queries_schema), C.GOLD, C.EVAL_QUERIES)
 
     # Each user's history as one purchase basket: the stage pairs baskets for "often bought with".
-    save(spark.createDataFrame([(r[0], [f"item-{i}" for i in r[1]], r[1], ["purchase"] * length, ["b"] * length)
-                                for r in rows],
-                               "user_id string, item_id array<string>, item_idx array<int>, event_type array<string>, "
-                               "session_id array<string>"),
-         C.GOLD, "sequences")
+    save(spark.createDataFrame([(r[0], r[1], ["purchase"] * length, ["b"] * length) for r in rows],
+                               "user_id string, item_idx array<int>, event_type array<string>, session_id array<string>"),
+         C.GOLD, C.SERVING_SEQUENCES)
 
     first = score_stage(spark, config)
     # The model's vectors for every user (the shop's ids) and every item, and each item's neighbours.

@@ -93,10 +93,8 @@ def test_served_pyfunc_answers_as_the_bulk_job(spark: SparkSession, tmp_path: Pa
     num_items = FIRST + ITEMS
     vocab = spark.createDataFrame([(f"item-{i}", FIRST + i) for i in range(ITEMS)], "item_id string, item_idx int")
     sequences = build_sequences(with_item_idx(_events(spark), vocab)).persist()
-    sequences.write.format("delta").save(config.table_path(C.GOLD, "sequences"))
-    # The serving side's vocabulary: the same, no item new since the training period here.
-    (vocab.selectExpr("item_id", f"1L AS {C.TRAIN_COUNT}", "item_idx").write.format("delta")
-     .save(config.table_path(C.GOLD, C.SERVING_ITEM_VOCAB)))
+    # The serving side's sequences (no item new since the training period here: the same indices).
+    sequences.write.format("delta").save(config.table_path(C.GOLD, C.SERVING_SEQUENCES))
     out_of_stock = {FIRST + 3, FIRST + 17}
     item_features = spark.createDataFrame(
         [(FIRST + i, f"cat{i % 3}", 0 if FIRST + i in out_of_stock else 4, 60 - i) for i in range(ITEMS)],

@@ -174,27 +174,6 @@ def extend_item_vocab(vocab: DataFrame, events: DataFrame, min_count: int) -> Da
     return vocab.select(C.ITEM_ID, C.TRAIN_COUNT, C.ITEM_IDX).unionByName(new)
 
 
-def read_serving_vocab(spark: SparkSession, config: Config) -> DataFrame:
-    """Gold serving_item_vocab, or a clear error for gold written before it existed."""
-    path = config.table_path(C.GOLD, C.SERVING_ITEM_VOCAB)
-    if not table_exists(spark, path):
-        raise FileNotFoundError(f"{path} not found: gold predates the serving vocabulary; run the features stage again")
-    return read_table(spark, path)
-
-
-def serving_sequences(sequences: DataFrame, serving_vocab: DataFrame) -> DataFrame:
-    """Gold ``sequences`` indexed by the serving vocabulary (:func:`extend_item_vocab`): the same
-    indices but for the appended items (``train_count`` 0), which get theirs instead of their hashed
-    bucket. A lookup in one small map per row, not a second pass over the events."""
-    later = serving_vocab.filter(F.col(C.TRAIN_COUNT) == 0).agg(
-        F.map_from_entries(F.collect_list(F.struct(C.ITEM_ID, C.ITEM_IDX))).alias("_later"))
-    steps = F.arrays_zip(F.col(C.ITEM_ID).alias("id"), F.col(C.ITEM_IDX).alias("i"))
-    return (sequences.crossJoin(F.broadcast(later))
-            .withColumn(C.ITEM_IDX, F.transform(steps, lambda step: F.coalesce(
-                F.try_element_at("_later", step["id"]), step["i"]).cast("int")))
-            .drop("_later"))
-
-
 def with_item_idx(events: DataFrame, vocab: DataFrame, buckets: int = FeaturesConfig.oov_buckets) -> DataFrame:
     """Adds ``item_idx``: the vocabulary's index, or for an item outside the vocabulary its hashed
     bucket (``buckets`` must be the one ``vocab`` was fitted with)."""
@@ -434,7 +413,7 @@ def train_baskets(sequences: DataFrame, config: FeaturesConfig,
     ``splits``: the periods the baskets, their targets and their profiles come from: the training
     period (``train_baskets``), or training and validation (``refit_baskets``: the refit of a
     validation-tuned model before it is tested; a target never reaches a later period), or every
-    period on :func:`serving_sequences` (``serve_baskets``: the fit of the model that serves).
+    period on gold ``serving_sequences`` (``serve_baskets``: the fit of the model that serves).
 
     A basket starts at a step whose basket differs from the step before (steps are in time order,
     ties by source position, so a basket's lines are contiguous); its items are the steps after the
@@ -504,7 +483,7 @@ def eval_queries(sequences: DataFrame, config: FeaturesConfig,
 def serving_histories(sequences: DataFrame, config: FeaturesConfig,
                       event_types: Sequence[str] = C.EVENT_TYPES_DEFAULT) -> DataFrame:
     """Each user's latest items over all periods (with event types and gaps) and repeat profile: the
-    input for scoring everyone now (from :func:`serving_sequences`: the serving vocabulary's indices)."""
+    input for scoring everyone now (from gold ``serving_sequences``: the serving vocabulary's indices)."""
     every = (TRAIN, C.VALIDATION, C.TEST)
     return (sequences.select(C.USER_ID, _steps_where(every, event_types).alias("_steps"),
                              F.array_distinct(_indices_where(C.SPLIT, every)).alias(SEEN_IDX))
@@ -517,8 +496,8 @@ def serving_histories(sequences: DataFrame, config: FeaturesConfig,
 def build_features(spark: SparkSession, config: Config) -> dict:
     """Writes the gold tables: split_info, item_vocab, category_vocab, sequences, user_features,
     item_features, feature_stats, the example tables the models train on, eval_queries; and the
-    serving side over every period (serving_item_vocab, serving_histories and, with a refitted
-    next-basket model, serve_baskets), indexed by the serving vocabulary (:func:`serving_sequences`)."""
+    serving side over every period, indexed by the serving vocabulary (serving_item_vocab,
+    serving_sequences, serving_histories and, with a refitted next-basket model, serve_baskets)."""
     # They import TRAIN from here.
     from recspark.pipeline.item_features import ITEM_FEATURES, build_item_features, fit_category_vocab
     from recspark.pipeline.normalisation import fit_item_stats, fit_user_stats, with_item_vector, with_user_vector
@@ -542,8 +521,12 @@ def build_features(spark: SparkSession, config: Config) -> dict:
     overwrite_table(fit_category_vocab(train, items, category_buckets), gold(C.CATEGORY_VOCAB))
     category_vocab = read_table(spark, gold(C.CATEGORY_VOCAB))
     overwrite_table(build_sequences(with_item_idx(split, vocab, item_buckets)), gold(SEQUENCES))
-    # The serving side's vocabulary: the training one extended with the later periods' items.
+    # The serving side: the same sequences indexed by the vocabulary extended with the later periods'
+    # items (a second pass over the events: a lookup of the new items in the sequences' arrays would
+    # scan a Spark map per step, linear in the new items).
     overwrite_table(extend_item_vocab(vocab, split, config.features.min_item_count), gold(C.SERVING_ITEM_VOCAB))
+    serving_vocab = read_table(spark, gold(C.SERVING_ITEM_VOCAB))
+    overwrite_table(build_sequences(with_item_idx(split, serving_vocab, item_buckets)), gold(C.SERVING_SEQUENCES))
 
     users_path = config.table_path(C.SILVER, C.USERS)
     users = read_table(spark, users_path) if table_exists(spark, users_path) else None
@@ -561,7 +544,7 @@ def build_features(spark: SparkSession, config: Config) -> dict:
     split.unpersist()
 
     sequences = read_table(spark, gold(SEQUENCES))
-    serving = serving_sequences(sequences, read_table(spark, gold(C.SERVING_ITEM_VOCAB)))
+    serving = read_table(spark, gold(C.SERVING_SEQUENCES))
     event_types = config.ingest.event_types
     # Only the example tables the configured models train on (each is a full pass over the sequences).
     needed = {C.MODEL_EXAMPLES[model] for model in config.train.models}
@@ -592,4 +575,4 @@ def build_features(spark: SparkSession, config: Config) -> dict:
             steps.unpersist()
     return {table: gold(table) for table in (SPLIT_INFO, C.ITEM_VOCAB, C.CATEGORY_VOCAB, SEQUENCES, USER_FEATURES,
                                              ITEM_FEATURES, C.FEATURE_STATS, *outputs, C.SERVING_ITEM_VOCAB,
-                                             *served)}
+                                             C.SERVING_SEQUENCES, *served)}
