@@ -221,7 +221,9 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
             if table_exists(spark, serve_path):
                 serving_vocab = read_table(spark, serving_vocab_path)
                 summary[f"{model} serving fit"] = refit(
-                    spark, config, model, serving_spec(spec, serving_vocab), epochs, run_id=run_id,
+                    spark, config, model,
+                    serving_spec(spec, serving_vocab, read_table(spark, config.table_path(C.GOLD, C.SERVING_SEQUENCES))),
+                    epochs, run_id=run_id,
                     examples_path=serve_path, fit_on=C.FIT_ON_ALL,
                     data_versions={**versions, serve_path: table_version(spark, serve_path),
                                    serving_vocab_path: table_version(spark, serving_vocab_path)},
@@ -229,12 +231,20 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
     return summary
 
 
-def serving_spec(spec, serving_vocab: DataFrame):
+def serving_spec(spec, serving_vocab: DataFrame, serving_sequences: DataFrame):
     """``spec`` sized for the serving vocabulary (the training one plus the later periods' items,
-    appended: every other setting, and every training index, stays)."""
+    appended: every other setting, and every training index, stays). The popularity sampler's
+    counts become every period's: an appended item has no training count, and with none it would
+    never be drawn as a negative and its expected count as a target would be 0."""
     last = serving_vocab.agg(F.max(C.ITEM_IDX)).first()[0]
     num_items = max(spec.num_items, int(last) + 1)
-    counts = spec.item_counts and [*spec.item_counts, *[0] * (num_items - spec.num_items)]
+    counts = None
+    if spec.item_counts is not None:  # one count per vocabulary item, as model_spec collects them
+        counts = [0] * num_items
+        steps = serving_sequences.select(F.explode(C.ITEM_IDX).alias(C.ITEM_IDX))
+        for row in (steps.filter(F.col(C.ITEM_IDX) >= spec.first_item_idx).groupBy(C.ITEM_IDX)
+                    .agg(F.count(F.lit(1)).alias("n")).collect()):
+            counts[row[C.ITEM_IDX]] = int(row["n"])
     return dataclasses.replace(spec, num_items=num_items, item_counts=counts)
 
 

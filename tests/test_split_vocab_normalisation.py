@@ -260,3 +260,15 @@ def test_the_serving_side_holds_every_period_and_the_items_first_seen_in_the_las
     # Everyone is scored now from their latest steps, n by its own row (the training side's bucket before).
     histories = {r.user_id: r[C.HISTORY] for r in read_table(spark, written[C.SERVING_HISTORIES]).collect()}
     assert histories == {"u1": [first, first + 2, first], "u2": [first + 1, first + 1, first + 2]}
+    # The serving fit's model: sized for the serving vocabulary, the popularity sampler's counts over
+    # every period (a: 5 lines, b: 4, n: 2); without one, n could never be a negative.
+    from recspark.models.spec import ModelSpec
+    from recspark.stages import serving_spec
+
+    spec = ModelSpec(num_items=first + 2, max_seq_len=3, item_counts=[0] * first + [3, 3], first_item_idx=first)
+    served = serving_spec(spec, read_table(spark, written[C.SERVING_ITEM_VOCAB]),
+                          read_table(spark, written[C.SERVING_SEQUENCES]))
+    assert served.num_items == first + 3 and served.item_counts == [0] * first + [5, 4, 2]
+    assert serving_spec(ModelSpec(num_items=first + 2, max_seq_len=3, first_item_idx=first),
+                        read_table(spark, written[C.SERVING_ITEM_VOCAB]),
+                        read_table(spark, written[C.SERVING_SEQUENCES])).item_counts is None
