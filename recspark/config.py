@@ -27,6 +27,7 @@ DATASETS = ("completejourney", "ml-1m", "synthetic", "files")
 # validation (tested), and on every period with the serving vocabulary (served).
 REFIT_DIR = "refit"
 SERVE_DIR = "serve"
+PYFUNC_DIR = "pyfunc"  # the export as an MLflow pyfunc (recspark.serving), inside the folder it serves
 MODEL_NAMES = ("mean_pool", "sasrec", "towers", "dnn", "repeatnet", "repeatnet_explore", "repeatnet_next_item")
 
 

@@ -43,8 +43,8 @@ import pandas as pd
 from pyspark.sql import functions as F
 
 from recspark import constants as C
+from recspark.config import PYFUNC_DIR
 
-PYFUNC_DIR = "pyfunc"  # the saved MLflow model, inside the export it serves
 SETTINGS_FILE = "settings.json"
 ARTIFACTS = ("export", "rates", "popular")  # artifact keys; the export holds the calibration too
 OUTPUT_COLUMNS = (C.USER_ID, C.RANK, C.ITEM_ID, C.SCORE, C.CONFIDENCE, C.REASON)

@@ -152,9 +152,16 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
     category_path = config.table_path(C.GOLD, C.CATEGORY_VOCAB)
     category_vocab = read_table(spark, category_path) if table_exists(spark, category_path) else None
     feedback = feedback_used(spark, config)  # the responses that reached these gold tables, if any
+    refit_path = config.table_path(C.GOLD, C.REFIT_BASKETS)
+    serve_path = config.table_path(C.GOLD, C.SERVE_BASKETS)
     for model in config.train.models:
         print(f"train: {config.train.describe(model)} (* = train.per_model.{model})", flush=True)
         model_dir = config.model_dir(model)
+        # The fits after this one (the tested refit, then the serving fit) and so the one that
+        # serves: only that one is exported as a pyfunc (a Spark pass over the gold tables each).
+        refits = (config.train.for_model(model).refit and model_examples_table(model) == C.TRAIN_BASKETS
+                  and table_exists(spark, refit_path))
+        serving_fit = refits and table_exists(spark, serve_path)
         examples = read_table(spark, examples_paths[model])
         queries = read_table(spark, queries_path)
         if model in FEATURE_MODELS:  # they also read user_vector: joined here, before Petastorm
@@ -181,7 +188,7 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
             model_dir=model_dir, tags={C.RUN_ID: run_id, "resumed_from_epoch": str(result.initial_epoch),
                                        "best_epoch": str(result.best_epoch), "launcher": result.launcher,
                                        **feedback_tags(feedback)},
-            pyfunc_dir=export_pyfunc(spark, config, model, model_dir, run_id))
+            pyfunc_dir=None if refits else export_pyfunc(spark, config, model, model_dir, run_id))
         write_json(model_dir / "run.json", {
             C.RUN_ID: run_id,
             "dataset": config.run_name,
@@ -205,9 +212,7 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
                              if result.privacy else "")
                           + f" -> {model_dir}; MLflow run {tracked.run_id}, "
                             f"{tracked.registered_model} v{tracked.model_version}")
-        refit_path = config.table_path(C.GOLD, C.REFIT_BASKETS)
-        if (config.train.for_model(model).refit and model_examples_table(model) == C.TRAIN_BASKETS
-                and table_exists(spark, refit_path)):
+        if refits:
             # The epochs early stopping chose (all of them without validation), now on train +
             # validation (the version evaluate tests), then on every period with the serving
             # vocabulary (the version score serves: nothing is left to test it on).
@@ -215,10 +220,9 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
             summary[f"{model} refit"] = refit(
                 spark, config, model, spec, epochs, run_id=run_id, examples_path=refit_path,
                 data_versions={**versions, refit_path: table_version(spark, refit_path)},
-                item_vocab=read_table(spark, vocab_path), category_vocab=category_vocab)
-            serve_path = config.table_path(C.GOLD, C.SERVE_BASKETS)
+                item_vocab=read_table(spark, vocab_path), category_vocab=category_vocab, served=not serving_fit)
             serving_vocab_path = config.table_path(C.GOLD, C.SERVING_ITEM_VOCAB)
-            if table_exists(spark, serve_path):
+            if serving_fit:
                 serving_vocab = read_table(spark, serving_vocab_path)
                 summary[f"{model} serving fit"] = refit(
                     spark, config, model,
@@ -250,7 +254,7 @@ def serving_spec(spec, serving_vocab: DataFrame, serving_sequences: DataFrame):
 
 def refit(spark: SparkSession, config: Config, model: str, spec, epochs: int, *, run_id: str, examples_path: str,
           data_versions: dict, item_vocab: DataFrame, category_vocab: DataFrame | None,
-          fit_on: str = C.FIT_ON_REFIT) -> str:
+          fit_on: str = C.FIT_ON_REFIT, served: bool = True) -> str:
     """Fits ``model`` again from scratch for the ``epochs`` validation chose, with the same settings,
     on ``examples_path``: gold refit_baskets (``fit_on`` train + validation, into
     ``<model_dir>/refit``: the validation weeks are the latest a shop has, and the model tested on
@@ -258,7 +262,7 @@ def refit(spark: SparkSession, config: Config, model: str, spec, epochs: int, *,
     vocabulary (``fit_on`` all events, into ``<model_dir>/serve``: the model that serves has learned
     the test weeks too, and their new items have rows of their own). Registered in MLflow as the
     model's next version and tagged ``fit_on``; the serving fit is the last version, the served one.
-    Returns the summary line."""
+    Only a ``served`` fit is exported as a pyfunc. Returns the summary line."""
     from recspark.models.training import train_distributed
     from recspark.serving import export_pyfunc
     from recspark.tracking import log_training_run
@@ -281,7 +285,7 @@ def refit(spark: SparkSession, config: Config, model: str, spec, epochs: int, *,
                 "model": spec_params(spec), **dp_params},
         metrics={"loss": result.history, **dp_metrics}, table_versions=data_versions, model_dir=folder,
         tags={C.RUN_ID: run_id, "fit_on": fit_on, "launcher": result.launcher},
-        pyfunc_dir=export_pyfunc(spark, config, model, folder, run_id))
+        pyfunc_dir=export_pyfunc(spark, config, model, folder, run_id) if served else None)
     write_json(folder / "run.json", {
         C.RUN_ID: run_id, "dataset": config.run_name, "model": model, "fit_on": fit_on, "epochs": epochs,
         "num_items": spec.num_items, "table_versions": data_versions, "config": config.to_dict(),

@@ -330,6 +330,11 @@ def test_score_writes_the_vectors_of_everyone_and_train_registers_the_pyfunc(spa
     assert latest.source.endswith(f"/{PYFUNC_ARTIFACT_PATH}")
     assert client.get_run(latest.run_id).data.tags["fit_on"] == C.FIT_ON_ALL
     assert ran["score"]["model"] == f"{config.model_dir('repeatnet') / 'serve'} ({C.FIT_ON_ALL})"
+    # Only the served fit is exported as a pyfunc; the earlier fits' versions hold the bare model.
+    folder = config.model_dir("repeatnet")
+    assert [(folder / sub / "pyfunc" / "MLmodel").exists() for sub in (".", "refit", "serve")] == [False, False, True]
+    earlier = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))[-3:-1]
+    assert [v.source.endswith(f"/{PYFUNC_ARTIFACT_PATH}") for v in earlier] == [False, False]
     # Its confidence was measured on test by evaluate, on its test lists (one pair per listed item),
     # and the report shows the reliability diagram; score reads that stored measurement.
     from recspark.calibration import Calibration

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from pyspark.sql import DataFrame, SparkSession
 
-from recspark.config import TrainConfig
+from recspark.config import PYFUNC_DIR, TrainConfig
 from recspark.constants import TARGET, USER_ID
 from recspark.feed import make_converter, training_batches
 from recspark.models import lifecycle
@@ -486,6 +486,8 @@ def _prepare_model_dir(model_dir: Path, *, resuming: bool = False, keep_previous
         shutil.rmtree(model_dir / lifecycle.STATE_DIR, ignore_errors=True)
     for name in (MODEL_FILE, META_FILE):
         (model_dir / name).unlink(missing_ok=True)
+    # An older run's pyfunc would outlive a run that does not serve this folder (train.refit moves it).
+    shutil.rmtree(model_dir / PYFUNC_DIR, ignore_errors=True)
     (model_dir / CHECKPOINTS_DIR).mkdir(parents=True, exist_ok=True)
 
 
