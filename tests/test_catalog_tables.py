@@ -4,7 +4,7 @@ Delta folders under the lakehouse as before.
 
 Locally the catalog is Spark's own (``spark_catalog``) and the schema a database whose location is a
 temporary folder: its managed tables land there, as Unity Catalog's land in the schema's storage.
-The real stages (ingest, prepare, features on test_pipeline's shop), the recommendations table's
+The real stages (ingest and prepare of test_pipeline's shop), the recommendations table's
 run partitions and the history purge of an erasure run against it.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 from recspark import constants as C
 from recspark.config import Config, ConfigError, load_config
 from recspark.recommendations import COLUMNS, write_run
-from recspark.stages import features_stage, ingest_stage, prepare_stage
+from recspark.stages import ingest_stage, prepare_stage
 from recspark.utils.delta import (is_table_name, merge_into, purge_history, read_table, row_count, table_exists,
                                   table_location, table_version)
 from test_pipeline import USERS, pipeline_overrides, shop
@@ -66,10 +66,11 @@ def catalog_config(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture(scope="module")
 def staged(spark: SparkSession, catalog_config: Config) -> dict:
-    """ingest, prepare and features of the shop into the catalog, and a second ingest of the same."""
+    """ingest and prepare of the shop into the catalog, and a second ingest of the same. (Features
+    writes its gold tables through the same overwrite_table / read_table as prepare; it is left out
+    for the suite's time: it doubles this fixture and every gold table adds to the erasure.)"""
     ingest_stage(spark, catalog_config, shop(spark))
     prepare_stage(spark, catalog_config)
-    features_stage(spark, catalog_config)
     events = catalog_config.table_path(C.BRONZE, C.EVENTS)
     version = table_version(spark, events)
     again = ingest_stage(spark, catalog_config, shop(spark))
@@ -80,8 +81,7 @@ def test_the_stages_write_managed_tables_into_the_schema(spark: SparkSession, ca
                                                          staged: dict) -> None:
     tables = {table.name for table in spark.catalog.listTables(f"spark_catalog.{SCHEMA}")}
     assert {"bronze_events", "bronze_items", "bronze_users", "bronze_quarantine", "bronze_run_log",
-            "bronze_identity_map", "silver_events", "silver_items", "gold_item_vocab", "gold_eval_queries",
-            "gold_serving_histories"} <= tables
+            "bronze_identity_map", "silver_events", "silver_items"} <= tables
     warehouse = Path(catalog_config.paths.lakehouse).parent / "warehouse"
     for table in tables:
         ref = f"spark_catalog.{SCHEMA}.{table}"
@@ -173,8 +173,7 @@ def test_erasure_finds_every_table_of_the_schema(spark: SparkSession, catalog_co
     assert 0 < row_count(spark, looped) < all_silver
 
     targets = {target.name: target.condition for target in erasure_targets(spark, catalog_config)}
-    assert {"bronze_events", "bronze_identity_map", "silver_events", "gold_serving_histories",
-            "recommendations", f"{loop}.silver_events", f"{loop}.bronze_identity_map"} <= set(targets)
+    assert {"bronze_events", "bronze_identity_map", "silver_events", "recommendations", f"{loop}.silver_events", f"{loop}.bronze_identity_map"} <= set(targets)
     assert not any(name.startswith("audit_") for name in targets)
     # user-000's pseudonym, through the event ids bronze and silver share.
     theirs = read_table(spark, events).filter(F.col(C.USER_ID) == "user-000").select(C.EVENT_ID)
