@@ -59,9 +59,14 @@ def test_bad_catalog_settings_fail_before_spark(overrides: list[str], message: s
 @pytest.fixture(scope="module")
 def catalog_config(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Config:
     root = tmp_path_factory.mktemp("catalog")
+    # spark.catalog.listTables decodes its rows with an encoder that interpreted evaluation (the
+    # suite's NO_CODEGEN, conftest.py) cannot build: Spark's default factory mode for this module.
+    mode = spark.conf.get("spark.sql.codegen.factoryMode", "FALLBACK")
+    spark.conf.set("spark.sql.codegen.factoryMode", "FALLBACK")
     spark.sql(f"CREATE SCHEMA IF NOT EXISTS spark_catalog.{SCHEMA} LOCATION '{root / 'warehouse'}'")
     yield load_config(None, [*pipeline_overrides(root), "paths.catalog=spark_catalog", f"paths.schema={SCHEMA}"])
     spark.sql(f"DROP SCHEMA IF EXISTS spark_catalog.{SCHEMA} CASCADE")
+    spark.conf.set("spark.sql.codegen.factoryMode", mode)
 
 
 @pytest.fixture(scope="module")
