@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from recspark.evaluation.beyond import (
-    COVERAGE, DIVERSITY, NOVELTY, POPULARITY, beyond_accuracy, beyond_accuracy_reference,
+    COVERAGE, DIVERSITY, NOVELTY, POPULARITY, beyond_accuracy, beyond_accuracy_by_group, beyond_accuracy_reference,
 )
 
 # Training counts (total 16): p(a) = 1/4, p(b) = 1/8, p(c) = p(d) = 1/16, p(e) = 1/2,
@@ -58,3 +59,15 @@ def test_spark_agrees_with_reference_on_random_lists(spark: SparkSession) -> Non
     assert beyond_accuracy(*frames(spark, lists, counts, categories)) == pytest.approx(expected, abs=1e-9)
     # The random data must exercise the definitions, not sit at a trivial value.
     assert 0.0 < expected[DIVERSITY] < 1.0 and expected[NOVELTY] > 0.0
+
+
+def test_by_group_equals_each_group_alone(spark: SparkSession) -> None:
+    """Two models' lists in one call give each model's own numbers (here the hand-derived ones and
+    u1's list alone); a model without rows has no coverage and NaN novelty."""
+    recs, vocab, cats = frames(spark, LISTS, COUNTS, CATEGORIES)
+    only_u1, _, _ = frames(spark, {"u1": LISTS["u1"]}, COUNTS, CATEGORIES)
+    both = recs.withColumn("model", F.lit("m1")).unionByName(only_u1.withColumn("model", F.lit("m2")))
+    got = beyond_accuracy_by_group(both, vocab, cats, "model", groups=["m1", "m2", "m3"])
+    assert got["m1"] == pytest.approx(EXPECTED, abs=1e-12)
+    assert got["m2"] == pytest.approx(beyond_accuracy_reference([LISTS["u1"]], COUNTS, CATEGORIES), abs=1e-12)
+    assert got["m3"][COVERAGE] == 0.0 and np.isnan(got["m3"][NOVELTY])

@@ -21,6 +21,7 @@ from recspark.evaluation.ranking import (
     per_user_ranking_metrics,
     ranking_metrics,
     ranking_metrics_at_ks,
+    ranking_metrics_by_group,
     spark_ranking_evaluator_metrics,
 )
 
@@ -202,3 +203,19 @@ def test_argument_errors(spark, int_df):
     strings = spark.createDataFrame([], "prediction array<string>, relevant array<string>")
     with pytest.raises(TypeError, match="RankingEvaluator needs numeric"):
         spark_ranking_evaluator_metrics(strings, 5)
+
+
+def test_by_group_equals_each_group_alone(spark, queries) -> None:
+    """Two groups (e.g. two models) over the same users in one job give each group's own means;
+    a group named but without rows is NaN."""
+    predicted, relevant = queries
+    rows = [(g, u, p if g == "a" else p[::-1], r) for g in ("a", "b") for u, (p, r) in enumerate(zip(predicted, relevant))]
+    df = spark.createDataFrame(rows, "model string, user_id int, prediction array<bigint>, relevant array<bigint>")
+    got = ranking_metrics_by_group(df, (1, 10), "model", groups=["a", "b", "none"])
+    assert list(got) == ["a", "b", "none"]
+    for group, lists in (("a", predicted), ("b", [p[::-1] for p in predicted])):
+        for k in (1, 10):
+            expected = reference_metrics(lists, relevant, k)
+            assert got[group][k] == pytest.approx(expected, abs=TOL), (group, k)
+    assert got["a"][10] != got["b"][10]  # the reversal must change something, or the test proves nothing
+    assert all(math.isnan(v) for v in got["none"][10].values())

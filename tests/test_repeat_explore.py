@@ -6,7 +6,7 @@ import math
 import pytest
 from pyspark.sql import SparkSession
 
-from recspark.evaluation.repeat_explore import repeat_explore_metrics, with_repeat_explore
+from recspark.evaluation.repeat_explore import repeat_explore_by_group, repeat_explore_metrics, with_repeat_explore
 
 SCHEMA = "user_id string, prediction array<string>, relevant array<string>, seen array<string>"
 # k = 3 throughout.
@@ -70,3 +70,13 @@ def test_ids_of_different_types_are_refused(spark: SparkSession) -> None:
     df = spark.createDataFrame([([1], ["1"], ["1"])], "prediction array<int>, relevant array<string>, seen array<string>")
     with pytest.raises(TypeError):
         repeat_explore_metrics(df, 10)
+
+
+def test_by_group_equals_each_group_alone(spark: SparkSession) -> None:
+    rows = [("m1", *row) for row in ROWS] + [("m2", *row) for row in ROWS[:1]]
+    df = spark.createDataFrame(rows, "model string, " + SCHEMA)
+    got = repeat_explore_by_group(df, 3, "model", groups=["m1", "m2", "m3"])
+    assert got["m1"] == pytest.approx(repeat_explore_metrics(spark.createDataFrame(ROWS, SCHEMA), 3))
+    assert got["m2"] == pytest.approx({"recall_rep": 0.5, "recall_expl": 0.5, "repeat_share": 2 / 3,
+                                       "users_rep": 1, "users_expl": 1})
+    assert math.isnan(got["m3"]["recall_rep"]) and got["m3"]["users_rep"] == 0

@@ -30,6 +30,7 @@ from pyspark.sql import functions as F
 from recspark import constants as C
 
 UNKNOWN_CATEGORY = "unknown"
+_GROUP = "__beyond_group"
 COVERAGE, POPULARITY, NOVELTY, DIVERSITY = (
     "catalogue_coverage", "relative_popularity", "novelty", "intra_list_diversity")
 
@@ -88,34 +89,51 @@ def beyond_accuracy(recommendations: DataFrame, vocab: DataFrame, categories: Da
 
     ``recommendations``: (user_id, item_id), one row per list position, already cut to the top K;
     ``vocab``: (item_id, train_count), the catalogue; ``categories``: (item_id, category), or None
-    (every item then has the same, unknown, category, so diversity is 0). Three one-row aggregates
-    come back to the driver.
+    (every item then has the same, unknown, category, so diversity is 0).
+    """
+    return beyond_accuracy_by_group(recommendations.withColumn(_GROUP, F.lit(0)), vocab, categories, _GROUP,
+                                    groups=[0])[0]
+
+
+def beyond_accuracy_by_group(recommendations: DataFrame, vocab: DataFrame, categories: DataFrame | None,
+                             group_col: str, groups: Sequence[Hashable] = ()) -> dict[Hashable, dict[str, float]]:
+    """:func:`beyond_accuracy` per value of ``group_col`` of ``recommendations`` (e.g. one per model).
+
+    Four Spark jobs whatever the number of groups; one small row per group reaches the driver. A value
+    in ``groups`` without rows gets coverage and popularity 0 and NaN novelty and diversity.
     """
     stats = vocab.agg(F.count(F.lit(1)).alias("items"), F.sum(C.TRAIN_COUNT).alias("total"),
                       F.avg(C.TRAIN_COUNT).alias("mean_count")).first()
     counts = F.broadcast(vocab.select(C.ITEM_ID, F.col(C.TRAIN_COUNT).cast("double").alias("_count")))
-    recs = recommendations.select(C.USER_ID, C.ITEM_ID).join(counts, C.ITEM_ID, "left")
+    lists = recommendations.select(F.col(group_col).alias(_GROUP), C.USER_ID, C.ITEM_ID)
+    recs = lists.join(counts, C.ITEM_ID, "left")
     total = float(stats["total"] or 0)
     # -log2(count / total); null for items without a count, which avg() then skips, as the reference.
     self_information = F.when(F.col("_count") > 0, -F.log2(F.col("_count") / F.lit(total)))
-    per_user_novelty = recs.groupBy(C.USER_ID).agg(F.avg(self_information).alias("_novelty"))
-    row = recs.agg(F.countDistinct(C.ITEM_ID).alias("distinct"),
-                   F.avg(F.coalesce("_count", F.lit(0.0))).alias("pop")).first()
-    novelty = per_user_novelty.agg(F.avg("_novelty")).first()[0]
+    per_user_novelty = recs.groupBy(_GROUP, C.USER_ID).agg(F.avg(self_information).alias("_novelty"))
+    shown = {r[_GROUP]: r for r in recs.groupBy(_GROUP).agg(
+        F.countDistinct(C.ITEM_ID).alias("distinct"), F.avg(F.coalesce("_count", F.lit(0.0))).alias("pop")).collect()}
+    novelty = {r[_GROUP]: r[1] for r in per_user_novelty.groupBy(_GROUP).agg(F.avg("_novelty")).collect()}
 
     if categories is not None:
-        labelled = recommendations.select(C.USER_ID, C.ITEM_ID).join(
-            categories.select(C.ITEM_ID, C.CATEGORY).dropDuplicates([C.ITEM_ID]), C.ITEM_ID, "left")
+        labelled = lists.join(categories.select(C.ITEM_ID, C.CATEGORY).dropDuplicates([C.ITEM_ID]), C.ITEM_ID, "left")
         category = F.coalesce(F.col(C.CATEGORY), F.lit(UNKNOWN_CATEGORY))
     else:
-        labelled, category = recommendations.select(C.USER_ID, C.ITEM_ID), F.lit(UNKNOWN_CATEGORY)
-    per_category = labelled.groupBy(C.USER_ID, category.alias("_category")).agg(F.count(F.lit(1)).alias("_n_c"))
-    per_user = per_category.groupBy(C.USER_ID).agg(F.sum("_n_c").alias("_n"), F.sum(F.col("_n_c") * F.col("_n_c")).alias("_sq"))
-    diversity = (per_user.filter(F.col("_n") >= 2)
-                 .agg(F.avg((F.col("_n") * F.col("_n") - F.col("_sq")) / (F.col("_n") * (F.col("_n") - 1)))).first()[0])
-    return {
-        COVERAGE: (row["distinct"] or 0) / stats["items"] if stats["items"] else 0.0,
-        POPULARITY: (row["pop"] or 0.0) / stats["mean_count"] if stats["mean_count"] else 0.0,
-        NOVELTY: _nan_if_null(novelty),
-        DIVERSITY: _nan_if_null(diversity),
-    }
+        labelled, category = lists, F.lit(UNKNOWN_CATEGORY)
+    per_category = labelled.groupBy(_GROUP, C.USER_ID, category.alias("_category")).agg(F.count(F.lit(1)).alias("_n_c"))
+    per_user = per_category.groupBy(_GROUP, C.USER_ID).agg(F.sum("_n_c").alias("_n"),
+                                                           F.sum(F.col("_n_c") * F.col("_n_c")).alias("_sq"))
+    pair_share = (F.col("_n") * F.col("_n") - F.col("_sq")) / (F.col("_n") * (F.col("_n") - 1))
+    diversity = {r[_GROUP]: r[1] for r in per_user.filter(F.col("_n") >= 2).groupBy(_GROUP).agg(F.avg(pair_share))
+                 .collect()}
+    result = {}
+    for group in dict.fromkeys([*groups, *shown, *novelty, *diversity]):
+        row = shown.get(group)
+        distinct, pop = (row["distinct"], row["pop"]) if row is not None else (0, None)
+        result[group] = {
+            COVERAGE: (distinct or 0) / stats["items"] if stats["items"] else 0.0,
+            POPULARITY: (pop or 0.0) / stats["mean_count"] if stats["mean_count"] else 0.0,
+            NOVELTY: _nan_if_null(novelty.get(group)),
+            DIVERSITY: _nan_if_null(diversity.get(group)),
+        }
+    return result

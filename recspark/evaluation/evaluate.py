@@ -39,10 +39,10 @@ from recspark.evaluation.baselines import (
     als_top_k, cooccurrence_scores, fit_als, item_cooccurrence, most_popular, recent_popular, recent_popularity,
     repeat_purchase, repeat_purchase_scores, train_interactions,
 )
-from recspark.evaluation.beyond import beyond_accuracy
+from recspark.evaluation.beyond import beyond_accuracy_by_group
 from recspark.evaluation.probability import classification_lines, probability_report
-from recspark.evaluation.ranking import ranking_metrics_at_ks
-from recspark.evaluation.repeat_explore import repeat_explore_metrics
+from recspark.evaluation.ranking import ranking_metrics_by_group
+from recspark.evaluation.repeat_explore import repeat_explore_by_group
 from recspark.evaluation.tuning import cross_validate_als, tune_als_on_validation, tune_tifu_on_validation
 from recspark.pipeline.features import SEQUENCES
 from recspark.pipeline.item_features import ITEM_FEATURES
@@ -228,19 +228,24 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
         at_k = sampled_evaluation(queries, vocab, sequences, config, ks, names, als_model, als_users, tifu)
     for cached in tifu_cached:
         cached.unpersist()
-    beyond, repeat_explore = {}, {}
     categories = item_categories(spark, config)
-    for name in rankings:
-        ranked = stored.filter(F.col(C.MODEL_NAME) == name)
-        lists = ranked.groupBy(C.USER_ID).agg(ranked_list().alias(C.PREDICTION))
-        # Users the model returned nothing for still count, with an empty list.
-        scored = relevant.join(lists, C.USER_ID, "left").withColumn(
-            C.PREDICTION, F.coalesce(C.PREDICTION, F.array().cast("array<string>")))
-        if not ev.sampled_negatives:
-            for kk, metrics in ranking_metrics_at_ks(scored, ks).items():
+    names_run = list(rankings)
+    # Every model's metrics in one grouped job per family, not one job per model: the lists are grouped
+    # by (model, user) once and every test user appears once per model.
+    lists = stored.groupBy(C.MODEL_NAME, C.USER_ID).agg(ranked_list().alias(C.PREDICTION))
+    # Users a model returned nothing for still count, with an empty list.
+    scored = (relevant.withColumn(C.MODEL_NAME, F.explode(F.array(*[F.lit(name) for name in names_run])))
+              .join(lists, [C.MODEL_NAME, C.USER_ID], "left")
+              .withColumn(C.PREDICTION, F.coalesce(C.PREDICTION, F.array().cast("array<string>")))
+              .persist())
+    if not ev.sampled_negatives:
+        for name, by_k in ranking_metrics_by_group(scored, ks, C.MODEL_NAME, groups=names_run).items():
+            for kk, metrics in by_k.items():
                 at_k[kk][name] = metrics
-        repeat_explore[name] = repeat_explore_metrics(scored, k)
-        beyond[name] = beyond_accuracy(ranked.filter(F.col(C.RANK) <= k), vocab, categories)
+    repeat_explore = repeat_explore_by_group(scored, k, C.MODEL_NAME, groups=names_run)
+    scored.unpersist()
+    beyond = beyond_accuracy_by_group(stored.filter(F.col(C.RANK) <= k), vocab, categories, C.MODEL_NAME,
+                                      groups=names_run)
 
     full = "full ranking over all items" + ("; items seen before the test period excluded"
                                             if ev.exclude_seen else "; seen items allowed")

@@ -6,6 +6,7 @@ numeric). Each metric is computed per row with higher-order functions (no Python
 never leave the JVM) and then averaged; only the one-row mean reaches the driver.
 
 * :func:`ranking_metrics` / :func:`ranking_metrics_at_ks`: means, for one k or several in one job.
+* :func:`ranking_metrics_by_group`: the same means per group (e.g. per model), still one job.
 * :func:`per_user_ranking_metrics`: the per-user values behind the means, for distributions.
 * :func:`spark_ranking_evaluator_metrics`: the same numbers from ``pyspark.ml``'s RankingEvaluator.
 
@@ -18,7 +19,7 @@ so that a null id behaves like any other value, as it would in Spark's Scala ``S
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -50,6 +51,7 @@ SPARK_EVALUATOR_METRICS: dict[str, str] = {
 # Intermediate columns, dropped before returning.
 _ACC = "__ranking_acc"
 _N_REL = "__ranking_n_relevant"
+_GROUP = "__ranking_group"
 
 
 def _array_element_type(df: DataFrame, col: str) -> DataType:
@@ -192,23 +194,45 @@ def ranking_metrics_at_ks(
     Reports usually want @5, @10, @20 side by side; one pass over the data instead of one per k.
     (``mean_average_precision`` does not depend on k, so it is the same under every k.)
     """
+    return ranking_metrics_by_group(df.withColumn(_GROUP, F.lit(0)), ks, _GROUP, predicted_col, relevant_col,
+                                    groups=[0])[0]
+
+
+def ranking_metrics_by_group(
+    df: DataFrame,
+    ks: Sequence[int],
+    group_col: str,
+    predicted_col: str = PREDICTION,
+    relevant_col: str = RELEVANT,
+    groups: Sequence[Hashable] = (),
+) -> dict[Hashable, dict[int, dict[str, float]]]:
+    """:func:`ranking_metrics_at_ks` per value of ``group_col`` (e.g. one per model), in one Spark job.
+
+    The evaluation stage compares several models on the same users: one grouped pass instead of
+    one job per model. A value in ``groups`` without rows gets NaN for every metric (as an empty
+    DataFrame does).
+    """
     if isinstance(ks, (str, bytes)) or not isinstance(ks, Iterable):
         raise TypeError(f"ks must be a sequence of positive ints, got {type(ks).__name__}")
     ks = list(dict.fromkeys(_check_k(k) for k in ks))
     if not ks:
         raise ValueError("ks must contain at least one k")
     _check_columns(df, predicted_col, relevant_col)
-    per_user = df.select(predicted_col, relevant_col)
+    per_user = df.select(F.col(group_col).alias(_GROUP), predicted_col, relevant_col)
     for k in ks:
         per_user = per_user_ranking_metrics(per_user, k, predicted_col, relevant_col).withColumnsRenamed(
             {name: f"{name}@{k}" for name in METRIC_COLUMNS}
         )
-    # A global aggregate always yields one row; avg over no rows is null, reported as NaN (as Spark).
-    means = iter(per_user.agg(*[F.avg(f"`{name}@{k}`") for k in ks for name in METRIC_COLUMNS]).first())
-    return {
-        k: {name: math.nan if (value := next(means)) is None else float(value) for name in METRIC_COLUMNS}
-        for k in ks
-    }
+    # One row per group reaches the driver; avg over no rows is null, reported as NaN (as Spark).
+    rows = per_user.groupBy(_GROUP).agg(*[F.avg(f"`{name}@{k}`") for k in ks for name in METRIC_COLUMNS]).collect()
+    result = {group: {k: dict.fromkeys(METRIC_COLUMNS, math.nan) for k in ks} for group in groups}
+    for row in rows:
+        means = iter(row[1:])
+        result[row[0]] = {
+            k: {name: math.nan if (value := next(means)) is None else float(value) for name in METRIC_COLUMNS}
+            for k in ks
+        }
+    return result
 
 
 def spark_ranking_evaluator_metrics(

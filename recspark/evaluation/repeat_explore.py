@@ -20,6 +20,7 @@ metrics proper are in :mod:`recspark.evaluation.ranking`; this module adds only 
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Sequence
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -37,7 +38,7 @@ USERS_EXPL = "users_expl"
 REPEAT_EXPLORE_COLUMNS = (RECALL_REP, RECALL_EXPL, REPEAT_SHARE)
 REPEAT_EXPLORE_KEYS = (*REPEAT_EXPLORE_COLUMNS, USERS_REP, USERS_EXPL)
 
-_TOP, _REP, _EXPL, _SEEN = "__re_top", "__re_rep", "__re_expl", "__re_seen"
+_TOP, _REP, _EXPL, _SEEN, _GROUP = "__re_top", "__re_rep", "__re_expl", "__re_seen", "__re_group"
 
 
 def with_repeat_explore(df: DataFrame, k: int, predicted_col: str = PREDICTION, relevant_col: str = RELEVANT,
@@ -77,11 +78,24 @@ def repeat_explore_metrics(df: DataFrame, k: int, predicted_col: str = PREDICTIO
                            seen_col: str = SEEN) -> dict[str, float]:
     """``{recall_rep, recall_expl, repeat_share, users_rep, users_expl}`` over the rows of ``df``
     (one per user: ranked prediction, held-out items, items had before), in one Spark job."""
-    per_user = with_repeat_explore(df.select(predicted_col, relevant_col, seen_col), k, predicted_col, relevant_col,
-                                   seen_col)
-    row = per_user.agg(*[F.avg(name).alias(name) for name in REPEAT_EXPLORE_COLUMNS],
-                       F.count(RECALL_REP).alias(USERS_REP), F.count(RECALL_EXPL).alias(USERS_EXPL)).first()
-    result: dict[str, float] = {name: math.nan if row[name] is None else float(row[name])
-                                for name in REPEAT_EXPLORE_COLUMNS}
-    result.update({USERS_REP: int(row[USERS_REP]), USERS_EXPL: int(row[USERS_EXPL])})
+    return repeat_explore_by_group(df.withColumn(_GROUP, F.lit(0)), k, _GROUP, predicted_col, relevant_col,
+                                   seen_col, groups=[0])[0]
+
+
+def repeat_explore_by_group(df: DataFrame, k: int, group_col: str, predicted_col: str = PREDICTION,
+                            relevant_col: str = RELEVANT, seen_col: str = SEEN,
+                            groups: Sequence[Hashable] = ()) -> dict[Hashable, dict[str, float]]:
+    """:func:`repeat_explore_metrics` per value of ``group_col`` (e.g. one per model), in one Spark job;
+    a value in ``groups`` without rows gets NaN recalls over 0 users."""
+    per_user = with_repeat_explore(df.select(F.col(group_col).alias(_GROUP), predicted_col, relevant_col, seen_col),
+                                   k, predicted_col, relevant_col, seen_col)
+    rows = per_user.groupBy(_GROUP).agg(*[F.avg(name).alias(name) for name in REPEAT_EXPLORE_COLUMNS],
+                                        F.count(RECALL_REP).alias(USERS_REP),
+                                        F.count(RECALL_EXPL).alias(USERS_EXPL)).collect()
+    result = {group: {**dict.fromkeys(REPEAT_EXPLORE_COLUMNS, math.nan), USERS_REP: 0, USERS_EXPL: 0}
+              for group in groups}
+    for row in rows:
+        result[row[_GROUP]] = {**{name: math.nan if row[name] is None else float(row[name])
+                                  for name in REPEAT_EXPLORE_COLUMNS},
+                               USERS_REP: int(row[USERS_REP]), USERS_EXPL: int(row[USERS_EXPL])}
     return result
