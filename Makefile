@@ -15,7 +15,7 @@ PIPELINE_FLAGS := $(JOB_FLAGS) $(if $(FROM),--from $(FROM)) $(if $(ONLY),--stage
 export TF_USE_LEGACY_KERAS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test run compare $(STAGES) summary forget bench clean loop feedback
+.PHONY: setup test run compare $(STAGES) summary forget bench bench-run clean loop feedback
 
 setup:
 	bash tools/setup.sh
@@ -52,6 +52,10 @@ forget:
 bench:
 	$(PY) bench/etl.py
 	$(PY) bench/train.py
+
+# make run on DATASET from an empty lakehouse (a temporary folder), stage by stage, against raw -> Delta (bench/run.py).
+bench-run:
+	$(PY) bench/run.py --dataset $(DATASET) $(foreach s,$(SET),--set $(s))
 
 clean:
 	rm -rf lakehouse/$(DATASET) reports/$(DATASET) checkpoints/$(DATASET)
