@@ -50,9 +50,11 @@ from pyspark.sql import functions as F
 
 from recspark import constants as C
 from recspark.config import Config
+from recspark.evaluation.ranking import HIT_RATE_AT_K, NDCG_AT_K, per_user_ranking_metrics
 from recspark.feedback import CONVERSIONS, IMPRESSION, RESPONSE_EVENT_TYPES
 from recspark.pipeline.prepare import IDENTITY_MAP
 from recspark.pipeline.privacy import broadcast_key, pseudonym_key, pseudonymise
+from recspark.scoring import ranked_list
 from recspark.utils.delta import merge_into, overwrite_table, read_table, table_exists
 from recspark.utils.jobs import short_duration, write_json
 
@@ -172,18 +174,15 @@ def served_lists(spark: SparkSession, config: Config, run_id: str, key) -> DataF
 
 
 def list_metrics(lists: DataFrame, bought: DataFrame, k: int, catalogue_size: int) -> dict:
-    """Hit rate and NDCG@k (binary gains, ideal = min(bought, k)) of ``lists`` (_pseudonym, rank,
-    item_id) over the users with a list and a purchase in ``bought`` (_pseudonym, item_id), the users
-    served, and the catalogue coverage of the lists. One aggregate row to the driver."""
-    relevant = bought.select("_pseudonym", C.ITEM_ID).distinct()
-    per_user = (lists.filter(F.col(C.RANK) <= k).join(relevant.withColumn("_hit", F.lit(1)), ["_pseudonym", C.ITEM_ID], "left")
-                .groupBy("_pseudonym").agg(F.sum(F.coalesce("_hit", F.lit(0)) / F.log2(F.col(C.RANK) + 1)).alias("_dcg"),
-                                           F.max(F.coalesce("_hit", F.lit(0))).alias("_hit")))
-    counts = relevant.groupBy("_pseudonym").agg(F.count(F.lit(1)).alias("_n"))
-    ideal = F.aggregate(F.sequence(F.lit(1), F.least(F.col("_n"), F.lit(k)).cast("int")), F.lit(0.0),
-                        lambda acc, i: acc + 1 / F.log2(i + 1))
-    evaluated = per_user.join(counts, "_pseudonym").select("_hit", (F.col("_dcg") / ideal).alias("_ndcg"))
-    row = evaluated.agg(F.count(F.lit(1)).alias("n"), F.avg("_hit").alias("hr"), F.avg("_ndcg").alias("ndcg")).first()
+    """Hit rate and NDCG@k of ``lists`` (_pseudonym, rank, item_id) over the users with a list and a
+    purchase in ``bought`` (_pseudonym, item_id), as the evaluation defines them
+    (:func:`recspark.evaluation.ranking.per_user_ranking_metrics`: binary gains, ideal = min(bought, k)),
+    the users served, and the catalogue coverage of the lists. One aggregate row to the driver."""
+    relevant = bought.groupBy("_pseudonym").agg(F.collect_set(C.ITEM_ID).alias(C.RELEVANT))
+    ranked = lists.groupBy("_pseudonym").agg(ranked_list().alias(C.PREDICTION))
+    evaluated = per_user_ranking_metrics(ranked.join(relevant, "_pseudonym"), k)
+    row = evaluated.agg(F.count(F.lit(1)).alias("n"), F.avg(HIT_RATE_AT_K).alias("hr"),
+                        F.avg(NDCG_AT_K).alias("ndcg")).first()
     served = lists.agg(F.count_distinct("_pseudonym").alias("users"), F.count_distinct(C.ITEM_ID).alias("items")).first()
     return {"users_served": int(served["users"]), "users_evaluated": int(row["n"]),
             "hit_rate": float(row["hr"] or 0.0), "ndcg": float(row["ndcg"] or 0.0),

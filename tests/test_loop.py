@@ -99,3 +99,20 @@ def test_two_cycles_warm_start_by_item_id_on_the_first_cycles_responses(spark: S
     assert NEW_ITEM in bought
     vocab = spark.read.format("delta").load(world.table_path(C.GOLD, C.ITEM_VOCAB))
     assert vocab.filter(F.col(C.ITEM_ID) == NEW_ITEM).count() == 1
+
+
+def test_list_metrics_by_hand(spark: SparkSession) -> None:
+    """Served lists against the week's purchases, k = 2: p1's top 2 (a, b) hits b at rank 2 of 3 bought
+    (NDCG = (1 / log2 3) / (1 + 1 / log2 3)), p2 misses, p3 bought nothing and p4 had no list (neither
+    is evaluated); coverage counts every served row (6 items of 10)."""
+    import math
+
+    from recspark.loop import list_metrics
+
+    lists = spark.createDataFrame([("p1", 1, "a"), ("p1", 2, "b"), ("p1", 3, "c"), ("p2", 1, "d"), ("p2", 2, "e"),
+                                   ("p3", 1, "x")], "_pseudonym string, rank int, item_id string")
+    bought = spark.createDataFrame([("p1", "b"), ("p1", "c"), ("p1", "z"), ("p1", "b"), ("p2", "q"), ("p4", "a")],
+                                   "_pseudonym string, item_id string")
+    gain = 1 / math.log2(3)
+    assert list_metrics(lists, bought, 2, 10) == pytest.approx({
+        "users_served": 3, "users_evaluated": 2, "hit_rate": 0.5, "ndcg": gain / (1 + gain) / 2, "coverage": 0.6})

@@ -2,14 +2,14 @@
 
 Importing TensorFlow 2.21 on a machine without a GPU writes, from C++ before absl's logging is set
 up, "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR", an
-INFO line that no CUDA driver was found, and an ERROR line that cuInit failed, in the driver and in
-every Horovod rank (there prefixed ``[0]<stderr>:``). ``TF_CPP_MIN_LOG_LEVEL`` does not reach them:
+INFO line that no CUDA driver was found, an ERROR line that cuInit failed, and (twice) an INFO line
+that oneDNN custom operations are on, in the driver and in every Horovod rank (there prefixed ``[0]<stderr>:``). ``TF_CPP_MIN_LOG_LEVEL`` does not reach them:
 they are written before absl reads any setting. On a CPU machine they are not errors, and a user
 reading ``make run`` takes them for failures.
 
 :func:`import_tensorflow` imports TensorFlow and lists its devices (the step that tries CUDA) with
 the process's stderr file descriptor pointed at a temporary file, then writes back every captured
-line except those three kinds: anything else (a real error, a Python warning) still shows. Only
+line except those four kinds: anything else (a real error, a Python warning) still shows. Only
 when ``TF_CPP_MIN_LOG_LEVEL`` asks for warnings and errors only (2 or more, what a run without
 ``--verbose`` sets, recspark.session.set_log_level); otherwise nothing is filtered.
 """
@@ -24,6 +24,9 @@ START_UP_LINES = (
     "All log messages before absl::InitializeLog() is called are written to STDERR",
     "cudart_stub.cc",  # "Could not find cuda drivers on your machine, GPU will not be used."
     "failed call to cuInit",
+    # port.cc, on every CPU with oneDNN: "oneDNN custom operations are on. You may see slightly different
+    # numerical results ..." (an INFO line about numerics, printed twice per process while importing).
+    "oneDNN custom operations are on",
 )
 
 
