@@ -127,7 +127,8 @@ def beyond_accuracy_by_group(recommendations: DataFrame, vocab: DataFrame, categ
     diversity = {r[_GROUP]: r[1] for r in per_user.filter(F.col("_n") >= 2).groupBy(_GROUP).agg(F.avg(pair_share))
                  .collect()}
     result = {}
-    for group in dict.fromkeys([*groups, *shown, *novelty, *diversity]):
+    # Every group with a novelty or diversity has rows, so it is in ``shown``.
+    for group in dict.fromkeys([*groups, *shown]):
         row = shown.get(group)
         distinct, pop = (row["distinct"], row["pop"]) if row is not None else (0, None)
         result[group] = {

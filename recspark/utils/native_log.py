@@ -3,8 +3,9 @@
 Importing TensorFlow 2.21 on a machine without a GPU writes, from C++ before absl's logging is set
 up, "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR", an
 INFO line that no CUDA driver was found, an ERROR line that cuInit failed, and (twice) an INFO line
-that oneDNN custom operations are on, in the driver and in every Horovod rank (there prefixed ``[0]<stderr>:``). ``TF_CPP_MIN_LOG_LEVEL`` does not reach them:
-they are written before absl reads any setting. On a CPU machine they are not errors, and a user
+that oneDNN custom operations are on, in the driver and in every Horovod rank (there prefixed
+``[0]<stderr>:``). ``TF_CPP_MIN_LOG_LEVEL`` does not reach them: they are written before absl reads
+any setting. On a CPU machine they are not errors, and a user
 reading ``make run`` takes them for failures.
 
 :func:`import_tensorflow` imports TensorFlow and lists its devices (the step that tries CUDA) with
