@@ -215,6 +215,69 @@ def test_basket_targets_are_every_item_of_the_next_basket_and_none_of_the_curren
         [math.log(2), 1.0, math.log(2), 0.0, 0.0, 2 / 3])
 
 
+def test_repeat_profiles_equal_each_rows_own_prefix_profile(spark: SparkSession) -> None:
+    """Every row of with_repeat_profile gets exactly the profile of its own prefix (the user's
+    baskets of its splits before its cut), as the serving module's independent one-user Python
+    (ServingRows.repeat_profile) computes it from that prefix. Random shops, three candidates (ties
+    and items pushed out of the profile), a reserved index, several cuts per user, rows with other
+    splits and rows without a cut."""
+    import random
+
+    from recspark.pipeline.features import _NO_CUT, basket_steps, with_repeat_profile
+    from recspark.serving import ServingRows
+
+    config = FeaturesConfig(oov_buckets=1, repeat_candidates=3)
+    first = config.first_item_idx
+    rng = random.Random(7)
+    users, rows = [], []
+    for u in range(6):
+        n_baskets = rng.randint(1, 14)
+        items, micros, splits, baskets = [], [], [], []
+        for b in range(n_baskets):
+            split = "train" if b < 0.6 * n_baskets else "validation" if b < 0.8 * n_baskets else "test"
+            for item in rng.sample(range(first - 1, first + 6), rng.randint(1, 4)):
+                items.append(item)
+                micros.append(((u * 100 + b) * 86_400 + rng.randint(0, 3) * 3_600) * 1_000_000)
+                splits.append(split)
+                baskets.append(f"u{u}b{b}")
+        users.append((f"u{u}", items, micros, splits, baskets))
+        for pos, cut in enumerate(sorted(rng.sample(range(1, n_baskets + 2), min(4, n_baskets + 1)))):
+            rows.append((f"u{u}", pos, cut, ["train"]))
+        rows.append((f"u{u}", 10, rng.randint(1, n_baskets + 1), ["train", "validation"]))
+        rows.append((f"u{u}", 11, _NO_CUT, ["train", "validation", "test"]))
+    sequences = spark.createDataFrame(
+        [(u, items, [dt.datetime.fromtimestamp(m / 1e6, dt.timezone.utc).replace(tzinfo=None) for m in micros],
+          splits, baskets) for u, items, micros, splits, baskets in users],
+        "user_id string, item_idx array<int>, event_ts array<timestamp>, split array<string>, session_id array<string>")
+    frame = spark.createDataFrame(rows, "user_id string, _pos int, _cut int, _splits array<string>")
+    got = {(r[C.USER_ID], r["_pos"]): (r[C.REPEAT_ITEMS], r[C.REPEAT_FEATURES]) for r in with_repeat_profile(
+        frame, basket_steps(sequences), (C.USER_ID, "_pos"), config).collect()}
+
+    # Reference: the repurchase rate over the training period by hand, then each row's own prefix.
+    buyers: dict[int, list[int]] = {}
+    for _, items, _, splits, baskets in users:
+        per_item: dict[int, set] = {}
+        for item, split, basket in zip(items, splits, baskets):
+            if split == "train" and item >= first:
+                per_item.setdefault(item, set()).add(basket)
+        for item, seen in per_item.items():
+            buyers.setdefault(item, []).append(len(seen))
+    rates = {item: (sum(n > 1 for n in counts) + 1) / (len(counts) + 2) for item, counts in buyers.items()}
+    reference = ServingRows({}, rates, {"event_types": ["purchase"], "oov_buckets": 1,
+                                        "repeat_candidates": 3, "first_item": first})
+    by_user = {u[0]: u for u in users}
+    assert len(got) == len(rows)
+    for user, pos, cut, allowed in rows:
+        _, items, micros, splits, baskets = by_user[user]
+        ordinals = [len(dict.fromkeys(baskets[:k + 1])) for k in range(len(baskets))]
+        keep = [k for k in range(len(items)) if ordinals[k] < cut and splits[k] in allowed]
+        want_items, want_features = reference.repeat_profile(
+            [items[k] for k in keep], [micros[k] for k in keep], [baskets[k] for k in keep])
+        got_items, got_features = got[(user, pos)]
+        assert got_items == want_items, (user, pos, cut, allowed)
+        assert got_features == pytest.approx(want_features, rel=1e-5, abs=1e-6), (user, pos, cut, allowed)
+
+
 def test_protocol_filter_drops_rare_items_then_users_with_few_baskets(spark: SparkSession) -> None:
     from recspark.pipeline.features import filter_protocol
 
