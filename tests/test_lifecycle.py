@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import math
+
 import numpy as np
 import pytest
 from conftest import next_item_examples
@@ -56,6 +58,11 @@ def test_ndcg_matches_the_reference_metric():
     assert top.tolist() == order
     reference_relevant = [[i if i >= 0 else f"unknown-{j}" for j, i in enumerate(items)] for items in relevant_lists]
     assert ndcg_from_top_k(top, relevant, num_relevant) == pytest.approx(ndcg_at_k(order, reference_relevant, 10), abs=1e-12)
+    # By hand: item 6 at rank 2 hit; the unknown item counts in the ideal DCG (2 relevant); the
+    # second user's only item is unknown (0); a user without held-out items scores 0.
+    by_hand = ndcg_from_top_k(np.array([[5, 6, 7], [5, 6, 7], [5, 6, 7]]), np.array([[6, -1], [-1, -1], [-1, -1]]),
+                              np.array([2, 1, 0]))
+    assert by_hand == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)) / 3, abs=1e-12)
 
 
 def test_top_k_never_returns_reserved_or_seen():

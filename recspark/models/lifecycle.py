@@ -194,13 +194,17 @@ def top_k_items(logits: np.ndarray, k: int, seen: Optional[np.ndarray] = None, *
 
 
 def ndcg_from_top_k(top: np.ndarray, relevant: np.ndarray, num_relevant: np.ndarray, k: int = NDCG_K) -> float:
-    """Mean NDCG@k with binary gains, as :func:`recspark.evaluation.metrics.ndcg_at_k`."""
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    hits = (top[:, :k, None] == relevant[:, None, :]).any(axis=2) & (relevant >= 0).any(axis=1)[:, None]
-    dcg = (hits * discounts[: top.shape[1]]).sum(axis=1)
-    ideal = np.cumsum(discounts)[np.clip(np.minimum(num_relevant, k), 1, k) - 1]
-    per_query = np.where(num_relevant > 0, dcg / ideal, 0.0)
-    return float(per_query.mean()) if len(per_query) else math.nan
+    """Mean NDCG@k of the ranked item indices ``top`` ([n, >= k]) against ``relevant`` (held-out
+    indices padded with -1; an item unknown to the vocabulary is -1 too and counts in
+    ``num_relevant``): :func:`recspark.evaluation.metrics.ndcg_at_k`, the project's one NDCG, on
+    these arrays. An unknown item is never hit but counts in the ideal DCG, as in evaluation."""
+    from recspark.evaluation.metrics import ndcg_at_k
+
+    lists = [[int(i) for i in row] for row in top]
+    # Each unknown item becomes its own id that no prediction (always >= 0) can match.
+    held_out = [[int(i) if i >= 0 else -1 - j for j, i in enumerate(row[:count])]
+                for row, count in zip(relevant, num_relevant)]
+    return ndcg_at_k(lists, held_out, k) if lists else math.nan
 
 
 def ndcg_at_10(model: "tf.keras.Model", validation: ValidationSet, batch_size: int = 512) -> float:
