@@ -172,7 +172,7 @@ HISTORY_GAPS = "history_gaps"
 # (float[repeat_candidates * REPEAT_FEATURE_COUNT], flattened; see recspark.pipeline.features).
 REPEAT_ITEMS = "repeat_items"
 REPEAT_FEATURES = "repeat_features"
-REPEAT_FEATURE_COUNT = 6
+REPEAT_FEATURE_COUNT = 7
 # Model inputs that are numbers, not indices.
 FLOAT_INPUTS = ("user_vector", REPEAT_FEATURES)
 

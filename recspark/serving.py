@@ -119,8 +119,10 @@ def repeat_reason_text(times: int, days: int) -> str:
 class ServingRows:
     """Builds gold ``serving_histories`` rows from raw events, in pandas (see the module docstring)."""
 
-    def __init__(self, item_index: dict[str, int], rates: dict[int, float], settings: dict[str, Any]) -> None:
-        self.item_index, self.rates, self.settings = item_index, rates, settings
+    def __init__(self, item_index: dict[str, int], rates: dict[int, float], settings: dict[str, Any],
+                 gaps: Optional[dict[int, float]] = None) -> None:
+        """``rates`` and ``gaps``: each item's repurchase rate and cycle (features.item_repurchase_rates)."""
+        self.item_index, self.rates, self.settings, self.gaps = item_index, rates, settings, gaps or {}
         self.event_types = {name: k + 1 for k, name in enumerate(settings["event_types"])}
 
     def item_idx(self, item_id: str) -> int:
@@ -177,7 +179,8 @@ class ServingRows:
         for item, (nb, lb, lu, fu) in best:
             interval = math.log1p((lu - fu) / DAY_MICROS / (nb - 1)) if nb > 1 else 0.0
             values += [math.log1p(nb), nb / distinct_baskets, math.log1p(max_bo + 1 - lb),
-                       math.log1p((ref - lu) / DAY_MICROS), interval, self.rates.get(item, 0.5)]
+                       math.log1p((ref - lu) / DAY_MICROS), interval, self.rates.get(item, 0.5),
+                       self.gaps.get(item, 0.0)]
             items.append(item)
         pad = size - len(items)
         return (items + [C.PAD_IDX] * pad,
@@ -208,9 +211,11 @@ class RecsparkModel:
         self.calibration = Calibration.load(export)
         vocab = pd.read_parquet(export / "vocab" / "item_vocab.parquet")
         self.item_ids = dict(zip(vocab[C.ITEM_IDX].astype(int), vocab[C.ITEM_ID].astype(str)))
-        rates = pd.read_parquet(rates_dir) if rates_dir else pd.DataFrame({C.ITEM_IDX: [], "rate": []})
+        rates = pd.read_parquet(rates_dir) if rates_dir else pd.DataFrame({C.ITEM_IDX: [], "rate": [], "gap": []})
+        known_gap = rates["gap"].notna()
         self.rows = ServingRows({v: k for k, v in self.item_ids.items()},
-                                dict(zip(rates[C.ITEM_IDX].astype(int), rates["rate"].astype(float))), self.settings)
+                                dict(zip(rates[C.ITEM_IDX].astype(int), rates["rate"].astype(float))), self.settings,
+                                dict(zip(rates[C.ITEM_IDX][known_gap].astype(int), rates["gap"][known_gap].astype(float))))
         popular = pd.read_parquet(popular_dir) if popular_dir else pd.DataFrame({C.ITEM_IDX: [], C.CATEGORY: []})
         self.popular = dict(zip(popular[C.ITEM_IDX].astype(int), popular[C.CATEGORY].astype(str)))
         self.blocked = None
@@ -396,7 +401,7 @@ def export_pyfunc(spark, config, model: str, model_dir: str | Path, run_id: str)
     if table_exists(spark, sequences_path):
         rates = item_repurchase_rates(basket_steps(read_table(spark, sequences_path)), config.features)
         folders["rates"] = tables / "rates"
-        rates.select(F.col("_i").alias(C.ITEM_IDX), F.col("_rate").alias("rate")).coalesce(1).write.parquet(
+        rates.select(F.col("_i").alias(C.ITEM_IDX), F.col("_rate").alias("rate"), F.col("_gap").alias("gap")).coalesce(1).write.parquet(
             str(folders["rates"]))
     features_path = config.table_path(C.GOLD, ITEM_FEATURES)
     if table_exists(spark, features_path):

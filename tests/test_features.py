@@ -204,15 +204,16 @@ def test_basket_targets_are_every_item_of_the_next_basket_and_none_of_the_curren
     item2 = b3[C.REPEAT_FEATURES][:C.REPEAT_FEATURE_COUNT]
     # log(1 + 2 baskets), share 2/2, log(1 + 1 basket since: b2 is the latest), 0 days before the
     # latest event, log(1 + 1 day between its two purchases), and the item's repurchase rate over the
-    # whole training period: its one buyer bought it in 2 baskets, (1 + 1) / (1 + 2).
-    assert item2 == pytest.approx([math.log(3), 1.0, math.log(2), 0.0, math.log(2), 2 / 3], rel=1e-6)
+    # whole training period: its one buyer bought it in 2 baskets, (1 + 1) / (1 + 2); and its
+    # repurchase cycle over all buyers, that buyer's log(1 + 1 day between b1 and b2).
+    assert item2 == pytest.approx([math.log(3), 1.0, math.log(2), 0.0, math.log(2), 2 / 3, math.log(2)], rel=1e-6)
     item4 = b3[C.REPEAT_FEATURES][C.REPEAT_FEATURE_COUNT:]
-    # Item 4 twice in one basket: one basket, so no re-buyer, (0 + 1) / (1 + 2).
-    assert item4 == pytest.approx([math.log(2), 0.5, math.log(2), 0.0, 0.0, 1 / 3], rel=1e-6)
+    # Item 4 twice in one basket: one basket, so no re-buyer, (0 + 1) / (1 + 2), and no cycle (0).
+    assert item4 == pytest.approx([math.log(2), 0.5, math.log(2), 0.0, 0.0, 1 / 3, 0.0], rel=1e-6)
     # b2's example sees b1 only: 1 basket since it, 1 day before... b1 is the latest event itself.
-    # The item's rate is a product property over the training period, not cut at the row.
+    # The item's rate and cycle are product properties over the training period, not cut at the row.
     assert b2[C.REPEAT_FEATURES][:C.REPEAT_FEATURE_COUNT] == pytest.approx(
-        [math.log(2), 1.0, math.log(2), 0.0, 0.0, 2 / 3])
+        [math.log(2), 1.0, math.log(2), 0.0, 0.0, 2 / 3, math.log(2)])
 
 
 def test_repeat_profiles_equal_each_rows_own_prefix_profile(spark: SparkSession) -> None:
@@ -253,18 +254,24 @@ def test_repeat_profiles_equal_each_rows_own_prefix_profile(spark: SparkSession)
     got = {(r[C.USER_ID], r["_pos"]): (r[C.REPEAT_ITEMS], r[C.REPEAT_FEATURES]) for r in with_repeat_profile(
         frame, basket_steps(sequences), (C.USER_ID, "_pos"), config).collect()}
 
-    # Reference: the repurchase rate over the training period by hand, then each row's own prefix.
-    buyers: dict[int, list[int]] = {}
-    for _, items, _, splits, baskets in users:
-        per_item: dict[int, set] = {}
-        for item, split, basket in zip(items, splits, baskets):
+    # Reference: each item's repurchase rate and cycle over the training period by hand (the time of an
+    # item in a basket is its latest line there), then each row's own prefix.
+    buyers: dict[int, list[list[int]]] = {}
+    for _, items, micros, splits, baskets in users:
+        per_item: dict[int, dict[str, int]] = {}
+        for item, us, split, basket in zip(items, micros, splits, baskets):
             if split == "train" and item >= first:
-                per_item.setdefault(item, set()).add(basket)
-        for item, seen in per_item.items():
-            buyers.setdefault(item, []).append(len(seen))
-    rates = {item: (sum(n > 1 for n in counts) + 1) / (len(counts) + 2) for item, counts in buyers.items()}
+                times = per_item.setdefault(item, {})
+                times[basket] = max(times.get(basket, us), us)
+        for item, times in per_item.items():
+            buyers.setdefault(item, []).append(sorted(times.values()))
+    rates = {item: (sum(len(t) > 1 for t in bought) + 1) / (len(bought) + 2) for item, bought in buyers.items()}
+    day = 86_400_000_000
+    cycles = {item: [math.log1p((t[-1] - t[0]) / day / (len(t) - 1)) for t in bought if len(t) > 1]
+              for item, bought in buyers.items()}
+    gaps = {item: sum(c) / len(c) for item, c in cycles.items() if c}
     reference = ServingRows({}, rates, {"event_types": ["purchase"], "oov_buckets": 1,
-                                        "repeat_candidates": 3, "first_item": first})
+                                        "repeat_candidates": 3, "first_item": first}, gaps)
     by_user = {u[0]: u for u in users}
     assert len(got) == len(rows)
     for user, pos, cut, allowed in rows:

@@ -70,15 +70,15 @@ def test_reasons_quote_the_users_own_profile_else_category_popularity(spark: Spa
 
     def features(baskets: int, days: int) -> list[float]:
         # log(1 + baskets), share, log(1 + baskets since), log(1 + days before the latest event), interval,
-        # the item's repurchase rate (C.REPEAT_FEATURE_COUNT numbers)
-        return [float(np.log1p(baskets)), 0.5, 0.7, float(np.log1p(days)), 0.3, 0.6]
+        # the item's repurchase rate and cycle (C.REPEAT_FEATURE_COUNT numbers)
+        return [float(np.log1p(baskets)), 0.5, 0.7, float(np.log1p(days)), 0.3, 0.6, 1.2]
 
     top = spark.createDataFrame(
-        [("u1", 1, b, [a, b, 0], features(1, 0) + features(6, 9) + [0.0] * 6),
-         ("u1", 2, a, [a, b, 0], features(1, 0) + features(6, 9) + [0.0] * 6),
-         ("u2", 1, b, [c, 0, 0], features(2, 1) + [0.0] * 12),  # b is u1's, not u2's: no re-buy reason
-         ("u2", 2, c, [c, 0, 0], features(2, 1) + [0.0] * 12),
-         ("u2", 3, d, [c, 0, 0], features(2, 1) + [0.0] * 12)],
+        [("u1", 1, b, [a, b, 0], features(1, 0) + features(6, 9) + [0.0] * C.REPEAT_FEATURE_COUNT),
+         ("u1", 2, a, [a, b, 0], features(1, 0) + features(6, 9) + [0.0] * C.REPEAT_FEATURE_COUNT),
+         ("u2", 1, b, [c, 0, 0], features(2, 1) + [0.0] * 2 * C.REPEAT_FEATURE_COUNT),  # b is u1's, not u2's: no re-buy reason
+         ("u2", 2, c, [c, 0, 0], features(2, 1) + [0.0] * 2 * C.REPEAT_FEATURE_COUNT),
+         ("u2", 3, d, [c, 0, 0], features(2, 1) + [0.0] * 2 * C.REPEAT_FEATURE_COUNT)],
         f"user_id string, rank int, item_idx int, {C.REPEAT_ITEMS} array<int>, {C.REPEAT_FEATURES} array<float>")
     # Category popularity: b tops "dairy"; d is in "dairy" too but beyond the top 1; reserved rows ignored.
     item_features = spark.createDataFrame(
@@ -107,8 +107,8 @@ def test_often_bought_with_names_the_users_own_item_from_a_pattern_of_many_house
     vocab = spark.createDataFrame([("item-a", a), ("item-x", x), ("item-y", y), ("item-z", z)],
                                   "item_id string, item_idx int")
     top = spark.createDataFrame(
-        [("u1", 1, a, [y, x, 0], [0.0] * 18),  # x is u1's own and a pattern with a: the reason names it
-         ("u2", 1, a, [y, z, 0], [0.0] * 18),  # y with a: only 4 households; z never: no such reason
+        [("u1", 1, a, [y, x, 0], [0.0] * 3 * C.REPEAT_FEATURE_COUNT),  # x is u1's own and a pattern with a: the reason names it
+         ("u2", 1, a, [y, z, 0], [0.0] * 3 * C.REPEAT_FEATURE_COUNT),  # y with a: only 4 households; z never: no such reason
          ("u3", 1, x, [x, 0, 0], [float(np.log1p(2))] * 18)],  # a re-buy keeps its own reason
         f"user_id string, rank int, item_idx int, {C.REPEAT_ITEMS} array<int>, {C.REPEAT_FEATURES} array<float>")
     together = bought_with(top, basket_items(sequences, FIRST), vocab, FIRST, min_users=5)
@@ -150,7 +150,7 @@ def test_score_stage_writes_every_user_once_and_its_rerun_replaces_its_run(spark
         items = rng.integers(FIRST, num_items, length).tolist()
         profile = list(dict.fromkeys(items))[:candidates]
         profile += [0] * (candidates - len(profile))
-        feats = [float(np.log1p(3)), 0.5, 0.1, float(np.log1p(4)), 0.2, 0.6] * candidates
+        feats = [float(np.log1p(3)), 0.5, 0.1, float(np.log1p(4)), 0.2, 0.6, 1.1] * candidates
         rows.append((f"p{u}", items, [1] * length, list(range(length, 0, -1)), items, profile, feats))
     save(spark.createDataFrame(rows, SERVING_HISTORIES_SCHEMA), C.GOLD, C.SERVING_HISTORIES)
     vocab = spark.createDataFrame([(f"item-{i}", i) for i in range(FIRST, num_items)], "item_id string, item_idx int")

@@ -11,7 +11,8 @@ last step's state ``h``) and mixes two distributions over the items by a learned
   built by :func:`recspark.pipeline.features.with_repeat_profile` from the baskets before each
   example, query or serving row, so point-in-time by construction): the items bought in the most
   baskets, each with log(1 + baskets with it), its share of the user's baskets, baskets and days
-  since it was last bought, and the mean days between its purchases. A candidate's score is an MLP
+  since it was last bought, the mean days between its purchases, and the item's repurchase rate and
+  cycle over all buyers (milk is re-bought weekly by most). A candidate's score is an MLP
   over those features and ``h * e_item``, plus the match ``h . e_item`` and the item's learned
   repeat propensity (a per-item bias: milk is re-bought, a barbecue is not);
 - **explore**: SASRec's softmax over the whole catalogue (tied item embeddings plus a bias).

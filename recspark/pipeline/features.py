@@ -37,6 +37,7 @@ VALIDATION_START, TEST_START, CUTS_FROM = "validation_start", "test_start", "cut
 QUANTILE_CUTS = (0.8, 0.9)
 # A repeat-profile cut after every basket: queries and serving rows look at all baskets of their splits.
 _NO_CUT = 2**31 - 1
+_DAY_MICROS = 86_400_000_000.0
 
 
 def with_split(events: DataFrame, n_test: int, n_validation: int) -> DataFrame:
@@ -343,15 +344,23 @@ def basket_steps(sequences: DataFrame) -> DataFrame:
 
 
 def item_repurchase_rates(steps: DataFrame, config: FeaturesConfig) -> DataFrame:
-    """(_i, _rate): each vocabulary item's repurchase rate over the training period, the share of
-    its buyers who bought it in two baskets or more, smoothed towards 1/2 by one pseudo-buyer of
-    each kind ((repeat buyers + 1) / (buyers + 2)): milk near 1, a barbecue near 0, and an item
-    with few buyers near 1/2. The user's own counts say how often this household re-buys; this says
-    whether anyone re-buys the product, which a household's first purchase cannot tell."""
+    """(_i, _rate, _gap): two numbers per vocabulary item over the training period, properties of
+    the product that a household's own counts cannot tell at its first purchase.
+
+    ``_rate``: the share of its buyers who bought it in two baskets or more, smoothed towards 1/2 by
+    one pseudo-buyer of each kind ((repeat buyers + 1) / (buyers + 2)): milk near 1, a barbecue
+    near 0, and an item with few buyers near 1/2.
+    ``_gap``: its repurchase cycle, the mean over its repeat buyers of log(1 + their mean days
+    between purchases) (null without a repeat buyer): milk a week, detergent a month, so that "12
+    days since the last one" means due for one item and early for the other (time-aware item
+    weighting). Validation NDCG@10 of repeatnet on Complete Journey: 0.4397 with it, 0.4362
+    without (one run each, results/completejourney-20261202-itemgap/)."""
     per_user = (steps.filter((F.col("_s") == TRAIN) & (F.col("_i") >= config.first_item_idx))
-                .groupBy("_i", C.USER_ID).agg(F.count(F.lit(1)).alias("_n")))
+                .groupBy("_i", C.USER_ID).agg(F.count(F.lit(1)).alias("_n"),
+                                              ((F.max("_us") - F.min("_us")) / _DAY_MICROS).alias("_span")))
     return per_user.groupBy("_i").agg(
-        ((F.sum(F.when(F.col("_n") > 1, 1).otherwise(0)) + 1) / (F.count(F.lit(1)) + 2)).alias("_rate"))
+        ((F.sum(F.when(F.col("_n") > 1, 1).otherwise(0)) + 1) / (F.count(F.lit(1)) + 2)).alias("_rate"),
+        F.avg(F.when(F.col("_n") > 1, F.log1p(F.col("_span") / (F.col("_n") - 1)))).alias("_gap"))
 
 
 def with_repeat_profile(rows: DataFrame, steps: DataFrame, keys: Sequence[str], config: FeaturesConfig) -> DataFrame:
@@ -361,13 +370,14 @@ def with_repeat_profile(rows: DataFrame, steps: DataFrame, keys: Sequence[str], 
     the latest basket first, then item_idx), each with REPEAT_FEATURE_COUNT numbers:
     log(1 + baskets with the item), the share of the user's baskets with it, log(1 + baskets since
     the latest one with it), log(1 + days from it to the user's latest event before the cut),
-    log(1 + mean days between its purchases) (0 when bought once), and the item's repurchase rate
-    (:func:`item_repurchase_rates`). Point-in-time by construction for the user's own numbers: only
-    baskets before the row's cut count; the item's rate is one number per item over the training
-    period (a property of the product, like its learned bias). Rows without such an item get PAD
+    log(1 + mean days between its purchases) (0 when bought once), the item's repurchase rate and
+    its repurchase cycle over all buyers (:func:`item_repurchase_rates`; 0.5 and 0 for an item
+    without buyers in training). Point-in-time by construction for the user's own numbers: only
+    baskets before the row's cut count; the item's two numbers are one per item over the training
+    period (properties of the product, like its learned bias). Rows without such an item get PAD
     and zeros."""
     size, count = config.repeat_candidates, C.REPEAT_FEATURE_COUNT
-    day = 86_400_000_000.0
+    day = _DAY_MICROS
     rates = item_repurchase_rates(steps, config)
     prefix = (rows.select(*keys, "_cut", "_splits").join(steps, C.USER_ID)
               .filter((F.col("_bo") < F.col("_cut")) & F.array_contains("_splits", F.col("_s"))))
@@ -381,7 +391,7 @@ def with_repeat_profile(rows: DataFrame, steps: DataFrame, keys: Sequence[str], 
         F.log1p("_nb"), F.col("_nb") / F.col("_baskets"), F.log1p(F.col("_max_bo") + 1 - F.col("_lb")),
         F.log1p((F.col("_ref") - F.col("_lu")) / day),
         F.when(F.col("_nb") > 1, F.log1p((F.col("_lu") - F.col("_fu")) / day / (F.col("_nb") - 1))).otherwise(0.0),
-        F.coalesce("_rate", F.lit(0.5)),
+        F.coalesce("_rate", F.lit(0.5)), F.coalesce("_gap", F.lit(0.0)),
     ).cast("array<float>")
     best_first = Window.partitionBy(*keys).orderBy(F.col("_nb").desc(), F.col("_lb").desc(), "_i")
     profiles = (per_item.join(per_row, list(keys)).withColumn("_rank", F.row_number().over(best_first))
