@@ -38,7 +38,7 @@ y[:, :20] = x[C.REPEAT_ITEMS][:, :20]
 model = build_model("repeatnet", spec, TrainConfig(models=["repeatnet"], embedding_dim=64, seed=1))
 slow = float(model.compute_training_loss(x, y, training=False)); fast = float(fast_loss(model, x, y, training=False))
 print("loss slow", slow, "fast", fast)
-for name in ("slow", "fast"):
+for name in ("fast", "slow", "fast", "slow"):
     model = build_model("repeatnet", spec, TrainConfig(models=["repeatnet"], embedding_dim=64, seed=1))
     if name == "fast":
         model.compute_training_loss = fast_loss.__get__(model)
