@@ -105,6 +105,10 @@ def fit_isotonic(pairs: DataFrame) -> Calibration:
                        pairs=int(stats["n"]), positive_rate=float(stats["rate"]))
 
 
+# Confidences in [0, 1] at 18 decimals: sums of millions of them stay exact in 38 digits.
+_EXACT = "decimal(38,18)"
+
+
 def reliability_bins(pairs: DataFrame, calibration: Calibration, bins: int = ECE_BINS) -> tuple:
     """The pairs in ``bins`` equal-width bins of the calibrated confidence: (bin, pairs, mean calibrated
     confidence, bought rate) for every non-empty bin, in bin order (one small aggregate: a row per bin)."""
@@ -117,8 +121,11 @@ def reliability_bins(pairs: DataFrame, calibration: Calibration, bins: int = ECE
         return pd.Series(np.interp(raw.to_numpy(dtype=np.float64), boundaries, predictions))
 
     scored = pairs.select(calibrated(F.col(RAW).cast("double")).alias("_p"), F.col(LABEL).cast("double").alias("_y"))
+    # The mean confidence is summed as a decimal: a sum of doubles depends on the order Spark adds
+    # them in (the partitioning), and a re-run must store the same ECE to the last bit.
     per_bin = (scored.groupBy(F.least(F.floor(F.col("_p") * bins), F.lit(bins - 1)).cast("int").alias("_bin"))
-               .agg(F.count(F.lit(1)).alias("n"), F.avg("_p").alias("p"), F.avg("_y").alias("y")).collect())
+               .agg(F.count(F.lit(1)).alias("n"), F.avg(F.col("_p").cast(_EXACT)).alias("p"), F.avg("_y").alias("y"))
+               .collect())
     return tuple(sorted((int(row["_bin"]), int(row["n"]), float(row["p"]), float(row["y"])) for row in per_bin))
 
 

@@ -40,6 +40,18 @@ def test_expected_calibration_error_by_hand(spark: SparkSession) -> None:
     assert expected_calibration_error(pairs, fit_isotonic(pairs)) == pytest.approx(0.0, abs=1e-9)
 
 
+def test_reliability_bins_do_not_depend_on_the_partitioning(spark: SparkSession) -> None:
+    # A re-run stores the same ECE to the last bit: the same pairs in one partition or in seven
+    # (Spark adds them in another order) give identical bins, compared exactly.
+    rng = np.random.default_rng(3)
+    rows = [(float(raw), float(rng.random() < raw)) for raw in rng.random(3000)]
+    pairs = spark.createDataFrame(rows, "raw_confidence double, label double")
+    identity = Calibration(boundaries=(0.0, 1.0), predictions=(0.0, 1.0))
+    one = reliability_bins(pairs.repartition(1), identity)
+    seven = reliability_bins(pairs.repartition(7, "raw_confidence").sortWithinPartitions("label"), identity)
+    assert one == seven and len(one) == 10
+
+
 def test_calibration_round_trips_and_rejects_a_decreasing_map(tmp_path: Path) -> None:
     calibration = Calibration(boundaries=(0.1, 0.5), predictions=(0.2, 0.3), model_run_id="r1", pairs=7)
     calibration.save(tmp_path)
