@@ -173,6 +173,8 @@ HISTORY_GAPS = "history_gaps"
 REPEAT_ITEMS = "repeat_items"
 REPEAT_FEATURES = "repeat_features"
 REPEAT_FEATURE_COUNT = 7
+# Microseconds in a day: the repeat features' day counts (Spark and the serving module's Python).
+DAY_MICROS = 86_400_000_000.0
 # Model inputs that are numbers, not indices.
 FLOAT_INPUTS = ("user_vector", REPEAT_FEATURES)
 

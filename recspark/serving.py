@@ -51,7 +51,7 @@ OUTPUT_COLUMNS = (C.USER_ID, C.RANK, C.ITEM_ID, C.SCORE, C.CONFIDENCE, C.REASON)
 UDF_RESULT_TYPE = "struct<item_ids: array<string>, scores: array<float>, confidences: array<float>, reasons: array<string>>"
 # Models whose inputs the serving row holds (the feature models also read user_vector).
 SERVABLE_INPUTS = {C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, C.REPEAT_ITEMS, C.REPEAT_FEATURES}
-DAY_MICROS = 86_400_000_000.0
+DAY_MICROS = C.DAY_MICROS
 XXHASH_SEED = 42  # Spark's xxhash64 seed
 
 _M = 2**64 - 1

@@ -37,7 +37,6 @@ VALIDATION_START, TEST_START, CUTS_FROM = "validation_start", "test_start", "cut
 QUANTILE_CUTS = (0.8, 0.9)
 # A repeat-profile cut after every basket: queries and serving rows look at all baskets of their splits.
 _NO_CUT = 2**31 - 1
-_DAY_MICROS = 86_400_000_000.0
 
 
 def with_split(events: DataFrame, n_test: int, n_validation: int) -> DataFrame:
@@ -357,7 +356,7 @@ def item_repurchase_rates(steps: DataFrame, config: FeaturesConfig) -> DataFrame
     without (one run each, results/completejourney-20261202-itemgap/)."""
     per_user = (steps.filter((F.col("_s") == TRAIN) & (F.col("_i") >= config.first_item_idx))
                 .groupBy("_i", C.USER_ID).agg(F.count(F.lit(1)).alias("_n"),
-                                              ((F.max("_us") - F.min("_us")) / _DAY_MICROS).alias("_span")))
+                                              ((F.max("_us") - F.min("_us")) / C.DAY_MICROS).alias("_span")))
     return per_user.groupBy("_i").agg(
         ((F.sum(F.when(F.col("_n") > 1, 1).otherwise(0)) + 1) / (F.count(F.lit(1)) + 2)).alias("_rate"),
         F.avg(F.when(F.col("_n") > 1, F.log1p(F.col("_span") / (F.col("_n") - 1)))).alias("_gap"))
@@ -377,7 +376,7 @@ def with_repeat_profile(rows: DataFrame, steps: DataFrame, keys: Sequence[str], 
     period (properties of the product, like its learned bias). Rows without such an item get PAD
     and zeros."""
     size, count = config.repeat_candidates, C.REPEAT_FEATURE_COUNT
-    day = _DAY_MICROS
+    day = C.DAY_MICROS
     rates = item_repurchase_rates(steps, config)
     prefix = (rows.select(*keys, "_cut", "_splits").join(steps, C.USER_ID)
               .filter((F.col("_bo") < F.col("_cut")) & F.array_contains("_splits", F.col("_s"))))
