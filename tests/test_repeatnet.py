@@ -3,6 +3,7 @@ saves and loads, and it learns a re-buy task that the explore head alone cannot.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from recspark import constants as C
@@ -111,3 +112,36 @@ def test_encoder_reads_the_latest_steps_and_the_repeat_head_the_whole_profile() 
     p_a, _, _ = model.distributions({k: tf.constant(v) for k, v in a.items()})
     assert p_a.numpy()[0, FIRST + 9] > 0  # an item older than the encoder's steps is still a repeat candidate
     assert model.user_vectors(a).shape[0] == 1
+
+
+def _rewrite_spec(path, change) -> None:
+    """Rewrites the spec stored in a saved ``model.keras`` (a zip with config.json), as an export
+    made by another recspark would hold it."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(files["config.json"])
+    change(config["config"]["spec"])
+    files["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+
+
+def test_a_saved_model_with_another_repeat_feature_count_is_refused_by_name(tmp_path) -> None:
+    model = build_model("repeatnet", SPEC, _config())
+    model(_inputs([[FIRST, FIRST + 1]]))
+    assert model.spec.repeat_features == C.REPEAT_FEATURE_COUNT  # recorded with the export
+    cases = {"older": lambda spec: spec.update(repeat_features=C.REPEAT_FEATURE_COUNT - 1),
+             "unrecorded": lambda spec: spec.pop("repeat_features")}
+    for name, change in cases.items():
+        path = tmp_path / f"{name}.keras"
+        model.save(path)
+        tf.keras.models.load_model(path)  # as saved: loads
+        _rewrite_spec(path, change)
+        expected = f"{C.REPEAT_FEATURE_COUNT - 1} repeat features" if name == "older" else "an unrecorded number"
+        with pytest.raises(Exception, match=expected) as refused:
+            tf.keras.models.load_model(path)
+        assert f"writes {C.REPEAT_FEATURE_COUNT}" in str(refused.value)

@@ -64,6 +64,13 @@ class RepeatNet(SASRec):
             return super()._build_now()
         if self.spec.repeat_candidates < 1:
             raise ValueError(f"{self.NAME} needs ModelSpec.repeat_candidates >= 1 (features.repeat_candidates)")
+        if self.spec.repeat_features != C.REPEAT_FEATURE_COUNT:
+            # Gold rows of this recspark carry another width: the reshape below would fail in the
+            # middle of scoring, or worse, fit and read the numbers shifted.
+            found = self.spec.repeat_features or "an unrecorded number of (exported before 2026-12-02)"
+            raise ValueError(f"{self.NAME} was trained on {found} repeat features per candidate, and this recspark's "
+                             f"features stage writes {C.REPEAT_FEATURE_COUNT}: train it again (or serve it with "
+                             "the recspark that trained it)")
         dim, seed = self.settings["embedding_dim"], self.settings["seed"]
         init = tf.keras.initializers
         self.repeat_hidden = tf.keras.layers.Dense(

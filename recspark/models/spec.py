@@ -32,6 +32,10 @@ class ModelSpec:
     first_item_idx: int = dataclasses.field(kw_only=True)
     # Items in a row's repeat profile (features.repeat_candidates; repeatnet's repeat head).
     repeat_candidates: int = 0
+    # Numbers per repeat candidate (gold repeat_features): the count of the recspark that trained the
+    # model, which must match the features stage that feeds it (C.REPEAT_FEATURE_COUNT); None in an
+    # export made before the count was recorded (2026-12-02), whose count cannot be told.
+    repeat_features: Optional[int] = C.REPEAT_FEATURE_COUNT
 
     def __post_init__(self) -> None:
         if self.num_items < 3:
@@ -49,5 +53,7 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelSpec":
-        # A model_meta.json written before first_item_idx existed comes from the single-unknown layout.
-        return cls(**{"first_item_idx": C.LEGACY_LAYOUT.first_item, **values})
+        # A model_meta.json written before first_item_idx existed comes from the single-unknown layout;
+        # one written before repeat_features existed has a repeat profile of an unknown width.
+        legacy = {"first_item_idx": C.LEGACY_LAYOUT.first_item, "repeat_features": None}
+        return cls(**{**legacy, **values})
