@@ -7,7 +7,7 @@ On the MovieLens-1M gold tables (``lakehouse/ml-1m``, read only; ``conf/local.ya
    ``steps x batch_size x ranks`` rows of the model's gold table (``model_examples_table``:
    ``train_windows`` for SASRec, ``train_examples`` for the others; the model's input columns and
    target) go through the train stage's own path, ``recspark.models.training.train_distributed``:
-   a Petastorm converter, ``horovod.spark.run`` through ``lifecycle.horovod_launcher``, the real
+   a Petastorm converter, ``horovod.spark.run`` through ``launcher.horovod_launcher``, the real
    ``_train_fn`` (tf-keras model, ``hvd.DistributedOptimizer``, broadcast, checkpoints, export) for
    one epoch of exactly ``--steps`` steps per rank, without validation/early stopping.
    **Start-up and compile time are excluded** from the rate: rank 0 records the wall-clock time at
@@ -172,7 +172,7 @@ def train_once(spark, examples, *, model: str, ranks: int, steps: int, warmup: i
     rows = steps * batch_size * ranks  # _steps_per_epoch(rows) == steps: one epoch of exactly `steps`
     train_config = dataclasses.replace(config.train, num_proc=ranks, epochs=1, resume=False, warm_start=False)
     started = time.perf_counter()
-    # Horovod's and the ranks' output (lifecycle passes sys.stdout) goes to the log, not the table.
+    # Horovod's and the ranks' output (the launcher passes sys.stdout) goes to the log, not the table.
     with open(log_file, "a") as log, contextlib.redirect_stdout(log):
         result = train_distributed(
             spark, examples.limit(rows), model=model, spec=spec, train_config=train_config,

@@ -14,8 +14,8 @@ e.g. gold ``sequences``); the answer is one row per user of lists (:data:`UDF_RE
 The model's inputs are rebuilt in pandas exactly as recspark.pipeline.features builds gold
 ``serving_histories``: the last ``max_seq_len`` items (vocabulary index, else the item's hashed
 out-of-vocabulary bucket, the same xxhash64 as Spark's), event types and time-gap buckets, the
-items seen, and the repeat profile (items bought in the most baskets and their six numbers, the
-items' repurchase rates shipped with the model). Then the bulk scorer's own arithmetic
+items seen, and the repeat profile (items bought in the most baskets and their seven numbers, the
+items' repurchase rates and cycles shipped with the model). Then the bulk scorer's own arithmetic
 (:func:`recspark.scoring.score_rows`): the same plan, exclusions, calibration and threshold.
 Reasons: the re-buy reason and "popular in <category>" as in bulk; "often bought with" needs the
 basket pair aggregates, which are not shipped, so a discovery that gets it in bulk gets one of the

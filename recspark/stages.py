@@ -133,7 +133,7 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
     """Trains every model of ``train.models`` in turn on the same gold tables."""
     from recspark.models import model_examples_table, model_inputs, model_spec  # TensorFlow only where needed
     from recspark.models.item_tables import FEATURE_MODELS, with_gold_user_vector
-    from recspark.models.lifecycle import collect_validation_set
+    from recspark.models.early_stopping import collect_validation_set
     from recspark.models.training import train_distributed
     from recspark.serving import export_pyfunc
     from recspark.feedback import feedback_tags, feedback_used

@@ -22,7 +22,7 @@ INDEX_ARRAYS = (C.HISTORY, C.REPEAT_ITEMS, C.SEEN_IDX)
 
 def saved_item_vocabulary(spark: SparkSession, model_dir: str | Path) -> DataFrame | None:
     """The item vocabulary the export in ``model_dir`` was trained with, or None (an older export)."""
-    from recspark.models.lifecycle import ITEM_VOCAB_FILE, read_saved_vocabulary  # no TensorFlow import
+    from recspark.models.warm_start import ITEM_VOCAB_FILE, read_saved_vocabulary  # no TensorFlow import
 
     return read_saved_vocabulary(spark, Path(model_dir), ITEM_VOCAB_FILE)
 

@@ -95,9 +95,9 @@ def test_the_cycle_finder_finds_a_cycle_and_accepts_a_tree() -> None:
 def test_function_level_and_relative_imports_count(tmp_path: Path) -> None:
     source = tmp_path / "m.py"
     source.write_text("from recspark import constants as C\n"
-                      "def f():\n    from recspark.models.lifecycle import top_k_items\n    from . import scoring\n")
-    known = {"recspark", "recspark.constants", "recspark.models", "recspark.models.lifecycle", "recspark.scoring"}
-    assert imports_of("recspark.m", source, known) == {"recspark.constants", "recspark.models.lifecycle",
+                      "def f():\n    from recspark.models.early_stopping import top_k_items\n    from . import scoring\n")
+    known = {"recspark", "recspark.constants", "recspark.models", "recspark.models.early_stopping", "recspark.scoring"}
+    assert imports_of("recspark.m", source, known) == {"recspark.constants", "recspark.models.early_stopping",
                                                        "recspark.scoring"}
 
 

@@ -12,10 +12,12 @@ import pytest
 from conftest import next_item_examples
 
 from recspark.config import TrainConfig
-from recspark.constants import OOV_IDX, PAD_IDX, ItemLayout
+from recspark.constants import PAD_IDX, ItemLayout
 from recspark.evaluation.metrics import ndcg_at_k
-from recspark.models.lifecycle import (RunState, find_resumable_state, fingerprint, grow_weights, horovod_launcher,
-                                       ndcg_from_top_k, read_state_arrays, top_k_items, write_state)
+from recspark.models.checkpoints import RunState, find_resumable_state, fingerprint, read_state_arrays, write_state
+from recspark.models.early_stopping import ndcg_from_top_k, top_k_items
+from recspark.models.launcher import horovod_launcher
+from recspark.models.warm_start import grow_weights
 
 
 # The single-unknown layout (PAD, unknown, then items from 2): small models, fast tests.
@@ -158,7 +160,7 @@ def test_launcher_falls_back_to_horovod_spark_run_without_sparkdl():
 
 def test_validation_sample_is_bounded_and_maps_items_to_indices(spark):
     from recspark import constants as C
-    from recspark.models.lifecycle import collect_validation_set
+    from recspark.models.early_stopping import collect_validation_set
     from recspark.scoring import SEEN_IDX
 
     queries = spark.createDataFrame(
@@ -212,7 +214,8 @@ def _assert_ranks_agree(result):
 def test_killed_rank_is_named_and_the_next_run_resumes(spark, tmp_path, monkeypatch):
     import json
 
-    from recspark.models.lifecycle import FAULT_ENV, STATE_DIR, RankFailedError, read_state_arrays
+    from recspark.models.checkpoints import FAULT_ENV, STATE_DIR, read_state_arrays
+    from recspark.models.launcher import RankFailedError
     from recspark.models.training import META_FILE, MODEL_FILE
 
     config = TrainConfig(num_proc=2, epochs=4, batch_size=32, learning_rate=0.01, embedding_dim=8, seed=11,
@@ -247,7 +250,7 @@ def test_early_stopping_stops_every_rank_at_the_same_epoch_and_exports_the_best(
 
     from recspark.constants import HISTORY
     from recspark.models import ModelSpec, build_model
-    from recspark.models.lifecycle import ValidationSet, ndcg_at_10
+    from recspark.models.early_stopping import ValidationSet, ndcg_at_10
     from recspark.models.training import CHECKPOINTS_DIR, META_FILE, load_model
 
     # One query per item: the item three times; relevant: the next item, the pattern most training
@@ -323,7 +326,7 @@ def test_warm_start_grows_the_previous_models_vocabulary(spark, tmp_path):
     import json
 
     from recspark.models import ModelSpec, build_model
-    from recspark.models.lifecycle import PREVIOUS_DIR
+    from recspark.models.warm_start import PREVIOUS_DIR
     from recspark.models.training import META_FILE, train_distributed
 
     model_dir = tmp_path / "model"

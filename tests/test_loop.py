@@ -75,7 +75,7 @@ def test_two_cycles_warm_start_by_item_id_on_the_first_cycles_responses(spark: S
     # The second cycle's model started from the first's, its rows moved through the saved vocabularies.
     assert run["warm_start_from"].endswith("(vocabulary)")
     # ... and they had to move: the second cycle's vocabulary numbers the first cycle's items otherwise.
-    from recspark.models.lifecycle import ITEM_VOCAB_FILE, PREVIOUS_DIR, read_saved_vocabulary, vocabulary_map
+    from recspark.models.warm_start import ITEM_VOCAB_FILE, PREVIOUS_DIR, read_saved_vocabulary, vocabulary_map
 
     previous = world.model_dir("repeatnet") / PREVIOUS_DIR
     old_size = json.loads((previous / "model_meta.json").read_text())["num_items"]

@@ -13,7 +13,7 @@ from pyspark.testing import assertDataFrameEqual
 from recspark import constants as C
 from recspark.config import ConfigError, FeaturesConfig, load_config
 from recspark.models import ModelSpec
-from recspark.models.lifecycle import top_k_items
+from recspark.models.early_stopping import top_k_items
 from recspark.pipeline.features import build_sequences, fit_item_vocab, train_examples, with_item_idx
 from recspark.pipeline.item_features import build_item_features, fit_category_vocab
 

@@ -11,7 +11,7 @@ from pyspark.sql import SparkSession
 from recspark import constants as C
 from recspark.config import FeaturesConfig
 from recspark.evaluation.baselines import most_popular
-from recspark.models.lifecycle import top_k_items
+from recspark.models.early_stopping import top_k_items
 from recspark.scoring import recommend
 
 # The default layout: PAD 0, unknown 1, 64 hashed buckets 2..65, items from 66.

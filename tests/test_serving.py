@@ -79,7 +79,7 @@ def test_served_pyfunc_answers_as_the_bulk_job(spark: SparkSession, tmp_path: Pa
     from recspark.calibration import Calibration
     from recspark.config import (Config, EvaluateConfig, FeaturesConfig, PathsConfig, ScoreConfig, TrainConfig)
     from recspark.models import ModelSpec, build_model
-    from recspark.models.lifecycle import save_vocabularies
+    from recspark.models.warm_start import save_vocabularies
     from recspark.pipeline.features import build_sequences, serving_histories, with_item_idx
     from recspark.recommendations import popular_items, with_reasons
     from recspark.scoring import recommend_indices

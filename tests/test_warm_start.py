@@ -18,7 +18,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from recspark import constants as C
 from recspark.config import TrainConfig
-from recspark.models.lifecycle import (CATEGORY_VOCAB_FILE, ITEM_VOCAB_FILE, PREVIOUS_DIR, VOCAB_DIR, grow_weights,
+from recspark.models.warm_start import (CATEGORY_VOCAB_FILE, ITEM_VOCAB_FILE, PREVIOUS_DIR, VOCAB_DIR, grow_weights,
                                        plan_warm_start, vocabulary_map)
 
 
@@ -82,7 +82,7 @@ def test_vocabulary_map_follows_item_ids(spark):
 def test_vocabulary_map_starts_reserved_rows_fresh_when_their_count_changes(spark, caplog):
     old = _item_vocab(spark, ["a", "b"])  # PAD, unknown, then items from 2
     new = _item_vocab(spark, ["b", "a"], first=5)  # three hashed out-of-vocabulary buckets added
-    with caplog.at_level(logging.WARNING, logger="recspark.models.lifecycle"):
+    with caplog.at_level(logging.WARNING, logger="recspark.models.warm_start"):
         mapping = vocabulary_map(old, new, C.ITEM_ID, C.ITEM_IDX, old_size=4, new_size=7)
     assert mapping.tolist() == [-1, -1, 6, 5]
     assert "2 reserved item indices before, 5 now" in caplog.text
@@ -90,7 +90,7 @@ def test_vocabulary_map_starts_reserved_rows_fresh_when_their_count_changes(spar
 
 def test_an_export_without_saved_vocabulary_falls_back_to_positions(spark, tmp_path, caplog):
     meta = {"num_items": 4, "spec": {"num_items": 4}}
-    with caplog.at_level(logging.WARNING, logger="recspark.models.lifecycle"):
+    with caplog.at_level(logging.WARNING, logger="recspark.models.warm_start"):
         plan = plan_warm_start(spark, tmp_path, meta, {"num_items": 6}, _item_vocab(spark, ["a", "b", "c", "d"]), None)
     assert plan.item_old_to_new is None and plan.categories is None and plan.old_num_items == 4
     assert "the export has no saved vocabulary" in caplog.text

@@ -13,10 +13,10 @@ weights are broadcast after the first batch. Rank 0 alone writes, under ``model_
 - ``vocab/item_vocab.parquet``, ``vocab/category_vocab.parquet``: the vocabularies the model's rows
   are indexed by (when given), so that a warm start can move rows after the gold tables are refitted;
 - ``state/epoch-NNN.npz``: the last epochs' resumable state (weights, optimizer, history and the
-  run's fingerprint), see :mod:`recspark.models.lifecycle`; ``previous/``: the export before this
+  run's fingerprint), see :mod:`recspark.models.checkpoints`; ``previous/``: the export before this
   run's, kept for a warm start.
 
-A run killed in the middle fails with :class:`~recspark.models.lifecycle.RankFailedError` naming
+A run killed in the middle fails with :class:`~recspark.models.launcher.RankFailedError` naming
 the rank; with ``train.resume`` the next run of the same model, configuration and data continues
 after the last checkpoint. With a validation sample, NDCG@10 is computed at every epoch end,
 training stops after ``early_stopping_patience`` epochs without improvement (every rank at the
@@ -51,7 +51,12 @@ from pyspark.sql import DataFrame, SparkSession
 from recspark.config import PYFUNC_DIR, TrainConfig
 from recspark.constants import TARGET, USER_ID
 from recspark.feed import make_converter, training_batches
-from recspark.models import lifecycle
+from recspark.models.checkpoints import FAULT_ENV, STATE_DIR, RunState, checkpoint_callback, fault_callback
+from recspark.models.checkpoints import find_resumable_state, restore_run
+from recspark.models.checkpoints import fingerprint as run_fingerprint
+from recspark.models.early_stopping import VAL_METRIC, ValidationSet, early_stopping_callback, validation_digest
+from recspark.models.launcher import horovod_launcher, rank_failure
+from recspark.models.warm_start import PREVIOUS_DIR, VOCAB_DIR, WarmStart, plan_warm_start, save_vocabularies
 from recspark.models import ModelSpec, build_model, model_inputs, require_legacy_keras
 from recspark.utils.jobs import short_duration
 
@@ -238,7 +243,7 @@ def _progress_callback(epochs: int, batch_end_times: Optional[list[float]] = Non
             seconds = time.time() - self.started
             self.epoch_seconds.append(seconds)
             loss = (logs or {}).get("loss", float("nan"))
-            ndcg = (logs or {}).get(lifecycle.VAL_METRIC)  # set by the early-stopping callback, placed before
+            ndcg = (logs or {}).get(VAL_METRIC)  # set by the early-stopping callback, placed before
             shown = "" if ndcg is None else f" val_ndcg@10={ndcg:.4f}"
             remaining = epochs - epoch - 1
             left = (f", at most ~{short_duration(remaining * sum(self.epoch_seconds) / len(self.epoch_seconds))} left"
@@ -272,9 +277,9 @@ def _train_fn(
     train_config: TrainConfig,
     model_dir: str,
     fingerprint: str = "",
-    resume_state: Optional[lifecycle.RunState] = None,
-    validation: Optional[lifecycle.ValidationSet] = None,
-    warm_start: Optional[lifecycle.WarmStart] = None,
+    resume_state: Optional[RunState] = None,
+    validation: Optional[ValidationSet] = None,
+    warm_start: Optional[WarmStart] = None,
     shuffle: bool = True,
     optimizer_name: str = "adam",
     record_batch_times: bool = False,
@@ -312,8 +317,8 @@ def _train_fn(
     optimizer.build(model.trainable_variables)
     state = (dataclasses.replace(resume_state, loss_history=list(resume_state.loss_history),
                                  val_ndcg_history=list(resume_state.val_ndcg_history))
-             if resume_state is not None else lifecycle.RunState(epoch=0, fingerprint=fingerprint))
-    best_restored = lifecycle.restore_run(model, optimizer, rank=rank, state=resume_state,
+             if resume_state is not None else RunState(epoch=0, fingerprint=fingerprint))
+    best_restored = restore_run(model, optimizer, rank=rank, state=resume_state,
                                           warm_start=warm_start)
     initial_epoch = state.epoch
 
@@ -330,7 +335,7 @@ def _train_fn(
         def broadcast(value: float) -> float:
             return float(hvd_tf.broadcast(tf.constant(value, tf.float64), root_rank=0, name="val_ndcg").numpy())
 
-        early_stopping = lifecycle.early_stopping_callback(
+        early_stopping = early_stopping_callback(
             validation, train_config.early_stopping_patience, state, rank=rank, broadcast=broadcast)
         early_stopping.best_weights = best_restored
         callbacks.append(early_stopping)
@@ -342,8 +347,8 @@ def _train_fn(
                                             steps=steps, path=out / PROGRESS_FILE))
         callbacks.append(tf.keras.callbacks.ModelCheckpoint(
             str(out / CHECKPOINTS_DIR / "epoch-{epoch:03d}.weights.h5"), save_weights_only=True))
-    callbacks.append(lifecycle.checkpoint_callback(str(out), state, rank=rank, early_stopping=early_stopping))
-    fault = lifecycle.fault_callback(str(out), rank)
+    callbacks.append(checkpoint_callback(str(out), state, rank=rank, early_stopping=early_stopping))
+    fault = fault_callback(str(out), rank)
     if fault is not None:
         callbacks.append(fault)
     # A resumed run whose early stopping had already fired has nothing left to train.
@@ -460,8 +465,8 @@ def _worker_env() -> dict[str, str]:
         "TF_USE_LEGACY_KERAS": "1",
         "PYTHONUNBUFFERED": "1",  # progress lines arrive as they happen, not at exit
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1"),
-        # Tests only: a rank that kills itself (lifecycle.fault_callback); absent otherwise.
-        **({lifecycle.FAULT_ENV: os.environ[lifecycle.FAULT_ENV]} if os.environ.get(lifecycle.FAULT_ENV) else {}),
+        # Tests only: a rank that kills itself (fault_callback); absent otherwise.
+        **({FAULT_ENV: os.environ[FAULT_ENV]} if os.environ.get(FAULT_ENV) else {}),
     }
 
 
@@ -473,17 +478,17 @@ def _prepare_model_dir(model_dir: Path, *, resuming: bool = False, keep_previous
     reads it) instead of being deleted.
     """
     if keep_previous and (model_dir / MODEL_FILE).is_file():
-        previous = model_dir / lifecycle.PREVIOUS_DIR
+        previous = model_dir / PREVIOUS_DIR
         shutil.rmtree(previous, ignore_errors=True)
         previous.mkdir(parents=True)
-        for name in (MODEL_FILE, META_FILE, lifecycle.VOCAB_DIR):
+        for name in (MODEL_FILE, META_FILE, VOCAB_DIR):
             if (model_dir / name).exists():
                 os.replace(model_dir / name, previous / name)
     # This run's vocabularies are written afresh (save_vocabularies); an older run's must not stay.
-    shutil.rmtree(model_dir / lifecycle.VOCAB_DIR, ignore_errors=True)
+    shutil.rmtree(model_dir / VOCAB_DIR, ignore_errors=True)
     if not resuming:
         shutil.rmtree(model_dir / CHECKPOINTS_DIR, ignore_errors=True)
-        shutil.rmtree(model_dir / lifecycle.STATE_DIR, ignore_errors=True)
+        shutil.rmtree(model_dir / STATE_DIR, ignore_errors=True)
     for name in (MODEL_FILE, META_FILE):
         (model_dir / name).unlink(missing_ok=True)
     # An older run's pyfunc would outlive a run that does not serve this folder (train.refit moves it).
@@ -500,7 +505,7 @@ def train_distributed(
     train_config: TrainConfig,
     model_dir: str | Path,
     cache_url: str,
-    validation: Optional[lifecycle.ValidationSet] = None,
+    validation: Optional[ValidationSet] = None,
     data_versions: Optional[dict] = None,
     shuffle: bool = True,
     optimizer: str = "adam",
@@ -521,7 +526,7 @@ def train_distributed(
     ``record_batch_times``: rank 0 notes the wall-clock time at the end of every training batch, returned
     as ``TrainResult.batch_end_times`` (for benchmarks: the ranks step in lockstep through the
     gradient allreduce, so rank 0's times time the whole run, start-up and compilation left out).
-    Raises :class:`~recspark.models.lifecycle.RankFailedError` naming the rank when a Horovod process dies.
+    Raises :class:`~recspark.models.launcher.RankFailedError` naming the rank when a Horovod process dies.
 
     ``model_dir`` must be visible to rank 0's process (local mode: any local path; a cluster: shared
     storage such as /dbfs). Raises RuntimeError if the ranks end with different weights.
@@ -556,19 +561,19 @@ def train_distributed(
         settings = dataclasses.asdict(train_config)
         if privacy_plan is None:  # off: the fingerprint of a run without DP is what it always was
             settings.pop("privacy")
-        fingerprint = lifecycle.fingerprint(
+        fingerprint = run_fingerprint(
             model, spec.to_dict(), settings,
             {**(data_versions or {}), "num_rows": num_rows, "shuffle": shuffle, "optimizer": optimizer,
-             "validation": lifecycle.validation_digest(validation)})
-        resume_state = lifecycle.find_resumable_state(out, fingerprint) if train_config.resume else None
+             "validation": validation_digest(validation)})
+        resume_state = find_resumable_state(out, fingerprint) if train_config.resume else None
         if resume_state is not None:
             log.info("resuming %s after epoch %d from %s", model, resume_state.epoch, resume_state.path)
         warm_start = None
         if train_config.warm_start and resume_state is None:
             _prepare_model_dir(out, keep_previous=True)
-            previous = out / lifecycle.PREVIOUS_DIR
+            previous = out / PREVIOUS_DIR
             if (previous / MODEL_FILE).is_file():
-                warm_start = lifecycle.plan_warm_start(
+                warm_start = plan_warm_start(
                     spark, previous, json.loads((previous / META_FILE).read_text()), spec.to_dict(),
                     item_vocab, category_vocab)
             else:
@@ -576,8 +581,8 @@ def train_distributed(
         else:
             _prepare_model_dir(out, resuming=resume_state is not None)
         # Before training: the export is complete once rank 0 writes model.keras beside it.
-        lifecycle.save_vocabularies(out, item_vocab, category_vocab)
-        launcher, run = lifecycle.horovod_launcher()
+        save_vocabularies(out, item_vocab, category_vocab)
+        launcher, run = horovod_launcher()
         started = time.time()
         (out / PROGRESS_FILE).unlink(missing_ok=True)
         follower = ProgressFollower(out / PROGRESS_FILE)
@@ -593,7 +598,7 @@ def train_distributed(
             )
         except Exception as error:
             if "exited with non-zero status" in str(error):
-                raise lifecycle.rank_failure(error) from error
+                raise rank_failure(error) from error
             raise
         finally:
             follower.stop()
