@@ -51,7 +51,6 @@ OUTPUT_COLUMNS = (C.USER_ID, C.RANK, C.ITEM_ID, C.SCORE, C.CONFIDENCE, C.REASON)
 UDF_RESULT_TYPE = "struct<item_ids: array<string>, scores: array<float>, confidences: array<float>, reasons: array<string>>"
 # Models whose inputs the serving row holds (the feature models also read user_vector).
 SERVABLE_INPUTS = {C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, C.REPEAT_ITEMS, C.REPEAT_FEATURES}
-DAY_MICROS = C.DAY_MICROS
 XXHASH_SEED = 42  # Spark's xxhash64 seed
 
 _M = 2**64 - 1
@@ -177,9 +176,9 @@ class ServingRows:
         best = sorted(stats.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))[:size]
         items, values = [], []
         for item, (nb, lb, lu, fu) in best:
-            interval = math.log1p((lu - fu) / DAY_MICROS / (nb - 1)) if nb > 1 else 0.0
+            interval = math.log1p((lu - fu) / C.DAY_MICROS / (nb - 1)) if nb > 1 else 0.0
             values += [math.log1p(nb), nb / distinct_baskets, math.log1p(max_bo + 1 - lb),
-                       math.log1p((ref - lu) / DAY_MICROS), interval, self.rates.get(item, 0.5),
+                       math.log1p((ref - lu) / C.DAY_MICROS), interval, self.rates.get(item, 0.5),
                        self.gaps.get(item, 0.0)]
             items.append(item)
         pad = size - len(items)

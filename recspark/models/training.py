@@ -318,8 +318,7 @@ def _train_fn(
     state = (dataclasses.replace(resume_state, loss_history=list(resume_state.loss_history),
                                  val_ndcg_history=list(resume_state.val_ndcg_history))
              if resume_state is not None else RunState(epoch=0, fingerprint=fingerprint))
-    best_restored = restore_run(model, optimizer, rank=rank, state=resume_state,
-                                          warm_start=warm_start)
+    best_restored = restore_run(model, optimizer, rank=rank, state=resume_state, warm_start=warm_start)
     initial_epoch = state.epoch
 
     callbacks: list = [

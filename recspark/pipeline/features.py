@@ -439,7 +439,7 @@ def train_baskets(sequences: DataFrame, config: FeaturesConfig,
     if config.target_horizon_days is None:  # the next basket: the steps after the start with its basket
         in_target = lambda step: step["b"] == F.col("_start")["b"]
     else:  # every step from the start for the horizon (steps of ``splits`` only: never a later period)
-        horizon = F.lit(int(config.target_horizon_days * 86_400_000_000))
+        horizon = F.lit(int(config.target_horizon_days * C.DAY_MICROS))
         in_target = lambda step: step["us"] < F.col("_start")["us"] + horizon
     items = F.transform(F.filter(rest, in_target), lambda step: step["i"])
     history = F.slice("_steps", F.greatest(F.lit(1), F.col("_pos") - config.max_seq_len + 1),
