@@ -40,7 +40,7 @@ PLAIN_REASON = "picked for you from your recent activity"
 BOUGHT_WITH_MIN_USERS = 5
 _BASKET, _WITH, _WITH_ID = "_basket", "_with", "_bought_with"
 # Where the two numbers a reason quotes sit among an item's REPEAT_FEATURE_COUNT repeat features
-# (recspark.pipeline.features.with_repeat_profile): log(1 + baskets with it), log(1 + days from the
+# (recspark.pipeline.repeat_profiles.with_repeat_profile): log(1 + baskets with it), log(1 + days from the
 # latest of them to the user's latest event).
 _BASKETS, _DAYS_BEFORE_LATEST = 0, 3
 

@@ -120,7 +120,7 @@ class ServingRows:
 
     def __init__(self, item_index: dict[str, int], rates: dict[int, float], settings: dict[str, Any],
                  gaps: Optional[dict[int, float]] = None) -> None:
-        """``rates`` and ``gaps``: each item's repurchase rate and cycle (features.item_repurchase_rates)."""
+        """``rates`` and ``gaps``: each item's repurchase rate and cycle (repeat_profiles.item_repurchase_rates)."""
         self.item_index, self.rates, self.settings, self.gaps = item_index, rates, settings, gaps or {}
         self.event_types = {name: k + 1 for k, name in enumerate(settings["event_types"])}
 
@@ -152,9 +152,9 @@ class ServingRows:
 
     def repeat_profile(self, idx: Sequence[int], micros: Sequence[int], baskets: Sequence[Optional[str]]
                        ) -> tuple[list[int], list[float]]:
-        """features.with_repeat_profile over all of the user's steps (a serving row has no cut-off)."""
+        """repeat_profiles.with_repeat_profile over all of the user's steps (a serving row has no cut-off)."""
         size, first = self.settings["repeat_candidates"], self.settings["first_item"]
-        # Basket ordinals: a new basket wherever the basket differs from the step before (features.basket_steps).
+        # Basket ordinals: a new basket wherever the basket differs from the step before (repeat_profiles.basket_steps).
         per_pair: dict[tuple[int, int], int] = {}
         ordinal, previous = 0, object()
         for item, us, basket in zip(idx, micros, baskets):
@@ -383,7 +383,7 @@ def export_pyfunc(spark, config, model: str, model_dir: str | Path, run_id: str)
     right for the serving fit, and for an export of the training vocabulary the appended items are
     indices it never looks up."""
     from recspark.calibration import ensure_calibration
-    from recspark.pipeline.features import basket_steps, item_repurchase_rates
+    from recspark.pipeline.repeat_profiles import basket_steps, item_repurchase_rates
     from recspark.pipeline.item_features import ITEM_FEATURES
     from recspark.recommendations import blocked_items, popular_items
     from recspark.utils.delta import read_table, table_exists

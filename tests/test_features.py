@@ -224,7 +224,7 @@ def test_repeat_profiles_equal_each_rows_own_prefix_profile(spark: SparkSession)
     splits and rows without a cut."""
     import random
 
-    from recspark.pipeline.features import _NO_CUT, basket_steps, with_repeat_profile
+    from recspark.pipeline.repeat_profiles import NO_CUT, basket_steps, with_repeat_profile
     from recspark.serving import ServingRows
 
     config = FeaturesConfig(oov_buckets=1, repeat_candidates=3)
@@ -245,14 +245,14 @@ def test_repeat_profiles_equal_each_rows_own_prefix_profile(spark: SparkSession)
         for pos, cut in enumerate(sorted(rng.sample(range(1, n_baskets + 2), min(4, n_baskets + 1)))):
             rows.append((f"u{u}", pos, cut, ["train"]))
         rows.append((f"u{u}", 10, rng.randint(1, n_baskets + 1), ["train", "validation"]))
-        rows.append((f"u{u}", 11, _NO_CUT, ["train", "validation", "test"]))
+        rows.append((f"u{u}", 11, NO_CUT, ["train", "validation", "test"]))
     sequences = spark.createDataFrame(
         [(u, items, [dt.datetime.fromtimestamp(m / 1e6, dt.timezone.utc).replace(tzinfo=None) for m in micros],
           splits, baskets) for u, items, micros, splits, baskets in users],
         "user_id string, item_idx array<int>, event_ts array<timestamp>, split array<string>, session_id array<string>")
     frame = spark.createDataFrame(rows, "user_id string, _pos int, _cut int, _splits array<string>")
     got = {(r[C.USER_ID], r["_pos"]): (r[C.REPEAT_ITEMS], r[C.REPEAT_FEATURES]) for r in with_repeat_profile(
-        frame, basket_steps(sequences), (C.USER_ID, "_pos"), config).collect()}
+        frame, basket_steps(sequences), config).collect()}
 
     # Reference: each item's repurchase rate and cycle over the training period by hand (the time of an
     # item in a basket is its latest line there), then each row's own prefix.

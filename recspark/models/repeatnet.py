@@ -8,7 +8,7 @@ last step's state ``h``) and mixes two distributions over the items by a learned
 ``g = sigmoid(w . [h, log(1 + candidates)])``:
 
 - **repeat**: a softmax over the user's repeat profile (gold ``repeat_items`` / ``repeat_features``,
-  built by :func:`recspark.pipeline.features.with_repeat_profile` from the baskets before each
+  built by :func:`recspark.pipeline.repeat_profiles.with_repeat_profile` from the baskets before each
   example, query or serving row, so point-in-time by construction): the items bought in the most
   baskets, each with log(1 + baskets with it), its share of the user's baskets, baskets and days
   since it was last bought, the mean days between its purchases, and the item's repurchase rate and

@@ -2,7 +2,8 @@
 model inputs.
 
 Everything is Spark built-ins over arrays (``array_sort``, ``filter``, ``transform``, ``slice``,
-``posexplode``): no Python UDF, no collect of data rows (only the one-row split description).
+``posexplode``), but the repeat profiles (a grouped pandas function per user, see
+:mod:`recspark.pipeline.repeat_profiles`); no collect of data rows (only the one-row split description).
 
 Split (``features.split``):
 - "sessions" (default, leave-last-out): each user's events are grouped in sessions (baskets; for
@@ -26,6 +27,7 @@ from pyspark.sql import functions as F
 
 from recspark import constants as C
 from recspark.config import Config, FeaturesConfig
+from recspark.pipeline.repeat_profiles import NO_CUT, basket_steps, item_repurchase_rates, with_repeat_profile
 from recspark.utils.delta import overwrite_table, read_table, table_exists
 
 TRAIN = C.TRAIN
@@ -35,8 +37,6 @@ SPLIT_INFO = "split_info"
 VALIDATION_START, TEST_START, CUTS_FROM = "validation_start", "test_start", "cuts_from"
 # Without configured cuts, the time split puts the latest 20% of events in validation and test.
 QUANTILE_CUTS = (0.8, 0.9)
-# A repeat-profile cut after every basket: queries and serving rows look at all baskets of their splits.
-_NO_CUT = 2**31 - 1
 
 
 def with_split(events: DataFrame, n_test: int, n_validation: int) -> DataFrame:
@@ -239,11 +239,14 @@ def gap_bucket_ids(micros: Column, n_buckets: int) -> Column:
     """array<long> of event times (microseconds, chronological) -> array<int> of time-gap buckets
     from each step to the latest step: 1 + min(n_buckets - 1, floor(log2(1 + gap_minutes))).
 
+    The latest step is the last element (chronological order): ``array_max`` would be evaluated inside
+    the lambda, once per element (Spark inlines it), quadratic in the array.
+
     floor(log2(1 + g)) equals floor(log2(1 + floor(g))) because powers of two are whole numbers,
     and for a whole number n >= 1 it is the length of n's binary digits minus one: exact integer
     arithmetic, where a floating-point log2 can land just below a power of two.
     """
-    latest = F.array_max(micros)  # the latest step (array_max of an empty array is null, never an error)
+    latest = F.element_at(micros, -1)  # only evaluated for an element, so never on an empty array
 
     def bucket(step: Column) -> Column:
         whole_minutes = F.floor((latest - step) / F.lit(60_000_000))
@@ -271,13 +274,17 @@ def with_history_columns(df: DataFrame, steps: str, config: FeaturesConfig) -> D
     with 0. Gaps are measured to the latest of these same steps (the one just before the target or
     the held-out period).
 
-    Three projections, not one expression: each array is referenced several times (size, slice,
-    padding), and Spark does not inline a costly expression into a projection that repeats it, so
-    every array is computed once per row.
+    The steps are cut to the last ``max_seq_len`` first: a query or serving row holds a user's whole
+    history (hundreds of steps on Complete Journey), and every later expression is linear in the
+    array. Separate projections, not one expression: each array is referenced several times (size,
+    slice, padding), and Spark does not inline a costly expression into a projection that repeats
+    it, so every array is computed once per row.
     """
     length = config.max_seq_len
-    field = lambda name: F.transform(steps, lambda step: step[name])
-    return (df.withColumns({"_i": field("i"), "_t": field("t"), "_us": field("us")}).drop(steps)
+    field = lambda name: F.transform("_tail", lambda step: step[name])
+    tail = F.when(F.size(steps) > length, F.slice(steps, -length, length)).otherwise(F.col(steps))
+    return (df.withColumn("_tail", tail).drop(steps)
+            .withColumns({"_i": field("i"), "_t": field("t"), "_us": field("us")}).drop("_tail")
             .withColumn("_g", gap_bucket_ids(F.col("_us"), config.gap_buckets))
             .withColumns({C.HISTORY: left_pad(F.col("_i"), length), C.HISTORY_TYPES: left_pad(F.col("_t"), length),
                           C.HISTORY_GAPS: left_pad(F.col("_g"), length)})
@@ -326,88 +333,6 @@ def _next_item_rows(sequences: DataFrame, config: FeaturesConfig, event_types: S
     )
 
 
-def basket_steps(sequences: DataFrame) -> DataFrame:
-    """(user_id, _bo, _i, _us, _s): each user's distinct (basket, vocabulary-or-not item) pairs, with
-    ``_bo`` the basket's ordinal in the user's sequence (1, 2, ... in time order), the latest event
-    time and the split. The unit the repeat profiles count in: "bought in n baskets"."""
-    steps = sequences.select(C.USER_ID, F.posexplode(F.arrays_zip(
-        F.col(C.ITEM_IDX).alias("i"), F.transform(C.EVENT_TS, F.unix_micros).alias("us"),
-        F.col(C.SPLIT).alias("s"), F.col(C.SESSION_ID).alias("b"))).alias("_pos", "_st"))
-    by_pos = Window.partitionBy(C.USER_ID).orderBy("_pos")
-    previous = F.lag(F.col("_st")["b"]).over(by_pos)
-    new_basket = F.when(previous.isNull() | (previous != F.col("_st")["b"]), 1).otherwise(0)
-    return (steps.withColumn("_new", new_basket)
-            .withColumn("_bo", F.sum("_new").over(by_pos.rowsBetween(Window.unboundedPreceding, Window.currentRow)))
-            .groupBy(C.USER_ID, "_bo", F.col("_st")["i"].alias("_i"))
-            .agg(F.max(F.col("_st")["us"]).alias("_us"), F.first(F.col("_st")["s"]).alias("_s")))
-
-
-def item_repurchase_rates(steps: DataFrame, config: FeaturesConfig) -> DataFrame:
-    """(_i, _rate, _gap): two numbers per vocabulary item over the training period, properties of
-    the product that a household's own counts cannot tell at its first purchase.
-
-    ``_rate``: the share of its buyers who bought it in two baskets or more, smoothed towards 1/2 by
-    one pseudo-buyer of each kind ((repeat buyers + 1) / (buyers + 2)): milk near 1, a barbecue
-    near 0, and an item with few buyers near 1/2.
-    ``_gap``: its repurchase cycle, the mean over its repeat buyers of log(1 + their mean days
-    between purchases) (null without a repeat buyer): milk a week, detergent a month, so that "12
-    days since the last one" means due for one item and early for the other (time-aware item
-    weighting). Validation NDCG@10 of repeatnet on Complete Journey: 0.4397 with it, 0.4362
-    without (one run each, results/completejourney-20261202-itemgap/)."""
-    per_user = (steps.filter((F.col("_s") == TRAIN) & (F.col("_i") >= config.first_item_idx))
-                .groupBy("_i", C.USER_ID).agg(F.count(F.lit(1)).alias("_n"),
-                                              ((F.max("_us") - F.min("_us")) / C.DAY_MICROS).alias("_span")))
-    return per_user.groupBy("_i").agg(
-        ((F.sum(F.when(F.col("_n") > 1, 1).otherwise(0)) + 1) / (F.count(F.lit(1)) + 2)).alias("_rate"),
-        F.avg(F.when(F.col("_n") > 1, F.log1p(F.col("_span") / (F.col("_n") - 1)))).alias("_gap"))
-
-
-def with_repeat_profile(rows: DataFrame, steps: DataFrame, keys: Sequence[str], config: FeaturesConfig) -> DataFrame:
-    """Adds ``repeat_items`` and ``repeat_features``: for each row (``keys``, including user_id;
-    ``_cut``: the first basket ordinal not to look at; ``_splits``: the splits it may look at), the
-    ``repeat_candidates`` vocabulary items the user bought in the most baskets before the cut (ties:
-    the latest basket first, then item_idx), each with REPEAT_FEATURE_COUNT numbers:
-    log(1 + baskets with the item), the share of the user's baskets with it, log(1 + baskets since
-    the latest one with it), log(1 + days from it to the user's latest event before the cut),
-    log(1 + mean days between its purchases) (0 when bought once), the item's repurchase rate and
-    its repurchase cycle over all buyers (:func:`item_repurchase_rates`; 0.5 and 0 for an item
-    without buyers in training). Point-in-time by construction for the user's own numbers: only
-    baskets before the row's cut count; the item's two numbers are one per item over the training
-    period (properties of the product, like its learned bias). Rows without such an item get PAD
-    and zeros."""
-    size, count = config.repeat_candidates, C.REPEAT_FEATURE_COUNT
-    day = C.DAY_MICROS
-    rates = item_repurchase_rates(steps, config)
-    prefix = (rows.select(*keys, "_cut", "_splits").join(steps, C.USER_ID)
-              .filter((F.col("_bo") < F.col("_cut")) & F.array_contains("_splits", F.col("_s"))))
-    per_row = prefix.groupBy(*keys).agg(F.max("_bo").alias("_max_bo"), F.count_distinct("_bo").alias("_baskets"),
-                                        F.max("_us").alias("_ref"))
-    per_item = (prefix.filter(F.col("_i") >= config.first_item_idx).groupBy(*keys, "_i")
-                .agg(F.count(F.lit(1)).alias("_nb"), F.max("_bo").alias("_lb"), F.max("_us").alias("_lu"),
-                     F.min("_us").alias("_fu"))
-                .join(F.broadcast(rates), "_i", "left"))
-    features = F.array(
-        F.log1p("_nb"), F.col("_nb") / F.col("_baskets"), F.log1p(F.col("_max_bo") + 1 - F.col("_lb")),
-        F.log1p((F.col("_ref") - F.col("_lu")) / day),
-        F.when(F.col("_nb") > 1, F.log1p((F.col("_lu") - F.col("_fu")) / day / (F.col("_nb") - 1))).otherwise(0.0),
-        F.coalesce("_rate", F.lit(0.5)), F.coalesce("_gap", F.lit(0.0)),
-    ).cast("array<float>")
-    best_first = Window.partitionBy(*keys).orderBy(F.col("_nb").desc(), F.col("_lb").desc(), "_i")
-    profiles = (per_item.join(per_row, list(keys)).withColumn("_rank", F.row_number().over(best_first))
-                .filter(F.col("_rank") <= size)
-                .groupBy(*keys).agg(F.array_sort(F.collect_list(F.struct("_rank", "_i", features.alias("_f"))))
-                                    .alias("_p")))
-    items = F.transform("_p", lambda x: x["_i"])
-    values = F.flatten(F.transform("_p", lambda x: x["_f"]))
-    return (rows.join(profiles, list(keys), "left")
-            .withColumn("_p", F.coalesce("_p", F.array().cast(profiles.schema["_p"].dataType)))
-            .withColumn(C.REPEAT_ITEMS, F.concat(items, F.array_repeat(F.lit(C.PAD_IDX), F.lit(size) - F.size("_p")))
-                        .cast("array<int>"))
-            .withColumn(C.REPEAT_FEATURES, F.concat(values, F.array_repeat(F.lit(0.0).cast("float"),
-                                                                           (F.lit(size) - F.size("_p")) * count)))
-            .drop("_p", "_cut", "_splits"))
-
-
 def train_baskets(sequences: DataFrame, config: FeaturesConfig,
                   event_types: Sequence[str] = C.EVENT_TYPES_DEFAULT, splits: tuple[str, ...] = (TRAIN,)) -> DataFrame:
     """Next-basket examples from the training period, one per basket: the ``max_seq_len`` steps
@@ -430,11 +355,16 @@ def train_baskets(sequences: DataFrame, config: FeaturesConfig,
     """
     first = config.first_item_idx
     per_basket = config.max_basket_items
-    exploded = sequences.select(C.USER_ID, _steps_where(splits, event_types).alias("_steps")).select(
-        C.USER_ID, "_steps", F.posexplode("_steps").alias("_pos", "_start"))
-    # element_at is 1-based: element_at(_steps, _pos) is the step before _start.
-    starts = exploded.filter((F.col("_pos") >= 1)
-                             & (F.element_at("_steps", F.col("_pos"))["b"] != F.col("_start")["b"]))
+    # The 0-based positions where a basket after the first starts, found in the array (element_at is
+    # 1-based: element p is the step before position p), then one row per start: exploding every
+    # step would copy the whole array into each of them (a household's ~600 steps, ~600 times).
+    steps = F.col("_steps")
+    boundaries = F.filter(
+        F.when(F.size(steps) >= 2, F.sequence(F.lit(1), F.size(steps) - 1)).otherwise(F.array().cast("array<int>")),
+        lambda p: F.element_at(steps, p)["b"] != F.element_at(steps, p + 1)["b"])
+    starts = (sequences.select(C.USER_ID, _steps_where(splits, event_types).alias("_steps"))
+              .select(C.USER_ID, "_steps", F.posexplode(boundaries).alias("_k", "_pos"))
+              .withColumn("_start", F.element_at(steps, F.col("_pos") + 1)))
     rest = F.slice("_steps", F.col("_pos") + 1, F.size("_steps") - F.col("_pos"))
     if config.target_horizon_days is None:  # the next basket: the steps after the start with its basket
         in_target = lambda step: step["b"] == F.col("_start")["b"]
@@ -444,8 +374,9 @@ def train_baskets(sequences: DataFrame, config: FeaturesConfig,
     items = F.transform(F.filter(rest, in_target), lambda step: step["i"])
     history = F.slice("_steps", F.greatest(F.lit(1), F.col("_pos") - config.max_seq_len + 1),
                       F.least(F.col("_pos"), F.lit(config.max_seq_len)))
-    # The basket's ordinal among the user's baskets: its repeat profile looks at the ones before it.
-    ordinal = F.size(F.array_distinct(F.transform(F.slice("_steps", 1, F.col("_pos") + 1), lambda st: st["b"])))
+    # The basket's ordinal among the user's baskets, counted as basket_steps counts them (the first
+    # basket is 1, each start adds one): its repeat profile looks at the ones before it.
+    ordinal = F.col("_k") + 2
     latest_first = Window.partitionBy(C.USER_ID).orderBy(F.col("_pos").desc())
     rows = (
         starts.select(C.USER_ID, "_pos", history.alias("_history"), ordinal.alias("_cut"),
@@ -456,9 +387,11 @@ def train_baskets(sequences: DataFrame, config: FeaturesConfig,
         .withColumn("_splits", F.array(*map(F.lit, splits)))
     )
     return (
-        rows.transform(lambda df: with_repeat_profile(df, basket_steps(sequences), (C.USER_ID, "_pos"), config))
-        .withColumn(C.TARGET, F.concat("_items", F.array_repeat(F.lit(C.PAD_IDX), F.lit(per_basket) - F.size("_items"))))
+        rows.withColumn(C.TARGET, F.concat("_items", F.array_repeat(F.lit(C.PAD_IDX), F.lit(per_basket) - F.size("_items"))))
         .transform(lambda df: with_history_columns(df, "_history", config))
+        # Only the table's own columns (and the profile's inputs) pass through the profile's pandas function.
+        .select(C.USER_ID, C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, C.TARGET, "_cut", "_splits")
+        .transform(lambda df: with_repeat_profile(df, basket_steps(sequences), config))
         .select(C.USER_ID, C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, C.REPEAT_ITEMS, C.REPEAT_FEATURES, C.TARGET)
     )
 
@@ -484,9 +417,9 @@ def eval_queries(sequences: DataFrame, config: FeaturesConfig,
         ).filter((F.size(C.RELEVANT) > 0) & (F.size(SEEN_IDX) > 0))
          .transform(lambda df: with_history_columns(df, "_steps", config))
          .select(C.USER_ID, F.lit(split).alias(C.SPLIT), C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS,
-                 C.RELEVANT, C.SEEN, SEEN_IDX, F.lit(_NO_CUT).alias("_cut"), F.array(*map(F.lit, before)).alias("_splits")))
+                 C.RELEVANT, C.SEEN, SEEN_IDX, F.lit(NO_CUT).alias("_cut"), F.array(*map(F.lit, before)).alias("_splits")))
     both = queries[0].unionByName(queries[1])
-    return with_repeat_profile(both, basket_steps(sequences), (C.USER_ID, C.SPLIT), config)
+    return with_repeat_profile(both, basket_steps(sequences), config)
 
 
 def serving_histories(sequences: DataFrame, config: FeaturesConfig,
@@ -497,9 +430,9 @@ def serving_histories(sequences: DataFrame, config: FeaturesConfig,
     return (sequences.select(C.USER_ID, _steps_where(every, event_types).alias("_steps"),
                              F.array_distinct(_indices_where(C.SPLIT, every)).alias(SEEN_IDX))
             .transform(lambda df: with_history_columns(df, "_steps", config))
-            .select(C.USER_ID, C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, SEEN_IDX, F.lit(_NO_CUT).alias("_cut"),
+            .select(C.USER_ID, C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, SEEN_IDX, F.lit(NO_CUT).alias("_cut"),
                     F.array(*map(F.lit, every)).alias("_splits"))
-            .transform(lambda df: with_repeat_profile(df, basket_steps(sequences), (C.USER_ID,), config)))
+            .transform(lambda df: with_repeat_profile(df, basket_steps(sequences), config)))
 
 
 def build_features(spark: SparkSession, config: Config) -> dict:
