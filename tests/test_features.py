@@ -216,6 +216,23 @@ def test_basket_targets_are_every_item_of_the_next_basket_and_none_of_the_curren
         [math.log(2), 1.0, math.log(2), 0.0, 0.0, 2 / 3, math.log(2)])
 
 
+def test_a_basket_id_that_comes_back_is_a_new_basket_for_the_profile_cut(spark: SparkSession) -> None:
+    """Baskets are counted where the basket changes (as basket_steps counts them), not by distinct ids:
+    a row's profile sees every basket before it, also when an id comes back (b1, b2, b1 again, b3)."""
+    steps = [(2, "b1"), (3, "b2"), (4, "b1"), (5, "b3")]
+    sequences = spark.createDataFrame(
+        [("u", [i for i, _ in steps], ["purchase"] * 4, [dt.datetime(2024, 1, 1 + n) for n in range(4)],
+          ["train"] * 4, [b for _, b in steps])],
+        "user_id string, item_idx array<int>, event_type array<string>, event_ts array<timestamp>, split array<string>, "
+        "session_id array<string>")
+    config = FeaturesConfig(max_seq_len=4, max_baskets_per_user=10, max_basket_items=1, oov_buckets=1,
+                            repeat_candidates=3)
+    got = {r[C.TARGET][0]: r[C.REPEAT_ITEMS] for r in train_baskets(sequences, config).collect()}
+    # The third basket (b1 again, item 4) sees baskets 1 and 2 (items 2 and 3, once each: the latest first);
+    # the fourth sees all three. Counting distinct ids would give it [2, 0, 0] and the fourth [3, 2, 0].
+    assert got == {3: [2, 0, 0], 4: [3, 2, 0], 5: [4, 3, 2]}
+
+
 def test_repeat_profiles_equal_each_rows_own_prefix_profile(spark: SparkSession) -> None:
     """Every row of with_repeat_profile gets exactly the profile of its own prefix (the user's
     baskets of its splits before its cut), as the serving module's independent one-user Python
