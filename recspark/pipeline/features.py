@@ -1,8 +1,8 @@
 """Features: silver -> gold. Train / validation / test split, vocabularies, behaviour sequences,
 model inputs.
 
-Everything is Spark built-ins over arrays (``array_sort``, ``filter``, ``transform``, ``slice``,
-``posexplode``), but the repeat profiles (a grouped pandas function per user, see
+Spark built-ins over arrays (``array_sort``, ``filter``, ``transform``, ``slice``, ``posexplode``)
+everywhere but in the repeat profiles (a grouped pandas function per user, for speed: see
 :mod:`recspark.pipeline.repeat_profiles`); no collect of data rows (only the one-row split description).
 
 Split (``features.split``):
@@ -387,7 +387,8 @@ def train_baskets(sequences: DataFrame, config: FeaturesConfig,
         .withColumn("_splits", F.array(*map(F.lit, splits)))
     )
     return (
-        rows.withColumn(C.TARGET, F.concat("_items", F.array_repeat(F.lit(C.PAD_IDX), F.lit(per_basket) - F.size("_items"))))
+        rows.withColumn(C.TARGET, F.concat("_items", F.array_repeat(F.lit(C.PAD_IDX),
+                                                                    F.lit(per_basket) - F.size("_items"))))
         .transform(lambda df: with_history_columns(df, "_history", config))
         # Only the table's own columns (and the profile's inputs) pass through the profile's pandas function.
         .select(C.USER_ID, C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, C.TARGET, "_cut", "_splits")

@@ -7,8 +7,9 @@ prefixes. Built relationally (each row joined with every (basket, item) pair bef
 aggregated) that is rows x history pairs through a shuffle. Here each user's pairs and rows meet once
 in a grouped pandas function (``cogroup``) that aggregates each prefix with NumPy in memory, a few
 hundred pairs per household: Complete Journey's train_baskets 77.8 s -> 47.6 s, the same rows bit for
-bit (results/features-profile-20261202/). The serving module's one-user Python (``ServingRows.repeat_profile``) computes
-the same numbers independently; a property test holds the two equal.
+bit (results/features-profile-20261202/). The serving module's one-user Python
+(``ServingRows.repeat_profile``) computes the same numbers independently; a property test holds the
+two equal.
 """
 from __future__ import annotations
 
