@@ -12,8 +12,8 @@ from pyspark.testing import assertDataFrameEqual
 
 from recspark import constants as C
 from recspark.evaluation.tifu_knn import (
-    BASKET_END, BASKET_ID, WEIGHT, history_baskets, own_and_neighbour_weights, tifu_knn, tifu_scores, top_candidates,
-    user_neighbours, user_vectors, with_basket_weights,
+    BASKET_END, BASKET_ID, WEIGHT, history_baskets, own_and_neighbour_weights, reachable_weights, tifu_knn, tifu_scores,
+    top_candidates, user_neighbours, user_vectors, with_basket_weights,
 )
 
 ITEMS = "abcdefghij"  # vocabulary indices 2 .. 11; "z" is outside the vocabulary
@@ -215,6 +215,21 @@ def test_tifu_knn_equals_the_numpy_reference(shop, setting: dict) -> None:
                       if p > 0 and not (exclude_seen and i in seen[user]))[:k]
         assert {(user, i) for _, i in best} <= candidates, user
     assert exclude_seen or len(candidates) < len(got)
+
+    # The alpha-free cut keeps every reference top-k item for any alpha >= its min_alpha, and does cut.
+    for min_alpha in (params["alpha"], params["alpha"] / 2):
+        kept = {(r[C.USER_ID], r[C.ITEM_IDX])
+                for r in reachable_weights(weights, vectors, k, min_alpha, exclude_seen).collect()}
+        for alpha in (min_alpha, (1 + min_alpha) / 2, 1.0):
+            at_alpha = reference(baskets, query_users, **{**params, "alpha": alpha})
+            for user in query_users:
+                best = sorted((-round(float(p), 12), i) for i, p in enumerate(at_alpha[user])
+                              if p > 0 and not (exclude_seen and i in seen[user]))[:k]
+                assert {(user, i) for _, i in best} <= kept, (user, min_alpha, alpha)
+        if exclude_seen:
+            assert len(kept) == weights.count()  # no cut: the user's own items are not listed
+        elif min_alpha == params["alpha"]:
+            assert len(kept) < weights.count()  # (at half of it, this small shop keeps every row)
     vectors.unpersist()
     near.unpersist()
 

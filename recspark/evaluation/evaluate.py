@@ -93,17 +93,20 @@ def choose_tifu(sequences: DataFrame, vocab: DataFrame, eval_queries: DataFrame,
     return tuning
 
 
-def tifu_test_weights(sequences: DataFrame, queries: DataFrame, tuning: dict, config: Config) -> list[DataFrame]:
-    """[own and neighbour weights, user vectors, neighbours] of the chosen TIFU-KNN for the test
-    queries (its full-ranking lists and, under the sampled protocol, every candidate's score come
-    from the same weights), from the baskets before the
-    test period (train + validation, as ALS's refit); all persisted, since each is read several
-    times (the caller unpersists them)."""
+def tifu_test_weights(sequences: DataFrame, queries: DataFrame, tuning: dict, config: Config,
+                      k: int) -> tuple[DataFrame, DataFrame, list[DataFrame]]:
+    """The chosen TIFU-KNN's own and neighbour weights for the test queries, from the baskets before
+    the test period (train + validation, as ALS's refit): (all of them, for the sampled protocol's
+    candidates; those that can reach a top ``k``, for the full-ranking lists; the persisted
+    frames, which the caller unpersists). Vectors and neighbours are persisted because both weight
+    sets read them; the uncut weights are recomputed from them only when the sampled protocol runs."""
     chosen = tuning["chosen"]
     baskets = T.history_baskets(sequences, TEST_HISTORY_SPLITS, first_item_idx=config.features.first_item_idx)
     vectors = T.user_vectors(baskets, chosen["group_count"], chosen["within_decay"], chosen["group_decay"]).persist()
     near = T.user_neighbours(vectors, queries, chosen["neighbours"], tuning["similarity_items"]).persist()
-    return [T.own_and_neighbour_weights(vectors, near, queries, chosen["neighbours"]).persist(), vectors, near]
+    weights = T.own_and_neighbour_weights(vectors, near, queries, chosen["neighbours"])
+    listed = T.reachable_weights(weights, vectors, k, chosen["alpha"], config.evaluate.exclude_seen).persist()
+    return weights, listed, [listed, vectors, near]
 
 
 def model_run(config: Config, model: str, served: bool = False) -> dict:
@@ -204,9 +207,9 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
         tifu_tuning = choose_tifu(sequences, vocab, eval_queries, config)
         # Vectors and neighbours from the baskets before the test period (train + validation, as ALS's
         # refit), computed once: the full-ranking lists and the sampled protocol both read them.
-        tifu_cached = tifu_test_weights(sequences, queries, tifu_tuning, config)
-        tifu = (tifu_cached[0], tifu_tuning["chosen"]["alpha"])
-        rankings[TIFU] = T.top_k_with_fillers(T.top_candidates(tifu[0], queries, tifu[1], ev.exclude_seen, kept),
+        weights, listed, tifu_cached = tifu_test_weights(sequences, queries, tifu_tuning, config, kept)
+        tifu = (weights, tifu_tuning["chosen"]["alpha"])
+        rankings[TIFU] = T.top_k_with_fillers(T.top_candidates(listed, queries, tifu[1], ev.exclude_seen, kept),
                                               vocab, queries, kept, ev.exclude_seen)
     predictions = None
     for name, ranking in rankings.items():
