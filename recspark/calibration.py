@@ -19,7 +19,10 @@ The map is stored with the model (``calibration.json`` in its folder, with the t
 fitted for, so a retrained model is refitted) together with the expected calibration error (ECE,
 10 equal-width bins of the calibrated value) and each bin's pairs, mean confidence and bought rate
 (the reliability diagram, :func:`plot_reliability`). It is fitted and measured on validation only
-(:func:`ensure_calibration`, by the train stage's export or the first stage that needs it); the test
+(:func:`ensure_calibration`, by the train stage's export or the first stage that needs it). The
+validation ECE is out of fold (:func:`cross_fitted_bins`): an isotonic map measured on the pairs it
+was fitted on is calibrated by construction (ECE 0.0000 on Complete Journey, which says nothing),
+so each half of the users is binned by a map fitted on the other half. The test
 ECE is measured by the evaluate stage on its own test lists of the served model
 (:func:`measure_on_test`), so the test split is read by evaluate alone, once per run, and the number
 describes the model that is served (the refit, with the map of the validation-chosen model).
@@ -38,8 +41,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 CALIBRATION_FILE = "calibration.json"
-RAW, LABEL = "raw_confidence", "label"
+RAW, LABEL, FOLD = "raw_confidence", "label", "fold"
 ECE_BINS = 10
+FOLDS = 2  # the validation ECE's folds of users (cross_fitted_bins)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +141,31 @@ def ece_of_bins(per_bin: tuple) -> Optional[float]:
     return float(sum(n * abs(y - p) for _, n, p, y in per_bin) / total)
 
 
+def merged_bins(per_fold: list[tuple]) -> tuple:
+    """Reliability bins of disjoint sets of pairs added up: per bin, the pairs and their
+    pair-weighted mean confidence and bought rate."""
+    merged: dict[int, tuple[int, float, float]] = {}
+    for per_bin in per_fold:
+        for b, n, p, y in per_bin:
+            total, p_sum, y_sum = merged.get(b, (0, 0.0, 0.0))
+            merged[b] = (total + n, p_sum + n * p, y_sum + n * y)
+    return tuple((b, n, p_sum / n, y_sum / n) for b, (n, p_sum, y_sum) in sorted(merged.items()))
+
+
+def cross_fitted_bins(pairs: DataFrame, folds: int = FOLDS, bins: int = ECE_BINS) -> tuple:
+    """Out-of-fold reliability bins of ``pairs`` (with ``fold``, a hash of the user): each fold's pairs
+    binned by an isotonic map fitted on the other folds' pairs, then added up (:func:`merged_bins`).
+    Empty () when a fold has no pairs to fit on or to measure (too few users): not measured, rather
+    than an in-sample figure."""
+    per_fold = []
+    for fold in range(folds):
+        held_out, rest = pairs.filter(F.col(FOLD) == fold), pairs.filter(F.col(FOLD) != fold)
+        if held_out.isEmpty() or rest.isEmpty():
+            return ()
+        per_fold.append(reliability_bins(held_out, fit_isotonic(rest), bins))
+    return merged_bins(per_fold)
+
+
 def expected_calibration_error(pairs: DataFrame, calibration: Calibration, bins: int = ECE_BINS) -> Optional[float]:
     """ECE over equal-width bins of the calibrated value (:func:`reliability_bins`); None without pairs."""
     return ece_of_bins(reliability_bins(pairs, calibration, bins))
@@ -189,22 +218,25 @@ def report_section(model: str, summary: dict, plot_name: Optional[str]) -> list[
             f"`{model}`: confidence = isotonic map of the softmax share to the bought rate, fitted on "
             f"{summary['pairs']:,} validation pairs (top-K recommendations; bought rate "
             f"{summary.get('positive_rate') or 0:.4f}). Expected calibration error ({ECE_BINS} bins): validation "
-            f"{ece['validation']}, **test {ece['test']}** (the served model's test lists above)."
+            f"{ece['validation']} (out of fold: each half of the users binned by the map fitted on the other), "
+            f"**test {ece['test']}** (the served model's test lists above)."
             + (f" Reliability diagram: `{plot_name}`." if plot_name else "")]
 
 
 def labelled_pairs(top: DataFrame) -> DataFrame:
-    """(raw_confidence, label) of recommendation rows (``confidence``, ``item_id``, ``relevant``: the
-    item_ids the user bought in the period)."""
+    """(raw_confidence, label, fold) of recommendation rows (``user_id``, ``confidence``, ``item_id``,
+    ``relevant``: the item_ids the user bought in the period); ``fold`` splits the users by a hash
+    (:func:`cross_fitted_bins`)."""
     from recspark import constants as C
 
     return top.select(F.col(C.CONFIDENCE).alias(RAW),
-                      F.array_contains(C.RELEVANT, F.col(C.ITEM_ID)).cast("double").alias(LABEL))
+                      F.array_contains(C.RELEVANT, F.col(C.ITEM_ID)).cast("double").alias(LABEL),
+                      F.pmod(F.xxhash64(C.USER_ID), F.lit(FOLDS)).cast("int").alias(FOLD))
 
 
 def calibration_pairs(queries: DataFrame, vocab: DataFrame, model_dir: str, k: int, exclude_seen: bool, *,
                       batch_size: int = 512, item_block: int = 4096) -> DataFrame:
-    """(raw_confidence, label): every top-``k`` recommendation of each query (history before the
+    """(raw_confidence, label, fold): every top-``k`` recommendation of each query (history before the
     period) and whether the user bought it in the period (``relevant`` holds its item_ids)."""
     from recspark import constants as C
     from recspark.scoring import recommend_indices  # loads the scorer only where a fit happens
@@ -243,7 +275,7 @@ def ensure_calibration(spark, config, model: str, model_run_id: Optional[str]) -
         if validation.isEmpty():
             return None
         fitted = fit_isotonic(validation)
-        on_validation = reliability_bins(validation, fitted)
+        on_validation = cross_fitted_bins(validation)
         calibration = dataclasses.replace(fitted, model_run_id=model_run_id, ece_validation=ece_of_bins(on_validation),
                                           reliability_validation=on_validation)
     finally:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from pyspark.sql import SparkSession
 
-from recspark.calibration import (REPORT_SECTION, Calibration, expected_calibration_error, fit_isotonic,
+from recspark.calibration import (REPORT_SECTION, Calibration, cross_fitted_bins, ece_of_bins,
+                                  expected_calibration_error, fit_isotonic, merged_bins,
                                   plot_reliability, reliability_bins, report_section)
 
 
@@ -79,3 +80,24 @@ def test_reliability_bins_plot_and_report_section(spark: SparkSession, tmp_path:
     unmeasured = Calibration(boundaries=(0.0,), predictions=(0.1,), pairs=3)
     assert "**test not measured**" in "\n".join(report_section("x", unmeasured.summary(), None))
     assert plot_reliability(unmeasured, tmp_path / "x.png", "x") is None
+
+
+def test_the_validation_ece_is_out_of_fold(spark: SparkSession) -> None:
+    # Raw confidence carries no signal here: within each fold the bought rate at 0.2 and 0.8 is the
+    # same, but one fold buys at 0.2 and the other at 0.8. A map fitted and measured on the same
+    # pairs pools them and looks calibrated; out of fold, each half is binned by the other half's
+    # map, so the error shows.
+    rows = [(0.2, 1.0, 0), (0.8, 0.0, 0)] * 10 + [(0.2, 0.0, 1), (0.8, 1.0, 1)] * 10
+    pairs = spark.createDataFrame(rows, "raw_confidence double, label double, fold int")
+    in_sample = reliability_bins(pairs, fit_isotonic(pairs))
+    assert ece_of_bins(in_sample) == pytest.approx(0.0, abs=1e-12)
+    out_of_fold = cross_fitted_bins(pairs)
+    # Fold 0's pairs, binned by fold 1's map (0.2 -> 0, 0.8 -> 1), sit at 0 (bought 1) and 1 (bought 0):
+    # each off by 1. Fold 0's rates fall with the raw confidence, so its map pools them to 0.5, which
+    # bins fold 1's pairs right on average. ECE = (20 x 1 + 20 x 0) / 40.
+    assert sum(n for _, n, _, _ in out_of_fold) == len(rows)
+    assert ece_of_bins(out_of_fold) == pytest.approx(0.5)
+    merged = merged_bins([((0, 2, 0.1, 0.5),), ((0, 6, 0.3, 0.0), (3, 1, 0.35, 1.0))])
+    assert [b[:2] for b in merged] == [(0, 8), (3, 1)]
+    np.testing.assert_allclose([b[2:] for b in merged], [(0.25, 0.125), (0.35, 1.0)])
+    assert cross_fitted_bins(pairs.filter("fold = 0")) == ()  # nothing to fit fold 0's map on
