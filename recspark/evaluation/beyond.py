@@ -20,7 +20,6 @@ what the evaluation stage runs. Definitions, over each user's top-K list:
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from itertools import combinations
 
