@@ -395,7 +395,8 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
             "never recommended": ", ".join(f"{name} {len(items):,} items" for name, items in blocked.items()) or "none",
             "runs deleted": ", ".join(written["deleted_runs"]) or "none",
             "confidence": (f"isotonic calibration on {calibration.pairs:,} validation pairs (bought rate "
-                           f"{calibration.positive_rate:.4f}), ECE validation {_four(calibration.ece_validation)} (out of fold), "
+                           f"{calibration.positive_rate:.4f}), ECE validation "
+                           f"{_four(calibration.ece_validation)} (out of fold), "
                            f"test {_four(calibration.ece_test)} (measured by evaluate; its report has the "
                            f"reliability diagram); min_confidence {config.score.min_confidence}"
                            if calibration is not None else
