@@ -251,7 +251,7 @@ def ensure_calibration(spark, config, model: str, model_run_id: Optional[str]) -
     beside the model. Never reads the test split (:func:`measure_on_test` does, in evaluate). None
     without validation queries."""
     from recspark import constants as C
-    from recspark.scoring import with_model_inputs
+    from recspark.scoring import require_model_inputs
     from recspark.utils.delta import read_table, table_exists
 
     model_dir = str(config.model_dir(model))
@@ -265,8 +265,8 @@ def ensure_calibration(spark, config, model: str, model_run_id: Optional[str]) -
     queries = read_table(spark, queries_path).filter(F.col(C.SPLIT) == C.VALIDATION)
     score = config.score
     # The same users every time (a hash order, not the file order).
-    rows = with_model_inputs(spark, config, queries.orderBy(F.xxhash64(C.USER_ID), C.USER_ID)
-                             .limit(score.calibration_users), model_dir)
+    rows = require_model_inputs(queries.orderBy(F.xxhash64(C.USER_ID), C.USER_ID).limit(score.calibration_users),
+                                model_dir, queries_path)
     vocab = read_table(spark, config.table_path(C.GOLD, C.ITEM_VOCAB))
     validation = calibration_pairs(rows, vocab, model_dir, score.k, config.evaluate.exclude_seen,
                                    batch_size=score.batch_size, item_block=score.item_block).persist()

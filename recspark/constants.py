@@ -14,6 +14,8 @@ EVENT_TS = "event_ts"
 QUANTITY = "quantity"
 PRICE = "price"
 SESSION_ID = "session_id"
+# Gold sequences: each step's money (quantity x price of a purchase with a known price, else null).
+PURCHASE_VALUE = "purchase_value"
 SOURCE_FILE = "source_file"
 SOURCE_ROW = "source_row"
 

@@ -70,14 +70,21 @@ def model_input_columns(model_dir: str) -> list[str]:
     return list(meta["inputs"])
 
 
-def with_model_inputs(spark, config, df: DataFrame, model_dir: str) -> DataFrame:
-    """``df`` (gold rows with user_id) plus whatever else the model in ``model_dir`` reads: feature
-    models (towers, dnn) also read ``user_vector``, joined from gold user_features."""
-    if C.USER_VECTOR not in model_input_columns(model_dir):
-        return df
-    from recspark.models.item_tables import with_gold_user_vector  # loads TensorFlow: only when needed
+def require_model_inputs(df: DataFrame, model_dir: str, table: str) -> DataFrame:
+    """``df`` (the gold ``table``) itself, once it holds every column the model in ``model_dir``
+    reads; a clear error otherwise."""
+    return require_columns(df, model_input_columns(model_dir), table)
 
-    return with_gold_user_vector(spark, config, df)
+
+def require_columns(df: DataFrame, columns: Sequence[str], table: str) -> DataFrame:
+    """``df`` itself if it has every one of ``columns``, which a model reads; else a ValueError
+    naming the missing ones: gold tables from an older version (before 2026-12-02 the feature
+    models' ``user_vector`` was joined at training time, not stored by the features stage)."""
+    missing = [column for column in columns if column not in df.columns]
+    if missing:
+        raise ValueError(f"{table} has no column {', '.join(missing)}, which the model reads: "
+                         f"build the gold tables again with this version (make features)")
+    return df
 
 
 def model_batch(columns: list[str], series: list[pd.Series]) -> dict[str, np.ndarray]:

@@ -19,7 +19,7 @@ from recspark.pipeline.features import SEQUENCES, build_features
 from recspark.pipeline.ingest import ingest
 from recspark.pipeline.prepare import IDENTITY_MAP, prepare
 from recspark.pipeline.privacy import identity_map_key
-from recspark.scoring import recommend_indices, with_model_inputs
+from recspark.scoring import recommend_indices, require_columns, require_model_inputs
 from recspark.utils.delta import read_table, row_count, table_exists, table_version
 from recspark.utils.jobs import StageFn, new_run_id, release_cached, run_stage, write_json
 from recspark.vectors import ITEM_VECTORS, SIMILAR_ITEMS, USER_VECTORS, vector_table_path, write_vector_tables
@@ -132,7 +132,6 @@ def result_warm_start(model_dir: Path) -> str | None:
 def train_stage(spark: SparkSession, config: Config) -> dict:
     """Trains every model of ``train.models`` in turn on the same gold tables."""
     from recspark.models import model_examples_table, model_inputs, model_spec  # TensorFlow only where needed
-    from recspark.models.item_tables import FEATURE_MODELS, with_gold_user_vector
     from recspark.models.early_stopping import collect_validation_set
     from recspark.models.training import train_distributed
     from recspark.serving import export_pyfunc
@@ -164,9 +163,8 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
         serving_fit = refits and table_exists(spark, serve_path)
         examples = read_table(spark, examples_paths[model])
         queries = read_table(spark, queries_path)
-        if model in FEATURE_MODELS:  # they also read user_vector: joined here, before Petastorm
-            examples = with_gold_user_vector(spark, config, examples)
-            queries = with_gold_user_vector(spark, config, queries)
+        require_columns(examples, model_inputs(model), examples_paths[model])
+        require_columns(queries, model_inputs(model), queries_path)
         validation = collect_validation_set(
             queries, read_table(spark, vocab_path), inputs=model_inputs(model), max_users=config.train.validation_users,
             exclude_seen=config.evaluate.exclude_seen, seed=config.train.seed)
@@ -335,8 +333,8 @@ def score_stage(spark: SparkSession, config: Config) -> dict:
     run = model_run(config, model, served=True)
     run_id = config.score.run_id or run[C.RUN_ID]
     first_item = config.features.first_item_idx
-    histories = read_table(spark, config.table_path(C.GOLD, C.SERVING_HISTORIES))
-    histories = with_model_inputs(spark, config, histories, model_dir)
+    histories_path = config.table_path(C.GOLD, C.SERVING_HISTORIES)
+    histories = require_model_inputs(read_table(spark, histories_path), model_dir, histories_path)
     # The serving side of gold: every period, the training vocabulary plus the later items.
     vocab = read_table(spark, config.table_path(C.GOLD, C.SERVING_ITEM_VOCAB))
     sequences_path = config.table_path(C.GOLD, C.SERVING_SEQUENCES)

@@ -137,9 +137,9 @@ def test_windows_hold_each_training_step_once_back_from_the_latest(spark: SparkS
     items = list(range(2, 10))
     ts = [dt.datetime(2024, 1, 1) + dt.timedelta(hours=h) for h in range(len(items))]
     sequences = spark.createDataFrame(
-        [("u", items, ["purchase"] * 8, ts, ["train"] * 8, [f"s{i}" for i in items])],
+        [("u", items, ["purchase"] * 8, ts, ["train"] * 8, [f"s{i}" for i in items], [None] * 8)],
         "user_id string, item_idx array<int>, event_type array<string>, event_ts array<timestamp>, split array<string>, "
-        "session_id array<string>")
+        "session_id array<string>, purchase_value array<double>")
 
     def windows(most: int) -> list[tuple[list[int], int]]:
         config = FeaturesConfig(max_seq_len=3, max_windows_per_user=most, max_examples_per_user=1, oov_buckets=1)
@@ -171,9 +171,10 @@ def test_basket_targets_are_every_item_of_the_next_basket_and_none_of_the_curren
     steps = [(2, "b1"), (3, "b1"), (4, "b2"), (2, "b2"), (4, "b2"), (1, "b2"), (5, "b3"), (6, "b4")]
     ts = [dt.datetime(2024, 1, 1 + n) for n in (0, 0, 1, 1, 1, 1, 2, 3)]
     sequences = spark.createDataFrame(
-        [("u", [i for i, _ in steps], ["purchase"] * 8, ts, ["train"] * 7 + ["validation"], [b for _, b in steps])],
+        [("u", [i for i, _ in steps], ["purchase"] * 8, ts, ["train"] * 7 + ["validation"], [b for _, b in steps],
+          [None] * 8)],
         "user_id string, item_idx array<int>, event_type array<string>, event_ts array<timestamp>, split array<string>, "
-        "session_id array<string>")
+        "session_id array<string>, purchase_value array<double>")
     config = FeaturesConfig(max_seq_len=4, max_baskets_per_user=10, max_basket_items=3, oov_buckets=1)
     got = sorted((r[C.HISTORY], r[C.TARGET]) for r in train_baskets(sequences, config).collect())
     # b1 has no history: no row. b2's history is b1; b3's history the last 4 steps (b2). b4 is validation.
@@ -222,9 +223,9 @@ def test_a_basket_id_that_comes_back_is_a_new_basket_for_the_profile_cut(spark: 
     steps = [(2, "b1"), (3, "b2"), (4, "b1"), (5, "b3")]
     sequences = spark.createDataFrame(
         [("u", [i for i, _ in steps], ["purchase"] * 4, [dt.datetime(2024, 1, 1 + n) for n in range(4)],
-          ["train"] * 4, [b for _, b in steps])],
+          ["train"] * 4, [b for _, b in steps], [None] * 4)],
         "user_id string, item_idx array<int>, event_type array<string>, event_ts array<timestamp>, split array<string>, "
-        "session_id array<string>")
+        "session_id array<string>, purchase_value array<double>")
     config = FeaturesConfig(max_seq_len=4, max_baskets_per_user=10, max_basket_items=1, oov_buckets=1,
                             repeat_candidates=3)
     got = {r[C.TARGET][0]: r[C.REPEAT_ITEMS] for r in train_baskets(sequences, config).collect()}

@@ -264,28 +264,25 @@ def test_feature_models_leave_the_sequence_models_alone():
     assert sequence(sequence.dummy_inputs(rows=3), training=False).shape == (3, NUM_ITEMS)
 
 
-def test_with_user_vector_joins_and_zero_fills(spark):
-    from pyspark.testing import assertDataFrameEqual
+def test_user_vector_dim_is_the_one_length_of_the_vectors(spark):
+    from recspark.models.item_tables import user_vector_dim
 
-    from recspark.models.item_tables import user_vector_dim, with_user_vector
-
-    examples = spark.createDataFrame([("u1", 5), ("u2", 6), ("u1", 7)], f"{C.USER_ID} string, {C.TARGET} int")
     users = spark.createDataFrame([("u1", [0.5, -1.0]), ("u3", [2.0, 2.0])], f"{C.USER_ID} string, {C.USER_VECTOR} array<float>")
     assert user_vector_dim(users) == 2
-    expected = spark.createDataFrame([("u1", 5, [0.5, -1.0]), ("u2", 6, [0.0, 0.0]), ("u1", 7, [0.5, -1.0])],
-                                     f"{C.USER_ID} string, {C.TARGET} int, {C.USER_VECTOR} array<float>")
-    assertDataFrameEqual(with_user_vector(examples, users, 2).select(C.USER_ID, C.TARGET, C.USER_VECTOR), expected)
+    ragged = spark.createDataFrame([("u1", [0.5, -1.0]), ("u3", [2.0])], f"{C.USER_ID} string, {C.USER_VECTOR} array<float>")
+    with pytest.raises(ValueError, match="one fixed length, found 1..2"):
+        user_vector_dim(ragged)
 
 
 @pytest.mark.parametrize("name", ["dnn", "towers"])
 def test_two_rank_training_from_petastorm_then_spark_scoring(spark, tmp_path, name):
-    """The whole path: examples joined with user_vector in Spark, 2 Horovod ranks fed by Petastorm
+    """The whole path: examples with user_vector in Spark, 2 Horovod ranks fed by Petastorm
     (ranks agree), the export loaded, and the Spark scorer ranking the liked category first."""
     from pyspark.sql import functions as F
 
     from recspark.config import TrainConfig
     from recspark.models import ModelSpec
-    from recspark.models.item_tables import feature_spec, with_user_vector
+    from recspark.models.item_tables import feature_spec
     from recspark.models.training import load_model, train_distributed
     from recspark.scoring import SEEN_IDX, recommend
 
@@ -300,7 +297,7 @@ def test_two_rank_training_from_petastorm_then_spark_scoring(spark, tmp_path, na
     spec = ModelSpec(num_items=NUM_ITEMS, max_seq_len=MAX_SEQ_LEN, features=feature_spec(USER_DIM, _tables()), first_item_idx=FIRST_ITEM)
     config = TrainConfig(models=[name], num_proc=2, epochs=4, batch_size=16, learning_rate=0.01, embedding_dim=8,
                          hidden_units=[16], negatives=4, dropout=0.0, seed=3, early_stopping_patience=0)
-    result = train_distributed(spark, with_user_vector(examples, users, USER_DIM), model=name, spec=spec,
+    result = train_distributed(spark, examples.join(users, C.USER_ID), model=name, spec=spec,
                                train_config=config, model_dir=tmp_path / name,
                                cache_url=(tmp_path / "petastorm").as_uri())
     rank0, rank1 = result.rank_results
@@ -313,9 +310,8 @@ def test_two_rank_training_from_petastorm_then_spark_scoring(spark, tmp_path, na
     assert meta["inputs"] == [C.HISTORY, C.USER_VECTOR] and type(model).__name__ in ("DNNModel", "TowersModel")
     np.testing.assert_array_equal(model.item_attributes.category_table.numpy(), _tables().category)
 
-    histories = with_user_vector(
-        examples.groupBy(C.USER_ID).agg(F.first(C.HISTORY).alias(C.HISTORY))
-        .withColumn(SEEN_IDX, F.array().cast("array<int>")), users, USER_DIM)
+    histories = (examples.groupBy(C.USER_ID).agg(F.first(C.HISTORY).alias(C.HISTORY))
+                 .withColumn(SEEN_IDX, F.array().cast("array<int>")).join(users, C.USER_ID))
     vocab = spark.createDataFrame([(f"i{i}", i) for i in range(2, NUM_ITEMS)], f"{C.ITEM_ID} string, {C.ITEM_IDX} int")
     top1 = (recommend(histories, vocab, str(tmp_path / name), k=1, exclude_seen=False)
             .select(C.USER_ID, C.ITEM_ID).collect())

@@ -48,7 +48,7 @@ from recspark.pipeline.features import SEQUENCES
 from recspark.pipeline.item_features import ITEM_FEATURES
 from recspark.pipeline.prepare import IDENTITY_MAP, RAW_USER_ID
 from recspark.pipeline.privacy import broadcast_key, decrypt_id, identity_map_key
-from recspark.scoring import ranked_list, recommend, with_model_inputs
+from recspark.scoring import ranked_list, recommend, require_model_inputs
 from recspark.utils.delta import read_table, replace_rows, table_exists
 from recspark.utils.jobs import write_json
 
@@ -188,7 +188,7 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
     # A model's test lists come from its refit on train + validation when train made one (train.refit).
     fitted = {model: str(config.fitted_model_dir(model)) for model in config.train.models}
     rankings = {
-        model: recommend(with_model_inputs(spark, config, queries, fitted[model]), vocab,
+        model: recommend(require_model_inputs(queries, fitted[model], C.EVAL_QUERIES), vocab,
                          fitted[model], kept, ev.exclude_seen, config.score.batch_size)
         for model in config.train.models
     }

@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 from recspark import constants as C
 from recspark.config import Config
 from recspark.evaluation.classification import LABEL, classification_report
-from recspark.scoring import SEEN_IDX, model_input_columns
+from recspark.scoring import SEEN_IDX, require_model_inputs
 
 # Query columns that are not model inputs and have no place on a pair.
 _QUERY_ONLY = (C.RELEVANT, C.SEEN, SEEN_IDX)
@@ -110,11 +110,7 @@ def probability_report(spark: SparkSession, config: Config, queries: DataFrame, 
     reports = {}
     for model in models:
         model_dir = str(config.model_dir(model))
-        inputs = queries
-        if C.USER_VECTOR in model_input_columns(model_dir) and C.USER_VECTOR not in queries.columns:
-            from recspark.models.item_tables import with_gold_user_vector
-
-            inputs = with_gold_user_vector(spark, config, queries)
+        inputs = require_model_inputs(queries, model_dir, C.EVAL_QUERIES)
         # Scored once, read by several aggregates: cached so the model runs once per pair.
         scored = with_pair_probability(classification_pairs(inputs, vocab, negatives, seed), model_dir).persist()
         try:

@@ -133,22 +133,3 @@ def user_vector_dim(user_features: DataFrame) -> int:
     if dims["hi"] is None or dims["lo"] != dims["hi"]:
         raise ValueError(f"gold user_features.{C.USER_VECTOR} must have one fixed length, found {dims['lo']}..{dims['hi']}")
     return int(dims["hi"])
-
-
-def with_gold_user_vector(spark: SparkSession, config: "Config", df: DataFrame) -> DataFrame:
-    """``df`` (with user_id) plus ``user_vector`` from the gold user_features of ``config``, for the
-    feature models' inputs (train examples, evaluation queries, serving histories)."""
-    from recspark.utils.delta import read_table
-
-    user_features = read_table(spark, config.table_path(C.GOLD, USER_FEATURES))
-    return with_user_vector(df, user_features, user_vector_dim(user_features))
-
-
-def with_user_vector(df: DataFrame, user_features: DataFrame, user_vector_dim: int) -> DataFrame:
-    """Adds ``user_vector`` to rows with a user_id (train examples, evaluation queries, serving
-    histories) by a join on user_id; a user without a user_features row (first seen
-    after the training period) gets zeros, the mean of the normalised features."""
-    zeros = F.array_repeat(F.lit(0.0).cast("float"), user_vector_dim)
-    vectors = user_features.select(C.USER_ID, F.col(C.USER_VECTOR).cast("array<float>").alias("_uv"))
-    return (df.join(vectors, C.USER_ID, "left")
-            .withColumn(C.USER_VECTOR, F.coalesce(F.col("_uv"), zeros)).drop("_uv"))

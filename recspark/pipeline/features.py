@@ -27,7 +27,9 @@ from pyspark.sql import functions as F
 
 from recspark import constants as C
 from recspark.config import Config, FeaturesConfig
+from recspark.pipeline.normalisation import with_user_vector
 from recspark.pipeline.repeat_profiles import NO_CUT, basket_steps, item_repurchase_rates, with_repeat_profile
+from recspark.pipeline.user_features import purchase_value, rfm_before
 from recspark.utils.delta import overwrite_table, read_table, table_exists
 
 TRAIN = C.TRAIN
@@ -184,15 +186,19 @@ def with_item_idx(events: DataFrame, vocab: DataFrame, buckets: int = FeaturesCo
 
 def build_sequences(events: DataFrame) -> DataFrame:
     """One row per user: the chronological sequence of (item, index, time, event type, split,
-    session). The session is the basket (``session_id``; an event without one is its own)."""
+    session, purchase value). The session is the basket (``session_id``; an event without one is
+    its own); the purchase value is what user_features' ``monetary`` sums (null for a view, a cart
+    or an unknown price), so the user features can be taken at any step."""
     own = F.col(C.EVENT_ID)  # events without a session column: each event is its own basket
     basket = (F.coalesce(F.col(C.SESSION_ID), own) if C.SESSION_ID in events.columns else own).alias(C.SESSION_ID)
-    step = F.struct(C.EVENT_TS, C.SOURCE_FILE, C.SOURCE_ROW, C.ITEM_ID, C.ITEM_IDX, C.EVENT_TYPE, C.SPLIT, basket)
+    value = (purchase_value() if {C.PRICE, C.QUANTITY} <= set(events.columns)
+             else F.lit(None).cast("double")).alias(C.PURCHASE_VALUE)
+    step = F.struct(C.EVENT_TS, C.SOURCE_FILE, C.SOURCE_ROW, C.ITEM_ID, C.ITEM_IDX, C.EVENT_TYPE, C.SPLIT, basket, value)
     ordered = F.array_sort(F.collect_list(step))
     return events.groupBy(C.USER_ID).agg(ordered.alias("_steps")).select(
         C.USER_ID,
         *[F.col("_steps")[name].alias(name)
-          for name in (C.ITEM_ID, C.ITEM_IDX, C.EVENT_TS, C.EVENT_TYPE, C.SPLIT, C.SESSION_ID)],
+          for name in (C.ITEM_ID, C.ITEM_IDX, C.EVENT_TS, C.EVENT_TYPE, C.SPLIT, C.SESSION_ID, C.PURCHASE_VALUE)],
     )
 
 
@@ -257,15 +263,34 @@ def gap_bucket_ids(micros: Column, n_buckets: int) -> Column:
 
 def _steps_where(splits: tuple[str, ...], event_types: Sequence[str]) -> Column:
     """The steps whose split is one of ``splits``, in order: struct<i: item_idx, t: event type id,
-    us: event time in microseconds, s: split, b: basket (session)>."""
+    us: event time in microseconds, s: split, b: basket (session), v: purchase value>."""
     zipped = F.arrays_zip(
         F.col(C.ITEM_IDX).alias("i"),
         event_type_ids(F.col(C.EVENT_TYPE), event_types).alias("t"),
         F.transform(C.EVENT_TS, F.unix_micros).alias("us"),
         F.col(C.SPLIT).alias("s"),
         F.col(C.SESSION_ID).alias("b"),
+        F.col(C.PURCHASE_VALUE).alias("v"),
     )
     return F.filter(zipped, lambda step: step["s"].isin(*splits))
+
+
+def with_user_vector_as_of(df: DataFrame, steps: Column, at_us: Column, stats: DataFrame) -> DataFrame:
+    """Adds ``user_vector``: the user features of gold user_features (recency, events, sessions,
+    money; normalised with the same gold ``feature_stats``) computed from ``steps`` (the user's
+    steps before a moment, see :func:`_steps_where`) as of ``at_us``. Point in time: a training
+    example sees only its user's past, and the model is trained on the same features it is later
+    given (at the end of the periods a query conditions on, at the end of the data when serving)."""
+    raw = rfm_before(steps, at_us)
+    return with_user_vector(df.withColumns(raw), stats).drop(*raw)
+
+
+def periods_end(sequences: DataFrame, splits: tuple[str, ...]) -> DataFrame:
+    """One row, ``_at_us``: the latest event time (microseconds) of ``splits`` over every user; the
+    "now" of a query or a serving row (user_features measure recency from the same moment)."""
+    times = F.transform(F.filter(F.arrays_zip(F.col(C.EVENT_TS).alias("ts"), F.col(C.SPLIT).alias("s")),
+                                 lambda step: step["s"].isin(*splits)), lambda step: F.unix_micros(step["ts"]))
+    return sequences.agg(F.max(F.array_max(times)).alias("_at_us"))
 
 
 def with_history_columns(df: DataFrame, steps: str, config: FeaturesConfig) -> DataFrame:
@@ -292,11 +317,16 @@ def with_history_columns(df: DataFrame, steps: str, config: FeaturesConfig) -> D
 
 
 def train_examples(sequences: DataFrame, config: FeaturesConfig,
-                   event_types: Sequence[str] = C.EVENT_TYPES_DEFAULT) -> DataFrame:
+                   event_types: Sequence[str] = C.EVENT_TYPES_DEFAULT, stats: DataFrame | None = None) -> DataFrame:
     """Next-item examples from the training period, one per step: each target with the items before
     it, their event types and time gaps; each user's latest ``max_examples_per_user``. What a model
-    that makes one prediction per row learns from (towers, dnn, mean_pool)."""
-    return _next_item_rows(sequences, config, event_types, stride=1, per_user=config.max_examples_per_user)
+    that makes one prediction per row learns from (towers, dnn, mean_pool).
+
+    With ``stats`` (gold feature_stats), also ``user_vector`` as of the start of the target's basket
+    (:func:`with_user_vector_as_of`): the user's earlier baskets only, recency measured to the
+    target. The earlier items of the target's own basket stay in the history, as a query's would."""
+    return _next_item_rows(sequences, config, event_types, stride=1, per_user=config.max_examples_per_user,
+                           stats=stats)
 
 
 def train_windows(sequences: DataFrame, config: FeaturesConfig,
@@ -310,7 +340,7 @@ def train_windows(sequences: DataFrame, config: FeaturesConfig,
 
 
 def _next_item_rows(sequences: DataFrame, config: FeaturesConfig, event_types: Sequence[str],
-                    stride: int, per_user: int) -> DataFrame:
+                    stride: int, per_user: int, stats: DataFrame | None = None) -> DataFrame:
     """Rows whose targets are every ``stride``-th training step back from each user's latest, the
     latest ``per_user`` of them, with the ``max_seq_len`` steps before each target.
 
@@ -323,13 +353,22 @@ def _next_item_rows(sequences: DataFrame, config: FeaturesConfig, event_types: S
         C.USER_ID, "_steps", F.posexplode("_steps").alias("_pos", "_target")
     )
     history = F.slice("_steps", F.greatest(F.lit(1), F.col("_pos") - length + 1), F.least(F.col("_pos"), F.lit(length)))
-    return (
+    rows = (
         exploded.filter((F.col("_pos") >= 1) & (F.col("_target")["i"] >= config.first_item_idx))
         .withColumn("_back", F.size("_steps") - 1 - F.col("_pos"))  # steps before the latest
         .filter((F.col("_back") % stride == 0) & (F.col("_back") < per_user * stride))
-        .select(C.USER_ID, history.alias("_history"), F.col("_target")["i"].cast("int").alias(C.TARGET))
+    )
+    columns = [C.USER_ID, C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, C.TARGET]
+    if stats is not None:
+        target = F.col("_target")
+        earlier_baskets = F.filter(F.slice("_steps", 1, F.col("_pos")), lambda step: step["b"] != target["b"])
+        rows = with_user_vector_as_of(rows, earlier_baskets, target["us"], stats)
+        columns.append(C.USER_VECTOR)
+    return (
+        rows.select(C.USER_ID, history.alias("_history"), F.col("_target")["i"].cast("int").alias(C.TARGET),
+                    *columns[5:])
         .transform(lambda df: with_history_columns(df, "_history", config))
-        .select(C.USER_ID, C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, C.TARGET)
+        .select(*columns)
     )
 
 
@@ -398,10 +437,12 @@ def train_baskets(sequences: DataFrame, config: FeaturesConfig,
 
 
 def eval_queries(sequences: DataFrame, config: FeaturesConfig,
-                 event_types: Sequence[str] = C.EVENT_TYPES_DEFAULT) -> DataFrame:
+                 event_types: Sequence[str] = C.EVENT_TYPES_DEFAULT, stats: DataFrame | None = None) -> DataFrame:
     """One row per (user, held-out split): the history before it (with event types and gaps), the
     held-out items (relevant) and every item index seen before it (for models that must not
-    recommend seen items).
+    recommend seen items); with ``stats`` (gold feature_stats), ``user_vector`` as of the end of the
+    periods before it (:func:`with_user_vector_as_of`: a test query's user has lived through
+    validation too).
 
     A query needs at least one step before its period: with the global time split a user whose
     first event falls in validation gets no validation query (nothing to condition on) but a test
@@ -409,31 +450,48 @@ def eval_queries(sequences: DataFrame, config: FeaturesConfig,
     histories). With the session split a held-out user always has training sessions."""
     queries = []
     for split, before in ((C.VALIDATION, (TRAIN,)), (C.TEST, (TRAIN, C.VALIDATION))):
-        queries.append(sequences.select(
+        rows = sequences.select(
             C.USER_ID,
             _steps_where(before, event_types).alias("_steps"),
             _item_ids_where((split,)).alias(C.RELEVANT),
             _item_ids_where(before).alias(C.SEEN),
             F.array_distinct(_indices_where(C.SPLIT, before)).alias(SEEN_IDX),
         ).filter((F.size(C.RELEVANT) > 0) & (F.size(SEEN_IDX) > 0))
-         .transform(lambda df: with_history_columns(df, "_steps", config))
-         .select(C.USER_ID, F.lit(split).alias(C.SPLIT), C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS,
-                 C.RELEVANT, C.SEEN, SEEN_IDX, F.lit(NO_CUT).alias("_cut"), F.array(*map(F.lit, before)).alias("_splits")))
+        queries.append(
+            rows.transform(lambda df: _with_user_vector_at_end(df, sequences, before, stats))
+            .transform(lambda df: with_history_columns(df, "_steps", config))
+            .select(C.USER_ID, F.lit(split).alias(C.SPLIT), C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS,
+                    C.RELEVANT, C.SEEN, SEEN_IDX, *([C.USER_VECTOR] if stats is not None else []),
+                    F.lit(NO_CUT).alias("_cut"), F.array(*map(F.lit, before)).alias("_splits")))
     both = queries[0].unionByName(queries[1])
     return with_repeat_profile(both, basket_steps(sequences), config)
 
 
 def serving_histories(sequences: DataFrame, config: FeaturesConfig,
-                      event_types: Sequence[str] = C.EVENT_TYPES_DEFAULT) -> DataFrame:
+                      event_types: Sequence[str] = C.EVENT_TYPES_DEFAULT, stats: DataFrame | None = None) -> DataFrame:
     """Each user's latest items over all periods (with event types and gaps) and repeat profile: the
-    input for scoring everyone now (from gold ``serving_sequences``: the serving vocabulary's indices)."""
+    input for scoring everyone now (from gold ``serving_sequences``: the serving vocabulary's indices);
+    with ``stats``, ``user_vector`` as of the end of the data."""
     every = (TRAIN, C.VALIDATION, C.TEST)
     return (sequences.select(C.USER_ID, _steps_where(every, event_types).alias("_steps"),
                              F.array_distinct(_indices_where(C.SPLIT, every)).alias(SEEN_IDX))
+            .transform(lambda df: _with_user_vector_at_end(df, sequences, every, stats))
             .transform(lambda df: with_history_columns(df, "_steps", config))
-            .select(C.USER_ID, C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, SEEN_IDX, F.lit(NO_CUT).alias("_cut"),
+            .select(C.USER_ID, C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, SEEN_IDX,
+                    *([C.USER_VECTOR] if stats is not None else []), F.lit(NO_CUT).alias("_cut"),
                     F.array(*map(F.lit, every)).alias("_splits"))
             .transform(lambda df: with_repeat_profile(df, basket_steps(sequences), config)))
+
+
+def _with_user_vector_at_end(rows: DataFrame, sequences: DataFrame, splits: tuple[str, ...],
+                             stats: DataFrame | None) -> DataFrame:
+    """``rows`` (with ``_steps`` of ``splits``) plus ``user_vector`` as of the end of ``splits``; as
+    they are without ``stats``."""
+    if stats is None:
+        return rows
+    return (rows.crossJoin(F.broadcast(periods_end(sequences, splits)))
+            .transform(lambda df: with_user_vector_as_of(df, F.col("_steps"), F.col("_at_us"), stats))
+            .drop("_at_us"))
 
 
 def build_features(spark: SparkSession, config: Config) -> dict:
@@ -443,7 +501,7 @@ def build_features(spark: SparkSession, config: Config) -> dict:
     serving_sequences, serving_histories and, with a refitted next-basket model, serve_baskets)."""
     # They import TRAIN from here.
     from recspark.pipeline.item_features import ITEM_FEATURES, build_item_features, fit_category_vocab
-    from recspark.pipeline.normalisation import fit_item_stats, fit_user_stats, with_item_vector, with_user_vector
+    from recspark.pipeline.normalisation import fit_item_stats, fit_user_stats, with_item_vector
     from recspark.pipeline.user_features import USER_FEATURES, build_user_features
 
     gold = lambda table: config.table_path(C.GOLD, table)
@@ -492,16 +550,16 @@ def build_features(spark: SparkSession, config: Config) -> dict:
     # Only the example tables the configured models train on (each is a full pass over the sequences).
     needed = {C.MODEL_EXAMPLES[model] for model in config.train.models}
     examples = {
-        C.TRAIN_EXAMPLES: lambda: train_examples(sequences, config.features, event_types),
+        C.TRAIN_EXAMPLES: lambda: train_examples(sequences, config.features, event_types, stats),
         C.TRAIN_WINDOWS: lambda: train_windows(sequences, config.features, event_types),
         C.TRAIN_BASKETS: lambda: train_baskets(sequences, config.features, event_types),
     }
     outputs = {table: build() for table, build in examples.items() if table in needed}
-    outputs[C.EVAL_QUERIES] = eval_queries(sequences, config.features, event_types)
+    outputs[C.EVAL_QUERIES] = eval_queries(sequences, config.features, event_types, stats)
     if C.TRAIN_BASKETS in needed and config.train.refit:  # what train refits a next-basket model on
         outputs[C.REFIT_BASKETS] = train_baskets(sequences, config.features, event_types, splits=(TRAIN, C.VALIDATION))
     every = (TRAIN, C.VALIDATION, C.TEST)
-    served = {C.SERVING_HISTORIES: serving_histories(serving, config.features, event_types)}
+    served = {C.SERVING_HISTORIES: serving_histories(serving, config.features, event_types, stats)}
     if C.TRAIN_BASKETS in needed and config.train.refit:  # and fits the model that serves on last
         served[C.SERVE_BASKETS] = train_baskets(serving, config.features, event_types, splits=every)
     # Every repeat profile of one side (baskets, refit, queries; serving) reads the same basket steps

@@ -14,6 +14,10 @@ training period (its latest event). Spark built-ins only: no Python UDF, no coll
 - user_vector (added in ``build_features``, see ``recspark.pipeline.normalisation``): array<float>
   of recency_days, n_events, n_sessions, monetary, each log1p-standardised with statistics fitted
   on these training-period rows and stored in gold ``feature_stats``.
+
+The same four values at any other moment (:func:`rfm_before`) come from the gold sequences' steps:
+each training example of the feature models sees its user as of the start of its target's basket,
+a query as of the end of the periods it conditions on, a serving row as of the end of the data.
 """
 from __future__ import annotations
 
@@ -48,17 +52,34 @@ def age_days(ts: str = C.EVENT_TS) -> Column:
     return (F.col(TRAINING_END).cast("double") - F.col(ts).cast("double")) / F.lit(SECONDS_PER_DAY)
 
 
+def purchase_value() -> Column:
+    """An event's money: quantity x price of a purchase with a known price (null otherwise, and
+    when the quantity is unknown: a sum skips it)."""
+    return F.when((F.col(C.EVENT_TYPE) == PURCHASE) & F.col(C.PRICE).isNotNull(), F.col(C.QUANTITY) * F.col(C.PRICE))
+
+
+def rfm_before(steps: Column, at_us: Column) -> dict[str, Column]:
+    """recency_days, n_events, n_sessions and monetary of a user's ``steps`` (array<struct> with
+    ``us``: event time in microseconds, ``b``: basket, ``v``: :func:`purchase_value`; the events
+    before a moment) as of ``at_us``: what :func:`rfm` computes at the end of the training period,
+    at any moment. No steps: 0 events, 0 sessions, 0.0 money and a null recency (normalised to 0,
+    the mean)."""
+    latest = F.array_max(F.transform(steps, lambda step: step["us"]))
+    return {"recency_days": (at_us - latest).cast("double") / F.lit(C.DAY_MICROS),
+            "n_events": F.size(steps).cast("long"),
+            "n_sessions": F.size(F.array_distinct(F.transform(steps, lambda step: step["b"]))).cast("long"),
+            "monetary": F.aggregate(steps, F.lit(0.0), lambda total, step: total + F.coalesce(step["v"], F.lit(0.0)))}
+
+
 def rfm(train: DataFrame) -> DataFrame:
     """Per user: last event, recency, frequency (events, sessions) and monetary value."""
-    purchase_value = F.when((F.col(C.EVENT_TYPE) == PURCHASE) & F.col(C.PRICE).isNotNull(),
-                            F.col(C.QUANTITY) * F.col(C.PRICE))
     return (train.transform(with_training_end)
             .groupBy(C.USER_ID)
             .agg(F.max(C.EVENT_TS).alias("last_event_ts"),
                  F.first(TRAINING_END).alias(TRAINING_END),
                  F.count(F.lit(1)).alias("n_events"),
                  F.countDistinct(F.coalesce(F.col(C.SESSION_ID), F.col(C.EVENT_ID))).alias("n_sessions"),
-                 F.coalesce(F.sum(purchase_value), F.lit(0.0)).alias("monetary"))
+                 F.coalesce(F.sum(purchase_value()), F.lit(0.0)).alias("monetary"))
             .withColumn("recency_days", age_days("last_event_ts"))
             .drop(TRAINING_END))
 
