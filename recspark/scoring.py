@@ -21,7 +21,6 @@ seen items, items out of stock) are applied inside each block. Per model:
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path

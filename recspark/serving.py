@@ -19,8 +19,8 @@ items' repurchase rates and cycles shipped with the model). Then the bulk scorer
 (:func:`recspark.scoring.score_rows`): the same plan, exclusions, calibration and threshold.
 Reasons: the re-buy reason and "popular in <category>" as in bulk; "often bought with" needs the
 basket pair aggregates, which are not shipped, so a discovery that gets it in bulk gets one of the
-others here. Models that read ``user_vector`` (towers, dnn) need the user's normalised aggregate
-features and are not exported this way.
+others here. Models that read ``user_vector`` (towers, dnn) need the user features the features stage
+computes from the whole history with gold feature_stats, and are not exported this way.
 
 What ships with the model (MLflow artifacts): the export (model.keras, model_meta.json,
 vocabularies), its calibration, the items' repurchase rates, the "popular in" table, the items never

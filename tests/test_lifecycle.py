@@ -158,6 +158,29 @@ def test_launcher_falls_back_to_horovod_spark_run_without_sparkdl():
     assert name == "horovod.spark.run" and callable(run)
 
 
+def test_a_rank_that_only_saw_its_peer_die_exits_after_the_grace(monkeypatch):
+    """horovod.spark.run names the first rank to exit; the bystander of a dead peer must exit later
+    (CI once named rank 0, which failed only because rank 1 had been SIGKILLed)."""
+    import time
+
+    from recspark.models import launcher
+
+    monkeypatch.setattr(launcher, "PEER_FAILURE_GRACE_S", 0.5)
+
+    def fails_with(message):
+        def fn(x):
+            raise RuntimeError(message)
+        return launcher._bystanders_exit_last(fn)
+
+    assert launcher._bystanders_exit_last(lambda x: x + 1)(1) == 2
+    for message, waits in ((f"{launcher._PEER_SHUTDOWN}. This was caused by an exception on one of the ranks", True),
+                           ("out of memory", False)):
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match=message.split(".")[0]):
+            fails_with(message)(0)
+        assert (time.monotonic() - started >= 0.5) == waits, message
+
+
 def test_validation_sample_is_bounded_and_maps_items_to_indices(spark):
     from recspark import constants as C
     from recspark.models.early_stopping import collect_validation_set

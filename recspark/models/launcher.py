@@ -8,8 +8,27 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from typing import Callable, Optional
 
+# What a rank raises when another rank died under it (Horovod shuts down on every rank).
+_PEER_SHUTDOWN = "Horovod has been shut down"
+# horovod.spark.run learns a rank's exit by polling its task about once a second, and reports the
+# earliest exit as the failed process; a rank that only saw its peer die waits longer than that, so
+# the report names the rank that died first (a SIGKILL, an OOM kill) instead of the bystander.
+PEER_FAILURE_GRACE_S = 10.0
+
+
+def _bystanders_exit_last(fn: Callable) -> Callable:
+    """``fn``, except that a rank failing only because a peer died delays its exit (see above)."""
+    def rank_fn(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as error:
+            if _PEER_SHUTDOWN in str(error):
+                time.sleep(PEER_FAILURE_GRACE_S)
+            raise
+    return rank_fn
 
 
 # --------------------------------------------------------------------------------------------------
@@ -29,7 +48,7 @@ def horovod_launcher() -> tuple[str, Callable[..., list]]:
     if HorovodRunner is not None:
         def run_databricks(fn: Callable, kwargs: dict, num_proc: int, env: dict) -> list:
             os.environ.update(env)  # HorovodRunner has no env argument; its processes inherit the driver's
-            return [HorovodRunner(np=num_proc).run(fn, **kwargs)]
+            return [HorovodRunner(np=num_proc).run(_bystanders_exit_last(fn), **kwargs)]
         return "HorovodRunner", run_databricks
 
     def run_spark(fn: Callable, kwargs: dict, num_proc: int, env: dict) -> list:
@@ -41,8 +60,8 @@ def horovod_launcher() -> tuple[str, Callable[..., list]]:
 
         # verbose=1 prints every rank's launch command (a long pickled blob) and Horovod's info
         # lines: only with --verbose. A failed rank is reported either way.
-        return horovod.spark.run(fn, kwargs=kwargs, num_proc=num_proc, env=env, stdout=sys.stdout,
-                                 stderr=sys.stderr, verbose=1 if logs_warnings() else 0)
+        return horovod.spark.run(_bystanders_exit_last(fn), kwargs=kwargs, num_proc=num_proc, env=env,
+                                 stdout=sys.stdout, stderr=sys.stderr, verbose=1 if logs_warnings() else 0)
     return "horovod.spark.run", run_spark
 
 
