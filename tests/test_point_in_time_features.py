@@ -113,3 +113,37 @@ def test_queries_and_serving_rows_see_the_user_features_at_the_end_of_their_peri
     moved = [user for (user, split) in queries if split == "test" and (user, "validation") in queries
              and not np.allclose(queries[(user, "test")], queries[(user, "validation")])]
     assert moved
+
+
+def test_every_example_of_the_shop_matches_a_reference_over_its_earlier_baskets(spark: SparkSession,
+                                                                              shop: DataFrame) -> None:
+    """train_examples computes the vectors by running sums over each user's steps; here they are
+    recomputed in Python from the events, filtering each target's prefix by its basket."""
+    train = shop.filter(F.col(C.SPLIT) == "train")
+    vocab = fit_item_vocab(train, min_count=1)
+    index = {r[C.ITEM_ID]: r[C.ITEM_IDX] for r in vocab.collect()}
+    got: dict[str, list] = {}
+    for r in train_examples(build_sequences(with_item_idx(shop, vocab)), CONFIG, stats=_identity_stats(spark)).collect():
+        got.setdefault(r[C.USER_ID], []).append((r[C.TARGET], r[C.USER_VECTOR]))
+
+    expected: dict[str, list] = {}
+    events = sorted(train.collect(), key=lambda e: (e[C.USER_ID], e[C.EVENT_TS], e[C.SOURCE_ROW]))
+    for user in {e[C.USER_ID] for e in events}:
+        steps = [e for e in events if e[C.USER_ID] == user]
+        for pos in range(1, len(steps)):  # a target needs a history
+            target = steps[pos]
+            earlier = [e for e in steps[:pos] if e[C.SESSION_ID] != target[C.SESSION_ID]]
+            money = sum(e[C.QUANTITY] * e[C.PRICE] for e in earlier
+                        if e[C.EVENT_TYPE] == "purchase" and e[C.PRICE] is not None and e[C.QUANTITY] is not None)
+            recency = ((target[C.EVENT_TS] - max(e[C.EVENT_TS] for e in earlier)).total_seconds() / 86_400
+                       if earlier else 0.0)
+            raw = (recency, len(earlier), len({e[C.SESSION_ID] for e in earlier}), money)
+            expected.setdefault(user, []).append((index[target[C.ITEM_ID]], [math.log1p(v) for v in raw]))
+
+    assert set(got) == set(expected) and sum(map(len, expected.values())) > 50
+    for user, rows in expected.items():
+        key = lambda row: (row[0], [round(v, 6) for v in row[1]])  # noqa: E731
+        mine, reference = sorted(got[user], key=key), sorted(rows, key=key)
+        assert [t for t, _ in mine] == [t for t, _ in reference], user
+        np.testing.assert_allclose([v for _, v in mine], [v for _, v in reference], rtol=1e-6, atol=1e-6,
+                                   err_msg=user)

@@ -64,11 +64,20 @@ def rfm_before(steps: Column, at_us: Column) -> dict[str, Column]:
     before a moment) as of ``at_us``: what :func:`rfm` computes at the end of the training period,
     at any moment. No steps: 0 events, 0 sessions, 0.0 money and a null recency (normalised to 0,
     the mean)."""
-    latest = F.array_max(F.transform(steps, lambda step: step["us"]))
-    return {"recency_days": (at_us - latest).cast("double") / F.lit(C.DAY_MICROS),
-            "n_events": F.size(steps).cast("long"),
-            "n_sessions": F.size(F.array_distinct(F.transform(steps, lambda step: step["b"]))).cast("long"),
-            "monetary": F.aggregate(steps, F.lit(0.0), lambda total, step: total + F.coalesce(step["v"], F.lit(0.0)))}
+    return rfm_of(latest_us=F.array_max(F.transform(steps, lambda step: step["us"])),
+                  n_events=F.size(steps),
+                  n_sessions=F.size(F.array_distinct(F.transform(steps, lambda step: step["b"]))),
+                  monetary=F.aggregate(steps, F.lit(0.0), lambda total, step: total + F.coalesce(step["v"], F.lit(0.0))),
+                  at_us=at_us)
+
+
+def rfm_of(latest_us: Column, n_events: Column, n_sessions: Column, monetary: Column, at_us: Column) -> dict[str, Column]:
+    """The columns :func:`rfm_before` returns, from the aggregates of the steps before a moment
+    (however they were computed) and the moment itself."""
+    return {"recency_days": (at_us - latest_us).cast("double") / F.lit(C.DAY_MICROS),
+            "n_events": n_events.cast("long"),
+            "n_sessions": n_sessions.cast("long"),
+            "monetary": monetary}
 
 
 def rfm(train: DataFrame) -> DataFrame:
