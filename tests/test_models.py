@@ -102,6 +102,26 @@ def test_sasrec_is_causal_and_reads_every_real_step() -> None:
         assert np.abs(model(earlier).numpy() - base).max() > 1e-4, f"the first step's {column} was ignored"
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+def test_the_user_vector_is_the_latest_state_of_the_full_pass(layers: int) -> None:
+    """user_vectors computes only the latest step in the last block: it must equal the last state of
+    the pass over every step, in training (dropout off) and inference, padded rows and an empty one too."""
+    model = build_model("sasrec", SPEC, _config(num_layers=layers, dropout=0.0))
+    inputs, _ = _successor_task(16, seed=6)
+    inputs[C.HISTORY][0, :] = C.PAD_IDX  # a row with no history at all
+    assert (inputs[C.HISTORY][1:] == C.PAD_IDX).any(), "the test data must have padded rows"
+    tensors = {key: tf.constant(value) for key, value in inputs.items()}
+    for training in (False, True):
+        full = model.sequence_states(tensors, training=training).numpy()
+        latest = model.user_vectors(tensors, training=training).numpy()
+        assert latest.shape == (16, 16)
+        np.testing.assert_allclose(latest, full[:, -1, :], rtol=0, atol=1e-5)
+    # The earlier steps do change it (the shortcut still reads every key): a different first item moves it.
+    changed = {key: value.copy() for key, value in inputs.items()}
+    changed[C.HISTORY][1:, 0] = FIRST_ITEM + 5
+    assert np.abs(model.user_vectors(changed).numpy()[1:] - latest[1:]).max() > 1e-4
+
+
 def test_same_seed_same_model_other_seed_other_model() -> None:
     inputs, _ = _successor_task(4, seed=5)
     first = build_model("sasrec", SPEC, _config(seed=9))(inputs).numpy()

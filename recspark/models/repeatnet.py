@@ -102,7 +102,7 @@ class RepeatNet(SASRec):
         """The encoder's state at the latest step, from the latest ``ENCODER_STEPS`` steps."""
         steps = min(self.ENCODER_STEPS, self.spec.max_seq_len)
         latest = {name: inputs[name][:, -steps:] for name in SASRec.INPUTS}
-        return self.sequence_states(latest, training=training)[:, -1, :]
+        return self.sequence_states(latest, training=training, latest_only=True)[:, -1, :]
 
     # -- the two heads -------------------------------------------------------------------------------
 
