@@ -3,9 +3,10 @@
 User tower: MLP over [user_vector (the user's features as of the prediction: point in time),
 masked mean of the history's item embeddings]. Item tower: MLP over [item id embedding, category
 embedding, price-bucket embedding, popularity-bucket embedding], evaluated for every vocabulary
-item. Output: logits [n, num_items] over the item vocabulary (PAD, OOV, then items from spec.first_item_idx), trained with the full softmax
-cross-entropy (:meth:`TowersModel.compute_training_loss`), so the model plugs into the same trainer, evaluator and scorer as
-the sequence models.
+item. Output: logits [n, num_items] over the item vocabulary (PAD, OOV, then items from
+spec.first_item_idx), trained with the full softmax cross-entropy
+(:meth:`TowersModel.compute_training_loss`), so the model plugs into the same trainer, evaluator and
+scorer as the sequence models.
 
 The item attributes are per-item_idx lookup tables (:class:`ItemTables`) stored in the model as
 non-trainable weights: the exported ``model.keras`` needs nothing else at scoring time.
