@@ -263,3 +263,20 @@ def test_tifu_knn_is_reported_beside_buy_again_only_when_seen_items_are_allowed(
 
     assert TIFU == "tifu_knn"
     assert TIFU in baseline_names(exclude_seen=False) and TIFU not in baseline_names(exclude_seen=True)
+
+
+def test_one_configured_point_is_chosen_without_a_validation_pass() -> None:
+    """The default grid is one point: it is the choice, and the validation data is never read (the
+    tables passed here are None, so any read would fail); a grid of two is tuned (test_pipeline)."""
+    from recspark.config import load_config
+    from recspark.evaluation.evaluate import choose_tifu, tifu_tuning_lines
+
+    config = load_config(None, ["evaluate.tifu_alphas=[0.8]", "evaluate.tifu_neighbours=[50]"])
+    tuning = choose_tifu(None, None, None, config)
+    assert tuning["chosen_by"] == "configuration" and tuning["grid"] == []
+    assert tuning["chosen"] == {"group_count": 7, "within_decay": 0.9, "group_decay": 0.9, "neighbours": 50,
+                                "alpha": 0.8}
+    text = "\n".join(tifu_tuning_lines({"tifu_knn_tuning": tuning}))
+    assert "chosen by configuration: 7 groups" in text and "alpha 0.8" in text and "| groups |" not in text
+    with pytest.raises(AttributeError):  # two points: the validation queries are read
+        choose_tifu(None, None, None, load_config(None, ["evaluate.tifu_alphas=[0.5,0.8]"]))

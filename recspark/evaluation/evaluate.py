@@ -43,7 +43,7 @@ from recspark.evaluation.beyond import beyond_accuracy_by_group
 from recspark.evaluation.probability import classification_lines, probability_report
 from recspark.evaluation.ranking import ranking_metrics_by_group
 from recspark.evaluation.repeat_explore import repeat_explore_by_group
-from recspark.evaluation.tuning import cross_validate_als, tune_als_on_validation, tune_tifu_on_validation
+from recspark.evaluation.tuning import cross_validate_als, tifu_grid, tune_als_on_validation, tune_tifu_on_validation
 from recspark.pipeline.features import SEQUENCES
 from recspark.pipeline.item_features import ITEM_FEATURES
 from recspark.pipeline.prepare import IDENTITY_MAP, RAW_USER_ID
@@ -79,17 +79,24 @@ def tifu_settings(config: Config) -> dict:
 
 
 def choose_tifu(sequences: DataFrame, vocab: DataFrame, eval_queries: DataFrame, config: Config) -> dict:
-    """TIFU-KNN's group count, decays, neighbours and alpha: best validation NDCG@k over the grid."""
+    """TIFU-KNN's group count, decays, neighbours and alpha: best validation NDCG@k over the grid, or
+    the grid's only point without a validation pass."""
     ev = config.evaluate
     settings = tifu_settings(config)
+    grid = tifu_grid(settings["vector_settings"], settings["neighbours"], settings["alphas"])
+    refit = "chosen parameters; user vectors and neighbours from the train + validation baskets, scored on test"
+    if len(grid) == 1:
+        # Nothing to choose: the validation pass would only report the point's validation score, and
+        # on Complete Journey it is about 2 of evaluate's 5 minutes (results/completejourney-20261203-s18).
+        return {"selection": "none (one configured point)", "chosen_by": "configuration", "chosen": grid[0],
+                "grid": [], "build_seconds": [], "similarity_items": settings["similarity_items"], "seconds": 0.0,
+                "refit": refit}
     validation = eval_queries.filter(F.col(C.SPLIT) == C.VALIDATION)
     started = time.perf_counter()
     tuning = tune_tifu_on_validation(sequences, vocab, validation, ev.k, ev.exclude_seen, **settings,
                                      first_item_idx=config.features.first_item_idx)
     tuning.update({"chosen_by": "validation", "similarity_items": settings["similarity_items"],
-                   "seconds": round(time.perf_counter() - started, 1),
-                   "refit": "chosen parameters; user vectors and neighbours from the train + validation baskets, "
-                            "scored on test"})
+                   "seconds": round(time.perf_counter() - started, 1), "refit": refit})
     return tuning
 
 
@@ -525,9 +532,11 @@ def tifu_tuning_lines(report: dict) -> list[str]:
                else f"each user's {tuning['similarity_items']} heaviest items")
     lines = ["", f"TIFU-KNN tuning ({tuning['selection']}; chosen by {tuning['chosen_by']}: {c['group_count']} groups, "
              f"within-group decay {c['within_decay']}, group decay {c['group_decay']}, {c['neighbours']} neighbours, "
-             f"alpha {c['alpha']}; similarity on {pruning}; {tuning['refit']}; {tuning.get('seconds', 'n/a')} s):", "",
-             "| groups | within decay | group decay | neighbours | alpha | validation NDCG@k | validation HR@k | "
-             "rank + score (s) |", "|---|---|---|---|---|---|---|---|"]
+             f"alpha {c['alpha']}; similarity on {pruning}; {tuning['refit']}; {tuning.get('seconds', 'n/a')} s)"
+             + (":" if tuning["grid"] else ".")]
+    if tuning["grid"]:
+        lines += ["", "| groups | within decay | group decay | neighbours | alpha | validation NDCG@k | validation HR@k | "
+                  "rank + score (s) |", "|---|---|---|---|---|---|---|---|"]
     for p in tuning["grid"]:
         lines.append(f"| {p['group_count']} | {p['within_decay']} | {p['group_decay']} | {p['neighbours']} | "
                      f"{p['alpha']} | {p['validation']['ndcg_at_k']:.4f} | {p['validation']['hit_rate_at_k']:.4f} | "
