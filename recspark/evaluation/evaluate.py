@@ -199,6 +199,10 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
                          fitted[model], kept, ev.exclude_seen, config.score.batch_size)
         for model in config.train.models
     }
+    served = config.scoring_model
+    calibrated = config.score.calibrate and served in fitted
+    if calibrated:  # its lists are read twice (the predictions table, the calibration on test): scored once
+        rankings[served] = rankings[served].persist()
     baselines = {
         POPULAR: lambda: most_popular(vocab, queries, kept, ev.exclude_seen),
         RECENT_POPULAR: lambda: recent_popular(sequences, vocab, queries, kept, ev.exclude_seen, ev.recent_days,
@@ -228,6 +232,8 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
     identity_key = broadcast_key(identity_map_key(config.privacy.secret_scope))
     # Re-running the evaluation of one run replaces that run's rows and nothing else.
     replace_rows(with_original_user_id(predictions, identity, identity_key), predictions_path, C.RUN_ID, run[C.RUN_ID])
+    print(f"evaluate: test lists of {', '.join(rankings)} written to {predictions_path} "
+          f"({time.perf_counter() - started:.0f} s so far)", flush=True)
 
     stored = read_table(spark, predictions_path).filter(F.col(C.RUN_ID) == run[C.RUN_ID])
     # With the items each user had before the test period: the repeat / explore split needs them.
@@ -256,6 +262,7 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
     scored.unpersist()
     beyond = beyond_accuracy_by_group(stored.filter(F.col(C.RANK) <= k), vocab, categories, C.MODEL_NAME,
                                       groups=names_run)
+    print(f"evaluate: metrics at k = {ks} measured ({time.perf_counter() - started:.0f} s so far)", flush=True)
 
     full = "full ranking over all items" + ("; items seen before the test period excluded"
                                             if ev.exclude_seen else "; seen items allowed")
@@ -292,9 +299,10 @@ def evaluate(spark: SparkSession, config: Config) -> dict:
     run_dir = config.reports_dir / run[C.RUN_ID]
     # The served model's confidence on its own test lists above: the only read of the test split
     # for the calibration (its map is fitted on validation).
-    served, calibration = config.scoring_model, None
-    if config.score.calibrate and served in fitted:
+    calibration = None
+    if calibrated:
         calibration = measure_on_test(spark, config, served, runs[served].get(C.RUN_ID), rankings[served], queries)
+        rankings[served].unpersist()
     report["calibration"] = None if calibration is None else {"model": served, **calibration.summary()}
     plots = {"metrics": plot_metrics(report, run_dir / "metrics.png"),
              "metrics_by_k": plot_metrics_by_k(report, run_dir / "metrics_by_k.png"),
