@@ -38,7 +38,12 @@ def ancestors(_: object) -> list[tuple[int, str]]:
 def main(master: str, out: str) -> None:
     # test_pipeline's small run, on the cluster; its tests read the outputs.
     config = load_config(None, [*pipeline_overrides("."), f"spark.master={master}", "spark.shuffle_partitions=2",
-                                "spark.driver_memory=2g", "spark.extra={spark.ui.enabled: false}"])
+                                "spark.driver_memory=2g",
+                                # Interpreted evaluation, as the suite's session (conftest.py): on tens
+                                # of rows, compiling code for every plan is most of a stage's time.
+                                # Generated code runs in make run and bench/run.py.
+                                "spark.extra={spark.ui.enabled: false, spark.sql.codegen.wholeStage: false, "
+                                "spark.sql.codegen.factoryMode: NO_CODEGEN}"])
     spark = get_spark(config.spark)
     shop_ingest = {"ingest": lambda session, conf: ingest_stage(session, conf, shop(session))}
     summaries = run_pipeline(spark, config, select_stages(stop="features"), bodies=shop_ingest)

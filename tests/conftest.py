@@ -30,7 +30,7 @@ def spark():
                    # The tests' tables have tens of rows: compiling generated code for every plan costs
                    # more than it saves, and interpreted evaluation (Spark's own test switch) gives the
                    # same results. The features stage of test_pipeline's shop: 93 s -> 68 s. The
-                   # end-to-end run of test_pipeline (tests/cluster_run.py) keeps Spark's defaults.
+                   # end-to-end run of test_pipeline (tests/cluster_run.py) does the same.
                    "spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"},
         )
     )
