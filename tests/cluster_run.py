@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shop and settings of test_pipeline
+from conftest import INTERPRETED_EVALUATION  # noqa: E402
 from test_pipeline import pipeline_overrides, shop, snapshot  # noqa: E402
 
 from recspark.config import load_config  # noqa: E402
@@ -38,12 +39,8 @@ def ancestors(_: object) -> list[tuple[int, str]]:
 def main(master: str, out: str) -> None:
     # test_pipeline's small run, on the cluster; its tests read the outputs.
     config = load_config(None, [*pipeline_overrides("."), f"spark.master={master}", "spark.shuffle_partitions=2",
-                                "spark.driver_memory=2g",
-                                # Interpreted evaluation, as the suite's session (conftest.py): on tens
-                                # of rows, compiling code for every plan is most of a stage's time.
-                                # Generated code runs in make run and bench/run.py.
-                                "spark.extra={spark.ui.enabled: false, spark.sql.codegen.wholeStage: false, "
-                                "spark.sql.codegen.factoryMode: NO_CODEGEN}"])
+                                "spark.driver_memory=2g"])
+    config.spark.extra.update({"spark.ui.enabled": "false", **INTERPRETED_EVALUATION})
     spark = get_spark(config.spark)
     shop_ingest = {"ingest": lambda session, conf: ingest_stage(session, conf, shop(session))}
     summaries = run_pipeline(spark, config, select_stages(stop="features"), bodies=shop_ingest)

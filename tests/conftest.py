@@ -14,6 +14,13 @@ SERVING_HISTORIES_SCHEMA = ("user_id string, history array<int>, history_types a
                             "seen_idx array<int>, repeat_items array<int>, repeat_features array<float>")
 
 
+# The tests' tables have tens of rows: compiling generated code for every plan costs more than it
+# saves, and interpreted evaluation (Spark's own test switch) gives the same results. The features
+# stage of test_pipeline's shop: 93 s -> 68 s; the end-to-end cluster run (tests/cluster_run.py, which
+# uses it too): 569 s -> 490 s. Generated code runs in make run and bench/.
+INTERPRETED_EVALUATION = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
+
+
 @pytest.fixture(scope="session")
 def spark():
     from recspark.config import SparkConfig
@@ -26,12 +33,7 @@ def spark():
             shuffle_partitions=2,
             driver_memory="4g",
             extra={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
-                   "spark.sql.adaptive.coalescePartitions.enabled": "false",
-                   # The tests' tables have tens of rows: compiling generated code for every plan costs
-                   # more than it saves, and interpreted evaluation (Spark's own test switch) gives the
-                   # same results. The features stage of test_pipeline's shop: 93 s -> 68 s. The
-                   # end-to-end run of test_pipeline (tests/cluster_run.py) does the same.
-                   "spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"},
+                   "spark.sql.adaptive.coalescePartitions.enabled": "false", **INTERPRETED_EVALUATION},
         )
     )
     yield session
