@@ -56,7 +56,7 @@ def setting_config(base: Config, label: str, privacy: DPConfig, epochs: int | No
         train=dataclasses.replace(base.train, privacy=privacy, per_model=per_model))
 
 
-def test_metrics(spark: SparkSession, config: Config, with_baselines: bool) -> dict:
+def tested_metrics(spark: SparkSession, config: Config, with_baselines: bool) -> dict:
     """The report's test metrics of this setting's model (and of the baselines when asked), read
     from the metrics.json its evaluation wrote."""
     config = dataclasses.replace(
@@ -67,7 +67,7 @@ def test_metrics(spark: SparkSession, config: Config, with_baselines: bool) -> d
 
 
 def plot_privacy_utility(results: dict, path: Path) -> Path:
-    """Test NDCG@10 per setting (bars, labelled with the epsilon spent) against the baselines (lines)."""
+    """Test NDCG@10 per setting (bars, with their values) against the baselines (horizontal lines)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,7 +117,7 @@ def main() -> None:
         tested = {}
         if args.test:
             print(f"dp_utility: {model}, {label}: evaluation on test", flush=True)
-            tested = test_metrics(spark, config, with_baselines=not baselines)
+            tested = tested_metrics(spark, config, with_baselines=not baselines)
             baselines = baselines or {name: values for name, values in tested.items() if name != model}
         rows.append((label, meta, seconds, tested.get(model, {})))
     settings_line = base.train.for_model(model)
@@ -145,6 +145,7 @@ def main() -> None:
              "training_seconds": meta["training_seconds"], "stage_seconds": round(seconds, 1), "test": tested}
             for label, meta, seconds, tested in rows]}
         folder = Path(base.paths.reports) / "dp-utility" / base.run_name
+        folder.mkdir(parents=True, exist_ok=True)
         (folder / RESULTS_FILE).write_text(json.dumps(results, indent=2))
         print(f"\nresults: {folder / RESULTS_FILE}, plot: {plot_privacy_utility(results, folder / PLOT_FILE)}")
 
