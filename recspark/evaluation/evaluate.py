@@ -577,7 +577,7 @@ def plot_repeat_explore(report: dict, path: Path) -> Path | None:
     ax.set_ylabel(f"recall@{report['k']}")
     ax.set_title(f"{report['dataset']}: repeat vs explore, top {report['k']}", fontsize=10)
     ax.legend(fontsize=8)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_accuracy_vs_coverage(report: dict, path: Path) -> Path:
@@ -595,7 +595,7 @@ def plot_accuracy_vs_coverage(report: dict, path: Path) -> Path:
     ax.set_xlabel(f"catalogue coverage (top {report['k']})")
     ax.set_ylabel(f"{_label(report)}NDCG@{report['k']}")
     ax.set_title(f"{report['dataset']}: accuracy vs coverage", fontsize=10)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_training_curves(report: dict, path: Path) -> Path | None:
@@ -623,7 +623,7 @@ def plot_training_curves(report: dict, path: Path) -> Path | None:
     for ax in axes[0]:
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_metrics_by_k(report: dict, path: Path) -> Path:
@@ -643,7 +643,7 @@ def plot_metrics_by_k(report: dict, path: Path) -> Path:
         ax.set_xticks(ks)
     axes[0].legend()
     fig.suptitle(f"{report['dataset']}, test split {_label(report)}", fontsize=10)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_metrics(report: dict, path: Path) -> Path:
@@ -663,10 +663,10 @@ def plot_metrics(report: dict, path: Path) -> Path:
     ax.set_xticklabels([n.replace("_at_k", f"@{report['k']}") for n in names], rotation=20)
     ax.set_title(f"{_label(report)}{report['dataset']} test split, {report['users']:,} users", fontsize=9)
     ax.legend()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
-def _save_figure(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     """Writes a finished matplotlib figure as PNG and frees it (figures otherwise pile up in memory)."""
     import matplotlib.pyplot as plt
 
