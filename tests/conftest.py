@@ -37,7 +37,47 @@ def spark():
         )
     )
     yield session
-    session.stop()
+    if _jvm_process() is None or _jvm_process().poll() is None:  # a dead JVM is reported by spark_jvm_alive
+        session.stop()
+
+
+def _jvm_process():
+    """The Spark JVM this Python process started (PySpark keeps its Popen), or None."""
+    from pyspark import SparkContext
+
+    return getattr(getattr(SparkContext._active_spark_context, "_gateway", None), "proc", None)
+
+
+# Spark's exit codes that say why its JVM left (org.apache.spark.util.SparkExitCode), and the signals.
+JVM_EXITS = {0: "it exited normally: its stdin (the pipe from this Python process) closed, or System.exit(0)",
+             50: "an uncaught exception", 52: "java.lang.OutOfMemoryError (the driver's heap, spark.driver.memory)",
+             -9: "SIGKILL: the kernel's out-of-memory killer, or another process", 137: "SIGKILL",
+             143: "SIGTERM from another process", 130: "SIGINT", 129: "SIGHUP"}
+
+
+@pytest.fixture(autouse=True)
+def spark_jvm_alive(request):
+    """Stops the whole run, saying why, when the tests' Spark JVM has gone: otherwise every later test
+    fails with py4j's 'Connection refused' and the one line that matters is lost among hundreds (a CI
+    run on 2026-12-04 lost its JVM this way and told nothing more)."""
+    yield
+    process = _jvm_process()
+    if process is None or process.poll() is None:
+        return
+    import psutil
+
+    memory = psutil.virtual_memory()
+    code = process.returncode
+    # What the JVM wrote to stderr while this test ran: pytest captured it (setup and call are in
+    # the item's report sections, teardown still in the capture), and a passing test's is not shown.
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    stderr = [text for _, key, text in getattr(request.node, "_report_sections", []) if key == "stderr"]
+    stderr.append(capture.read_global_capture().err if capture is not None else "")
+    last_words = "".join(stderr)[-3000:]
+    pytest.exit(f"the tests' Spark JVM (pid {process.pid}) ended during or before {request.node.nodeid}: "
+                f"exit code {code}, {JVM_EXITS.get(code, 'see its stderr')}; memory available now "
+                f"{memory.available >> 20} MB of {memory.total >> 20} MB. The test's stderr ends:\n{last_words}",
+                returncode=3)
 
 
 def save_export(folder, model, num_items: int, max_seq_len: int):
