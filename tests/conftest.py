@@ -37,7 +37,8 @@ def spark():
         )
     )
     yield session
-    if _jvm_process() is None or _jvm_process().poll() is None:  # a dead JVM is reported by spark_jvm_alive
+    process = _jvm_process()
+    if process is None or process.poll() is None:  # a dead JVM is reported by spark_jvm_alive
         session.stop()
 
 

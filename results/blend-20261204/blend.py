@@ -25,7 +25,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recspark import constants as C
-from recspark.config import load_config
+from recspark.config import Config, add_config_arguments, load_config
 from recspark.evaluation import tifu_knn as T
 from recspark.evaluation.baselines import repeat_purchase
 from recspark.evaluation.evaluate import TEST_HISTORY_SPLITS, tifu_settings
@@ -78,19 +78,24 @@ def blended(a: DataFrame, b: DataFrame, scale: str, w: float, k: int) -> DataFra
             .filter(F.col(C.RANK) <= k).select(C.USER_ID, C.RANK, C.ITEM_ID, C.SCORE))
 
 
+def experiment(parser: argparse.ArgumentParser, out: str) -> tuple[argparse.Namespace, Config, dict[str, DataFrame]]:
+    """The experiments' common start: the project's configuration flags and ``--out``, the session,
+    and the gold tables they read (eval_queries, vocab, sequences)."""
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / out))
+    args = add_config_arguments(parser).parse_args()
+    config = load_config(args.conf_file, args.overrides)
+    spark = get_spark(config.spark)
+    tables = {name: read_table(spark, config.table_path(C.GOLD, table))
+              for name, table in (("eval_queries", C.EVAL_QUERIES), ("vocab", C.ITEM_VOCAB), ("sequences", SEQUENCES))}
+    return args, config, tables
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--conf-file", action="append", default=[])
-    parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--test", action="store_true", help="read the test split once with the validation choice")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "blend.json"))
-    args = parser.parse_args()
-    config = load_config(args.conf_file, args.set)
-    spark = get_spark(config.spark)
+    args, config, tables = experiment(parser, "blend.json")
+    eval_queries, vocab, sequences = tables["eval_queries"], tables["vocab"], tables["sequences"]
     k, model = config.evaluate.k, config.train.models[0]
-    eval_queries = read_table(spark, config.table_path(C.GOLD, C.EVAL_QUERIES))
-    vocab = read_table(spark, config.table_path(C.GOLD, C.ITEM_VOCAB))
-    sequences = read_table(spark, config.table_path(C.GOLD, SEQUENCES))
     report: dict = {"model": model, "candidates": CANDIDATES, "rrf_c": RRF_C, "k": k, "validation": []}
 
     started = time.perf_counter()

@@ -19,18 +19,15 @@ import json
 import time
 from pathlib import Path
 
-from blend import CANDIDATES, model_lists, tifu_lists
+from blend import CANDIDATES, experiment, model_lists, tifu_lists
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recspark import constants as C
-from recspark.config import load_config
 from recspark.evaluation.baselines import most_popular
+from recspark.evaluation.ranking import ranking_metrics
 from recspark.evaluation.repeat_explore import repeat_explore_metrics
-from recspark.evaluation.tuning import score_lists
 from recspark.scoring import ranked_list
-from recspark.session import get_spark
-from recspark.utils.delta import read_table
 
 SLOTS = [0, 1, 2, 3, 5]
 
@@ -61,24 +58,21 @@ def with_slots(model: DataFrame, explore: DataFrame, m: int, k: int) -> DataFram
 
 
 def measure(lists: DataFrame, queries: DataFrame, k: int) -> dict:
+    """Ranking metrics@k and the repeat / explore split of (user_id, rank, item_id) lists, from one
+    grouping of the lists (users without a list count with an empty one)."""
     grouped = lists.groupBy(C.USER_ID).agg(ranked_list().alias(C.PREDICTION))
     scored = queries.select(C.USER_ID, C.RELEVANT, C.SEEN).join(grouped, C.USER_ID, "left").withColumn(
         C.PREDICTION, F.coalesce(C.PREDICTION, F.array().cast("array<string>")))
-    return {**score_lists(lists, queries, k), **repeat_explore_metrics(scored, k)}
+    scored = scored.persist()
+    metrics = {**ranking_metrics(scored, k), **repeat_explore_metrics(scored, k)}
+    scored.unpersist()
+    return metrics
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--conf-file", action="append", default=[])
-    parser.add_argument("--set", action="append", default=[])
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "explore.json"))
-    args = parser.parse_args()
-    config = load_config(args.conf_file, args.set)
-    spark = get_spark(config.spark)
+    args, config, tables = experiment(argparse.ArgumentParser(description=__doc__.splitlines()[0]), "explore.json")
+    eval_queries, vocab, sequences = tables["eval_queries"], tables["vocab"], tables["sequences"]
     k, model = config.evaluate.k, config.train.models[0]
-    eval_queries = read_table(spark, config.table_path(C.GOLD, C.EVAL_QUERIES))
-    vocab = read_table(spark, config.table_path(C.GOLD, C.ITEM_VOCAB))
-    sequences = read_table(spark, config.table_path(C.GOLD, "sequences"))
     started = time.perf_counter()
     queries = eval_queries.filter(F.col(C.SPLIT) == C.VALIDATION).persist()
     lists = model_lists(queries, vocab, config.model_dir(model), config, CANDIDATES)
