@@ -15,7 +15,7 @@ PIPELINE_FLAGS := $(JOB_FLAGS) $(if $(FROM),--from $(FROM)) $(if $(ONLY),--stage
 export TF_USE_LEGACY_KERAS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test run compare $(STAGES) summary forget bench bench-run clean loop feedback
+.PHONY: setup test run compare $(STAGES) summary forget bench bench-run clean loop feedback notebooks
 
 setup:
 	bash tools/setup.sh
@@ -40,6 +40,10 @@ summary:
 # The closed loop replayed on DATASET's last weeks (README "Closed loop"): reports/<dataset>/loop/.
 loop:
 	$(PY) jobs/loop.py $(CONF) --conf-file conf/loop.yaml $(JOB_FLAGS)
+
+# The notebooks (notebooks/) executed headless on DATASET's latest run: reports/<dataset>/notebooks/.
+notebooks:
+	$(PY) jobs/notebooks.py $(CONF)
 
 # Feedback files (SET="feedback.path=...") into bronze, silver feedback, response events, served metrics.
 feedback:

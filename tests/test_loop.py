@@ -67,6 +67,10 @@ def test_two_cycles_warm_start_by_item_id_on_the_first_cycles_responses(spark: S
     assert [(r["cycle"], r["variant"]) for r in report["cycles"]] == [(0, "warm"), (1, "warm")]
     assert all(r["users_served"] == USERS and 0 <= r["ndcg"] <= 1 for r in report["cycles"])
     assert Path(summary["plot"]).is_file() and Path(summary["plot"]) == loop_reports_dir(config) / "loop.png"
+    from recspark.notebooks import loop_cycles  # what the models notebook shows of it
+
+    assert [(c.cycle, c.ndcg) for c in loop_cycles(config).itertuples()] == [(1, report["cycles"][0]["ndcg"]),
+                                                                             (2, report["cycles"][1]["ndcg"])]
 
     first_cut = dt.datetime.fromisoformat(report["first_cut"])
     world = cycle_config(config, "warm", first_cut)

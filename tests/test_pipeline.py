@@ -342,3 +342,32 @@ def test_score_writes_the_vectors_of_everyone_and_train_registers_the_pyfunc(spa
     assert report["plots"]["reliability"] == "reliability_repeatnet.png"
     assert (config.reports_dir / report[C.RUN_ID] / "reliability_repeatnet.png").exists()
     assert f"test {measured.ece_test:.4f} (measured by evaluate" in ran["score"]["confidence"]
+
+
+def test_the_notebooks_run_on_the_run(root: Path, ran: dict) -> None:
+    """`make notebooks` on this run: each notebook executes top to bottom (a failing cell raises, naming
+    it) with nothing left from the one before, and shows what it is there for, plots included."""
+    from recspark.notebooks import NOTEBOOKS, execute
+
+    written = execute([], [*pipeline_overrides("."), "spark.shuffle_partitions=2", "spark.driver_memory=1g"],
+                      root / "notebooks", cwd=root)
+    assert [path.name for path in written] == list(NOTEBOOKS)
+
+    def outputs(path: Path) -> tuple[str, int]:
+        """The notebook's printed and displayed text, and how many images it shows."""
+        text, images = [], 0
+        for cell in json.loads(path.read_text())["cells"]:
+            for output in cell.get("outputs", []):
+                assert output["output_type"] != "error", f"{path.name}: {output.get('ename')}: {output.get('evalue')}"
+                data = output.get("data", {})
+                images += "image/png" in data
+                text.append("".join(output.get("text", "")) + "".join(data.get("text/plain", "")))
+        return "\n".join(text), images
+
+    data, models, household = (outputs(path) for path in written)
+    assert f"{USERS * 6:,} baskets" in data[0] and data[1] == 4  # each user's 6 baskets; four plots
+    assert "repeatnet" in models[0] and "repeat_purchase" in models[0] and "ndcg_vs_buy_again" in models[0]
+    assert "no loop report yet" in models[0] and models[1] >= 3  # the report's plots and the training curves
+    chosen = household[0].split("household ", 1)[1].split()[0]
+    assert chosen == "user-000", household[0][:2000]  # the smallest id with both lists
+    assert "listed items were bought in the test period" in household[0] and household[1] == 2
