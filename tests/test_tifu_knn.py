@@ -181,8 +181,10 @@ def test_basket_weights_by_hand(spark: SparkSession) -> None:
 # with fewer groups than most users have baskets; more neighbours than users, 7 groups (users with
 # 9 and 14 baskets: an uneven earliest group), no within-group decay, and seen items excluded.
 SETTINGS = [
-    dict(group_count=3, within_decay=0.9, group_decay=0.7, neighbours=2, alpha=0.3, exclude_seen=False),
-    dict(group_count=7, within_decay=1.0, group_decay=0.1, neighbours=20, alpha=0.8, exclude_seen=True),
+    # block_users: the similarity in blocks of 2 users (5 blocks, 25 block pairs), or all in one.
+    dict(group_count=3, within_decay=0.9, group_decay=0.7, neighbours=2, alpha=0.3, exclude_seen=False, block_users=2),
+    dict(group_count=7, within_decay=1.0, group_decay=0.1, neighbours=20, alpha=0.8, exclude_seen=True,
+         block_users=2048),
 ]
 
 
@@ -196,7 +198,7 @@ def test_tifu_knn_equals_the_numpy_reference(shop, setting: dict) -> None:
 
     # Persisted as the evaluation does: each is read several times below.
     vectors = user_vectors(history, params["group_count"], params["within_decay"], params["group_decay"]).persist()
-    near = user_neighbours(vectors, queries, params["neighbours"]).persist()
+    near = user_neighbours(vectors, queries, params["neighbours"], block_users=setting["block_users"]).persist()
     scores = tifu_scores(vectors, near, queries, neighbours=params["neighbours"], alpha=params["alpha"],
                          exclude_seen=exclude_seen).collect()
     got = {(r[C.USER_ID], r[C.ITEM_IDX]): r[C.SCORE] for r in scores}
@@ -247,6 +249,21 @@ def test_tifu_knn_equals_the_numpy_reference(shop, setting: dict) -> None:
         # Listed items score p; fillers (only ever items with p = 0) score 0.
         assert [r[C.SCORE] for r in by_user[user]] == pytest.approx(
             [float(expected[user][IDX[r[C.ITEM_ID]]]) for r in by_user[user]], rel=1e-6, abs=1e-12)
+
+
+def test_neighbours_do_not_depend_on_the_blocks(shop) -> None:
+    """The same neighbours, similarities and ranks whatever the block size: one block, blocks of 1
+    (every pair of users its own task), 2 and 4 (a last block smaller than the others is avoided,
+    so 9 users make 3 blocks of 3)."""
+    history, _, queries, baskets, query_users, _ = shop
+    vectors = user_vectors(history, 3, 0.9, 0.7).persist()
+    near = {size: user_neighbours(vectors, queries, 3, block_users=size).persist() for size in (2048, 1, 2, 4)}
+    whole = near[2048]
+    assert whole.select(C.USER_ID).distinct().count() == len(query_users)
+    for size in (1, 2, 4):
+        assertDataFrameEqual(near[size], whole, checkRowOrder=False, rtol=1e-12)
+    for df in (*near.values(), vectors):
+        df.unpersist()
 
 
 def test_the_reference_shop_has_the_cases_that_matter(shop) -> None:

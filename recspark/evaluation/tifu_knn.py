@@ -26,18 +26,21 @@ The published code (github.com/HaojiHu/TIFUKNN) differs in details: its within-g
 from the user's last basket over the whole history, its later groups are the larger ones, and its
 neighbours are Euclidean; the formulas above are the paper's.
 
-Scale: the user-user similarity is a join of the unit-normalised (user, item, weight) rows on item
-and a sum per user pair, each unordered pair once: the work is sum over items of n_i (n_i - 1) / 2
-for n_i users with item i, bounded per task by Spark's shuffle, never one user x user matrix in one
-place; the neighbours' mean is query users x neighbours x their items. The top k needs only the
-items that can beat the floor of :func:`top_candidates` (exact). ``similarity_items``
-optionally keeps only each user's heaviest items for the similarity (the prediction always uses the
-whole u), which bounds that work when very popular items make it too large.
+Scale: the user-user similarity is computed in blocks of users (:func:`user_neighbours`): each
+(query block, user block) pair is one task multiplying two sparse matrices of unit-normalised
+vectors, so no task holds more than a block x block matrix and the vectors move once per block,
+never one row per pair of users sharing an item; the neighbours' mean is query users x neighbours x
+their items. The top k needs only the items that can beat the floor of :func:`top_candidates`
+(exact). ``similarity_items`` optionally keeps only each user's heaviest items for the similarity
+(the prediction always uses the whole u).
 """
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
+from scipy import sparse
 
 from recspark import constants as C
 from recspark.evaluation.baselines import most_popular
@@ -45,6 +48,9 @@ from recspark.evaluation.baselines import most_popular
 # The grid and the similarity pruning are configuration (evaluate.tifu_*, recspark.config); here
 # only the default of the functions' similarity_items argument.
 SIMILARITY_ITEMS: int | None = None  # None: the whole u enters the similarity
+# Users per block of the similarity (user_neighbours): a block pair's similarities are a dense
+# float64 matrix of at most this squared (32 MB, a few copies while its best are picked).
+BLOCK_USERS = 2048
 # Similarities and scores are ordered at this many decimals: sums of the same weights in another
 # order (Spark's partitioning) may differ in the last bit, which must not reorder exact ties.
 ORDER_DECIMALS = 12
@@ -135,16 +141,19 @@ def _low(key: str):
 
 
 def user_neighbours(vectors: DataFrame, query_users: DataFrame, neighbours: int,
-                    similarity_items: int | None = SIMILARITY_ITEMS) -> DataFrame:
+                    similarity_items: int | None = SIMILARITY_ITEMS, block_users: int = BLOCK_USERS) -> DataFrame:
     """(user_id, neighbour_id, user_idx, neighbour_idx, similarity, neighbour_rank): for every user of
     ``query_users`` (user_id), the ``neighbours`` other users most cosine-similar to it, rank 1 the
     most similar (ties at ``ORDER_DECIMALS`` decimals: smaller neighbour id). Users sharing no item are
     never neighbours (similarity 0).
 
-    The similarity is a join on item of the unit-normalised weights and a sum per user pair, each
-    unordered pair computed once (user_idx < neighbour_idx) and then mirrored: sum over items of
-    n_i (n_i - 1) / 2 products for n_i users with item i, 40 million on Complete Journey. Sparse rows
-    in, one row per pair sharing an item out; nothing is collected.
+    Blocked, as the scorer's top-k is over items: the users are cut into blocks of at most
+    ``block_users`` (by user_idx) and each (query block, user block) pair is one task that multiplies
+    the two blocks' sparse unit-normalised vectors (SciPy) into a dense block of similarities and
+    keeps each query user's best ``neighbours`` of it (:func:`_block_neighbours`); Spark then ranks
+    the survivors of every block per user. The data moved is the vectors once per block (a few
+    copies of a few MB here), not one row per pair of users sharing an item: that join was 40
+    million products on Complete Journey and most of TIFU-KNN's time (results/profile-20261204/).
     """
     rows = vectors
     if similarity_items is not None:
@@ -152,22 +161,63 @@ def user_neighbours(vectors: DataFrame, query_users: DataFrame, neighbours: int,
         rows = rows.withColumn("_r", F.row_number().over(heaviest)).filter(F.col("_r") <= similarity_items).drop("_r")
     norms = rows.groupBy(USER_IDX).agg(F.sqrt(F.sum(F.col(WEIGHT) * F.col(WEIGHT))).alias("_norm"))
     unit = rows.join(norms, USER_IDX).select(USER_IDX, C.ITEM_IDX, (F.col(WEIGHT) / F.col("_norm")).alias("_w"))
-    right = unit.select(F.col(USER_IDX).alias(NEIGHBOUR_IDX), C.ITEM_IDX, F.col("_w").alias("_wn"))
-    parts = _partitions(vectors)
-    half = (unit.repartition(parts, C.ITEM_IDX).join(right.repartition(parts, C.ITEM_IDX), C.ITEM_IDX)
-            .filter(F.col(USER_IDX) < F.col(NEIGHBOUR_IDX))
-            .groupBy(_pair_key(USER_IDX, NEIGHBOUR_IDX).alias("_key"))
-            .agg(F.sum(F.col("_w") * F.col("_wn")).alias(SIMILARITY)))
-    pairs = half.select(_high("_key").alias(USER_IDX), _low("_key").alias(NEIGHBOUR_IDX), SIMILARITY).unionByName(
-        half.select(_low("_key").alias(USER_IDX), _high("_key").alias(NEIGHBOUR_IDX), SIMILARITY))
     index = vectors.select(C.USER_ID, USER_IDX).distinct()
     queried = index.join(query_users.select(C.USER_ID).distinct(), C.USER_ID, "left_semi")
+    users = vectors.agg(F.max(USER_IDX)).first()[0] or 0  # user_idx is dense: 1 .. users
+    blocks = max(1, -(-users // block_users))
+    size = -(-users // blocks) if users else 1  # equal blocks: 2 of 1,235 rather than 2,048 and 421
+    block = lambda: ((F.col(USER_IDX) - 1) / size).cast("int")  # noqa: E731 (a fresh column per use)
+    every = F.explode(F.sequence(F.lit(0), F.lit(blocks - 1)))
+    # The query users' rows go to each (their block, any block) pair, everyone's to (any, their block).
+    left = unit.join(F.broadcast(queried.select(USER_IDX)), USER_IDX, "left_semi").select(
+        "*", block().alias("_qb"), every.alias("_cb"))
+    # New names on one side: a cogroup of two sides of one plan is an ambiguous self-join to Spark.
+    right = unit.select(F.col(USER_IDX).alias(NEIGHBOUR_IDX), F.col(C.ITEM_IDX).alias("_item"),
+                        F.col("_w").alias("_wn"), every.alias("_qb"), block().alias("_cb"))
+    keep = int(neighbours)
+
+    def best_of_block(query_rows: pd.DataFrame, user_rows: pd.DataFrame) -> pd.DataFrame:
+        return _block_neighbours(query_rows, user_rows, keep)
+
+    found = (left.groupBy("_qb", "_cb").cogroup(right.groupBy("_qb", "_cb"))
+             .applyInPandas(best_of_block, f"{USER_IDX} int, {NEIGHBOUR_IDX} int, {SIMILARITY} double"))
     best = Window.partitionBy(USER_IDX).orderBy(F.round(SIMILARITY, ORDER_DECIMALS).desc(), NEIGHBOUR_IDX)
-    return (pairs.join(F.broadcast(queried), USER_IDX)  # one row per user
-            .withColumn(NEIGHBOUR_RANK, F.row_number().over(best)).filter(F.col(NEIGHBOUR_RANK) <= neighbours)
+    return (found.withColumn(NEIGHBOUR_RANK, F.row_number().over(best)).filter(F.col(NEIGHBOUR_RANK) <= neighbours)
+            .join(F.broadcast(queried.select(USER_IDX, C.USER_ID)), USER_IDX)  # one row per user
             .join(F.broadcast(index.select(F.col(USER_IDX).alias(NEIGHBOUR_IDX), F.col(C.USER_ID).alias(NEIGHBOUR_ID))),
                   NEIGHBOUR_IDX)
             .select(C.USER_ID, NEIGHBOUR_ID, USER_IDX, NEIGHBOUR_IDX, SIMILARITY, NEIGHBOUR_RANK))
+
+
+def _block_neighbours(query_rows: pd.DataFrame, user_rows: pd.DataFrame, neighbours: int) -> pd.DataFrame:
+    """One block pair of :func:`user_neighbours`: (user_idx, item_idx, _w) rows of some query users and
+    (neighbour_idx, _item, _wn) rows of some users -> (user_idx, neighbour_idx, similarity) for each query user's ``neighbours`` most
+    similar other users of the block with a similarity above 0, and any tied with the last of them
+    to within 10^-ORDER_DECIMALS (Spark makes the final, exact order over every block's survivors, so
+    a rounding of its own here must not drop a tie)."""
+    empty = pd.DataFrame({USER_IDX: np.zeros(0, np.int32), NEIGHBOUR_IDX: np.zeros(0, np.int32),
+                          SIMILARITY: np.zeros(0, np.float64)})
+    if query_rows.empty or user_rows.empty:
+        return empty
+    queried, q = np.unique(query_rows[USER_IDX].to_numpy(), return_inverse=True)
+    others, o = np.unique(user_rows[NEIGHBOUR_IDX].to_numpy(), return_inverse=True)
+    _, i = np.unique(np.concatenate([query_rows[C.ITEM_IDX].to_numpy(), user_rows["_item"].to_numpy()]),
+                     return_inverse=True)
+    items = int(i.max()) + 1
+    left = sparse.csr_matrix((query_rows["_w"].to_numpy(np.float64), (q, i[:len(q)])), shape=(len(queried), items))
+    right = sparse.csr_matrix((user_rows["_wn"].to_numpy(np.float64), (o, i[len(q):])), shape=(len(others), items))
+    similarity = (left @ right.T).toarray()
+    similarity[queried[:, None] == others[None, :]] = 0.0  # a user is not its own neighbour
+    rounded = np.round(similarity, ORDER_DECIMALS)
+    if len(others) > neighbours:  # each row's neighbours-th best, the floor of what it keeps
+        floor = -np.partition(-rounded, neighbours - 1, axis=1)[:, neighbours - 1]
+    else:
+        floor = np.full(len(queried), -np.inf)
+    rows, cols = np.nonzero((similarity > 0) & (rounded >= floor[:, None] - 10.0 ** -ORDER_DECIMALS))
+    if not len(rows):
+        return empty
+    return pd.DataFrame({USER_IDX: queried[rows].astype(np.int32), NEIGHBOUR_IDX: others[cols].astype(np.int32),
+                         SIMILARITY: similarity[rows, cols]})
 
 
 def own_and_neighbour_weights(vectors: DataFrame, near: DataFrame, query_users: DataFrame,
