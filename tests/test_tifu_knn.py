@@ -12,7 +12,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from recspark import constants as C
 from recspark.evaluation.tifu_knn import (
-    BASKET_END, BASKET_ID, WEIGHT, history_baskets, own_and_neighbour_weights, reachable_weights, tifu_knn, tifu_scores,
+    BASKET_END, BASKET_ID, WEIGHT, history_baskets, own_and_neighbour_weights, tifu_knn, tifu_scores,
     top_candidates, user_neighbours, user_vectors, with_basket_weights,
 )
 
@@ -209,7 +209,7 @@ def test_tifu_knn_equals_the_numpy_reference(shop, setting: dict) -> None:
     assert IDX["j"] not in {i for _, i in got}  # bought only in the test period
 
     # The floor cut keeps every item of the reference top k, and does cut (users with >= k own items).
-    weights = own_and_neighbour_weights(vectors, near, queries, params["neighbours"])
+    weights = own_and_neighbour_weights(vectors, near, queries, params["neighbours"], block_users=setting["block_users"])
     candidates = {(r[C.USER_ID], r[C.ITEM_IDX])
                   for r in top_candidates(weights, queries, params["alpha"], exclude_seen, k).collect()}
     for user in query_users:
@@ -218,10 +218,12 @@ def test_tifu_knn_equals_the_numpy_reference(shop, setting: dict) -> None:
         assert {(user, i) for _, i in best} <= candidates, user
     assert exclude_seen or len(candidates) < len(got)
 
-    # The alpha-free cut keeps every reference top-k item for any alpha >= its min_alpha, and does cut.
+    # The alpha-free cut keeps every reference top-k item for any alpha >= its min_alpha, and does cut
+    # (the lists of exclude_seen read uncut weights: the user's own items are not listed there).
     for min_alpha in (params["alpha"], params["alpha"] / 2):
-        kept = {(r[C.USER_ID], r[C.ITEM_IDX])
-                for r in reachable_weights(weights, vectors, k, min_alpha, exclude_seen).collect()}
+        reach = None if exclude_seen else (k, min_alpha)
+        kept = {(r[C.USER_ID], r[C.ITEM_IDX]) for r in own_and_neighbour_weights(
+            vectors, near, queries, params["neighbours"], reachable=reach, block_users=setting["block_users"]).collect()}
         for alpha in (min_alpha, (1 + min_alpha) / 2, 1.0):
             at_alpha = reference(baskets, query_users, **{**params, "alpha": alpha})
             for user in query_users:
@@ -251,17 +253,23 @@ def test_tifu_knn_equals_the_numpy_reference(shop, setting: dict) -> None:
             [float(expected[user][IDX[r[C.ITEM_ID]]]) for r in by_user[user]], rel=1e-6, abs=1e-12)
 
 
-def test_neighbours_do_not_depend_on_the_blocks(shop) -> None:
-    """The same neighbours, similarities and ranks whatever the block size: one block, blocks of 1
-    (every pair of users its own task), 2 and 4 (a last block smaller than the others is avoided,
-    so 9 users make 3 blocks of 3)."""
+def test_neighbours_and_weights_do_not_depend_on_the_blocks(shop) -> None:
+    """The same neighbours (similarities, ranks) and the same own and neighbour weights, cut or not,
+    whatever the block size: one block, blocks of 1 (every pair of users its own task), 2 and 4 (a
+    last block smaller than the others is avoided, so 9 users make 3 blocks of 3)."""
     history, _, queries, baskets, query_users, _ = shop
     vectors = user_vectors(history, 3, 0.9, 0.7).persist()
     near = {size: user_neighbours(vectors, queries, 3, block_users=size).persist() for size in (2048, 1, 2, 4)}
     whole = near[2048]
     assert whole.select(C.USER_ID).distinct().count() == len(query_users)
-    for size in (1, 2, 4):
-        assertDataFrameEqual(near[size], whole, checkRowOrder=False, rtol=1e-12)
+    for reach in (None, (2, 0.5)):
+        weights = own_and_neighbour_weights(vectors, whole, queries, 3, reachable=reach).persist()
+        assert weights.select(C.USER_ID).distinct().count() == len(query_users)
+        for size in (1, 2, 4):
+            assertDataFrameEqual(near[size], whole, checkRowOrder=False, rtol=1e-12)
+            assertDataFrameEqual(own_and_neighbour_weights(vectors, near[size], queries, 3, reachable=reach,
+                                                           block_users=size), weights, checkRowOrder=False, rtol=1e-12)
+        weights.unpersist()
     for df in (*near.values(), vectors):
         df.unpersist()
 

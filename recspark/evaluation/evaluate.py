@@ -112,7 +112,9 @@ def tifu_test_weights(sequences: DataFrame, queries: DataFrame, tuning: dict, co
     vectors = T.user_vectors(baskets, chosen["group_count"], chosen["within_decay"], chosen["group_decay"]).persist()
     near = T.user_neighbours(vectors, queries, chosen["neighbours"], tuning["similarity_items"]).persist()
     weights = T.own_and_neighbour_weights(vectors, near, queries, chosen["neighbours"])
-    listed = T.reachable_weights(weights, vectors, k, chosen["alpha"], config.evaluate.exclude_seen).persist()
+    listed = (weights if config.evaluate.exclude_seen else
+              T.own_and_neighbour_weights(vectors, near, queries, chosen["neighbours"], reachable=(k, chosen["alpha"]))
+              ).persist()
     return weights, listed, [listed, vectors, near]
 
 

@@ -114,9 +114,9 @@ def with_basket_weights(baskets: DataFrame, group_count: int, within_decay: floa
 def user_vectors(baskets: DataFrame, group_count: int, within_decay: float, group_decay: float) -> DataFrame:
     """(user_id, user_idx, item_idx, weight): every user's TIFU vector u as sparse rows (weight > 0).
 
-    ``user_idx`` numbers the users densely in user id order: the pair keys of the similarity and the
-    neighbour sums are then two ints (one long), far cheaper to hash and shuffle than two 26-character
-    pseudonyms, and "smaller user id" and "smaller index" are the same tie-break.
+    ``user_idx`` numbers the users densely in user id order: the similarity's blocks are ranges of it
+    and its rows and columns are ints, not 26-character pseudonyms, and "smaller user id" and
+    "smaller index" are the same tie-break.
     """
     summed = (baskets.transform(with_basket_weights, group_count, within_decay, group_decay)
               .groupBy(C.USER_ID, C.ITEM_IDX).agg(F.sum(WEIGHT).alias(WEIGHT))
@@ -125,19 +125,6 @@ def user_vectors(baskets: DataFrame, group_count: int, within_decay: float, grou
     index = summed.select(C.USER_ID).distinct().withColumn(
         USER_IDX, F.row_number().over(Window.orderBy(C.USER_ID)).cast("int"))
     return summed.join(index, C.USER_ID).select(C.USER_ID, USER_IDX, C.ITEM_IDX, WEIGHT)
-
-
-def _pair_key(a: str, b: str):
-    """Two non-negative int columns as one long (a in the high 32 bits): one hash key instead of two."""
-    return F.shiftleft(F.col(a).cast("long"), 32).bitwiseOR(F.col(b).cast("long"))
-
-
-def _high(key: str):
-    return F.shiftright(F.col(key), 32).cast("int")
-
-
-def _low(key: str):
-    return F.col(key).bitwiseAND(F.lit(0xFFFFFFFF)).cast("int")
 
 
 def user_neighbours(vectors: DataFrame, query_users: DataFrame, neighbours: int,
@@ -163,9 +150,7 @@ def user_neighbours(vectors: DataFrame, query_users: DataFrame, neighbours: int,
     unit = rows.join(norms, USER_IDX).select(USER_IDX, C.ITEM_IDX, (F.col(WEIGHT) / F.col("_norm")).alias("_w"))
     index = vectors.select(C.USER_ID, USER_IDX).distinct()
     queried = index.join(query_users.select(C.USER_ID).distinct(), C.USER_ID, "left_semi")
-    users = vectors.agg(F.max(USER_IDX)).first()[0] or 0  # user_idx is dense: 1 .. users
-    blocks = max(1, -(-users // block_users))
-    size = -(-users // blocks) if users else 1  # equal blocks: 2 of 1,235 rather than 2,048 and 421
+    blocks, size = _blocks(vectors, block_users)
     block = lambda: ((F.col(USER_IDX) - 1) / size).cast("int")  # noqa: E731 (a fresh column per use)
     every = F.explode(F.sequence(F.lit(0), F.lit(blocks - 1)))
     # The query users' rows go to each (their block, any block) pair, everyone's to (any, their block).
@@ -220,42 +205,102 @@ def _block_neighbours(query_rows: pd.DataFrame, user_rows: pd.DataFrame, neighbo
                          SIMILARITY: similarity[rows, cols]})
 
 
-def own_and_neighbour_weights(vectors: DataFrame, near: DataFrame, query_users: DataFrame,
-                              neighbours: int) -> DataFrame:
+def own_and_neighbour_weights(vectors: DataFrame, near: DataFrame, query_users: DataFrame, neighbours: int,
+                              reachable: tuple[int, float] | None = None,
+                              block_users: int = BLOCK_USERS) -> DataFrame:
     """(user_id, item_idx, _own, _nbr) for every query user and every item in its u or in a
     neighbour's: the user's own weight and the mean of its (at most ``neighbours``) nearest
     neighbours' weights (0 where absent). ``near`` (:func:`user_neighbours`) may hold more
     neighbours per user (for a larger grid point): only ranks <= ``neighbours`` are used.
 
-    One join and one aggregation: the user counts as its own neighbour with a flag, so that its
-    weights and its neighbours' are summed in the same pass (a full outer join of the two would
-    shuffle every row again). The work is query users x (neighbours + 1) x their items, 79 million
-    rows for Complete Journey's validation queries at 100 neighbours (24.5 million (user, item)
-    pairs out; :func:`reachable_weights` cuts them before they are persisted), keyed by
-    one long per (user, item); only one-row-per-user tables are broadcast, never vectors."""
+    ``reachable`` = (k, min_alpha): only the rows that can be in the user's top k for some alpha >=
+    min_alpha, exactly (the rows worth persisting for the full-ranking lists; the sampled protocol
+    scores arbitrary items and reads them uncut). The bound is :func:`top_candidates`' floor made
+    independent of alpha: a user's k heaviest own items all have p >= alpha x the k-th heaviest own
+    weight w_k, so an item the user never bought (own 0, p = (1 - alpha) x nbr) is out of the top k
+    unless (1 - alpha) x nbr >= alpha x w_k, and that bound only rises with alpha. Own items are all
+    kept (the floor is made of them), and so is every row of a user with fewer than k own items. On
+    Complete Journey's test queries (k = 20, alpha 0.8) 1.35 million rows of the 24.5 million remain.
+
+    Blocked by query user (:func:`_block_weights`): each block of query users is one task that
+    receives its users' neighbour lists and the vectors of the users they name, and forms the
+    neighbours' mean as a sparse product. The rows out are the kept ones only; a join of every
+    (user, neighbour) pair with the neighbour's items (79 million rows for the validation queries)
+    and an aggregation per (user, item) took 50 s of TIFU-KNN's test lists (results/tifu-blocked-20261204/).
+    """
     index = vectors.select(C.USER_ID, USER_IDX).distinct().join(
         query_users.select(C.USER_ID).distinct(), C.USER_ID, "left_semi")
-    kept = near.filter(F.col(NEIGHBOUR_RANK) <= neighbours).select(USER_IDX, NEIGHBOUR_IDX)
-    found = kept.groupBy(USER_IDX).agg(F.count(F.lit(1)).alias("_found"))
-    pairs = kept.withColumn("_self", F.lit(False)).unionByName(
-        index.select(USER_IDX, F.col(USER_IDX).alias(NEIGHBOUR_IDX), F.lit(True).alias("_self")))
-    theirs = vectors.select(F.col(USER_IDX).alias(NEIGHBOUR_IDX), C.ITEM_IDX, F.col(WEIGHT).alias("_w"))
-    parts = _partitions(vectors)
-    summed = (pairs.repartition(parts, NEIGHBOUR_IDX).join(theirs.repartition(parts, NEIGHBOUR_IDX), NEIGHBOUR_IDX)
-              .groupBy(_pair_key(USER_IDX, C.ITEM_IDX).alias("_key"))
-              .agg(F.sum(F.when(F.col("_self"), F.col("_w"))).alias("_own"),
-                   F.sum(F.when(~F.col("_self"), F.col("_w"))).alias("_sum")))
-    return (summed.select(_high("_key").alias(USER_IDX), _low("_key").alias(C.ITEM_IDX), "_own", "_sum")
-            .join(F.broadcast(found), USER_IDX, "left").join(F.broadcast(index), USER_IDX)
-            .select(C.USER_ID, C.ITEM_IDX, F.coalesce("_own", F.lit(0.0)).alias("_own"),
-                    F.coalesce(F.col("_sum") / F.col("_found"), F.lit(0.0)).alias("_nbr")))
+    blocks, size = _blocks(vectors, block_users)
+    block = ((F.col(USER_IDX) - 1) / size).cast("int")
+    pairs = (near.filter(F.col(NEIGHBOUR_RANK) <= neighbours).select(USER_IDX, NEIGHBOUR_IDX, F.lit(False).alias("_self"))
+             .unionByName(index.select(USER_IDX, F.col(USER_IDX).alias(NEIGHBOUR_IDX), F.lit(True).alias("_self")))
+             .withColumn("_qb", block))
+    # Each block's neighbours' vectors, once per block (new names: vectors and pairs share a plan).
+    needed = pairs.select(F.col("_qb").alias("_vb"), F.col(NEIGHBOUR_IDX).alias("_n")).distinct()
+    theirs = (vectors.select(F.col(USER_IDX).alias("_n"), F.col(C.ITEM_IDX).alias("_item"), F.col(WEIGHT).alias("_wv"))
+              .join(needed, "_n"))
+    cut = None if reachable is None else (int(reachable[0]), float(reachable[1]))
+
+    def weights_of_block(block_pairs: pd.DataFrame, block_vectors: pd.DataFrame) -> pd.DataFrame:
+        return _block_weights(block_pairs, block_vectors, cut)
+
+    weights = (pairs.groupBy("_qb").cogroup(theirs.groupBy("_vb"))
+               .applyInPandas(weights_of_block, f"{USER_IDX} int, {C.ITEM_IDX} int, _own double, _nbr double"))
+    return weights.join(F.broadcast(index), USER_IDX).select(C.USER_ID, C.ITEM_IDX, "_own", "_nbr")  # one row per user
 
 
-def _partitions(df: DataFrame) -> int:
-    """The session's shuffle partitions, set explicitly on the two large joins: their inputs are
-    small (thousands of users, a few MB) and their outputs tens of millions of rows, so adaptive
-    execution would otherwise coalesce them into fewer tasks than there are cores."""
-    return int(df.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+# Query users whose dense (users x items) own and neighbour matrices are formed at once in a block.
+_CHUNK_USERS = 256
+
+
+def _block_weights(pairs: pd.DataFrame, vectors: pd.DataFrame, reachable: tuple[int, float] | None) -> pd.DataFrame:
+    """One query block of :func:`own_and_neighbour_weights`: (user_idx, neighbour_idx, _self) pairs
+    and the (_n, _item, _wv) vector rows of every user they name -> (user_idx, item_idx, _own, _nbr)
+    rows with own or nbr > 0 (cut to ``reachable`` = (k, min_alpha) when given)."""
+    out = {USER_IDX: [], C.ITEM_IDX: [], "_own": [], "_nbr": []}
+    if not pairs.empty and not vectors.empty:
+        users, u = np.unique(pairs[USER_IDX].to_numpy(), return_inverse=True)
+        named, n = np.unique(vectors["_n"].to_numpy(), return_inverse=True)
+        items, i = np.unique(vectors["_item"].to_numpy(), return_inverse=True)
+        theirs = sparse.csr_matrix((vectors["_wv"].to_numpy(np.float64), (n, i)), shape=(len(named), len(items)))
+        at = np.searchsorted(named, pairs[NEIGHBOUR_IDX].to_numpy())  # every user named has a vector
+        own_self = pairs["_self"].to_numpy(bool)
+        pick = lambda rows: sparse.csr_matrix((np.ones(rows.sum()), (u[rows], at[rows])),  # noqa: E731
+                                              shape=(len(users), len(named)))
+        own_of, sum_of = pick(own_self), pick(~own_self)
+        found = np.bincount(u[~own_self], minlength=len(users)).astype(np.float64)
+        for lo in range(0, len(users), _CHUNK_USERS):
+            hi = min(lo + _CHUNK_USERS, len(users))
+            own = (own_of[lo:hi] @ theirs).toarray()  # one 1 per row: the user's own weights, exactly
+            nbr = (sum_of[lo:hi] @ theirs).toarray()
+            np.divide(nbr, found[lo:hi, None], out=nbr, where=found[lo:hi, None] > 0)
+            keep = (own > 0) | (nbr > 0)
+            if reachable is not None:
+                k, alpha = reachable
+                owned = (own > 0).sum(axis=1)
+                cut_rows = owned >= k  # users with fewer own items than k keep every row
+                if cut_rows.any():
+                    kth = np.full(hi - lo, np.inf)
+                    kth[cut_rows] = -np.partition(-own[cut_rows], k - 1, axis=1)[:, k - 1]
+                    # The margin keeps rows whose bound is met at ORDER_DECIMALS, as top_candidates' floor does.
+                    reach = (1.0 - alpha) * nbr >= alpha * kth[:, None] - 10.0 ** -ORDER_DECIMALS
+                    keep &= (own > 0) | ~cut_rows[:, None] | reach
+            rows, cols = np.nonzero(keep)
+            out[USER_IDX].append(users[lo + rows])
+            out[C.ITEM_IDX].append(items[cols])
+            out["_own"].append(own[rows, cols])
+            out["_nbr"].append(nbr[rows, cols])
+    joined = {name: (np.concatenate(parts) if parts else np.zeros(0)) for name, parts in out.items()}
+    return pd.DataFrame({USER_IDX: joined[USER_IDX].astype(np.int32), C.ITEM_IDX: joined[C.ITEM_IDX].astype(np.int32),
+                         "_own": joined["_own"].astype(np.float64), "_nbr": joined["_nbr"].astype(np.float64)})
+
+
+def _blocks(vectors: DataFrame, block_users: int) -> tuple[int, int]:
+    """(number of blocks, users per block) for users 1 .. max(user_idx) (dense) in blocks of at most
+    ``block_users``, all of one size: 2 blocks of 1,235 rather than 2,048 and 421."""
+    users = vectors.agg(F.max(USER_IDX)).first()[0] or 0
+    blocks = max(1, -(-users // block_users))
+    return blocks, max(1, -(-users // blocks))
 
 
 def with_prediction(weights: DataFrame, alpha: float) -> DataFrame:
@@ -272,34 +317,6 @@ def predicted_scores(weights: DataFrame, queries: DataFrame, alpha: float, exclu
         seen = queries.select(C.USER_ID, F.explode("seen_idx").alias(C.ITEM_IDX))
         scored = scored.join(seen, [C.USER_ID, C.ITEM_IDX], "left_anti")
     return scored
-
-
-def reachable_weights(weights: DataFrame, vectors: DataFrame, k: int, min_alpha: float,
-                      exclude_seen: bool) -> DataFrame:
-    """:func:`own_and_neighbour_weights` rows cut to those that can be in a user's top k for any
-    alpha >= ``min_alpha``, exactly: the rows worth persisting for the full-ranking lists.
-
-    The bound is :func:`top_candidates`' floor, made independent of alpha: a user's k heaviest own
-    items all have p >= alpha x the k-th heaviest own weight w_k, so an item the user never bought
-    (own 0, p = (1 - alpha) x nbr) is out of the top k unless (1 - alpha) x nbr >= alpha x w_k, and
-    that bound only rises with alpha, so ``min_alpha`` decides. Own items are all kept (the floor is
-    made of them); users with fewer than k own items, and every user with ``exclude_seen`` (own
-    items are not listed then), keep every row. On Complete Journey's validation queries (k = 10)
-    this keeps 1.06 million of 24.5 million rows even at alpha >= 0.1: the persisted weights shrink
-    twentyfold (``results/tifu-speed-20261202``). The sampled protocol scores arbitrary items and
-    reads the uncut weights.
-    """
-    if exclude_seen:
-        return weights
-    heaviest = Window.partitionBy(C.USER_ID).orderBy(F.col(WEIGHT).desc(), C.ITEM_IDX)
-    kth = (vectors.withColumn("_r", F.row_number().over(heaviest)).filter(F.col("_r") == k)
-           .select(C.USER_ID, F.col(WEIGHT).alias("_kth")))
-    alpha = float(min_alpha)
-    # The margin keeps rows whose bound is met at ORDER_DECIMALS, as top_candidates' floor does.
-    reachable = (F.lit(1.0 - alpha) * F.col("_nbr")
-                 >= F.lit(alpha) * F.col("_kth") - F.lit(10.0 ** -ORDER_DECIMALS))
-    return (weights.join(F.broadcast(kth), C.USER_ID, "left")  # one row per user
-            .filter(F.col("_kth").isNull() | (F.col("_own") > 0) | reachable).drop("_kth"))
 
 
 def top_candidates(weights: DataFrame, queries: DataFrame, alpha: float, exclude_seen: bool, k: int) -> DataFrame:
@@ -368,8 +385,8 @@ def tifu_knn(baskets: DataFrame, vocab: DataFrame, queries: DataFrame, k: int, e
     """
     vectors = user_vectors(baskets, group_count, within_decay, group_decay).persist()
     near = user_neighbours(vectors, queries, neighbours, similarity_items).persist()
-    weights = reachable_weights(own_and_neighbour_weights(vectors, near, queries, neighbours), vectors, k, alpha,
-                                exclude_seen).persist()
+    weights = own_and_neighbour_weights(vectors, near, queries, neighbours,
+                                        reachable=None if exclude_seen else (k, alpha)).persist()
     lists = top_k_with_fillers(top_candidates(weights, queries, alpha, exclude_seen, k), vocab, queries, k,
                                exclude_seen).persist()
     lists.count()  # materialised before its inputs are released

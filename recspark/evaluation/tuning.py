@@ -37,7 +37,7 @@ from recspark import constants as C
 from recspark.evaluation.baselines import als_top_k, fit_als, interactions_of, train_steps
 from recspark.evaluation.ranking import NDCG_AT_K, ranking_metrics
 from recspark.evaluation.tifu_knn import (
-    history_baskets, own_and_neighbour_weights, reachable_weights, top_candidates, top_k_with_fillers, user_neighbours,
+    history_baskets, own_and_neighbour_weights, top_candidates, top_k_with_fillers, user_neighbours,
     user_vectors,
 )
 from recspark.scoring import ranked_list
@@ -188,8 +188,8 @@ def tune_tifu_on_validation(sequences: DataFrame, vocab: DataFrame, validation_q
                        "group_decay": float(group_decay), "seconds": round(time.perf_counter() - started, 1)})
         for n in neighbours:
             # Cut once for the whole alpha grid: what no alpha of it can list is never persisted.
-            weights = reachable_weights(own_and_neighbour_weights(vectors, near, queries, int(n)), vectors, k,
-                                        min(float(a) for a in alphas), exclude_seen).persist()
+            reach = None if exclude_seen else (k, min(float(a) for a in alphas))
+            weights = own_and_neighbour_weights(vectors, near, queries, int(n), reachable=reach).persist()
             for alpha in alphas:
                 started = time.perf_counter()
                 lists = top_k_with_fillers(top_candidates(weights, queries, float(alpha), exclude_seen, k), vocab,

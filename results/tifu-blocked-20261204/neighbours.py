@@ -1,6 +1,6 @@
 """TIFU-KNN's neighbour search and test lists on bench23's Complete Journey gold (test queries, the
-default point), timed; the neighbours written to /tmp/near-<tag> for a row-for-row comparison. Run once
-from a clone at the commit before the blocked search (tag old) and once after (tag new)."""
+default point), timed; the neighbours and lists written to /tmp/near-<tag>, /tmp/lists-<tag> for a row-for-row comparison. Run once
+from a clone at the commit before the blocked search (tag old), then after it (tag new); compare.py compares."""
 import sys
 import time
 from pyspark.sql import functions as F
@@ -33,8 +33,12 @@ near = T.user_neighbours(vectors, queries, chosen["neighbours"]).persist()
 print(f"{tag} neighbours: {near.count():,} rows, {time.perf_counter() - t:.1f} s", flush=True)
 near.write.mode("overwrite").parquet(f"/tmp/near-{tag}")
 t = time.perf_counter()
-weights = T.reachable_weights(T.own_and_neighbour_weights(vectors, near, queries, chosen["neighbours"]), vectors,
-                              kept, chosen["alpha"], ev.exclude_seen).persist()
+if hasattr(T, "reachable_weights"):  # before the blocked weights
+    weights = T.reachable_weights(T.own_and_neighbour_weights(vectors, near, queries, chosen["neighbours"]), vectors,
+                                  kept, chosen["alpha"], ev.exclude_seen).persist()
+else:
+    weights = T.own_and_neighbour_weights(vectors, near, queries, chosen["neighbours"],
+                                          reachable=(kept, chosen["alpha"])).persist()
 print(f"{tag} weights: {weights.count():,} rows, {time.perf_counter() - t:.1f} s", flush=True)
 t = time.perf_counter()
 lists = T.top_k_with_fillers(T.top_candidates(weights, queries, chosen["alpha"], ev.exclude_seen, kept), vocab,
