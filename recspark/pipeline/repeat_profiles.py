@@ -99,25 +99,26 @@ def with_repeat_profile(rows: DataFrame, steps: DataFrame, config: FeaturesConfi
 def repeat_profiles_of_user(rows: pd.DataFrame, pairs: pd.DataFrame, size: int, first: int) -> pd.DataFrame:
     """One user's profiles (see :func:`with_repeat_profile`): ``rows`` (any columns, _cut, _splits)
     and ``pairs`` (_bo, _i, _us, _s, _rate, _gap; one per basket and item) -> the rows without _cut
-    and _splits, plus repeat_items and repeat_features. Each row aggregates its own prefix in NumPy:
-    a few hundred pairs per household."""
+    and _splits, plus repeat_items and repeat_features.
+
+    All rows of one set of splits at once (:func:`_profiles`): a row's prefix is every pair before its
+    cut, so the per-item counts and extremes are cumulative over the row cuts, computed once; a
+    NumPy pass per row over its own prefix cost Complete Journey's features stage about a minute."""
     count = C.REPEAT_FEATURE_COUNT
     items_out = np.full((len(rows), size), C.PAD_IDX, dtype=np.int32)
     features_out = np.zeros((len(rows), size * count), dtype=np.float32)
     if len(rows) and len(pairs):
-        bo, item = pairs["_bo"].to_numpy(np.int64), pairs["_i"].to_numpy(np.int64)
-        us, split = pairs["_us"].to_numpy(np.int64), pairs["_s"].to_numpy(object)
-        rate, gap = pairs["_rate"].to_numpy(np.float64), pairs["_gap"].to_numpy(np.float64)
-        in_splits: dict[tuple, np.ndarray] = {}  # rows of a user mostly share one set of splits
-        for r, (cut, allowed) in enumerate(zip(rows["_cut"].to_numpy(), rows["_splits"])):
-            allowed = tuple(allowed)
-            if allowed not in in_splits:
-                in_splits[allowed] = np.isin(split, allowed)
-            prefix = in_splits[allowed] & (bo < cut)
-            if not prefix.any():
-                continue
-            items_out[r], features_out[r] = _profile(bo[prefix], item[prefix], us[prefix], rate[prefix],
-                                                     gap[prefix], size, first)
+        split = pairs["_s"].to_numpy(object)
+        cuts = rows["_cut"].to_numpy(np.int64)
+        allowed = [tuple(a) for a in rows["_splits"]]
+        for splits in set(allowed):  # rows of a user mostly share one set of splits
+            at = np.fromiter((a == splits for a in allowed), bool, count=len(rows))
+            kept = pairs[np.isin(split, splits)]
+            if len(kept):
+                items_out[at], features_out[at] = _profiles(
+                    cuts[at], kept["_bo"].to_numpy(np.int64), kept["_i"].to_numpy(np.int64),
+                    kept["_us"].to_numpy(np.int64), kept["_rate"].to_numpy(np.float64),
+                    kept["_gap"].to_numpy(np.float64), size, first)
     out = rows.drop(columns=list(_ROW_INPUTS))
     # Object columns of 1-D arrays, also when empty: Arrow converts those to array<...>.
     out[C.REPEAT_ITEMS] = pd.Series(list(items_out), index=out.index, dtype=object)
@@ -125,32 +126,66 @@ def repeat_profiles_of_user(rows: pd.DataFrame, pairs: pd.DataFrame, size: int, 
     return out
 
 
-def _profile(bo: np.ndarray, item: np.ndarray, us: np.ndarray, rate: np.ndarray, gap: np.ndarray, size: int,
-             first: int) -> tuple[np.ndarray, np.ndarray]:
-    """One prefix's (items, flattened features), padded to ``size`` items."""
-    items = np.full(size, C.PAD_IDX, dtype=np.int32)
-    values = np.zeros((size, C.REPEAT_FEATURE_COUNT), dtype=np.float64)
-    max_bo, baskets, ref = bo.max(), len(np.unique(bo)), us.max()  # over every pair, reserved items too
+def _profiles(cuts: np.ndarray, bo: np.ndarray, item: np.ndarray, us: np.ndarray, rate: np.ndarray,
+              gap: np.ndarray, size: int, first: int) -> tuple[np.ndarray, np.ndarray]:
+    """The profiles of rows with ``cuts`` over one user's pairs (bo, item, us, rate, gap) of their
+    splits -> (items [rows, size], flattened features [rows, size x REPEAT_FEATURE_COUNT]).
+
+    The distinct cuts split the pairs into segments (segment t: the pairs that cut t is the first to
+    include); per (segment, item) the basket count and the extremes of basket ordinal and time are
+    accumulated over the segments, so that row r reads its prefix's numbers at its cut's index. A
+    row's prefix counts every pair for its basket count, latest ordinal and reference time, the
+    reserved items included; only vocabulary items are candidates."""
+    rows, count = len(cuts), C.REPEAT_FEATURE_COUNT
+    items_out = np.full((rows, size), C.PAD_IDX, dtype=np.int32)
+    values = np.zeros((rows, size, count), dtype=np.float64)
+    cut_values, row_at = np.unique(cuts, return_inverse=True)
+    segments = len(cut_values)
+    seg = np.searchsorted(cut_values, bo, side="right")  # pairs with bo < cut_values[t] have seg <= t
+    inside = seg < segments  # pairs after the last cut: in no prefix
+    seg, bo, item, us, rate, gap = seg[inside], bo[inside], item[inside], us[inside], rate[inside], gap[inside]
+    if not len(seg):
+        return items_out, values.astype(np.float32).reshape(rows, -1)
+    # Per segment, over every pair: distinct baskets, the latest ordinal and time; then cumulative.
+    baskets_in = np.bincount(np.searchsorted(cut_values, np.unique(bo), side="right"), minlength=segments)
+    max_bo = np.full(segments, np.iinfo(np.int64).min)
+    np.maximum.at(max_bo, seg, bo)
+    max_us = np.full(segments, np.iinfo(np.int64).min)
+    np.maximum.at(max_us, seg, us)
+    baskets, max_bo, ref = (np.cumsum(baskets_in), np.maximum.accumulate(max_bo), np.maximum.accumulate(max_us))
     keep = item >= first
     if keep.any():
         unique, inverse = np.unique(item[keep], return_inverse=True)
-        nb = np.bincount(inverse).astype(np.float64)
-        lb = np.zeros(len(unique), dtype=np.int64)
-        np.maximum.at(lb, inverse, bo[keep])
-        lu = np.full(len(unique), np.iinfo(np.int64).min)
-        np.maximum.at(lu, inverse, us[keep])
-        fu = np.full(len(unique), np.iinfo(np.int64).max)
-        np.minimum.at(fu, inverse, us[keep])
-        at = np.zeros(len(unique), dtype=np.int64)  # a pair of each item: its rate and cycle
-        at[inverse] = np.flatnonzero(keep)
-        best = np.lexsort((unique, -lb, -nb))[:size]
-        nb, lb, lu, fu = nb[best], lb[best], lu[best], fu[best]
+        s_k, bo_k, us_k = seg[keep], bo[keep], us[keep]
+        shape = (segments, len(unique))
+        nb = np.zeros(shape)
+        np.add.at(nb, (s_k, inverse), 1.0)
+        lb = np.zeros(shape, dtype=np.int64)
+        np.maximum.at(lb, (s_k, inverse), bo_k)
+        lu = np.full(shape, np.iinfo(np.int64).min)
+        np.maximum.at(lu, (s_k, inverse), us_k)
+        fu = np.full(shape, np.iinfo(np.int64).max)
+        np.minimum.at(fu, (s_k, inverse), us_k)
+        nb, lb = np.cumsum(nb, axis=0)[row_at], np.maximum.accumulate(lb, axis=0)[row_at]
+        lu, fu = np.maximum.accumulate(lu, axis=0)[row_at], np.minimum.accumulate(fu, axis=0)[row_at]
+        item_rate, item_gap = np.zeros(len(unique)), np.zeros(len(unique))
+        item_rate[inverse], item_gap[inverse] = rate[keep], gap[keep]  # one value per item
+        # Most baskets first, then the latest basket, then item_idx (columns are in item order);
+        # items not in the prefix (nb 0) sort last and are cut below.
+        column = np.broadcast_to(np.arange(len(unique)), nb.shape)
+        best = np.lexsort((column, -lb, -nb), axis=1)[:, :size]
+        take = lambda a: np.take_along_axis(a, best, axis=1)  # noqa: E731
+        nb, lb, lu, fu = take(nb), take(lb), take(lu), take(fu)
+        listed = nb > 0
         day = float(C.DAY_MICROS)
+        row_baskets = baskets[row_at][:, None].astype(np.float64)
+        interval = np.zeros(nb.shape)
         repeat = nb > 1
-        interval = np.zeros(len(best))
         interval[repeat] = np.log1p((lu[repeat] - fu[repeat]) / day / (nb[repeat] - 1))
-        n = len(best)
-        items[:n] = unique[best]
-        values[:n] = np.column_stack([np.log1p(nb), nb / baskets, np.log1p(max_bo + 1 - lb),
-                                      np.log1p((ref - lu) / day), interval, rate[at[best]], gap[at[best]]])
-    return items, values.astype(np.float32).reshape(-1)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # the unlisted places, zeroed below
+            columns = [np.log1p(nb), nb / row_baskets, np.log1p(max_bo[row_at][:, None] + 1 - lb),
+                       np.log1p((ref[row_at][:, None] - lu) / day), interval, item_rate[best], item_gap[best]]
+        width = best.shape[1]
+        values[:, :width] = np.where(listed[..., None], np.stack(columns, axis=-1), 0.0)
+        items_out[:, :width] = np.where(listed, unique[best], C.PAD_IDX)
+    return items_out, values.astype(np.float32).reshape(rows, -1)
