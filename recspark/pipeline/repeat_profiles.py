@@ -5,9 +5,10 @@ lists' reasons).
 A profile looks at a prefix of its user's history, so a household with 40 training rows has 40
 prefixes. Built relationally (each row joined with every (basket, item) pair before it, then
 aggregated) that is rows x history pairs through a shuffle. Here each user's pairs and rows meet once
-in a grouped pandas function (``cogroup``) that aggregates each prefix with NumPy in memory, a few
-hundred pairs per household: Complete Journey's train_baskets 77.8 s -> 47.6 s, the same rows bit for
-bit (results/features-profile-20261202/). The serving module's one-user Python
+in a grouped pandas function (``cogroup``, buckets of users per call) that computes all of a user's
+prefixes together with NumPy, cumulatively over the rows' cuts, a few hundred pairs per household:
+Complete Journey's train_baskets 77.8 s -> 47.6 s (results/features-profile-20261202/) -> 47.3 s
+with the cumulative prefixes (results/profiles-vectorised-20261204/), the same rows bit for bit. The serving module's one-user Python
 (``ServingRows.repeat_profile``) computes the same numbers independently; a property test holds the
 two equal.
 """
@@ -25,6 +26,8 @@ from recspark.config import FeaturesConfig
 # A repeat-profile cut after every basket: queries and serving rows look at all baskets of their splits.
 NO_CUT = 2**31 - 1
 _ROW_INPUTS = ("_cut", "_splits")  # what a row tells its profile; not kept
+# Buckets of users per shuffle partition, each one call of the profiles' grouped function.
+USER_BUCKETS_PER_PARTITION = 16
 
 
 def basket_steps(sequences: DataFrame) -> DataFrame:
@@ -78,7 +81,10 @@ def with_repeat_profile(rows: DataFrame, steps: DataFrame, config: FeaturesConfi
     ``steps``: :func:`basket_steps` of the rows' sequences; ``_cut`` and ``_splits`` are dropped.
 
     The rows pass whole through the grouped function (their other columns untouched): joining the
-    profiles back would compute ``rows`` twice, and building them is most of a table's cost."""
+    profiles back would compute ``rows`` twice, and building them is most of a table's cost. The
+    function's groups are buckets of users (about ``USER_BUCKETS_PER_PARTITION`` per shuffle
+    partition), not single users: each group costs Spark and pandas a pair of frames, and a
+    household has only a few hundred pairs."""
     size, first = config.repeat_candidates, config.first_item_idx
     rates = item_repurchase_rates(steps, config)
     pairs = (steps.join(F.broadcast(rates), "_i", "left")
@@ -89,36 +95,46 @@ def with_repeat_profile(rows: DataFrame, steps: DataFrame, config: FeaturesConfi
     schema = StructType([field for field in rows.schema.fields if field.name not in _ROW_INPUTS]
                         + [StructField(C.REPEAT_ITEMS, ArrayType(IntegerType())),
                            StructField(C.REPEAT_FEATURES, ArrayType(FloatType()))])
+    buckets = USER_BUCKETS_PER_PARTITION * int(rows.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+    bucket = lambda user: F.pmod(F.xxhash64(user), F.lit(buckets))  # noqa: E731
 
     def profiles(wanted: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
-        return repeat_profiles_of_user(wanted, history, size, first)
+        return repeat_profiles_of_users(wanted.drop(columns=["_bucket"]), history, size, first)
 
-    return rows.groupBy(C.USER_ID).cogroup(pairs.groupBy("_user")).applyInPandas(profiles, schema)
+    return (rows.withColumn("_bucket", bucket(C.USER_ID)).groupBy("_bucket")
+            .cogroup(pairs.withColumn("_bucket", bucket("_user")).groupBy("_bucket"))
+            .applyInPandas(profiles, schema))
 
 
-def repeat_profiles_of_user(rows: pd.DataFrame, pairs: pd.DataFrame, size: int, first: int) -> pd.DataFrame:
-    """One user's profiles (see :func:`with_repeat_profile`): ``rows`` (any columns, _cut, _splits)
-    and ``pairs`` (_bo, _i, _us, _s, _rate, _gap; one per basket and item) -> the rows without _cut
-    and _splits, plus repeat_items and repeat_features.
+def repeat_profiles_of_users(rows: pd.DataFrame, pairs: pd.DataFrame, size: int, first: int) -> pd.DataFrame:
+    """Some users' profiles (see :func:`with_repeat_profile`): ``rows`` (user_id, any columns, _cut,
+    _splits) and ``pairs`` (_user, _bo, _i, _us, _s, _rate, _gap; one per basket and item) -> the
+    rows without _cut and _splits, plus repeat_items and repeat_features.
 
-    All rows of one set of splits at once (:func:`_profiles`): a row's prefix is every pair before its
-    cut, so the per-item counts and extremes are cumulative over the row cuts, computed once; a
-    NumPy pass per row over its own prefix cost Complete Journey's features stage about a minute."""
+    All rows of a user with one set of splits at once (:func:`_profiles`): a row's prefix is every
+    pair before its cut, so the per-item counts and extremes are cumulative over the row cuts,
+    computed once; a NumPy pass per row over its own prefix cost Complete Journey's features stage
+    about a minute."""
     count = C.REPEAT_FEATURE_COUNT
     items_out = np.full((len(rows), size), C.PAD_IDX, dtype=np.int32)
     features_out = np.zeros((len(rows), size * count), dtype=np.float32)
     if len(rows) and len(pairs):
-        split = pairs["_s"].to_numpy(object)
+        users_pairs = pairs.groupby("_user", sort=False).indices
+        bo, item = pairs["_bo"].to_numpy(np.int64), pairs["_i"].to_numpy(np.int64)
+        us, split = pairs["_us"].to_numpy(np.int64), pairs["_s"].to_numpy(object)
+        rate, gap = pairs["_rate"].to_numpy(np.float64), pairs["_gap"].to_numpy(np.float64)
         cuts = rows["_cut"].to_numpy(np.int64)
         allowed = [tuple(a) for a in rows["_splits"]]
-        for splits in set(allowed):  # rows of a user mostly share one set of splits
-            at = np.fromiter((a == splits for a in allowed), bool, count=len(rows))
-            kept = pairs[np.isin(split, splits)]
-            if len(kept):
-                items_out[at], features_out[at] = _profiles(
-                    cuts[at], kept["_bo"].to_numpy(np.int64), kept["_i"].to_numpy(np.int64),
-                    kept["_us"].to_numpy(np.int64), kept["_rate"].to_numpy(np.float64),
-                    kept["_gap"].to_numpy(np.float64), size, first)
+        for user, at_rows in rows.groupby(C.USER_ID, sort=False).indices.items():
+            at_pairs = users_pairs.get(user)
+            if at_pairs is None:
+                continue
+            for splits in {allowed[r] for r in at_rows}:  # rows of a user mostly share one set of splits
+                these = at_rows[[allowed[r] == splits for r in at_rows]]
+                kept = at_pairs[np.isin(split[at_pairs], splits)]
+                if len(kept):
+                    items_out[these], features_out[these] = _profiles(
+                        cuts[these], bo[kept], item[kept], us[kept], rate[kept], gap[kept], size, first)
     out = rows.drop(columns=list(_ROW_INPUTS))
     # Object columns of 1-D arrays, also when empty: Arrow converts those to array<...>.
     out[C.REPEAT_ITEMS] = pd.Series(list(items_out), index=out.index, dtype=object)
