@@ -420,8 +420,9 @@ def train_baskets(sequences: DataFrame, config: FeaturesConfig,
     period on gold ``serving_sequences`` (``serve_baskets``: the fit of the model that serves).
 
     A basket starts at a step whose basket differs from the step before (steps are in time order,
-    ties by source position, so a basket's lines are contiguous); its items are the steps after the
-    start with the same basket.
+    ties by source position, so a basket's lines are contiguous); its items are the steps from its
+    start to the next start (a slice: filtering the rest of the history for the basket was quadratic
+    in a household's steps).
     """
     first = config.first_item_idx
     per_basket = config.max_basket_items
@@ -432,16 +433,21 @@ def train_baskets(sequences: DataFrame, config: FeaturesConfig,
     boundaries = F.filter(
         F.when(F.size(steps) >= 2, F.sequence(F.lit(1), F.size(steps) - 1)).otherwise(F.array().cast("array<int>")),
         lambda p: F.element_at(steps, p)["b"] != F.element_at(steps, p + 1)["b"])
+    # Each start with the next one (the array's end after the last): the basket is the steps between.
+    ends = F.when(F.size(boundaries) > 0, F.concat(F.slice(boundaries, 2, F.greatest(F.size(boundaries) - 1, F.lit(0))),
+                                                    F.array(F.size(steps)))).otherwise(F.array().cast("array<int>"))
     starts = (sequences.select(C.USER_ID, _steps_where(splits, event_types).alias("_steps"))
-              .select(C.USER_ID, "_steps", F.posexplode(boundaries).alias("_k", "_pos"))
+              .select(C.USER_ID, "_steps", F.posexplode(F.arrays_zip(boundaries.alias("p"), ends.alias("e")))
+                      .alias("_k", "_b"))
+              .select(C.USER_ID, "_steps", "_k", F.col("_b.p").alias("_pos"), F.col("_b.e").alias("_end"))
               .withColumn("_start", F.element_at(steps, F.col("_pos") + 1)))
-    rest = F.slice("_steps", F.col("_pos") + 1, F.size("_steps") - F.col("_pos"))
-    if config.target_horizon_days is None:  # the next basket: the steps after the start with its basket
-        in_target = lambda step: step["b"] == F.col("_start")["b"]
+    if config.target_horizon_days is None:  # the next basket: its steps, from the start to the next start
+        target = F.slice("_steps", F.col("_pos") + 1, F.col("_end") - F.col("_pos"))
     else:  # every step from the start for the horizon (steps of ``splits`` only: never a later period)
         horizon = F.lit(int(config.target_horizon_days * C.DAY_MICROS))
-        in_target = lambda step: step["us"] < F.col("_start")["us"] + horizon
-    items = F.transform(F.filter(rest, in_target), lambda step: step["i"])
+        target = F.filter(F.slice("_steps", F.col("_pos") + 1, F.size("_steps") - F.col("_pos")),
+                          lambda step: step["us"] < F.col("_start")["us"] + horizon)
+    items = F.transform(target, lambda step: step["i"])
     history = F.slice("_steps", F.greatest(F.lit(1), F.col("_pos") - config.max_seq_len + 1),
                       F.least(F.col("_pos"), F.lit(config.max_seq_len)))
     # The basket's ordinal among the user's baskets, counted as basket_steps counts them (the first
