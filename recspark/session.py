@@ -231,9 +231,14 @@ def get_spark(config: SparkConfig | None = None, *, verbose: bool = False) -> Sp
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         builder = builder.config("spark.executorEnv.TF_CPP_MIN_LOG_LEVEL", os.environ["TF_CPP_MIN_LOG_LEVEL"])
     extra = dict(config.extra)
-    if not verbose and not submitted:  # under spark-submit the driver JVM has started already
-        java_options = [f"-Dlog4j2.configurationFile={quiet_log4j2_file().as_uri()}",
-                        str(extra.pop("spark.driver.extraJavaOptions", ""))]
+    if not submitted:  # under spark-submit the driver JVM has started already
+        # Threads of 4 MB stacks (the JVM's default is 1 MB): in local mode the tasks run in the driver,
+        # and deserialising a task of a long lineage (ALS's iterations) recurses deeply; a fresh JVM,
+        # still interpreting with large frames, overflowed it once (exit code 50 in the first test of
+        # a CI run, 2026-12-04).
+        java_options = ["-Xss4m", str(extra.pop("spark.driver.extraJavaOptions", ""))]
+        if not verbose:
+            java_options.insert(0, f"-Dlog4j2.configurationFile={quiet_log4j2_file().as_uri()}")
         builder = builder.config("spark.driver.extraJavaOptions", " ".join(filter(None, java_options)))
     for key, value in extra.items():
         builder = builder.config(key, str(value))
