@@ -151,14 +151,14 @@ def user_neighbours(vectors: DataFrame, query_users: DataFrame, neighbours: int,
     index = vectors.select(C.USER_ID, USER_IDX).distinct()
     queried = index.join(query_users.select(C.USER_ID).distinct(), C.USER_ID, "left_semi")
     blocks, size = _blocks(vectors, block_users)
-    block = lambda: ((F.col(USER_IDX) - 1) / size).cast("int")  # noqa: E731 (a fresh column per use)
+    block = ((F.col(USER_IDX) - 1) / size).cast("int")
     every = F.explode(F.sequence(F.lit(0), F.lit(blocks - 1)))
     # The query users' rows go to each (their block, any block) pair, everyone's to (any, their block).
     left = unit.join(F.broadcast(queried.select(USER_IDX)), USER_IDX, "left_semi").select(
-        "*", block().alias("_qb"), every.alias("_cb"))
+        "*", block.alias("_qb"), every.alias("_cb"))
     # New names on one side: a cogroup of two sides of one plan is an ambiguous self-join to Spark.
     right = unit.select(F.col(USER_IDX).alias(NEIGHBOUR_IDX), F.col(C.ITEM_IDX).alias("_item"),
-                        F.col("_w").alias("_wn"), every.alias("_qb"), block().alias("_cb"))
+                        F.col("_w").alias("_wn"), every.alias("_qb"), block.alias("_cb"))
     keep = int(neighbours)
 
     def best_of_block(query_rows: pd.DataFrame, user_rows: pd.DataFrame) -> pd.DataFrame:

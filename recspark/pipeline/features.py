@@ -439,14 +439,13 @@ def train_baskets(sequences: DataFrame, config: FeaturesConfig,
     starts = (sequences.select(C.USER_ID, _steps_where(splits, event_types).alias("_steps"))
               .select(C.USER_ID, "_steps", F.posexplode(F.arrays_zip(boundaries.alias("p"), ends.alias("e")))
                       .alias("_k", "_b"))
-              .select(C.USER_ID, "_steps", "_k", F.col("_b.p").alias("_pos"), F.col("_b.e").alias("_end"))
-              .withColumn("_start", F.element_at(steps, F.col("_pos") + 1)))
+              .select(C.USER_ID, "_steps", "_k", F.col("_b.p").alias("_pos"), F.col("_b.e").alias("_end")))
     if config.target_horizon_days is None:  # the next basket: its steps, from the start to the next start
         target = F.slice("_steps", F.col("_pos") + 1, F.col("_end") - F.col("_pos"))
     else:  # every step from the start for the horizon (steps of ``splits`` only: never a later period)
         horizon = F.lit(int(config.target_horizon_days * C.DAY_MICROS))
         target = F.filter(F.slice("_steps", F.col("_pos") + 1, F.size("_steps") - F.col("_pos")),
-                          lambda step: step["us"] < F.col("_start")["us"] + horizon)
+                          lambda step: step["us"] < F.element_at(steps, F.col("_pos") + 1)["us"] + horizon)
     items = F.transform(target, lambda step: step["i"])
     history = F.slice("_steps", F.greatest(F.lit(1), F.col("_pos") - config.max_seq_len + 1),
                       F.least(F.col("_pos"), F.lit(config.max_seq_len)))
