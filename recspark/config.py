@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import yaml
 
-from recspark.constants import BASELINES, ItemLayout
+from recspark.constants import BASELINES, MODEL_EXAMPLES, TRAIN_BASKETS, ItemLayout
 
 DATASETS = ("completejourney", "ml-1m", "synthetic", "files")
 # The models train.models may name (recspark.models registers exactly these; checked there).
@@ -270,6 +270,10 @@ class TrainConfig:
     # the refit (metrics.json "fit_on"), as ALS and TIFU-KNN use train + validation. false: the
     # validation-chosen model itself is tested and served.
     refit: bool = True
+    # Next-basket models (repeatnet and its ablations): the weight of the shown-and-ignored items'
+    # loss term (gold train_baskets' ``ignored``, from silver feedback), -log(1 - p(item)) per item;
+    # 0: feedback impressions are not used as negatives. See RepeatNet.compute_training_loss.
+    ignored_weight: float = 0.0
     # Values above that differ per model, e.g. {sasrec: {batch_size: 64, learning_rate: 0.001}}: a
     # SASRec row is a window with a prediction at every step, a towers or dnn row one prediction.
     per_model: dict = dataclasses.field(default_factory=dict)
@@ -310,6 +314,11 @@ class TrainConfig:
                         "num_heads", "num_sampled", "negatives", "validation_users"):
                 if getattr(settings, key) <= 0:
                     raise ConfigError(f"{name(key)}: must be > 0, got {getattr(settings, key)!r}")
+            if settings.ignored_weight < 0:
+                raise ConfigError(f"{name('ignored_weight')}: must be >= 0 (0: off), got {settings.ignored_weight!r}")
+            if settings.ignored_weight > 0 and model is not None and MODEL_EXAMPLES[model] != TRAIN_BASKETS:
+                raise ConfigError(f"{name('ignored_weight')}: only next-basket models (train_baskets) read "
+                                  f"shown-and-ignored items, and {model} is not one")
             if not 0 <= settings.dropout < 1:
                 raise ConfigError(f"{name('dropout')}: must be in [0, 1), got {settings.dropout!r}")
             if settings.early_stopping_patience < 0:
@@ -432,7 +441,7 @@ class ScoreConfig:
 
 # Responses a feedback row may carry besides "impression" (recspark.feedback).
 FEEDBACK_RESPONSES = ("click", "cart", "purchase", "rate", "dismiss")
-LOOP_VARIANTS = ("warm", "frozen", "full")
+LOOP_VARIANTS = ("warm", "frozen", "full", "warm_ignored")
 
 
 @dataclasses.dataclass
@@ -445,8 +454,12 @@ class FeedbackConfig:
     dismiss_days: float = 30.0
     # "Now" for the dismissal window (ISO timestamp); null: the wall clock. The replay sets it per cycle.
     as_of: Optional[str] = None
-    # K of the served-list metrics (click-through and conversion among the top K of each list).
+    # K of the served-list metrics (click-through and conversion among the top K of each list), and
+    # of the shown-and-ignored items a training basket carries (the top K of the list before it).
     k: int = 10
+    # A list's shown-and-ignored items are negatives of its user's baskets for this many days after
+    # it was shown (the next list replaces them sooner): train.ignored_weight.
+    ignored_days: float = 7.0
 
 
 @dataclasses.dataclass
@@ -463,7 +476,10 @@ class LoopConfig:
     full_epochs: Optional[int] = None
     # The variants compared: warm (warm start every cycle, the served one, whose lists collect the
     # feedback), frozen (the first model, never retrained), full (retrained from scratch every cycle).
-    variants: list = dataclasses.field(default_factory=lambda: list(LOOP_VARIANTS))
+    # warm_ignored (optional): warm, with the shown-and-ignored items as negatives (ignored_weight).
+    variants: list = dataclasses.field(default_factory=lambda: ["warm", "frozen", "full"])
+    # train.ignored_weight of the warm_ignored variant.
+    ignored_weight: float = 1.0
 
 
 @dataclasses.dataclass
@@ -596,6 +612,10 @@ class Config:
         fb, loop = self.feedback, self.loop
         if fb.dismiss_days < 0:
             raise ConfigError(f"feedback.dismiss_days: must be >= 0 (0: dismissals exclude nothing), got {fb.dismiss_days!r}")
+        if fb.ignored_days <= 0:
+            raise ConfigError(f"feedback.ignored_days: must be > 0, got {fb.ignored_days!r}")
+        if loop.ignored_weight <= 0:
+            raise ConfigError(f"loop.ignored_weight: must be > 0, got {loop.ignored_weight!r}")
         if fb.k <= 0:
             raise ConfigError(f"feedback.k: must be > 0, got {fb.k!r}")
         if fb.as_of is not None:

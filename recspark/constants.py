@@ -177,6 +177,10 @@ REPEAT_FEATURES = "repeat_features"
 REPEAT_FEATURE_COUNT = 7
 # Microseconds in a day: the repeat features' day counts (Spark and the serving module's Python).
 DAY_MICROS = 86_400_000_000.0
+# A next-basket example's shown-and-ignored items (int[feedback.k], PAD-padded): the items of the
+# latest list served to its user before the basket (within feedback.ignored_days) that drew no
+# response. Read only by a loss (train.ignored_weight), never by the model's forward pass.
+IGNORED = "ignored"
 # Model inputs that are numbers, not indices.
 FLOAT_INPUTS = ("user_vector", REPEAT_FEATURES)
 

@@ -211,6 +211,31 @@ def dismissed_items(feedback: DataFrame, as_of: dt.datetime, days: float) -> Dat
             .select(C.USER_ID, C.ITEM_ID).distinct())
 
 
+# ignored_lists' columns: when the list was shown (microseconds since the epoch, as a step's "us").
+SHOWN_US = "_shown_us"
+
+
+def ignored_lists(feedback: DataFrame, vocab: DataFrame, k: int) -> DataFrame:
+    """(user_id, ``_shown_us``, ``ignored``): per user and recommendations run, when its list was first
+    shown and the items of its top ``k`` that drew no response of any kind in that run (no click,
+    cart, purchase, rating or dismissal), as indices of ``vocab`` in served rank order (items outside
+    it dropped). A training basket takes the latest such list shown before it
+    (:func:`recspark.pipeline.features.with_ignored`). Runs whose items all drew a response are kept
+    (an empty list): the latest list then replaces an older one's negatives."""
+    impressions = feedback.filter((F.col(C.RESPONSE) == IMPRESSION) & F.col(SERVED) & (F.col(C.RANK) <= k))
+    answered = (feedback.filter(F.col(C.RESPONSE) != IMPRESSION)
+                .select(C.USER_ID, C.RUN_ID, C.ITEM_ID).distinct())
+    shown = impressions.groupBy(C.USER_ID, C.RUN_ID).agg(
+        F.unix_micros(F.min(C.EVENT_TS)).alias(SHOWN_US))
+    ignored = (impressions.join(answered, [C.USER_ID, C.RUN_ID, C.ITEM_ID], "left_anti")
+               .join(F.broadcast(vocab.select(C.ITEM_ID, C.ITEM_IDX)), C.ITEM_ID)
+               .groupBy(C.USER_ID, C.RUN_ID)
+               .agg(F.array_sort(F.collect_set(F.struct(C.RANK, C.ITEM_IDX))).alias("_ranked")))
+    items = F.coalesce(F.transform("_ranked", lambda x: x[C.ITEM_IDX]), F.array().cast("array<int>"))
+    return (shown.join(ignored, [C.USER_ID, C.RUN_ID], "left")
+            .select(C.USER_ID, SHOWN_US, items.alias(C.IGNORED)))
+
+
 def as_of_time(config: Config) -> dt.datetime:
     """``feedback.as_of`` (naive UTC, as Spark's timestamps here), else now."""
     if config.feedback.as_of:

@@ -25,10 +25,13 @@ the data set's own tables are only read. Each cycle, at its cut time T:
    (rated) in the cycle, coverage of the catalogue, training seconds; and the served-list metrics of
    the warm run (:mod:`recspark.served_metrics`).
 
-Shown-and-ignored items (impressions without a response) are recorded in silver feedback but not
-used as training negatives: the served models train with a softmax over the whole catalogue, in which
-every item that was not bought is already a negative; an extra weight on the shown ones would need a
-loss term in the models, which this module does not own.
+Shown-and-ignored items (impressions without a response) reach training through gold
+``train_baskets.ignored`` (:func:`recspark.pipeline.features.with_ignored`): a basket bought within
+``feedback.ignored_days`` of a list carries that list's ignored items. The optional variant
+``warm_ignored`` is ``warm`` with ``train.ignored_weight = loop.ignored_weight`` (the loss term of
+:class:`recspark.models.repeatnet.RepeatNet`), so one replay measures whether those negatives help:
+both variants see the same feedback (the warm lists' impressions), and each is scored against the
+purchases of the week it was served for.
 
 Results: ``reports/<dataset>/loop/loop.json``, ``loop.md`` (a table per cycle and variant) and
 ``loop.png``.
@@ -58,7 +61,7 @@ from recspark.scoring import ranked_list
 from recspark.utils.delta import merge_into, overwrite_table, read_table, table_exists
 from recspark.utils.jobs import short_duration, write_json
 
-WARM, FROZEN, FULL = "warm", "frozen", "full"
+WARM, FROZEN, FULL, WARM_IGNORED = "warm", "frozen", "full", "warm_ignored"
 # The event type each revealed event answers a shown item with (the inverse of RESPONSE_EVENT_TYPES).
 EVENT_RESPONSES = {event: response for response, event in RESPONSE_EVENT_TYPES.items()}
 REPORT_METRICS = ("hit_rate", "ndcg", "coverage", "train_seconds")
@@ -79,6 +82,8 @@ class CycleResult:
     coverage: float
     train_seconds: float
     warm_start: str | None = None
+    # Training rows whose shown-and-ignored items the loss read (warm_ignored); None: not used.
+    ignored_rows: int | None = None
 
 
 def loop_root(config: Config) -> tuple[Path, Path]:
@@ -124,6 +129,9 @@ def cycle_config(config: Config, variant: str, cut: dt.datetime, *, run_id: str 
     if epochs is not None:
         looped.train.per_model = {**looped.train.per_model, model: {**looped.train.per_model.get(model, {}),
                                                                     "epochs": epochs}}
+    if variant == WARM_IGNORED:
+        looped.train.per_model = {**looped.train.per_model, model: {**looped.train.per_model.get(model, {}),
+                                                                    "ignored_weight": config.loop.ignored_weight}}
     looped.score.model = model
     looped.score.run_id = run_id
     looped.score.calibrate = False  # no validation period to fit it on
@@ -158,13 +166,14 @@ def start_world(spark: SparkSession, config: Config, first_cut: dt.datetime) -> 
             overwrite_table(read_table(spark, config.table_path(layer, table)), world.table_path(layer, table))
 
 
-def _train(spark: SparkSession, config: Config) -> tuple[float, str | None]:
-    """Trains the served model with ``config``; its Horovod training seconds and warm-start origin."""
+def _train(spark: SparkSession, config: Config) -> tuple[float, str | None, int | None]:
+    """Trains the served model with ``config``; its Horovod training seconds, warm-start origin and
+    the rows whose shown-and-ignored items its loss read (None: not used)."""
     from recspark.stages import train_stage
 
     train_stage(spark, config)
     run = json.loads((config.model_dir(config.scoring_model) / "run.json").read_text())
-    return float(run["seconds"]), run.get("warm_start_from")
+    return float(run["seconds"]), run.get("warm_start_from"), (run.get("ignored_negatives") or {}).get("rows")
 
 
 def served_lists(spark: SparkSession, config: Config, run_id: str, key) -> DataFrame:
@@ -241,7 +250,7 @@ def run_loop(spark: SparkSession, config: Config) -> dict:
     if not table_exists(spark, config.table_path(C.SILVER, C.EVENTS)):
         run_pipeline(spark, config, ["ingest", "prepare"])
     lc, model = config.loop, config.scoring_model
-    variants = [v for v in (WARM, FROZEN, FULL) if v in lc.variants]
+    variants = [v for v in (WARM, FROZEN, FULL, WARM_IGNORED) if v in lc.variants]
     first_cut, end = replay_window(spark, config)
     print(f"loop: {lc.cycles} cycles of {lc.cycle_days:g} days from {first_cut:%Y-%m-%d} to {end:%Y-%m-%d}; "
           f"model {model}; variants {', '.join(variants)}", flush=True)
@@ -260,21 +269,23 @@ def run_loop(spark: SparkSession, config: Config) -> dict:
         build_features(spark, world)
         seconds: dict[str, float] = {}
         origins: dict[str, str | None] = {}
+        ignored_rows: dict[str, int | None] = {}
         if cycle == 0:
-            seconds[WARM], origins[WARM] = _train(spark, cycle_config(config, WARM, cut, epochs=lc.initial_epochs))
+            seconds[WARM], origins[WARM], ignored_rows[WARM] = _train(
+                spark, cycle_config(config, WARM, cut, epochs=lc.initial_epochs))
             for variant in variants[1:]:  # the same first model for every variant
                 target = cycle_config(config, variant, cut).model_dir(model)
                 shutil.rmtree(target, ignore_errors=True)
                 shutil.copytree(world.model_dir(model), target)
-                seconds[variant], origins[variant] = seconds[WARM], None
+                seconds[variant], origins[variant], ignored_rows[variant] = seconds[WARM], None, None
         else:
             for variant in variants:
                 if variant == FROZEN:
-                    seconds[variant], origins[variant] = 0.0, None
+                    seconds[variant], origins[variant], ignored_rows[variant] = 0.0, None, None
                     continue
-                warm = variant == WARM
+                warm = variant in (WARM, WARM_IGNORED)
                 print(f"loop: cycle {cycle + 1}: training {variant}", flush=True)
-                seconds[variant], origins[variant] = _train(spark, cycle_config(
+                seconds[variant], origins[variant], ignored_rows[variant] = _train(spark, cycle_config(
                     config, variant, cut, warm_start=warm,
                     epochs=lc.epochs if warm else (lc.full_epochs or lc.initial_epochs)))
         revealed = source.filter((F.col(C.EVENT_TS) >= F.lit(cut))
@@ -290,10 +301,13 @@ def run_loop(spark: SparkSession, config: Config) -> dict:
             lists = served_lists(spark, world, run_id, key)
             results.append(CycleResult(cycle=cycle, variant=variant, run_id=run_id, served_at=cut.isoformat(),
                                        train_seconds=round(seconds[variant], 1), warm_start=origins[variant],
+                                       ignored_rows=ignored_rows[variant],
                                        **list_metrics(lists, bought, k, catalogue)))
             print(f"loop: cycle {cycle + 1} {variant}: HR@{k}={results[-1].hit_rate:.4f} NDCG@{k}={results[-1].ndcg:.4f} "
                   f"coverage={results[-1].coverage:.4f} over {results[-1].users_evaluated:,} buyers, "
-                  f"training {results[-1].train_seconds:.0f} s", flush=True)
+                  f"training {results[-1].train_seconds:.0f} s"
+                  + (f" ({results[-1].ignored_rows:,} rows with ignored items)" if results[-1].ignored_rows else ""),
+                  flush=True)
         warm_lists = served_lists(spark, world, f"loop-c{cycle}-{WARM}", key).persist()
         for name, value in reveal(spark, config, world, warm_lists, revealed, f"loop-c{cycle}-{WARM}", cut, cycle).items():
             print(f"loop: cycle {cycle + 1} reveal: {name}: {value}", flush=True)
@@ -321,7 +335,10 @@ def write_loop_report(config: Config, results: list[CycleResult], served: list[d
              "", f"Model {config.scoring_model}; held back {first_cut:%Y-%m-%d} to {end:%Y-%m-%d}; warm: "
              f"{config.loop.epochs} epoch(s) per cycle from the previous model; full: "
              f"{config.loop.full_epochs or config.loop.initial_epochs or 'train.epochs'} epoch(s) from scratch; "
-             "frozen: the first model. Lists against the cycle's real purchases (ratings).", "",
+             "frozen: the first model"
+             + (f"; warm_ignored: warm, with each basket's shown-and-ignored items as negatives (train.ignored_weight "
+                f"{config.loop.ignored_weight:g})" if WARM_IGNORED in config.loop.variants else "")
+             + ". Lists against the cycle's real purchases (ratings).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         lines.append(f"| {r.cycle + 1} | {r.served_at[:10]} | {r.variant} | {r.hit_rate:.4f} | {r.ndcg:.4f} | "

@@ -131,7 +131,7 @@ def result_warm_start(model_dir: Path) -> str | None:
 
 def train_stage(spark: SparkSession, config: Config) -> dict:
     """Trains every model of ``train.models`` in turn on the same gold tables."""
-    from recspark.models import model_examples_table, model_inputs, model_spec  # TensorFlow only where needed
+    from recspark.models import loss_inputs, model_examples_table, model_inputs, model_spec  # TensorFlow only where needed
     from recspark.models.early_stopping import collect_validation_set
     from recspark.models.training import train_distributed
     from recspark.serving import export_pyfunc
@@ -168,6 +168,9 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
         validation = collect_validation_set(
             queries, read_table(spark, vocab_path), inputs=model_inputs(model), max_users=config.train.validation_users,
             exclude_seen=config.evaluate.exclude_seen, seed=config.train.seed)
+        # The rows whose shown-and-ignored items the loss reads (recorded: which feedback training used).
+        ignored_rows = (examples.filter(F.exists(C.IGNORED, lambda i: i >= config.features.first_item_idx)).count()
+                        if loss_inputs(config.train.for_model(model)) else None)
         result = train_distributed(
             spark, examples, model=model, spec=spec,
             train_config=config.train.for_model(model), model_dir=str(model_dir),
@@ -185,7 +188,8 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
             table_versions=versions,
             model_dir=model_dir, tags={C.RUN_ID: run_id, "resumed_from_epoch": str(result.initial_epoch),
                                        "best_epoch": str(result.best_epoch), "launcher": result.launcher,
-                                       **feedback_tags(feedback)},
+                                       **feedback_tags(feedback),
+                                       **({} if ignored_rows is None else {"ignored_rows": str(ignored_rows)})},
             pyfunc_dir=None if refits else export_pyfunc(spark, config, model, model_dir, run_id))
         write_json(model_dir / "run.json", {
             C.RUN_ID: run_id,
@@ -194,6 +198,8 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
             "num_items": num_items,
             "table_versions": versions,
             "feedback": feedback,
+            "ignored_negatives": None if ignored_rows is None else {
+                "weight": config.train.for_model(model).ignored_weight, "rows": ignored_rows},
             "warm_start_from": result_warm_start(model_dir),
             "seconds": round(result.seconds, 1),
             "config": config.to_dict(),

@@ -47,6 +47,10 @@ def test_int_is_accepted_for_float() -> None:
         ("evaluate.tifu_similarity_items=0", "evaluate.tifu_similarity_items: null or >= 1"),
         ("evaluate.baselines=[most_popular,alss]", "evaluate.baselines: name at least one of"),
         ("evaluate.baselines=[]", "evaluate.baselines: name at least one of"),
+        ("train.ignored_weight=-1", "train.ignored_weight: must be >= 0"),
+        ("train.ignored_weight=1", "train.ignored_weight: only next-basket models"),  # the default models: sasrec
+        ("feedback.ignored_days=0", "feedback.ignored_days: must be > 0"),
+        ("loop.variants=[warm,warm_ignored,hot]", "loop.variants: distinct names from"),
     ],
 )
 def test_bad_values_name_the_key(override: str, message: str) -> None:

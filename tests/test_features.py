@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from recspark import constants as C
-from recspark.config import FeaturesConfig
+from recspark.config import FeaturesConfig, FeedbackConfig
 from recspark.pipeline.features import (
     build_sequences, eval_queries, fit_item_vocab, left_pad, serving_histories, train_baskets, train_examples, train_windows,
     with_item_idx, with_split,
@@ -215,6 +215,40 @@ def test_basket_targets_are_every_item_of_the_next_basket_and_none_of_the_curren
     # The item's rate and cycle are product properties over the training period, not cut at the row.
     assert b2[C.REPEAT_FEATURES][:C.REPEAT_FEATURE_COUNT] == pytest.approx(
         [math.log(2), 1.0, math.log(2), 0.0, 0.0, 2 / 3, math.log(2)])
+
+
+def test_a_basket_carries_the_ignored_items_of_the_latest_list_shown_before_it(spark: SparkSession) -> None:
+    """Baskets b2 (day 1) and b3 (day 2) after lists r1 (day 0, noon) and r2 (day 1, noon). r1's top 4:
+    i7, i5 (bought: a response), i8 (outside the vocabulary), i4 (in b2: b2 bought it after all); its
+    5th, i3, is beyond k. r2: i6, i3 and i2, an impression of an item the run did not serve."""
+    from recspark.feedback import ignored_lists
+
+    steps = [(2, "b1"), (3, "b1"), (4, "b2"), (2, "b2"), (5, "b3"), (6, "b4")]
+    sequences = spark.createDataFrame(
+        [("u", [i for i, _ in steps], ["purchase"] * 6, [ts(1), ts(1), ts(2), ts(2), ts(3), ts(4)],
+          ["train"] * 5 + ["validation"], [b for _, b in steps], [None] * 6)],
+        "user_id string, item_idx array<int>, event_type array<string>, event_ts array<timestamp>, split array<string>, "
+        "session_id array<string>, purchase_value array<double>")
+    vocab = spark.createDataFrame([(f"i{i}", i) for i in range(2, 8)], "item_id string, item_idx int")
+    impression = lambda user, item, run, day, rank, served=True: (user, item, run, "impression", ts(day, 12), rank, served)
+    feedback = spark.createDataFrame([
+        *[impression("u", item, "r1", 1, rank) for rank, item in enumerate(["i7", "i5", "i8", "i4", "i3"], start=1)],
+        ("u", "i5", "r1", "purchase", ts(1, 18), None, True),
+        *[impression("u", item, "r2", 2, rank) for rank, item in enumerate(["i6", "i3"], start=1)],
+        impression("u", "i2", "r2", 2, None, served=False),
+        impression("v", "i7", "r2", 2, 1),  # another user's list
+    ], "user_id string, item_id string, run_id string, response string, event_ts timestamp, rank int, served boolean")
+    lists = ignored_lists(feedback, vocab, k=4)
+    config = FeaturesConfig(max_seq_len=4, max_baskets_per_user=10, max_basket_items=3, oov_buckets=1)
+    baskets = lambda days: sorted(
+        (r[C.TARGET], r[C.IGNORED]) for r in train_baskets(sequences, config, ignored=lists,
+                                                           feedback=FeedbackConfig(k=4, ignored_days=days)).collect())
+    # b2 takes r1's ignored items [7, 4] less its own 4; b3 takes r2's, the latest before it.
+    assert baskets(7.0) == [([4, 2, 0], [7, 0, 0, 0]), ([5, 0, 0], [6, 3, 0, 0])]
+    # A list is a basket's negatives for ignored_days after it was shown: 12 hours later is too late.
+    assert baskets(0.25) == [([4, 2, 0], [0, 0, 0, 0]), ([5, 0, 0], [0, 0, 0, 0])]
+    # Without feedback every basket carries k PADs (the column exists for every schema's reader).
+    assert [r[C.IGNORED] for r in train_baskets(sequences, config, feedback=FeedbackConfig(k=2)).collect()] == [[0, 0]] * 2
 
 
 def test_a_basket_id_that_comes_back_is_a_new_basket_for_the_profile_cut(spark: SparkSession) -> None:

@@ -52,7 +52,7 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
         "features.repeat_candidates=4", "features.oov_buckets=1", "features.category_oov_buckets=1",
         "train.models=[repeatnet]", "train.batch_size=8", "train.embedding_dim=8", "train.num_layers=1",
         "train.num_proc=2", f"score.k={K}", "loop.cycles=2", "loop.cycle_days=4", "loop.initial_epochs=1",
-        "loop.epochs=1", "loop.variants=[warm]",
+        "loop.epochs=1", "loop.variants=[warm,warm_ignored]",
     ])
 
 
@@ -64,13 +64,14 @@ def test_two_cycles_warm_start_by_item_id_on_the_first_cycles_responses(spark: S
     summary = run_loop(spark, config)
 
     report = json.loads((loop_reports_dir(config) / "loop.json").read_text())
-    assert [(r["cycle"], r["variant"]) for r in report["cycles"]] == [(0, "warm"), (1, "warm")]
+    assert [(r["cycle"], r["variant"]) for r in report["cycles"]] == [
+        (0, "warm"), (0, "warm_ignored"), (1, "warm"), (1, "warm_ignored")]
     assert all(r["users_served"] == USERS and 0 <= r["ndcg"] <= 1 for r in report["cycles"])
     assert Path(summary["plot"]).is_file() and Path(summary["plot"]) == loop_reports_dir(config) / "loop.png"
     from recspark.notebooks import loop_cycles  # what the models notebook shows of it
 
-    assert [(c.cycle, c.ndcg) for c in loop_cycles(config).itertuples()] == [(1, report["cycles"][0]["ndcg"]),
-                                                                             (2, report["cycles"][1]["ndcg"])]
+    assert [(c.cycle, c.variant, c.ndcg) for c in loop_cycles(config).itertuples()] == [
+        (r["cycle"] + 1, r["variant"], r["ndcg"]) for r in report["cycles"]]
 
     first_cut = dt.datetime.fromisoformat(report["first_cut"])
     world = cycle_config(config, "warm", first_cut)
@@ -90,6 +91,15 @@ def test_two_cycles_warm_start_by_item_id_on_the_first_cycles_responses(spark: S
     # ... and read the first cycle's feedback: its impressions and the responses among them.
     first_run = run["feedback"]["runs"]["loop-c0-warm"]
     assert first_run["impressions"] == USERS * K and first_run["responses"] > 0
+    # The warm_ignored variant read the first cycle's shown-and-ignored items as negatives: the
+    # baskets bought within a cycle of the first lists carry them; warm's loss did not read them.
+    assert run["ignored_negatives"] is None and report["cycles"][2]["ignored_rows"] is None
+    ignored_run = json.loads((cycle_config(config, "warm_ignored", first_cut).model_dir("repeatnet") / "run.json")
+                             .read_text())
+    baskets = spark.read.format("delta").load(world.table_path(C.GOLD, C.TRAIN_BASKETS))
+    with_ignored = baskets.filter(F.exists(C.IGNORED, lambda i: i != C.PAD_IDX)).count()
+    assert with_ignored > 0 and ignored_run["ignored_negatives"] == {"weight": 1.0, "rows": with_ignored}
+    assert report["cycles"][3]["ignored_rows"] == with_ignored
 
     # The first cycle's events are back in the loop's silver events, exactly those the shop logged:
     # the responses under their own ids through the feedback file, the rest directly.

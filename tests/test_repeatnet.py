@@ -145,3 +145,43 @@ def test_a_saved_model_with_another_repeat_feature_count_is_refused_by_name(tmp_
         with pytest.raises(Exception, match=expected) as refused:
             tf.keras.models.load_model(path)
         assert f"writes {C.REPEAT_FEATURE_COUNT}" in str(refused.value)
+
+
+def test_shown_and_ignored_items_add_the_unlikelihood_term_to_the_loss() -> None:
+    """loss = mean over rows of (NLL of the basket + w * mean over the row's ignored items of
+    -log(1 - p)), p read from the model's own output; w = 0 or no ``ignored`` input: the NLL alone."""
+    plain = build_model("repeatnet", SPEC, _config())
+    weighted = build_model("repeatnet", SPEC, _config(ignored_weight=0.5))
+    assert all(np.array_equal(a, b) for a, b in zip(plain.get_weights(), weighted.get_weights()))
+    inputs = _inputs([[FIRST + 3, FIRST + 5, FIRST + 3], [FIRST + 7, FIRST + 8]])
+    target = np.array([[FIRST + 3, C.PAD_IDX], [FIRST + 8, C.PAD_IDX]], np.int32)
+    ignored = np.array([[FIRST + 5, FIRST + 9, C.PAD_IDX], [C.PAD_IDX] * 3], np.int32)
+    p = np.exp(plain(inputs).numpy().astype(np.float64))
+    nll = -np.log([p[0, FIRST + 3], p[1, FIRST + 8]])
+    unlikely = -(np.log(1 - p[0, FIRST + 5]) + np.log(1 - p[0, FIRST + 9])) / 2
+    loss = lambda model, extra: float(model.compute_training_loss({**inputs, **extra}, target, training=False))
+    assert loss(plain, {}) == pytest.approx(nll.mean(), rel=1e-5)
+    assert loss(plain, {C.IGNORED: ignored}) == pytest.approx(nll.mean(), rel=1e-5)
+    assert loss(weighted, {}) == pytest.approx(nll.mean(), rel=1e-5)
+    assert loss(weighted, {C.IGNORED: ignored}) == pytest.approx((nll[0] + 0.5 * unlikely + nll[1]) / 2, rel=1e-5)
+    # An export from before the setting existed loads as trained without the term.
+    old = dict(weighted.get_config(), settings={k: v for k, v in weighted.settings.items() if k != "ignored_weight"})
+    assert type(weighted).from_config(old).settings["ignored_weight"] == 0.0
+
+
+def test_training_on_ignored_items_lowers_their_probability() -> None:
+    """Users who bought A and B twice each re-buy A and were shown B and passed it over: with the
+    term the model gives B less mass than without it, after the same steps from the same weights."""
+    rng = np.random.default_rng(4)
+    pairs = [tuple(int(x) for x in rng.choice(REAL_ITEMS, size=2, replace=False)) for _ in range(256)]
+    inputs = _inputs([[FIRST + a, FIRST + b, FIRST + a, FIRST + b] for a, b in pairs])
+    target = np.array([[FIRST + a, C.PAD_IDX] for a, _ in pairs], np.int32)
+    ignored = np.array([[FIRST + b] for _, b in pairs], np.int32)
+    p_ignored = {}
+    for weight in (0.0, 2.0):
+        model = build_model("repeatnet", SPEC, _config(ignored_weight=weight))
+        model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+        model.fit({**inputs, C.IGNORED: ignored}, target, batch_size=64, epochs=2, verbose=0, shuffle=False)
+        p = np.exp(model.predict(inputs, verbose=0))
+        p_ignored[weight] = float(np.mean(p[np.arange(len(pairs)), ignored[:, 0]]))
+    assert p_ignored[2.0] < 0.8 * p_ignored[0.0]

@@ -69,6 +69,12 @@ def model_inputs(name: str) -> list[str]:
     return list(get_model_class(name).INPUTS)
 
 
+def loss_inputs(train: "TrainConfig") -> list[str]:
+    """The gold columns a model's training loss reads besides its inputs and the target (never read
+    to score): the shown-and-ignored items when ``train.ignored_weight`` > 0 (next-basket models)."""
+    return [C.IGNORED] if train.ignored_weight > 0 else []
+
+
 def model_examples_table(name: str) -> str:
     """The gold table model ``name`` trains on (:data:`recspark.constants.MODEL_EXAMPLES`)."""
     get_model_class(name)  # a clear error for an unknown name

@@ -22,7 +22,12 @@ evaluation and serving treat it as every other model. A row without a profile it
 
 The loss, stated once (:meth:`RepeatNet.compute_training_loss`): the mean negative log-likelihood
 of the target basket's items, ``-1/|B| sum_{i in B} log p(i)``: every item of the next basket is a
-target (``train_baskets``), not only the next step.
+target (``train_baskets``), not only the next step. With ``train.ignored_weight`` w > 0 each row
+adds ``w * 1/|S| sum_{j in S} -log(1 - p(j))`` over its shown-and-ignored items S (gold
+``ignored``: the list served before the basket, items that drew no response): an unlikelihood term
+that pushes down what the user was shown and passed over. The softmax already counts every item
+outside the basket as a negative; this term weighs the ones the user demonstrably saw, in proportion
+to the mass the model gives them (its gradient vanishes as p(j) -> 0).
 
 Ablations, trained and evaluated in the same run: :class:`RepeatNetExplore` (no repeat head: the
 gate is 0, so the model is SASRec's encoder with basket targets) and :class:`RepeatNetNextItem`
@@ -48,6 +53,7 @@ class RepeatNet(SASRec):
     NAME = "repeatnet"
     INPUTS = (C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, C.REPEAT_ITEMS, C.REPEAT_FEATURES)
     REPEAT_HEAD: ClassVar[bool] = True
+    SETTINGS: ClassVar[tuple[str, ...]] = (*SASRec.SETTINGS, "ignored_weight")
     # The encoder reads the latest ENCODER_STEPS steps (SASRec peaked with 50-step windows on
     # Complete Journey); a longer max_seq_len is then cheap for the other models' tables only.
     ENCODER_STEPS: ClassVar[int] = 50
@@ -55,6 +61,11 @@ class RepeatNet(SASRec):
     def __init__(self, spec: dict[str, Any], settings: dict[str, Any], **kwargs: Any) -> None:
         self._repeat_layers_ready = False
         super().__init__(spec, settings, **kwargs)
+
+    @classmethod
+    def model_config(cls, spec: dict[str, Any], settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        # An export from before ignored_weight existed trained without the term.
+        return super().model_config(spec, {"ignored_weight": 0.0, **settings})
 
     def _build_now(self) -> None:
         # SASRec's __init__ ends by calling this; the repeat layers are created first, here (not at
@@ -170,14 +181,24 @@ class RepeatNet(SASRec):
 
     def compute_training_loss(self, inputs: dict[str, tf.Tensor], target: tf.Tensor, training: bool = True) -> tf.Tensor:
         """Mean over rows of the mean negative log-likelihood of the row's target items: ``target``
-        is [n, B] item_idx padded with PAD (every item of the next basket) or [n] (one next item)."""
+        is [n, B] item_idx padded with PAD (every item of the next basket) or [n] (one next item);
+        plus, with ``ignored_weight`` > 0 and ``inputs["ignored"]`` ([n, K] item_idx, PAD-padded),
+        that weight times the mean of ``-log(1 - p)`` over the row's shown-and-ignored items."""
         log_p = self.mixture(self._cast_inputs(inputs), training=training)
         target = tf.cast(target, tf.int32)
         if target.shape.rank == 1:
             target = target[:, None]
-        valid = tf.cast(target >= self.spec.first_item_idx, tf.float32)
+        first = self.spec.first_item_idx
+        valid = tf.cast(target >= first, tf.float32)
         picked = tf.gather(log_p, target, batch_dims=1)  # [n, B]
         per_row = -tf.reduce_sum(picked * valid, axis=1) / tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
+        weight = float(self.settings["ignored_weight"])
+        if weight > 0 and C.IGNORED in inputs:
+            ignored = tf.cast(inputs[C.IGNORED], tf.int32)
+            shown = tf.cast(ignored >= first, tf.float32)
+            p_ignored = tf.exp(tf.gather(log_p, ignored, batch_dims=1))  # [n, K]
+            unlikely = -tf.math.log(tf.maximum(1.0 - p_ignored, _EPS)) * shown
+            per_row += weight * tf.reduce_sum(unlikely, axis=1) / tf.maximum(tf.reduce_sum(shown, axis=1), 1.0)
         has_target = tf.cast(tf.reduce_sum(valid, axis=1) > 0, tf.float32)
         return tf.reduce_sum(per_row * has_target) / tf.maximum(tf.reduce_sum(has_target), 1.0)
 

@@ -57,7 +57,7 @@ from recspark.models.checkpoints import fingerprint as run_fingerprint
 from recspark.models.early_stopping import VAL_METRIC, ValidationSet, early_stopping_callback, validation_digest
 from recspark.models.launcher import horovod_launcher, rank_failure
 from recspark.models.warm_start import PREVIOUS_DIR, VOCAB_DIR, WarmStart, plan_warm_start, save_vocabularies
-from recspark.models import ModelSpec, build_model, model_inputs, require_legacy_keras
+from recspark.models import ModelSpec, build_model, loss_inputs, model_inputs, require_legacy_keras
 from recspark.utils.jobs import short_duration
 
 if TYPE_CHECKING:
@@ -432,7 +432,7 @@ def _batches(converter: Any, model: "tf.keras.Model", spec: ModelSpec, train_con
     if privacy_plan is None:
         with training_batches(
             converter, rank=rank, size=size, batch_size=train_config.batch_size, max_seq_len=spec.max_seq_len,
-            inputs=model.INPUTS, shuffling_queue_capacity=SHUFFLE_CAPACITY if shuffle else 0,
+            inputs=[*model.INPUTS, *loss_inputs(train_config)], shuffling_queue_capacity=SHUFFLE_CAPACITY if shuffle else 0,
             workers_count=READER_WORKERS, seed=train_config.seed + rank,
         ) as batches:
             yield batches
@@ -440,9 +440,10 @@ def _batches(converter: Any, model: "tf.keras.Model", spec: ModelSpec, train_con
     from recspark.feed import read_rows
     from recspark.models import dp_sgd
 
-    sampler = dp_sgd.UserSampler(read_rows(converter, [*model.INPUTS, TARGET, USER_ID]), privacy_plan,
+    inputs = [*model.INPUTS, *loss_inputs(train_config)]
+    sampler = dp_sgd.UserSampler(read_rows(converter, [*inputs, TARGET, USER_ID]), privacy_plan,
                                  rank=rank, size=size, seed=privacy_plan.sampling_seed)
-    yield dp_sgd.user_dataset(sampler, model.INPUTS, first_step)
+    yield dp_sgd.user_dataset(sampler, inputs, first_step)
 
 
 def _task_slots(spark: SparkSession) -> int:
@@ -551,7 +552,11 @@ def train_distributed(
     # Only the columns the model reads travel through Petastorm; with DP-SGD also the user each row
     # belongs to, the unit of sampling and clipping.
     privacy_plan = _privacy_plan(train_df, train_config) if train_config.privacy.enabled else None
-    columns = [*model_inputs(model), TARGET, *([USER_ID] if privacy_plan is not None else [])]
+    columns = [*model_inputs(model), *loss_inputs(train_config), TARGET, *([USER_ID] if privacy_plan is not None else [])]
+    missing = [column for column in columns if column not in train_df.columns]
+    if missing:
+        raise ValueError(f"{model}: the training table has no column {missing} (gold from an older recspark? "
+                         "run the features stage again)")
     converter = make_converter(spark, train_df.select(*columns), cache_url, num_files=num_proc)
     try:
         num_rows = len(converter)  # counted once, by Petastorm, on the materialised data

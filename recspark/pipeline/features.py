@@ -26,7 +26,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from recspark import constants as C
-from recspark.config import Config, FeaturesConfig
+from recspark.config import Config, FeaturesConfig, FeedbackConfig
 from recspark.pipeline.normalisation import with_user_vector
 from recspark.pipeline.repeat_profiles import NO_CUT, basket_steps, item_repurchase_rates, with_repeat_profile
 from recspark.pipeline.user_features import purchase_value, rfm_before, rfm_of
@@ -403,8 +403,33 @@ def _before_each_basket(sequences: DataFrame, event_types: Sequence[str]) -> Dat
     return at_start.select(C.USER_ID, "_pos", carried.alias("_before"))
 
 
+def with_ignored(rows: DataFrame, ignored: DataFrame | None, feedback: FeedbackConfig) -> DataFrame:
+    """Adds ``ignored`` (int[feedback.k], PAD-padded) to basket rows (user_id, ``_us`` the basket's
+    start, ``_items`` its items): the shown-and-ignored items of the latest list shown to the user at
+    or before the basket's start and at most ``feedback.ignored_days`` before it
+    (:func:`recspark.feedback.ignored_lists`), less the basket's own items (a shop's feedback file
+    need not agree with its events); all PAD without such a list or without feedback."""
+    from recspark.feedback import SHOWN_US
+
+    k = feedback.k
+    pads = F.array_repeat(F.lit(C.PAD_IDX), F.lit(k))
+    if ignored is None:
+        return rows.withColumn(C.IGNORED, pads)
+    window = F.lit(int(feedback.ignored_days * C.DAY_MICROS))
+    lists = ignored.select(F.col(C.USER_ID).alias("_list_user"), SHOWN_US, F.col(C.IGNORED).alias("_list"))
+    latest = Window.partitionBy(C.USER_ID, "_pos").orderBy(F.col(SHOWN_US).desc())
+    matched = (rows.select(C.USER_ID, "_pos", "_us", "_items")
+               .join(lists, (F.col("_list_user") == F.col(C.USER_ID)) & (F.col(SHOWN_US) <= F.col("_us"))
+                     & (F.col("_us") < F.col(SHOWN_US) + window))
+               .withColumn("_latest", F.row_number().over(latest)).filter(F.col("_latest") == 1)
+               .select(C.USER_ID, "_pos", F.filter("_list", lambda i: ~F.array_contains("_items", i)).alias("_left")))
+    padded = F.slice(F.concat(F.coalesce("_left", F.array().cast("array<int>")), pads), 1, k)
+    return rows.join(matched, [C.USER_ID, "_pos"], "left").withColumn(C.IGNORED, padded).drop("_left")
+
+
 def train_baskets(sequences: DataFrame, config: FeaturesConfig,
-                  event_types: Sequence[str] = C.EVENT_TYPES_DEFAULT, splits: tuple[str, ...] = (TRAIN,)) -> DataFrame:
+                  event_types: Sequence[str] = C.EVENT_TYPES_DEFAULT, splits: tuple[str, ...] = (TRAIN,),
+                  ignored: DataFrame | None = None, feedback: FeedbackConfig = FeedbackConfig()) -> DataFrame:
     """Next-basket examples from the training period, one per basket: the ``max_seq_len`` steps
     before the basket (history, types, gaps), the user's repeat profile before it (see
     :func:`with_repeat_profile`) and every vocabulary item of the basket as ``target`` (distinct, in
@@ -412,7 +437,9 @@ def train_baskets(sequences: DataFrame, config: FeaturesConfig,
     with ``target_horizon_days`` every item bought from the basket's start for that many days; each
     user's latest ``max_baskets_per_user`` baskets that have a history and a vocabulary item. What a
     next-basket model learns from (repeatnet): grocery baskets are bought together, so every item of
-    the next basket is a right answer, not only the first one.
+    the next basket is a right answer, not only the first one. ``ignored``: the basket's
+    shown-and-ignored items (:func:`with_ignored`, from ``ignored`` =
+    :func:`recspark.feedback.ignored_lists`), negatives of a loss term (``train.ignored_weight``).
 
     ``splits``: the periods the baskets, their targets and their profiles come from: the training
     period (``train_baskets``), or training and validation (``refit_baskets``: the refit of a
@@ -455,20 +482,23 @@ def train_baskets(sequences: DataFrame, config: FeaturesConfig,
     latest_first = Window.partitionBy(C.USER_ID).orderBy(F.col("_pos").desc())
     rows = (
         starts.select(C.USER_ID, "_pos", history.alias("_history"), ordinal.alias("_cut"),
+                      F.element_at(steps, F.col("_pos") + 1)["us"].alias("_us"),
                       F.slice(F.array_distinct(F.filter(items, lambda i: i >= first)), 1, per_basket).alias("_items"))
         .filter(F.size("_items") > 0)
         .withColumn("_rank", F.row_number().over(latest_first))
         .filter(F.col("_rank") <= config.max_baskets_per_user)
         .withColumn("_splits", F.array(*map(F.lit, splits)))
+        .transform(lambda df: with_ignored(df, ignored, feedback))
     )
     return (
         rows.withColumn(C.TARGET, F.concat("_items", F.array_repeat(F.lit(C.PAD_IDX),
                                                                     F.lit(per_basket) - F.size("_items"))))
         .transform(lambda df: with_history_columns(df, "_history", config))
         # Only the table's own columns (and the profile's inputs) pass through the profile's pandas function.
-        .select(C.USER_ID, C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, C.TARGET, "_cut", "_splits")
+        .select(C.USER_ID, C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, C.TARGET, C.IGNORED, "_cut", "_splits")
         .transform(lambda df: with_repeat_profile(df, basket_steps(sequences), config))
-        .select(C.USER_ID, C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, C.REPEAT_ITEMS, C.REPEAT_FEATURES, C.TARGET)
+        .select(C.USER_ID, C.HISTORY, C.HISTORY_TYPES, C.HISTORY_GAPS, C.REPEAT_ITEMS, C.REPEAT_FEATURES, C.TARGET,
+                C.IGNORED)
     )
 
 
@@ -536,6 +566,7 @@ def build_features(spark: SparkSession, config: Config) -> dict:
     serving side over every period, indexed by the serving vocabulary (serving_item_vocab,
     serving_sequences, serving_histories and, with a refitted next-basket model, serve_baskets)."""
     # They import TRAIN from here.
+    from recspark.feedback import ignored_lists
     from recspark.pipeline.item_features import ITEM_FEATURES, build_item_features, fit_category_vocab
     from recspark.pipeline.normalisation import fit_item_stats, fit_user_stats, with_item_vector
     from recspark.pipeline.user_features import USER_FEATURES, build_user_features
@@ -585,19 +616,25 @@ def build_features(spark: SparkSession, config: Config) -> dict:
     event_types = config.ingest.event_types
     # Only the example tables the configured models train on (each is a full pass over the sequences).
     needed = {C.MODEL_EXAMPLES[model] for model in config.train.models}
+    # Shown-and-ignored items of the lists served so far (silver feedback), per vocabulary.
+    feedback_path = config.table_path(C.SILVER, C.FEEDBACK)
+    feedback = read_table(spark, feedback_path) if table_exists(spark, feedback_path) else None
+    ignored = lambda indexed_by: None if feedback is None else ignored_lists(feedback, indexed_by, config.feedback.k)
+    baskets = lambda side, indexed_by, splits: train_baskets(side, config.features, event_types, splits=splits,
+                                                             ignored=ignored(indexed_by), feedback=config.feedback)
     examples = {
         C.TRAIN_EXAMPLES: lambda: train_examples(sequences, config.features, event_types, stats),
         C.TRAIN_WINDOWS: lambda: train_windows(sequences, config.features, event_types),
-        C.TRAIN_BASKETS: lambda: train_baskets(sequences, config.features, event_types),
+        C.TRAIN_BASKETS: lambda: baskets(sequences, vocab, (TRAIN,)),
     }
     outputs = {table: build() for table, build in examples.items() if table in needed}
     outputs[C.EVAL_QUERIES] = eval_queries(sequences, config.features, event_types, stats)
     if C.TRAIN_BASKETS in needed and config.train.refit:  # what train refits a next-basket model on
-        outputs[C.REFIT_BASKETS] = train_baskets(sequences, config.features, event_types, splits=(TRAIN, C.VALIDATION))
+        outputs[C.REFIT_BASKETS] = baskets(sequences, vocab, (TRAIN, C.VALIDATION))
     every = (TRAIN, C.VALIDATION, C.TEST)
     served = {C.SERVING_HISTORIES: serving_histories(serving, config.features, event_types, stats)}
     if C.TRAIN_BASKETS in needed and config.train.refit:  # and fits the model that serves on last
-        served[C.SERVE_BASKETS] = train_baskets(serving, config.features, event_types, splits=every)
+        served[C.SERVE_BASKETS] = baskets(serving, serving_vocab, every)
     # Every repeat profile of one side (baskets, refit, queries; serving) reads the same basket steps
     # and item rates: computed once per side. Spark's cache matches a plan, so the builders' own
     # identical plans hit it.
