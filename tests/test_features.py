@@ -17,7 +17,7 @@ from recspark.pipeline.features import (
     build_sequences, eval_queries, fit_item_vocab, left_pad, serving_histories, train_baskets, train_examples, train_windows,
     with_item_idx, with_split,
 )
-from recspark.pipeline.prepare import coarsen_age, dedupe_events
+from recspark.pipeline.prepare import coarsen_age, dedupe_events, with_pseudonymous_users
 from recspark.pipeline.privacy import hmac_sha256, pseudonymise
 
 EVENTS = "event_id string, user_id string, item_id string, event_type string, event_ts timestamp, quantity double, price double, session_id string, source_file string, source_row long"
@@ -38,6 +38,16 @@ def test_pseudonyms_depend_on_the_key(spark: SparkSession) -> None:
     df = spark.createDataFrame([("1001",)], "u string")
     first, second = (df.select(pseudonymise("u", key)).first()[0] for key in (b"k1", b"k2"))
     assert first != second and first.startswith("u_") and "1001" not in first
+
+
+def test_each_row_gets_the_pseudonym_of_its_own_id(spark: SparkSession) -> None:
+    """Hashed once per distinct id and joined back: the same column as hashing every row, in place."""
+    df = spark.createDataFrame([("e1", "1001", 1.0), ("e2", "1002", 2.0), ("e3", "1001", 3.0), ("e4", None, 4.0)],
+                               "event_id string, user_id string, quantity double")
+    got = with_pseudonymous_users(df, b"k1")
+    assert got.columns == df.columns
+    expected = df.withColumn("user_id", F.when(F.col("user_id").isNotNull(), pseudonymise("user_id", b"k1")))
+    assertDataFrameEqual(got, expected)
 
 
 def test_dedupe_sums_repeated_lines_of_one_interaction(spark: SparkSession) -> None:
