@@ -1,6 +1,6 @@
 """The replayed loop, two cycles on a small generated shop: the second cycle's model is warm-started
 from the first (rows moved by item id) and trained on the first cycle's responses, which came back
-through feedback ingest as the very events the shop logged."""
+through feedback ingest as the very events the shop logged, and on its shown-and-ignored items."""
 from __future__ import annotations
 
 import datetime as dt
@@ -52,7 +52,10 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
         "features.repeat_candidates=4", "features.oov_buckets=1", "features.category_oov_buckets=1",
         "train.models=[repeatnet]", "train.batch_size=8", "train.embedding_dim=8", "train.num_layers=1",
         "train.num_proc=2", f"score.k={K}", "loop.cycles=2", "loop.cycle_days=4", "loop.initial_epochs=1",
-        "loop.epochs=1", "loop.variants=[warm,warm_ignored]",
+        "loop.epochs=1", "loop.variants=[warm]",
+        # The shown-and-ignored items as negatives in every training (the path warm_ignored takes,
+        # tested here on warm itself: a second variant would cost the test a training and two scorings).
+        "train.ignored_weight=1.0",
     ])
 
 
@@ -64,8 +67,7 @@ def test_two_cycles_warm_start_by_item_id_on_the_first_cycles_responses(spark: S
     summary = run_loop(spark, config)
 
     report = json.loads((loop_reports_dir(config) / "loop.json").read_text())
-    assert [(r["cycle"], r["variant"]) for r in report["cycles"]] == [
-        (0, "warm"), (0, "warm_ignored"), (1, "warm"), (1, "warm_ignored")]
+    assert [(r["cycle"], r["variant"]) for r in report["cycles"]] == [(0, "warm"), (1, "warm")]
     assert all(r["users_served"] == USERS and 0 <= r["ndcg"] <= 1 for r in report["cycles"])
     assert Path(summary["plot"]).is_file() and Path(summary["plot"]) == loop_reports_dir(config) / "loop.png"
     from recspark.notebooks import loop_cycles  # what the models notebook shows of it
@@ -91,15 +93,12 @@ def test_two_cycles_warm_start_by_item_id_on_the_first_cycles_responses(spark: S
     # ... and read the first cycle's feedback: its impressions and the responses among them.
     first_run = run["feedback"]["runs"]["loop-c0-warm"]
     assert first_run["impressions"] == USERS * K and first_run["responses"] > 0
-    # The warm_ignored variant read the first cycle's shown-and-ignored items as negatives: the
-    # baskets bought within a cycle of the first lists carry them; warm's loss did not read them.
-    assert run["ignored_negatives"] is None and report["cycles"][2]["ignored_rows"] is None
-    ignored_run = json.loads((cycle_config(config, "warm_ignored", first_cut).model_dir("repeatnet") / "run.json")
-                             .read_text())
+    # ... and read the first cycle's shown-and-ignored items as negatives: exactly the gold baskets
+    # that carry some (bought within feedback.ignored_days of the first lists).
     baskets = spark.read.format("delta").load(world.table_path(C.GOLD, C.TRAIN_BASKETS))
     with_ignored = baskets.filter(F.exists(C.IGNORED, lambda i: i != C.PAD_IDX)).count()
-    assert with_ignored > 0 and ignored_run["ignored_negatives"] == {"weight": 1.0, "rows": with_ignored}
-    assert report["cycles"][3]["ignored_rows"] == with_ignored
+    assert with_ignored > 0 and run["ignored_negatives"] == {"weight": 1.0, "rows": with_ignored}
+    assert report["cycles"][1]["ignored_rows"] == with_ignored
 
     # The first cycle's events are back in the loop's silver events, exactly those the shop logged:
     # the responses under their own ids through the feedback file, the rest directly.
@@ -113,6 +112,20 @@ def test_two_cycles_warm_start_by_item_id_on_the_first_cycles_responses(spark: S
     assert NEW_ITEM in bought
     vocab = spark.read.format("delta").load(world.table_path(C.GOLD, C.ITEM_VOCAB))
     assert vocab.filter(F.col(C.ITEM_ID) == NEW_ITEM).count() == 1
+
+
+def test_only_warm_ignored_reads_the_ignored_items_with_the_loops_weight(config: Config) -> None:
+    """Each variant's training settings and models folder (the data set's train.ignored_weight is 0)."""
+    from recspark.loop import cycle_config
+
+    cut = dt.datetime(2024, 1, 10)
+    plain = load_config(None, [f"paths.lakehouse={config.paths.lakehouse}", f"paths.checkpoints={config.paths.checkpoints}",
+                               "train.models=[repeatnet]", "loop.ignored_weight=2.5"])
+    looped = {variant: cycle_config(plain, variant, cut) for variant in ("warm", "frozen", "full", "warm_ignored")}
+    assert {v: c.train.for_model("repeatnet").ignored_weight for v, c in looped.items()} == {
+        "warm": 0.0, "frozen": 0.0, "full": 0.0, "warm_ignored": 2.5}
+    assert len({c.model_dir("repeatnet") for c in looped.values()}) == 4
+    assert looped["warm_ignored"].model_dir("repeatnet").is_relative_to(Path(config.paths.checkpoints))
 
 
 def test_list_metrics_by_hand(spark: SparkSession) -> None:
