@@ -87,7 +87,7 @@ def set_log_level(spark: SparkSession, verbose: bool) -> None:
 
 def set_library_log_levels(verbose: bool) -> None:
     """The Python logging of py4j, Petastorm, MLflow and alembic: warnings with ``verbose``, else
-    errors (py4j, Petastorm) or warnings (MLflow, alembic) only."""
+    errors (py4j, Petastorm) or warnings (MLflow, alembic) only, and no MLflow progress bars."""
     logging.getLogger("py4j").setLevel(logging.WARNING if verbose else logging.ERROR)
     # Petastorm's advice on its cache's file sizes (it writes the files itself): not the user's to act on.
     logging.getLogger("petastorm").setLevel(logging.WARNING if verbose else logging.ERROR)
@@ -101,6 +101,8 @@ def set_library_log_levels(verbose: bool) -> None:
             logging.getLogger(name).addFilter(_below_warning)  # adding it twice keeps one
     if not verbose:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        # Its tqdm bar at every artifact download (the registered model's files, read back at export).
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 

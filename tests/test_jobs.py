@@ -187,3 +187,24 @@ def test_a_fresh_mlflow_store_sets_up_quietly_unless_verbose(tmp_path: Path, ver
     assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / "mlflow.db").exists()
     assert ("Migration complete" in run.stderr) == verbose, run.stderr[-3000:]
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_mlflow_downloads_show_no_progress_bar_unless_verbose(tmp_path: Path, verbose: bool) -> None:
+    """make run's console lost its lines to MLflow's "Downloading artifacts" bars (the export reads the
+    logged model back); a quiet job shows none (a process of its own: the setting is an environment variable)."""
+    import subprocess
+    import sys
+
+    script = ("import os, pathlib; os.environ.pop('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', None); "
+              "from recspark.session import set_library_log_levels; "
+              f"set_library_log_levels({verbose}); import mlflow; "
+              f"mlflow.set_tracking_uri('sqlite:///{tmp_path}/mlflow.db'); "
+              f"files = pathlib.Path('{tmp_path}/files'); files.mkdir(); "
+              "[(files / f'{i}.txt').write_text('x') for i in range(3)]; "
+              "run = mlflow.start_run(); mlflow.log_artifacts(str(files), 'a'); mlflow.end_run(); "
+              f"mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path='{tmp_path}/out')")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(list((tmp_path / "out").rglob("*.txt"))) == 3
+    assert ("Downloading artifacts" in run.stderr) == verbose, run.stderr[-3000:]
