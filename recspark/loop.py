@@ -267,25 +267,23 @@ def run_loop(spark: SparkSession, config: Config) -> dict:
         print(f"loop: cycle {cycle + 1}/{lc.cycles} at {cut:%Y-%m-%d %H:%M} "
               f"({short_duration(time.perf_counter() - started)} so far): features", flush=True)
         build_features(spark, world)
-        seconds: dict[str, float] = {}
-        origins: dict[str, str | None] = {}
-        ignored_rows: dict[str, int | None] = {}
+        # Per variant: what _train returns (training seconds, warm-start origin, rows with ignored items).
+        trained: dict[str, tuple[float, str | None, int | None]] = {}
         if cycle == 0:
-            seconds[WARM], origins[WARM], ignored_rows[WARM] = _train(
-                spark, cycle_config(config, WARM, cut, epochs=lc.initial_epochs))
+            trained[WARM] = _train(spark, cycle_config(config, WARM, cut, epochs=lc.initial_epochs))
             for variant in variants[1:]:  # the same first model for every variant
                 target = cycle_config(config, variant, cut).model_dir(model)
                 shutil.rmtree(target, ignore_errors=True)
                 shutil.copytree(world.model_dir(model), target)
-                seconds[variant], origins[variant], ignored_rows[variant] = seconds[WARM], None, None
+                trained[variant] = (trained[WARM][0], None, None)
         else:
             for variant in variants:
                 if variant == FROZEN:
-                    seconds[variant], origins[variant], ignored_rows[variant] = 0.0, None, None
+                    trained[variant] = (0.0, None, None)
                     continue
                 warm = variant in (WARM, WARM_IGNORED)
                 print(f"loop: cycle {cycle + 1}: training {variant}", flush=True)
-                seconds[variant], origins[variant], ignored_rows[variant] = _train(spark, cycle_config(
+                trained[variant] = _train(spark, cycle_config(
                     config, variant, cut, warm_start=warm,
                     epochs=lc.epochs if warm else (lc.full_epochs or lc.initial_epochs)))
         revealed = source.filter((F.col(C.EVENT_TS) >= F.lit(cut))
@@ -299,9 +297,9 @@ def run_loop(spark: SparkSession, config: Config) -> dict:
             print(f"loop: cycle {cycle + 1}: serving {variant} as run {run_id}", flush=True)
             score_stage(spark, cycle_config(config, variant, cut, run_id=run_id))
             lists = served_lists(spark, world, run_id, key)
+            seconds, origin, ignored_rows = trained[variant]
             results.append(CycleResult(cycle=cycle, variant=variant, run_id=run_id, served_at=cut.isoformat(),
-                                       train_seconds=round(seconds[variant], 1), warm_start=origins[variant],
-                                       ignored_rows=ignored_rows[variant],
+                                       train_seconds=round(seconds, 1), warm_start=origin, ignored_rows=ignored_rows,
                                        **list_metrics(lists, bought, k, catalogue)))
             print(f"loop: cycle {cycle + 1} {variant}: HR@{k}={results[-1].hit_rate:.4f} NDCG@{k}={results[-1].ndcg:.4f} "
                   f"coverage={results[-1].coverage:.4f} over {results[-1].users_evaluated:,} buyers, "

@@ -156,24 +156,26 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
     for model in config.train.models:
         print(f"train: {config.train.describe(model)} (* = train.per_model.{model})", flush=True)
         model_dir = config.model_dir(model)
+        settings = config.train.for_model(model)
         # The fits after this one (the tested refit, then the serving fit) and so the one that
         # serves: only that one is exported as a pyfunc (a Spark pass over the gold tables each).
-        refits = (config.train.for_model(model).refit and model_examples_table(model) == C.TRAIN_BASKETS
+        refits = (settings.refit and model_examples_table(model) == C.TRAIN_BASKETS
                   and table_exists(spark, refit_path))
         serving_fit = refits and table_exists(spark, serve_path)
         examples = read_table(spark, examples_paths[model])
         queries = read_table(spark, queries_path)
-        require_columns(examples, model_inputs(model), examples_paths[model])
+        # The loss's columns too: gold built before them (e.g. ``ignored``) fails here, naming the table.
+        require_columns(examples, [*model_inputs(model), *loss_inputs(settings)], examples_paths[model])
         require_columns(queries, model_inputs(model), queries_path)
         validation = collect_validation_set(
             queries, read_table(spark, vocab_path), inputs=model_inputs(model), max_users=config.train.validation_users,
             exclude_seen=config.evaluate.exclude_seen, seed=config.train.seed)
         # The rows whose shown-and-ignored items the loss reads (recorded: which feedback training used).
         ignored_rows = (examples.filter(F.exists(C.IGNORED, lambda i: i >= config.features.first_item_idx)).count()
-                        if loss_inputs(config.train.for_model(model)) else None)
+                        if loss_inputs(settings) else None)
         result = train_distributed(
             spark, examples, model=model, spec=spec,
-            train_config=config.train.for_model(model), model_dir=str(model_dir),
+            train_config=settings, model_dir=str(model_dir),
             cache_url=config.petastorm_cache_url, validation=validation,
             data_versions={Path(path).name: version for path, version in versions.items()},
             # Saved in the export; a warm start maps the previous export's rows through them.
@@ -199,7 +201,7 @@ def train_stage(spark: SparkSession, config: Config) -> dict:
             "table_versions": versions,
             "feedback": feedback,
             "ignored_negatives": None if ignored_rows is None else {
-                "weight": config.train.for_model(model).ignored_weight, "rows": ignored_rows},
+                "weight": settings.ignored_weight, "rows": ignored_rows},
             "warm_start_from": result_warm_start(model_dir),
             "seconds": round(result.seconds, 1),
             "config": config.to_dict(),

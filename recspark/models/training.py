@@ -553,10 +553,6 @@ def train_distributed(
     # belongs to, the unit of sampling and clipping.
     privacy_plan = _privacy_plan(train_df, train_config) if train_config.privacy.enabled else None
     columns = [*model_inputs(model), *loss_inputs(train_config), TARGET, *([USER_ID] if privacy_plan is not None else [])]
-    missing = [column for column in columns if column not in train_df.columns]
-    if missing:
-        raise ValueError(f"{model}: the training table has no column {missing} (gold from an older recspark? "
-                         "run the features stage again)")
     converter = make_converter(spark, train_df.select(*columns), cache_url, num_files=num_proc)
     try:
         num_rows = len(converter)  # counted once, by Petastorm, on the materialised data

@@ -417,14 +417,15 @@ def with_ignored(rows: DataFrame, ignored: DataFrame | None, feedback: FeedbackC
         return rows.withColumn(C.IGNORED, pads)
     window = F.lit(int(feedback.ignored_days * C.DAY_MICROS))
     lists = ignored.select(F.col(C.USER_ID).alias("_list_user"), SHOWN_US, F.col(C.IGNORED).alias("_list"))
-    latest = Window.partitionBy(C.USER_ID, "_pos").orderBy(F.col(SHOWN_US).desc())
-    matched = (rows.select(C.USER_ID, "_pos", "_us", "_items")
-               .join(lists, (F.col("_list_user") == F.col(C.USER_ID)) & (F.col(SHOWN_US) <= F.col("_us"))
-                     & (F.col("_us") < F.col(SHOWN_US) + window))
-               .withColumn("_latest", F.row_number().over(latest)).filter(F.col("_latest") == 1)
-               .select(C.USER_ID, "_pos", F.filter("_list", lambda i: ~F.array_contains("_items", i)).alias("_left")))
-    padded = F.slice(F.concat(F.coalesce("_left", F.array().cast("array<int>")), pads), 1, k)
-    return rows.join(matched, [C.USER_ID, "_pos"], "left").withColumn(C.IGNORED, padded).drop("_left")
+    # A left join keeps every basket (each matching list a copy of it), the window the latest list
+    # (null last): one pass over the rows, where joining matches back would compute them twice.
+    latest = Window.partitionBy(C.USER_ID, "_pos").orderBy(F.col(SHOWN_US).desc_nulls_last())
+    left = F.filter(F.coalesce("_list", F.array().cast("array<int>")), lambda i: ~F.array_contains("_items", i))
+    return (rows.join(lists, (F.col("_list_user") == F.col(C.USER_ID)) & (F.col(SHOWN_US) <= F.col("_us"))
+                      & (F.col("_us") < F.col(SHOWN_US) + window), "left")
+            .withColumn("_latest", F.row_number().over(latest)).filter(F.col("_latest") == 1)
+            .withColumn(C.IGNORED, F.slice(F.concat(left, pads), 1, k))
+            .drop("_list_user", SHOWN_US, "_list", "_latest"))
 
 
 def train_baskets(sequences: DataFrame, config: FeaturesConfig,
